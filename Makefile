@@ -1,0 +1,80 @@
+# luasrv -- a socket server in C that runs request handlers written in Lua 5.4.
+#
+#   make            build build/luasrv
+#   make run        install what is missing, build, serve scripts/echo.lua
+#   make test       install, build, run the C unit tests and every spec
+#   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
+#   make bench      the benchmark (see bench/README.md)
+#   make clean
+
+CC ?= gcc
+WERROR ?= -Werror
+OPT ?= -O2 -g
+# Warnings, as Lua's makefile lists them: the common set, then shadowing,
+# macros used undefined, string literals written to, old-style prototypes,
+# missing prototypes for non-static functions and format strings.
+WARN = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wstrict-prototypes \
+       -Wmissing-prototypes -Wformat=2
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_LIBS = $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(WERROR) $(LUA_CFLAGS) \
+             -MMD -MP $(SANITIZE_FLAGS) $(CFLAGS)
+LDLIBS_ALL = $(LUA_LIBS) -lm -lpthread $(LDLIBS)
+
+BUILD ?= build
+SRCS = $(wildcard src/*.c)
+OBJS = $(SRCS:src/%.c=$(BUILD)/%.o)
+# The pure modules the C unit tests link against (no Lua).
+PURE = address buf evloop log cli
+PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
+CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
+
+# Debian packages: to build, to run the specs, to run the handlers.
+DEPS_BUILD = gcc make pkg-config liblua5.4-dev
+DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket
+PORT ?= 9999
+
+.PHONY: all deps run test test-asan check-specs unit bench clean
+
+all: $(BUILD)/luasrv
+
+deps:
+	@tools/install-deps $(DEPS_BUILD) $(DEPS_TEST)
+
+$(BUILD)/luasrv: $(OBJS)
+	$(CC) $(SANITIZE_FLAGS) -o $@ $(OBJS) $(LDLIBS_ALL)
+
+$(BUILD)/%.o: src/%.c | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(PURE_OBJS) $(LDLIBS_ALL)
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/luasrv scripts/echo.lua --tcp 127.0.0.1:$(PORT)
+
+unit: $(CTESTS)
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@LUASRV_BIN=$(BUILD)/luasrv BUILD=$(BUILD) spec/run
+
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g" \
+	  SANITIZE_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  all unit
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
+	  UBSAN_OPTIONS=print_stacktrace=1 \
+	  LUASRV_BIN=build-asan/luasrv BUILD=build-asan spec/run
+
+bench: all
+	bench/run $(if $(QUICK),--quick)
+
+clean:
+	rm -rf build build-asan bench/build
+
+-include $(OBJS:.o=.d)

@@ -1,0 +1,261 @@
+/*
+** cli.c -- the command line, table-driven: each option names its kind of
+** value and where it goes. "--opt VALUE" and "--opt=VALUE" both work.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+
+static const char usage_text[] =
+"usage: luasrv SCRIPT [OPTIONS]\n"
+"       luasrv --check SCRIPT\n"
+"       luasrv --help | --version\n"
+"\n"
+"Listeners (repeatable, at least one):\n"
+"  --tcp [HOST]:PORT      TCP; [::1]:PORT for IPv6; empty HOST = 0.0.0.0; PORT 0 = any\n"
+"  --udp [HOST]:PORT      UDP, same forms\n"
+"  --unix PATH            Unix stream socket\n"
+"  --unixgram PATH        Unix datagram socket\n"
+"\n"
+"Concurrency and limits:\n"
+"  --model MODEL          sync, fork, thread or event (default event)\n"
+"  --workers N            worker processes (default 1)\n"
+"  --max-children N       fork: children alive at once (default 40)\n"
+"  --max-threads N        thread: handler threads at once (default 256)\n"
+"  --max-connections N    event: open connections per worker (default 10000)\n"
+"  --timeout SECS         read/write timeout, 0 = never (default 60)\n"
+"  --max-line BYTES       longest line a read accepts (default 65536)\n"
+"  --grace SECS           shutdown: time in-flight requests get (default 10)\n"
+"  --backlog N            listen backlog (default 511)\n"
+"  --once                 serve one request (connection or datagram), then exit\n"
+"\n"
+"Operations:\n"
+"  --reuse-port           set SO_REUSEPORT on inet listeners\n"
+"  --unix-mode MODE       octal mode for Unix socket files (e.g. 660)\n"
+"  --user USER[:GROUP]    drop privileges to USER after binding\n"
+"  --pidfile PATH         write the server's pid to PATH\n"
+"  --log-format FMT       text or json (default text)\n"
+"  --log-level LEVEL      error, warn, info or debug (default info)\n"
+"  --quiet                same as --log-level warn\n"
+"\n"
+"  --check SCRIPT         load SCRIPT, check its hooks, exit 0 or 1\n"
+"  --help, --version\n";
+
+enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
+            K_LOGFMT, K_LOGLEVEL, K_QUIET };
+
+struct option {
+  const char *name;
+  enum kind kind;
+  size_t off;                 /* offsetof(struct config, field) */
+  long min, max;              /* for K_INT */
+  int tr;                     /* for K_LISTEN */
+};
+
+#define F(field) offsetof(struct config, field)
+
+static const struct option options[] = {
+  {"tcp", K_LISTEN, 0, 0, 0, TR_TCP},
+  {"udp", K_LISTEN, 0, 0, 0, TR_UDP},
+  {"unix", K_LISTEN, 0, 0, 0, TR_UNIX},
+  {"unixgram", K_LISTEN, 0, 0, 0, TR_UNIXGRAM},
+  {"model", K_MODEL, F(model), 0, 0, 0},
+  {"workers", K_INT, F(workers), 1, 1024, 0},
+  {"max-children", K_INT, F(max_children), 1, 100000, 0},
+  {"max-threads", K_INT, F(max_threads), 1, 100000, 0},
+  {"max-connections", K_INT, F(max_connections), 1, 10000000, 0},
+  {"timeout", K_SECS, F(timeout), 0, 0, 0},
+  {"max-line", K_SIZE, F(max_line), 0, 0, 0},
+  {"grace", K_SECS, F(grace), 0, 0, 0},
+  {"backlog", K_INT, F(backlog), 1, 1000000, 0},
+  {"once", K_FLAG, F(once), 0, 0, 0},
+  {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},
+  {"unix-mode", K_MODE, F(unix_mode), 0, 0, 0},
+  {"user", K_STR, F(user), 0, 0, 0},
+  {"pidfile", K_STR, F(pidfile), 0, 0, 0},
+  {"log-format", K_LOGFMT, F(log_json), 0, 0, 0},
+  {"log-level", K_LOGLEVEL, F(log_level), 0, 0, 0},
+  {"quiet", K_QUIET, F(log_level), 0, 0, 0},
+  {"check", K_FLAG, F(check), 0, 0, 0},
+};
+
+static const char *const model_names[] = {"sync", "fork", "thread", "event"};
+
+
+const char *cli_usage_text (void) {
+  return usage_text;
+}
+
+
+const char *model_name (enum model_kind m) {
+  return model_names[m];
+}
+
+
+static void defaults (struct config *c) {
+  memset(c, 0, sizeof *c);
+  c->model = MODEL_EVENT;
+  c->workers = 1;
+  c->max_children = 40;
+  c->max_threads = 256;
+  c->max_connections = 10000;
+  c->timeout = 60;
+  c->max_line = 65536;
+  c->grace = 10;
+  c->backlog = 511;
+  c->unix_mode = -1;
+  c->log_level = LOG_INFO;
+}
+
+
+static const struct option *find (const char *name, size_t n) {
+  for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
+    if (strlen(options[i].name) == n && memcmp(options[i].name, name, n) == 0)
+      return &options[i];
+  return NULL;
+}
+
+
+/* Stores value for option o into cfg; returns 0 or -1 with err set. */
+static int set (struct config *cfg, const struct option *o, const char *v,
+                char *err, size_t errlen) {
+  char *end;
+  void *field = (char *)cfg + o->off;
+  errno = 0;
+  switch (o->kind) {
+    case K_INT: {
+      long n = strtol(v, &end, 10);
+      if (*v == '\0' || *end != '\0' || errno || n < o->min || n > o->max)
+        goto bad;
+      *(int *)field = (int)n;
+      return 0;
+    }
+    case K_SECS: {
+      double d = strtod(v, &end);
+      if (*v == '\0' || *end != '\0' || errno || !(d >= 0) || d > 1e9)
+        goto bad;
+      *(double *)field = d;
+      return 0;
+    }
+    case K_SIZE: {
+      unsigned long long n = strtoull(v, &end, 10);
+      if (*v == '\0' || *v == '-' || *end != '\0' || errno || n == 0)
+        goto bad;
+      *(size_t *)field = (size_t)n;
+      return 0;
+    }
+    case K_STR:
+      *(const char **)field = v;
+      return 0;
+    case K_LISTEN:
+      if (cfg->nlisten == CLI_MAX_LISTEN) {
+        snprintf(err, errlen, "too many listeners (at most %d)",
+                 CLI_MAX_LISTEN);
+        return -1;
+      }
+      cfg->listen[cfg->nlisten].tr = (enum transport)o->tr;
+      cfg->listen[cfg->nlisten++].text = v;
+      return 0;
+    case K_MODEL:
+      for (int m = 0; m < 4; m++)
+        if (strcmp(v, model_names[m]) == 0) {
+          cfg->model = (enum model_kind)m;
+          return 0;
+        }
+      goto bad;
+    case K_MODE: {
+      long n = strtol(v, &end, 8);
+      if (*v == '\0' || *end != '\0' || errno || n < 0 || n > 07777) goto bad;
+      *(int *)field = (int)n;
+      return 0;
+    }
+    case K_LOGFMT:
+      if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0) goto bad;
+      cfg->log_json = strcmp(v, "json") == 0;
+      return 0;
+    case K_LOGLEVEL: {
+      enum log_level l;
+      if (log_parse_level(v, &l) < 0) goto bad;
+      cfg->log_level = (int)l;
+      return 0;
+    }
+    default:
+      return 0;
+  }
+bad:
+  snprintf(err, errlen, "bad value '%s' for --%s", v, o->name);
+  return -1;
+}
+
+
+/* Handles argv[*i], an option; advances *i past its value. */
+static int option (int argc, char **argv, int *i, struct config *cfg,
+                   char *err, size_t errlen) {
+  const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
+  size_t n = eq ? (size_t)(eq - arg) : strlen(arg);
+  const struct option *o = find(arg, n);
+  const char *v;
+  if (o == NULL) {
+    snprintf(err, errlen, "unknown option '%.*s'", (int)n + 2, argv[*i]);
+    return -1;
+  }
+  if (o->kind == K_FLAG || o->kind == K_QUIET) {
+    if (eq) {
+      snprintf(err, errlen, "option --%s takes no value", o->name);
+      return -1;
+    }
+    if (o->kind == K_QUIET) cfg->log_level = LOG_WARN;
+    else *(int *)((char *)cfg + o->off) = 1;
+    return 0;
+  }
+  if (eq) v = eq + 1;
+  else if (*i + 1 < argc) v = argv[++*i];
+  else {
+    snprintf(err, errlen, "option --%s needs a value", o->name);
+    return -1;
+  }
+  return set(cfg, o, v, err, errlen);
+}
+
+
+enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
+                           char *err, size_t errlen) {
+  defaults(cfg);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      fputs(usage_text, stdout);
+      return CLI_EXIT_OK;
+    }
+    if (strcmp(a, "--version") == 0 || strcmp(a, "-v") == 0) {
+      printf("luasrv %s (%s)\n", LUASRV_VERSION, "Lua 5.4");
+      return CLI_EXIT_OK;
+    }
+    if (a[0] == '-' && a[1] == '-' && a[2] != '\0') {
+      if (option(argc, argv, &i, cfg, err, errlen) < 0) return CLI_USAGE;
+    }
+    else if (a[0] == '-' && a[1] != '\0') {
+      snprintf(err, errlen, "unknown option '%s'", a);
+      return CLI_USAGE;
+    }
+    else if (cfg->script == NULL) cfg->script = a;
+    else {
+      snprintf(err, errlen, "unexpected argument '%s' (one script only)", a);
+      return CLI_USAGE;
+    }
+  }
+  if (cfg->script == NULL) {
+    snprintf(err, errlen, "no script given");
+    return CLI_USAGE;
+  }
+  if (!cfg->check && cfg->nlisten == 0) {
+    snprintf(err, errlen, "no listener given (use --tcp, --udp, --unix or "
+             "--unixgram)");
+    return CLI_USAGE;
+  }
+  return CLI_RUN;
+}

@@ -1,0 +1,57 @@
+/*
+** cli.h -- the command line: argv to struct config, and the usage text.
+** Nothing here opens sockets or loads scripts.
+*/
+#ifndef LUASRV_CLI_H
+#define LUASRV_CLI_H
+
+#include <stddef.h>
+#include "address.h"
+
+#define LUASRV_VERSION "0.1.0"
+#define CLI_MAX_LISTEN 64
+
+enum model_kind { MODEL_SYNC, MODEL_FORK, MODEL_THREAD, MODEL_EVENT };
+
+struct listen_spec {
+  enum transport tr;
+  const char *text;           /* as given, e.g. "127.0.0.1:0" */
+};
+
+struct config {
+  const char *script;
+  int check;                  /* --check: load, validate, exit */
+  struct listen_spec listen[CLI_MAX_LISTEN];
+  int nlisten;
+  enum model_kind model;
+  int workers;
+  int max_children;
+  int max_threads;
+  int max_connections;
+  double timeout;             /* seconds; 0 = never */
+  size_t max_line;
+  double grace;
+  int backlog;
+  int once;
+  int reuse_port;
+  int unix_mode;              /* -1 = leave to the umask */
+  const char *user;
+  const char *pidfile;
+  int log_json;
+  int log_level;              /* enum log_level */
+};
+
+enum cli_result { CLI_RUN, CLI_EXIT_OK, CLI_USAGE };
+
+/*
+** Fills cfg from argv. CLI_EXIT_OK: --help or --version was printed to
+** stdout. CLI_USAGE: err holds the reason; the caller prints it and the
+** usage to stderr and exits 2.
+*/
+enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
+                           char *err, size_t errlen);
+
+const char *cli_usage_text (void);
+const char *model_name (enum model_kind m);
+
+#endif

@@ -1,0 +1,722 @@
+/*
+** lreq.c -- the request object ("luasrv.conn"), modelled on liolib's file
+** handles: read formats, lines, recv, buffered write, flush, close,
+** settimeout. Every method is written once for every model: an operation
+** that would block goes through waitio(), where the model either polls
+** (sync, fork, thread) or yields to its loop (event), and the continuation
+** simply retries. Failures return nil, msg; only misuse raises.
+*/
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "address.h"
+#include "lsrv.h"
+#include "log.h"
+
+#define WRITE_HIGH   65536    /* flush when this much is buffered */
+#define DIRECT_WRITE 16384    /* write large strings without copying */
+#define UV_FIELDS 1           /* user fields table */
+#define UV_ADDRESS 2          /* cached client_address */
+#define UV_DATA 3             /* datagram string */
+
+char lsrv_yield_token;
+
+
+
+const char *lsrv_strerror (int rc) {
+  switch (rc) {
+    case ERR_TIMEOUT: return "timeout";
+    case ERR_CLOSED: return "closed";
+    case ERR_LINE: return "line too long";
+    case ERR_CUT: return "closed";
+    case -EPIPE: return "closed";
+    default: return strerror(-rc);
+  }
+}
+
+
+static int pushfail (lua_State *L, int rc) {
+  luaL_pushfail(L);
+  lua_pushstring(L, lsrv_strerror(rc));
+  return 2;
+}
+
+
+#define tolconn(L) ((struct lconn *)luaL_checkudata(L, 1, LCONN_MT))
+
+
+static double conn_timeout (struct lconn *c) {
+  return c->timeout >= 0 ? c->timeout : c->x->w->cfg->timeout;
+}
+
+
+/* Sets the deadline of an operation that starts now. */
+static void start_op (struct lconn *c) {
+  double t = conn_timeout(c);
+  c->deadline = t > 0 ? monotonic_now() + t : 0;
+}
+
+
+/*
+** Waits for c to be ready for ev. Blocking models return 0 or a failure
+** code. In the event model a task yields here and the loop resumes it
+** into k; the continuation reads the outcome with wait_result().
+*/
+static int waitio (lua_State *L, struct lconn *c, unsigned ev,
+                   lua_KContext kc, lua_KFunction k) {
+  struct task *t = lsrv_task(L);
+  int rc;
+  if (c->x->ops->yields && t != &c->x->main_task) {
+    c->x->ops->arm(t, c, ev, c->deadline);
+    lua_pushlightuserdata(L, &lsrv_yield_token);
+    return lua_yieldk(L, 1, kc, k);
+  }
+  rc = worker_block(c->x->w, c->fd, ev & EV_READ ? POLLIN : POLLOUT,
+                    c->deadline);
+  if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
+  return rc;
+}
+
+
+/* The outcome of the wait a continuation was resumed from. */
+static int wait_result (lua_State *L, int status) {
+  return status == LUA_YIELD ? lsrv_task(L)->wait_rc : 0;
+}
+
+
+/* {====================================================== low-level I/O */
+
+/*
+** Reads what the socket has into c->in. Returns bytes read, 0 at EOF,
+** -EAGAIN when nothing is there, or another failure code.
+*/
+static int fill (struct lconn *c, size_t want) {
+  ssize_t n;
+  size_t space;
+  if (c->flags & LC_EOF) return 0;
+  if (!(c->flags & LC_READABLE)) return -EAGAIN;
+  if (want < BUF_CHUNK) want = BUF_CHUNK;
+  if (buf_space(&c->in) < want / 2 &&
+      buf_reserve(&c->in, want, &c->x->pool) < 0)
+    return -ENOMEM;
+  space = buf_space(&c->in);
+  do n = read(c->fd, buf_tail(&c->in), space);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    c->in.end += (size_t)n;
+    c->nin += (unsigned long long)n;
+    /* A short read drained the socket; the next edge says when more
+    ** comes (nginx does the same), so we save a read that would fail. */
+    if ((size_t)n < space) c->flags &= ~LC_READABLE;
+    return (int)n;
+  }
+  if (n == 0) {
+    c->flags |= LC_EOF;
+    return 0;
+  }
+  if (errno == EAGAIN) {
+    c->flags &= ~LC_READABLE;
+    return -EAGAIN;
+  }
+  return -errno;
+}
+
+
+/* Sends buffered output. Returns 0 when all is sent, -EAGAIN, or failure. */
+static int flush_some (struct lconn *c) {
+  while (buf_len(&c->out) > 0) {
+    ssize_t n;
+    if (!(c->flags & LC_WRITABLE)) return -EAGAIN;
+    n = send(c->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL);
+    if (n > 0) {
+      if ((size_t)n < buf_len(&c->out)) c->flags &= ~LC_WRITABLE;
+      buf_consume(&c->out, (size_t)n);
+      c->nout += (unsigned long long)n;
+    }
+    else if (n < 0 && errno == EINTR) continue;
+    else if (n < 0 && errno == EAGAIN) {
+      c->flags &= ~LC_WRITABLE;
+      return -EAGAIN;
+    }
+    else return n < 0 ? -errno : ERR_CLOSED;
+  }
+  buf_release(&c->out, &c->x->pool);
+  return 0;
+}
+
+
+static void release_in (struct lconn *c) {
+  if (c->flags & LC_BORROWED) {
+    if (buf_len(&c->in) == 0) {
+      c->in.data = NULL;
+      c->in.start = c->in.end = c->in.cap = 0;
+    }
+    return;
+  }
+  buf_release(&c->in, &c->x->pool);
+}
+
+
+/* Gives the descriptor back; the object stays, closed. */
+static void close_fd (struct lconn *c) {
+  if (c->flags & LC_CLOSED) return;
+  c->flags |= LC_CLOSED;
+  if (!(c->flags & LC_DGRAM) && c->fd >= 0) {
+    if (c->x->ops->detach) c->x->ops->detach(c->x, c);
+    close(c->fd);
+  }
+  c->fd = -1;
+  if (!(c->flags & LC_BORROWED)) buf_free(&c->in, &c->x->pool);
+  c->in.data = NULL;
+  c->in.start = c->in.end = c->in.cap = 0;
+  buf_free(&c->out, &c->x->pool);
+}
+
+
+void lconn_abort (struct lconn *c) {
+  close_fd(c);
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== reading */
+
+/* Pushes n bytes from the front of c->in and drops them. */
+static void push_bytes (lua_State *L, struct lconn *c, size_t n) {
+  lua_pushlstring(L, buf_head(&c->in), n);
+  buf_consume(&c->in, n);
+  c->scan = 0;
+}
+
+
+/*
+** One read format. Returns 1 (a value pushed), 0 (EOF: nothing pushed),
+** -EAGAIN (wait for input), or a failure code.
+*/
+static int read_line (lua_State *L, struct lconn *c, int keep) {
+  size_t max = c->x->w->cfg->max_line;
+  for (;;) {
+    long nl = buf_findnl(&c->in, c->scan);
+    int rc;
+    if (nl >= 0) {
+      if ((size_t)nl > max) return ERR_LINE;
+      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (keep ? 1 : 0));
+      buf_consume(&c->in, (size_t)nl + 1);
+      c->scan = 0;
+      return 1;
+    }
+    c->scan = buf_len(&c->in);
+    if (c->scan > max) return ERR_LINE;
+    if ((rc = fill(c, 0)) < 0) return rc;
+    if (rc == 0) {  /* EOF: the last line may lack its newline */
+      if (buf_len(&c->in) == 0) return 0;
+      push_bytes(L, c, buf_len(&c->in));
+      return 1;
+    }
+  }
+}
+
+
+static int read_all (lua_State *L, struct lconn *c) {
+  int rc;
+  while ((rc = fill(c, buf_len(&c->in))) > 0)
+    ;
+  if (rc < 0) return rc;
+  push_bytes(L, c, buf_len(&c->in));  /* "" at EOF, never nil */
+  return 1;
+}
+
+
+static int read_count (lua_State *L, struct lconn *c, size_t n) {
+  int rc = 1;
+  while (buf_len(&c->in) < (n ? n : 1) && (rc = fill(c, n - buf_len(&c->in))) > 0)
+    ;
+  if (rc < 0) return rc;
+  if (buf_len(&c->in) == 0) return 0;  /* EOF */
+  push_bytes(L, c, n < buf_len(&c->in) ? n : buf_len(&c->in));
+  return 1;
+}
+
+
+static int read_one (lua_State *L, struct lconn *c, int arg) {
+  if (lua_type(L, arg) == LUA_TNUMBER)
+    return read_count(L, c, (size_t)lua_tointeger(L, arg));
+  const char *p = lua_tostring(L, arg);
+  if (*p == '*') p++;  /* accept Lua 5.1's "*l" */
+  switch (*p) {
+    case 'l': return read_line(L, c, 0);
+    case 'L': return read_line(L, c, 1);
+    default: return read_all(L, c);  /* 'a', checked before */
+  }
+}
+
+
+static void check_formats (lua_State *L, int first, int last) {
+  for (int i = first; i <= last; i++) {
+    if (lua_type(L, i) == LUA_TNUMBER) {
+      luaL_argcheck(L, lua_isinteger(L, i) && lua_tointeger(L, i) >= 0, i - 1,
+                    "invalid format");
+      continue;
+    }
+    const char *p = luaL_checkstring(L, i);
+    if (*p == '*') p++;
+    luaL_argcheck(L, (*p == 'l' || *p == 'L' || *p == 'a') && p[1] == '\0',
+                  i - 1, "invalid format");
+  }
+}
+
+
+/*
+** Before waiting for input, pending output goes out: returns the event to
+** wait for (EV_READ, or EV_WRITE while output is stuck) or a failure.
+*/
+static int read_wait_event (struct lconn *c) {
+  int rc;
+  if (buf_len(&c->out) == 0) return EV_READ;
+  rc = flush_some(c);
+  if (rc == -EAGAIN) return EV_WRITE;
+  return rc < 0 ? rc : (int)EV_READ;
+}
+
+
+/*
+** Continuation of read: ctx is the argument index of the next format; the
+** values already read are on the stack above the formats.
+*/
+static int read_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = tolconn(L);
+  int i = (int)ctx;
+  int nfmt = lua_gettop(L) - (i - 2) - 1;  /* formats are args 2..nfmt+1 */
+  int rc = wait_result(L, status);
+  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && i <= nfmt + 1) {
+    rc = read_one(L, c, i);
+    if (rc == 1) {
+      i++;
+      continue;
+    }
+    if (rc == 0) {  /* EOF: nil for this format, stop */
+      luaL_pushfail(L);
+      return i - 1;
+    }
+    if (rc != -EAGAIN) break;
+    if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
+    if ((rc = read_wait_event(c)) < 0) break;
+    rc = waitio(L, c, (unsigned)rc, i, read_k);
+  }
+  if (rc < 0) {
+    luaL_pushfail(L);
+    lua_pushstring(L, lsrv_strerror(rc));
+    return i - 2 + 2;
+  }
+  return nfmt;
+}
+
+
+static int req_read (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  int n = lua_gettop(L);
+  if (n == 1) {
+    lua_pushliteral(L, "l");
+    n = 2;
+  }
+  check_formats(L, 2, n);
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  start_op(c);
+  return read_k(L, LUA_OK, 2);
+}
+
+
+static int recv_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = tolconn(L);
+  size_t max = (size_t)ctx;
+  int rc = wait_result(L, status);
+  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && buf_len(&c->in) == 0) {
+    rc = fill(c, max);
+    if (rc == 0) {
+      luaL_pushfail(L);
+      return 1;
+    }
+    if (rc != -EAGAIN) break;
+    release_in(c);
+    if ((rc = read_wait_event(c)) < 0) break;
+    rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
+  }
+  if (rc < 0) return pushfail(L, rc);
+  push_bytes(L, c, max < buf_len(&c->in) ? max : buf_len(&c->in));
+  return 1;
+}
+
+
+static int req_recv (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  lua_Integer max = luaL_optinteger(L, 2, BUF_CHUNK);
+  luaL_argcheck(L, max > 0, 2, "must be positive");
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  lua_settop(L, 1);
+  start_op(c);
+  return recv_k(L, LUA_OK, (lua_KContext)max);
+}
+
+
+static int lines_aux (lua_State *L);
+
+static int lines_k (lua_State *L, int status, lua_KContext ctx) {
+  int n = lua_gettop(L) - (int)ctx;  /* results of read */
+  (void)status;
+  /* read stops at the first nil; a string after it is an error message */
+  if (n >= 2 && lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING)
+    return luaL_error(L, "%s", lua_tostring(L, -1));
+  return n;
+}
+
+
+static int lines_aux (lua_State *L) {
+  int nfmt = (int)lua_tointeger(L, lua_upvalueindex(2));
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, req_read);
+  lua_pushvalue(L, lua_upvalueindex(1));  /* the connection */
+  for (int i = 1; i <= nfmt; i++)
+    lua_pushvalue(L, lua_upvalueindex(2 + i));
+  lua_callk(L, nfmt + 1, LUA_MULTRET, base, lines_k);
+  return lines_k(L, LUA_OK, base);
+}
+
+
+static int req_lines (lua_State *L) {
+  int n = lua_gettop(L) - 1;
+  tolconn(L);
+  if (n == 0) {
+    lua_pushliteral(L, "l");
+    n = 1;
+  }
+  check_formats(L, 2, n + 1);
+  luaL_argcheck(L, n <= 250, n + 1, "too many arguments");
+  lua_pushinteger(L, n);
+  lua_insert(L, 2);  /* conn, n, formats... */
+  lua_pushcclosure(L, lines_aux, n + 2);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== writing */
+
+static int flush_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = tolconn(L);
+  int rc = wait_result(L, status);
+  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
+    rc = waitio(L, c, EV_WRITE, ctx, flush_k);
+  if (rc < 0) return pushfail(L, rc);
+  lua_settop(L, 1);
+  return 1;  /* the connection, for chaining */
+}
+
+
+/* Sends s directly when nothing is queued before it; returns bytes sent. */
+static size_t write_direct (struct lconn *c, const char *s, size_t len) {
+  ssize_t n;
+  if (buf_len(&c->out) > 0 || len < DIRECT_WRITE || !(c->flags & LC_WRITABLE))
+    return 0;
+  do n = send(c->fd, s, len, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return 0;  /* the buffered path reports the error */
+  if ((size_t)n < len) c->flags &= ~LC_WRITABLE;
+  c->nout += (unsigned long long)n;
+  return (size_t)n;
+}
+
+
+static int req_write (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  int n = lua_gettop(L);
+  for (int i = 2; i <= n; i++)
+    luaL_checklstring(L, i, NULL);  /* argument errors before any output */
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  for (int i = 2; i <= n; i++) {
+    size_t len, sent = 0;
+    const char *s = lua_tolstring(L, i, &len);
+    if (!(c->flags & LC_DGRAM)) sent = write_direct(c, s, len);
+    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+      return pushfail(L, -ENOMEM);
+  }
+  lua_settop(L, 1);
+  if ((c->flags & LC_DGRAM) || buf_len(&c->out) < WRITE_HIGH) return 1;
+  start_op(c);
+  return flush_k(L, LUA_OK, 0);
+}
+
+
+static int req_flush (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  lua_settop(L, 1);
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
+  start_op(c);
+  return flush_k(L, LUA_OK, 0);
+}
+
+
+/* Sends a datagram request's reply, if anything was written. */
+static int send_reply (struct lconn *c) {
+  const struct listener *l = &c->x->w->ls[c->lindex];
+  ssize_t n;
+  if (buf_len(&c->out) == 0) return 0;
+  do n = sendto(l->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL,
+                (const struct sockaddr *)&c->peer, c->peerlen);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  c->nout += (unsigned long long)n;
+  return 0;
+}
+
+
+static int close_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = tolconn(L);
+  int rc = wait_result(L, status);
+  (void)ctx;
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->flags & LC_DGRAM) rc = send_reply(c);
+  else
+    while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
+      rc = waitio(L, c, EV_WRITE, 0, close_k);
+  close_fd(c);
+  if (rc < 0) return pushfail(L, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+static int req_close (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  lua_settop(L, 1);
+  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  start_op(c);
+  return close_k(L, LUA_OK, 0);
+}
+
+/* }====================================================== */
+
+
+static int req_settimeout (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  if (lua_isnoneornil(L, 2)) c->timeout = -1;
+  else {
+    lua_Number t = luaL_checknumber(L, 2);
+    luaL_argcheck(L, t >= 0, 2, "must be >= 0");
+    c->timeout = (double)t;
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+
+static int req_gc (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  close_fd(c);
+  return 0;
+}
+
+
+static int req_tostring (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  char peer[ADDRESS_STRLEN];
+  if (c->flags & LC_CLOSED) {
+    lua_pushliteral(L, "luasrv.conn (closed)");
+    return 1;
+  }
+  address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
+                      sizeof peer);
+  lua_pushfstring(L, "luasrv.conn (%s)", peer);
+  return 1;
+}
+
+
+/* {====================================================== fields */
+
+static int addr_tostring (lua_State *L) {
+  lua_getfield(L, 1, "path");
+  if (!lua_isnil(L, -1)) {
+    lua_pushfstring(L, "unix:%s", lua_tostring(L, -1));
+    return 1;
+  }
+  lua_getfield(L, 1, "host");
+  lua_getfield(L, 1, "port");
+  if (strchr(luaL_optstring(L, -2, ""), ':') != NULL)
+    lua_pushfstring(L, "[%s]:%s", lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+  else
+    lua_pushfstring(L, "%s:%s", lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+  return 1;
+}
+
+
+void lconn_push_address (lua_State *L, struct lconn *c) {
+  char host[ADDRESS_STRLEN];
+  int port;
+  const struct sockaddr *sa = (const struct sockaddr *)&c->peer;
+  lua_createtable(L, 2, 2);
+  if (address_host_port(sa, host, sizeof host, &port) == 0) {
+    lua_pushstring(L, host);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "host");
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, port);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "port");
+    lua_rawseti(L, -2, 2);
+  }
+  else {
+    char peer[ADDRESS_STRLEN];
+    address_format_peer(sa, c->peerlen, peer, sizeof peer);
+    lua_pushstring(L, peer + 5);  /* past "unix:" */
+    lua_setfield(L, -2, "path");
+  }
+  luaL_setmetatable(L, LADDR_MT);
+}
+
+
+/* Pushes field k of request c (index 1); returns 0 if k is not built in. */
+static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
+  if (strcmp(k, "client_address") == 0) {
+    if (lua_getiuservalue(L, 1, UV_ADDRESS) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lconn_push_address(L, c);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, 1, UV_ADDRESS);  /* cache it */
+    }
+    return 1;
+  }
+  if (strcmp(k, "server") == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->x->servers_ref);
+    lua_rawgeti(L, -1, c->lindex + 1);
+    return 1;
+  }
+  if (strcmp(k, "request") == 0) {
+    if (c->flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
+    else lua_pushvalue(L, 1);
+    return 1;
+  }
+  return 0;
+}
+
+
+static int req_index (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  /* method */
+  if (lua_type(L, 2) == LUA_TSTRING &&
+      builtin_field(L, c, lua_tostring(L, 2)))
+    return 1;
+  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) return 1;  /* nil */
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+
+static int req_newindex (lua_State *L) {
+  tolconn(L);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "client_address") == 0 || strcmp(k, "server") == 0 ||
+        strcmp(k, "request") == 0)
+      return luaL_error(L, "field '%s' of a request is read-only", k);
+  }
+  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_FIELDS);
+  }
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* }====================================================== */
+
+
+static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
+                              const struct sockaddr *peer, socklen_t peerlen) {
+  struct lconn *c = lua_newuserdatauv(L, sizeof *c, 3);
+  memset(c, 0, sizeof *c);
+  c->fd = -1;
+  c->flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
+  c->timeout = -1;
+  c->x = x;
+  c->lindex = lindex;
+  if (peerlen > sizeof c->peer) peerlen = sizeof c->peer;
+  memcpy(&c->peer, peer, peerlen);
+  c->peerlen = peerlen;
+  luaL_setmetatable(L, LCONN_MT);
+  return c;
+}
+
+
+struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
+                         const struct sockaddr *peer, socklen_t peerlen) {
+  struct lconn *c = newconn(L, x, lindex, peer, peerlen);
+  c->fd = fd;
+  c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
+  return c;
+}
+
+
+struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
+                               const char *data, size_t len,
+                               const struct sockaddr *peer, socklen_t peerlen) {
+  struct lconn *c = newconn(L, x, lindex, peer, peerlen);
+  const char *s;
+  c->fd = x->w->ls[lindex].fd;
+  c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+  s = lua_pushlstring(L, data, len);
+  lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
+  c->in.data = (char *)s;
+  c->in.end = c->in.cap = len;
+  return c;
+}
+
+
+static const luaL_Reg methods[] = {
+  {"read", req_read},
+  {"lines", req_lines},
+  {"recv", req_recv},
+  {"write", req_write},
+  {"flush", req_flush},
+  {"close", req_close},
+  {"settimeout", req_settimeout},
+  {NULL, NULL}
+};
+
+static const luaL_Reg metamethods[] = {
+  {"__newindex", req_newindex},
+  {"__gc", req_gc},
+  {"__close", req_gc},
+  {"__tostring", req_tostring},
+  {NULL, NULL}
+};
+
+
+int luaopen_lreq (lua_State *L) {
+  luaL_newmetatable(L, LCONN_MT);
+  luaL_setfuncs(L, metamethods, 0);
+  luaL_newlib(L, methods);
+  lua_pushcclosure(L, req_index, 1);  /* methods table as upvalue */
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, LADDR_MT);
+  lua_pushcfunction(L, addr_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  return 0;
+}

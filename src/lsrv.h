@@ -1,0 +1,147 @@
+/*
+** lsrv.h -- what the Lua bindings share: the per-state context, the task a
+** coroutine runs as, the request object and the wait interface that each
+** concurrency model implements.
+*/
+#ifndef LUASRV_LSRV_H
+#define LUASRV_LSRV_H
+
+#include <lua.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+#include "evloop.h"
+#include "worker.h"
+
+#define LCONN_MT "luasrv.conn"
+#define LADDR_MT "luasrv.address"
+
+/* Failure codes beyond errno, all negative like -errno. */
+#define ERR_TIMEOUT  (-ETIMEDOUT)
+#define ERR_CLOSED   (-100001)
+#define ERR_LINE     (-100002)
+#define ERR_CUT      (-ECANCELED)
+
+struct lctx;
+struct lconn;
+
+/*
+** A task is one coroutine driven by the event loop (a request). Code that
+** is not in such a coroutine uses the context's main task, and waits by
+** blocking.
+*/
+struct task {
+  struct lctx *x;
+  lua_State *co;
+  int ref;                    /* registry ref keeping co alive */
+  int wait_rc;                /* result of the last wait, set by the loop */
+  struct lconn *wait_conn;    /* the connection this task waits on */
+  struct timer timer;         /* deadline or sleep */
+  struct lconn *req;          /* the request this task serves */
+  struct task *next, *prev;   /* the model's lists (active, free) */
+};
+
+/* How a model makes a task wait. */
+struct waitops {
+  int yields;                 /* 1: tasks yield to a loop (event model) */
+  /*
+  ** Arms a wait of t for c (NULL: a plain sleep) becoming ready for
+  ** EV_READ/EV_WRITE, until deadline (0 = none). The caller yields next.
+  */
+  void (*arm) (struct task *t, struct lconn *c, unsigned ev, double deadline);
+  /* c's descriptor is about to be closed. */
+  void (*detach) (struct lctx *x, struct lconn *c);
+};
+
+/* One per lua_State. */
+struct lctx {
+  struct worker *w;
+  const struct waitops *ops;
+  struct bufpool pool;
+  struct task main_task;
+  const char *script;
+  int hooks_ref;              /* the hooks table */
+  int flow_ref;               /* the request flow function */
+  int servers_ref;            /* array of server tables, one per listener */
+  void *model;                /* model-private data */
+};
+
+/* Connection flags. */
+#define LC_CLOSED   0x01u
+#define LC_EOF      0x02u
+#define LC_READABLE 0x04u
+#define LC_WRITABLE 0x08u
+#define LC_DGRAM    0x10u     /* a datagram request: fd is the listener's */
+#define LC_BORROWED 0x20u     /* in.data points into a Lua string */
+
+struct lconn {
+  int fd;
+  unsigned flags;
+  struct buf in, out;
+  size_t scan;                /* bytes of in already searched for '\n' */
+  double timeout;             /* < 0: the server's */
+  double deadline;            /* of the operation in progress; 0 = none */
+  struct lctx *x;
+  int lindex;                 /* index of its listener */
+  struct sockaddr_storage peer;
+  socklen_t peerlen;
+  unsigned long long nin, nout;
+  /* event model */
+  struct task *waiter;
+  unsigned wait_ev;
+};
+
+static inline struct task *lsrv_task (lua_State *L) {
+  return *(struct task **)lua_getextraspace(L);
+}
+static inline struct lctx *lsrv_ctx (lua_State *L) {
+  return lsrv_task(L)->x;
+}
+static inline void lsrv_settask (lua_State *L, struct task *t) {
+  *(struct task **)lua_getextraspace(L) = t;
+}
+
+/*
+** Yielded (as a light userdata) by a task that waits for the loop, so it
+** can be told apart from a handler's own coroutine.yield.
+*/
+extern char lsrv_yield_token;
+
+/* lreq.c */
+int luaopen_lreq (lua_State *L);
+/*
+** Pushes a new stream request for fd (owned from now on) accepted on
+** listener lindex; returns it.
+*/
+struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
+                         const struct sockaddr *peer, socklen_t peerlen);
+/* Pushes a datagram request; data is copied into a Lua string. */
+struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
+                               const char *data, size_t len,
+                               const struct sockaddr *peer, socklen_t peerlen);
+/* Closes without flushing (aborts); safe to call twice. */
+void lconn_abort (struct lconn *c);
+const char *lsrv_strerror (int rc);
+/* Pushes the client_address table of c. */
+void lconn_push_address (lua_State *L, struct lconn *c);
+
+/* lluasrv.c */
+int luaopen_luasrv (lua_State *L);
+
+/* script.c */
+/*
+** Creates a state for worker w with the model's wait ops, loads the script
+** and finds its hooks. Returns NULL with the reason in err.
+*/
+struct lctx *lstate_new (struct worker *w, const char *script,
+                         const struct waitops *ops, char *err, size_t errlen);
+lua_State *lstate_L (struct lctx *x);
+void lstate_close (struct lctx *x);
+/* Calls hook name(server) if defined; 0 or -1 (error already logged). */
+int lstate_call_hook (struct lctx *x, const char *name);
+/* Pushes the request flow function, which takes the request. */
+void lstate_push_flow (lua_State *L, struct lctx *x);
+/* Logs an error that escaped the flow itself. */
+void lstate_report (lua_State *L, struct lconn *c, const char *msg);
+
+#endif

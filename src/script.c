@@ -1,0 +1,263 @@
+/*
+** script.c -- a Lua state for serving: load the handler script, find its
+** hooks, build the server tables and the request flow, run hooks with a
+** traceback (lua.c's docall). The flow itself is Lua, so that it yields
+** wherever a handler does, in every model.
+*/
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "log.h"
+#include "lsrv.h"
+
+static const char *const hook_names[] = {
+  "init", "verify_request", "setup", "handle", "finish", "handle_error",
+  "service_actions", "server_close", NULL
+};
+
+/*
+** The life of one request, as socketserver's BaseRequestHandler: setup,
+** handle, finish (also when handle raised, not when setup raised), errors
+** to handle_error, and the connection closed at the end.
+*/
+static const char flow_src[] =
+  "local hooks, traceback, default_error = ...\n"
+  "local xpcall = xpcall\n"
+  "local verify, setup, handle, finish, handle_error = hooks.verify_request,\n"
+  "  hooks.setup, hooks.handle, hooks.finish, hooks.handle_error\n"
+  "local function report(req, err)\n"
+  "  if handle_error then\n"
+  "    local ok, err2 = xpcall(handle_error, traceback, req, err)\n"
+  "    if ok then return end\n"
+  "    default_error(req, err)\n"
+  "    default_error(req, 'in handle_error: ' .. tostring(err2))\n"
+  "  else\n"
+  "    default_error(req, err)\n"
+  "  end\n"
+  "end\n"
+  "return function(req)\n"
+  "  if verify then\n"
+  "    local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
+  "    if not ok then report(req, res) end\n"
+  "    if not ok or not res then req:close() return end\n"
+  "  end\n"
+  "  if setup then\n"
+  "    local ok, err = xpcall(setup, traceback, req)\n"
+  "    if not ok then report(req, err) req:close() return end\n"
+  "  end\n"
+  "  local ok, err = xpcall(handle, traceback, req)\n"
+  "  if finish then\n"
+  "    local ok2, err2 = xpcall(finish, traceback, req)\n"
+  "    if not ok then report(req, err) end\n"
+  "    if not ok2 then report(req, err2) end\n"
+  "  elseif not ok then\n"
+  "    report(req, err)\n"
+  "  end\n"
+  "  req:close()\n"
+  "end\n";
+
+
+/* Message handler: the message (made a string) plus a traceback. */
+static int msghandler (lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+
+/* default_error(req, err): socketserver's handle_error, one log entry. */
+static int default_error (lua_State *L) {
+  const char *err = luaL_tolstring(L, 2, NULL);
+  const char *addr;
+  lua_getfield(L, 1, "client_address");
+  addr = luaL_tolstring(L, -1, NULL);
+  lua_pushfstring(L, "error handling request from %s: %s", addr, err);
+  log_text(LOG_ERROR, lua_tostring(L, -1), lua_rawlen(L, -1));
+  return 0;
+}
+
+
+void lstate_report (lua_State *L, struct lconn *c, const char *msg) {
+  char peer[ADDRESS_STRLEN];
+  (void)L;
+  address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
+                      sizeof peer);
+  log_error("error handling request from %s: %s", peer, msg);
+}
+
+
+static int server_shutdown (lua_State *L) {
+  worker_stop(lsrv_ctx(L)->w);
+  return 0;
+}
+
+
+/* Builds one server table per listener; leaves the array on the stack. */
+static void push_servers (lua_State *L, struct lctx *x) {
+  struct worker *w = x->w;
+  lua_createtable(L, w->nls, 0);
+  for (int i = 0; i < w->nls; i++) {
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, w->ls[i].name);
+    lua_setfield(L, -2, "address");
+    lua_pushstring(L, transport_name(w->ls[i].addr.tr));
+    lua_setfield(L, -2, "transport");
+    lua_pushstring(L, model_name(w->cfg->model));
+    lua_setfield(L, -2, "model");
+    lua_pushinteger(L, w->id);
+    lua_setfield(L, -2, "worker");
+    lua_pushcfunction(L, server_shutdown);
+    lua_setfield(L, -2, "shutdown");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "listeners");  /* every server table lists all */
+    lua_rawseti(L, -2, i + 1);
+  }
+}
+
+
+/* Checks the hooks table at the top of the stack. */
+static int check_hooks (lua_State *L, const char *script, char *err,
+                        size_t errlen) {
+  for (int i = 0; hook_names[i] != NULL; i++) {
+    int t = lua_getfield(L, -1, hook_names[i]);
+    lua_pop(L, 1);
+    if (t == LUA_TNIL && strcmp(hook_names[i], "handle") == 0) {
+      snprintf(err, errlen, "%s: no 'handle' function (return a table with "
+               "handle, or define a global function handle)", script);
+      return -1;
+    }
+    if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+      snprintf(err, errlen, "%s: hook '%s' is a %s, not a function", script,
+               hook_names[i], lua_typename(L, t));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+
+/* Runs the script; leaves its hooks table on the stack. */
+static int load_script (lua_State *L, const char *script, char *err,
+                        size_t errlen) {
+  if (luaL_loadfile(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    return -1;
+  }
+  if (lua_isnil(L, -1)) {  /* globals style */
+    lua_pop(L, 1);
+    lua_pushglobaltable(L);
+  }
+  else if (!lua_istable(L, -1)) {
+    snprintf(err, errlen, "%s: the script returned a %s (return a table of "
+             "hooks, or nothing and define them as globals)", script,
+             luaL_typename(L, -1));
+    return -1;
+  }
+  return check_hooks(L, script, err, errlen);
+}
+
+
+static void openlibs (lua_State *L) {
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_luasrv);
+  lua_setfield(L, -2, "luasrv");
+  lua_pop(L, 1);
+  luaopen_lreq(L);
+}
+
+
+/* Builds the flow from the hooks table at the top; pops it. */
+static void make_flow (lua_State *L, struct lctx *x) {
+  int rc = luaL_loadbuffer(L, flow_src, sizeof flow_src - 1, "=flow");
+  lua_assert(rc == LUA_OK);
+  (void)rc;
+  lua_insert(L, -2);  /* flow chunk below the hooks */
+  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, default_error);
+  lua_call(L, 3, 1);
+  x->flow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+
+struct lctx *lstate_new (struct worker *w, const char *script,
+                         const struct waitops *ops, char *err, size_t errlen) {
+  struct lctx *x = calloc(1, sizeof *x);
+  lua_State *L;
+  if (x == NULL || (L = luaL_newstate()) == NULL) {
+    snprintf(err, errlen, "cannot create a Lua state: %s", strerror(ENOMEM));
+    free(x);
+    return NULL;
+  }
+  x->w = w;
+  x->ops = ops;
+  x->script = script;
+  bufpool_init(&x->pool);
+  x->main_task.x = x;
+  x->main_task.co = L;
+  x->main_task.ref = LUA_NOREF;
+  timer_init(&x->main_task.timer, NULL, &x->main_task);
+  lsrv_settask(L, &x->main_task);  /* before anything can run */
+  openlibs(L);
+  push_servers(L, x);
+  x->servers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (load_script(L, script, err, errlen) < 0) {
+    lstate_close(x);
+    return NULL;
+  }
+  lua_pushvalue(L, -1);
+  x->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  make_flow(L, x);
+  lua_settop(L, 0);
+  return x;
+}
+
+
+lua_State *lstate_L (struct lctx *x) {
+  return x->main_task.co;
+}
+
+
+void lstate_close (struct lctx *x) {
+  if (x == NULL) return;
+  lua_close(x->main_task.co);
+  bufpool_free(&x->pool);
+  free(x);
+}
+
+
+int lstate_call_hook (struct lctx *x, const char *name) {
+  lua_State *L = lstate_L(x);
+  int top = lua_gettop(L), rc = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
+  if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, -2);  /* message handler under the hook */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
+    lua_rawgeti(L, -1, 1);  /* the first listener's server table */
+    lua_remove(L, -2);
+    if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
+      log_error("error in %s: %s", name, lua_tostring(L, -1));
+      rc = -1;
+    }
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
+
+void lstate_push_flow (lua_State *L, struct lctx *x) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->flow_ref);
+}

@@ -1,0 +1,160 @@
+/*
+** worker.c -- a worker's stop state and signals, and the blocking wait the
+** sync, fork and thread models share. Signal handlers only set flags and
+** write to pipes; everything else happens in the loop.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "evloop.h"
+#include "log.h"
+#include "model.h"
+#include "worker.h"
+
+/* Set by signal handlers; read by the worker's loop. */
+static volatile sig_atomic_t sig_stop, sig_hup, sig_ints;
+/* Written once before the handlers are installed, read-only after. */
+static int sig_stop_wfd = -1, sig_wake_wfd = -1;
+static const struct listener *sig_ls;
+static int sig_nls;
+
+
+static void on_signal (int signo) {
+  int saved = errno;
+  if (signo == SIGINT && sig_ints++ > 0) {  /* a second ^C: leave now */
+    for (int i = 0; i < sig_nls; i++) listener_unlink(&sig_ls[i]);
+    _exit(130);
+  }
+  if (signo == SIGHUP) sig_hup = 1;
+  else {
+    sig_stop = 1;
+    if (write(sig_stop_wfd, "s", 1) < 0) { /* full pipe: already stopping */ }
+  }
+  if (write(sig_wake_wfd, "w", 1) < 0) { /* full pipe: a wake-up is pending */ }
+  errno = saved;
+}
+
+
+static int make_pipe (int fds[2]) {
+  return pipe2(fds, O_NONBLOCK | O_CLOEXEC);
+}
+
+
+int worker_init (struct worker *w, const struct config *cfg,
+                 struct listener *ls, int nls, int id) {
+  memset(w, 0, sizeof *w);
+  w->cfg = cfg;
+  w->ls = ls;
+  w->nls = nls;
+  w->id = id;
+  atomic_init(&w->stopping, 0);
+  atomic_init(&w->cut_at, 0.0);
+  atomic_init(&w->served, 0);
+  if (make_pipe(w->stop_fd) < 0) return -errno;
+  if (make_pipe(w->sig_fd) < 0) {
+    int en = errno;
+    close(w->stop_fd[0]);
+    close(w->stop_fd[1]);
+    return -en;
+  }
+  return 0;
+}
+
+
+void worker_close (struct worker *w) {
+  for (int i = 0; i < 2; i++) {
+    close(w->stop_fd[i]);
+    close(w->sig_fd[i]);
+  }
+}
+
+
+void worker_signals_install (struct worker *w) {
+  struct sigaction sa;
+  sig_stop_wfd = w->stop_fd[1];
+  sig_wake_wfd = w->sig_fd[1];
+  sig_ls = w->ls;
+  sig_nls = w->nls;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+
+void worker_stop (struct worker *w) {
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&w->stopping, &expected, 1)) return;
+  atomic_store(&w->cut_at, monotonic_now() + w->cfg->grace);
+  if (write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
+}
+
+
+int worker_signals (struct worker *w) {
+  int bits = 0;
+  char drain[64];
+  while (read(w->sig_fd[0], drain, sizeof drain) > 0)
+    ;
+  if (sig_stop) {
+    bits |= WSIG_STOP;
+    worker_stop(w);
+  }
+  if (sig_hup) {
+    sig_hup = 0;
+    bits |= WSIG_RELOAD;
+  }
+  return bits;
+}
+
+
+int worker_block (struct worker *w, int fd, short events, double deadline) {
+  for (;;) {
+    struct pollfd p[2];
+    int n = 1, stopping, ms, cut = 0;
+    double now = monotonic_now(), until = deadline;
+    if (sig_stop) worker_stop(w);
+    stopping = worker_stopping(w);
+    if (stopping) {
+      double c = atomic_load(&w->cut_at);
+      if (until == 0 || c < until) {
+        until = c;
+        cut = 1;
+      }
+    }
+    if (until > 0 && now >= until) return cut ? -ECANCELED : -ETIMEDOUT;
+    p[0].fd = fd;
+    p[0].events = events;
+    p[0].revents = 0;
+    if (!stopping) {  /* wake when a stop begins, to learn the deadline */
+      p[1].fd = w->stop_fd[0];
+      p[1].events = POLLIN;
+      p[1].revents = 0;
+      n = 2;
+    }
+    ms = until > 0 ? (int)ceil((until - now) * 1000.0) : -1;
+    n = poll(p, (nfds_t)n, ms);
+    if (n < 0 && errno != EINTR) return -errno;
+    if (n > 0 && p[0].revents != 0) return 0;
+  }
+}
+
+
+int worker_run (struct worker *w) {
+  switch (w->cfg->model) {
+    case MODEL_SYNC: return model_sync_serve(w);
+    case MODEL_EVENT: return model_event_serve(w);
+    default:
+      log_error("error: the %s model is not available yet",
+                model_name(w->cfg->model));
+      return 1;
+  }
+}

@@ -1,0 +1,60 @@
+/*
+** worker.h -- a worker process: its listeners, its stop state and its
+** signals. The model decides how requests run; the worker decides when to
+** stop.
+*/
+#ifndef LUASRV_WORKER_H
+#define LUASRV_WORKER_H
+
+#include <stdatomic.h>
+#include "cli.h"
+#include "listener.h"
+
+struct worker {
+  const struct config *cfg;
+  struct listener *ls;
+  int nls;
+  int id;                     /* 1-based */
+  int stop_fd[2];             /* read end is readable once stopping */
+  int sig_fd[2];              /* wakes the loop on any signal; drained */
+  atomic_int stopping;
+  _Atomic double cut_at;      /* monotonic deadline for in-flight work */
+  atomic_long served;         /* requests started (for --once) */
+};
+
+/* Signal bits returned by worker_signals. */
+#define WSIG_STOP   1
+#define WSIG_RELOAD 2
+
+int worker_init (struct worker *w, const struct config *cfg,
+                 struct listener *ls, int nls, int id);
+void worker_close (struct worker *w);
+
+/* Installs the handlers (SIGTERM, SIGINT, SIGHUP; SIGPIPE ignored). */
+void worker_signals_install (struct worker *w);
+
+/*
+** Turns pending signal flags into worker state; returns WSIG_* bits.
+** Safe to call from any thread of the worker.
+*/
+int worker_signals (struct worker *w);
+
+/* Starts a graceful stop (server:shutdown(), SIGTERM): idempotent. */
+void worker_stop (struct worker *w);
+
+static inline int worker_stopping (struct worker *w) {
+  return atomic_load_explicit(&w->stopping, memory_order_acquire);
+}
+
+/*
+** Waits until fd is ready for events (POLLIN/POLLOUT), deadline passes
+** (0 = none) or the shutdown grace period ends. fd may be -1 to just
+** sleep. Returns 0 (ready), -ETIMEDOUT, -ECANCELED (cut by shutdown) or
+** -errno. Used by the blocking models.
+*/
+int worker_block (struct worker *w, int fd, short events, double deadline);
+
+/* Runs the configured model until the worker stops; returns an exit code. */
+int worker_run (struct worker *w);
+
+#endif
