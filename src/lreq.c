@@ -260,14 +260,14 @@ static int read_one (lua_State *L, struct lconn *c, int arg) {
 static void check_formats (lua_State *L, int first, int last) {
   for (int i = first; i <= last; i++) {
     if (lua_type(L, i) == LUA_TNUMBER) {
-      luaL_argcheck(L, lua_isinteger(L, i) && lua_tointeger(L, i) >= 0, i - 1,
+      luaL_argcheck(L, lua_isinteger(L, i) && lua_tointeger(L, i) >= 0, i,
                     "invalid format");
       continue;
     }
     const char *p = luaL_checkstring(L, i);
     if (*p == '*') p++;
     luaL_argcheck(L, (*p == 'l' || *p == 'L' || *p == 'a') && p[1] == '\0',
-                  i - 1, "invalid format");
+                  i, "invalid format");
   }
 }
 
@@ -551,10 +551,12 @@ static int addr_tostring (lua_State *L) {
   }
   lua_getfield(L, 1, "host");
   lua_getfield(L, 1, "port");
-  if (strchr(luaL_optstring(L, -2, ""), ':') != NULL)
-    lua_pushfstring(L, "[%s]:%s", lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+  const char *host = luaL_optstring(L, -2, "");
+  lua_Integer port = lua_tointeger(L, -1);
+  if (strchr(host, ':') != NULL)
+    lua_pushfstring(L, "[%s]:%I", host, port);
   else
-    lua_pushfstring(L, "%s:%s", lua_tostring(L, -2), luaL_tolstring(L, -1, NULL));
+    lua_pushfstring(L, "%s:%I", host, port);
   return 1;
 }
 

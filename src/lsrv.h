@@ -138,7 +138,7 @@ struct lctx *lstate_new (struct worker *w, const char *script,
 lua_State *lstate_L (struct lctx *x);
 void lstate_close (struct lctx *x);
 /* Calls hook name(server) if defined; 0 or -1 (error already logged). */
-int lstate_call_hook (struct lctx *x, const char *name);
+int lstate_call_hook (struct lctx *x, const char *name, int fatal);
 /* Pushes the request flow function, which takes the request. */
 void lstate_push_flow (lua_State *L, struct lctx *x);
 /* Logs an error that escaped the flow itself. */

@@ -19,7 +19,7 @@ struct lctx *model_start (struct worker *w, const struct waitops *ops) {
     log_error("error: %s", err);
     return NULL;
   }
-  if (lstate_call_hook(x, "init") < 0) {
+  if (lstate_call_hook(x, "init", 1) < 0) {
     lstate_close(x);
     return NULL;
   }
@@ -30,7 +30,7 @@ struct lctx *model_start (struct worker *w, const struct waitops *ops) {
 
 
 void model_finish (struct lctx *x) {
-  lstate_call_hook(x, "server_close");
+  lstate_call_hook(x, "server_close", 0);
   lstate_close(x);
 }
 

@@ -274,7 +274,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 
 static void on_service (struct evloop *loop, struct timer *t) {
   struct eloop *e = t->data;
-  lstate_call_hook(e->x, "service_actions");
+  lstate_call_hook(e->x, "service_actions", 0);
   timer_start(loop, t, evloop_now(loop) + 0.5);
 }
 
@@ -324,7 +324,7 @@ int model_event_serve (struct worker *w) {
   update_accepting(&e);
   serve(&e);
   timer_stop(e.loop, &e.service);
-  lstate_call_hook(e.x, "server_close");
+  lstate_call_hook(e.x, "server_close", 0);
   lstate_close(e.x);  /* closes what was cut short, through __gc */
   free_tasks(e.pool);
   free_tasks(e.running);  /* cut short at the end of the grace period */

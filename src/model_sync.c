@@ -80,7 +80,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 
 static void on_service (struct evloop *loop, struct timer *t) {
   struct sync *s = t->data;
-  lstate_call_hook(s->x, "service_actions");
+  lstate_call_hook(s->x, "service_actions", 0);
   timer_start(loop, t, evloop_now(loop) + 0.5);
 }
 

@@ -238,18 +238,27 @@ void lstate_close (struct lctx *x) {
 }
 
 
-int lstate_call_hook (struct lctx *x, const char *name) {
+/*
+** Calls hook NAME with the first listener's server table, if the script
+** has it. A fatal hook (init) reports its error as the one line
+** "error: FILE:LINE: MSG" the server exits with; the others log the
+** error with its traceback and the server goes on.
+*/
+int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
   lua_State *L = lstate_L(x);
   int top = lua_gettop(L), rc = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
   if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
-    lua_pushcfunction(L, msghandler);
+    if (fatal) lua_pushnil(L);
+    else lua_pushcfunction(L, msghandler);
     lua_insert(L, -2);  /* message handler under the hook */
     lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
     lua_rawgeti(L, -1, 1);  /* the first listener's server table */
     lua_remove(L, -2);
-    if (lua_pcall(L, 1, 0, -3) != LUA_OK) {
-      log_error("error in %s: %s", name, lua_tostring(L, -1));
+    if (lua_pcall(L, 1, 0, fatal ? 0 : -3) != LUA_OK) {
+      const char *msg = luaL_tolstring(L, -1, NULL);
+      if (fatal) log_error("error: %s", msg);
+      else log_error("error in %s: %s", name, msg);
       rc = -1;
     }
   }

@@ -1,0 +1,359 @@
+/*
+** refserver.c -- the C reference echo server of luasrv's benchmark.
+**
+** It is the "physical limit" luasrv is measured against, so it is written
+** the way a careful C programmer would: one thread, one epoll set,
+** level-triggered, non-blocking sockets, TCP_NODELAY.  A readable stream is
+** read in one large batch (into a buffer shared by all connections, since
+** only one runs at a time) and everything read is written straight back.
+** When the kernel takes only part of it, the rest is kept in a buffer of that
+** connection, reading from it stops, and EPOLLOUT is awaited; once drained,
+** reading resumes.  An idle connection costs one small struct.  EOF closes.
+**
+** UDP: a blocking socket, recvmmsg(MSG_WAITFORONE) of up to 64 datagrams,
+** and one sendmmsg back to their senders.
+**
+**   refserver tcp HOST:PORT     ([::1]:PORT for IPv6; PORT 0 = any)
+**   refserver unix PATH
+**   refserver udp HOST:PORT
+**
+** After binding it prints one line to stderr, e.g.
+**   refserver: listening on tcp://127.0.0.1:41234
+** and it exits 0 on SIGTERM or SIGINT (removing the Unix socket file).
+*/
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define RBUF_SIZE (256 * 1024)  /* shared read buffer */
+#define MAX_EVENTS 256
+#define MAX_ACCEPTS 128         /* accepts per wake-up, for fairness */
+#define MAX_READS 4             /* full-buffer reads per wake-up */
+#define UDP_BATCH 64
+#define UDP_MAX 65536
+#define BACKLOG 511             /* luasrv's default */
+
+enum kind { K_LISTENER, K_CONN };
+
+struct conn {
+  enum kind kind;
+  int fd;
+  char *pend;          /* bytes read but not yet written back */
+  size_t plen, poff, pcap;
+};
+
+static volatile sig_atomic_t stopping;
+static char rbuf[RBUF_SIZE];
+static int epfd;
+static int is_tcp;
+
+static void on_signal(int sig) {
+  (void)sig;
+  stopping = 1;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "refserver: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static void usage(FILE *f) {
+  fputs("usage: refserver tcp HOST:PORT | unix PATH | udp HOST:PORT\n"
+        "  C reference echo server (epoll, non-blocking); prints\n"
+        "  'refserver: listening on ...' to stderr; exits 0 on SIGTERM.\n",
+        f);
+}
+
+/* Signals interrupt epoll_wait/recvmmsg (no SA_RESTART); SIGPIPE ignored. */
+static void setup_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+/* ---- addresses ---- */
+
+/* Splits "HOST:PORT" or "[V6]:PORT" and resolves it for binding. */
+static struct addrinfo *resolve(const char *spec, int socktype) {
+  char host[256];
+  const char *colon = strrchr(spec, ':');
+  if (!colon || (size_t)(colon - spec) >= sizeof host) {
+    fprintf(stderr, "refserver: bad address '%s'\n", spec);
+    exit(2);
+  }
+  size_t hl = (size_t)(colon - spec);
+  memcpy(host, spec, hl);
+  host[hl] = '\0';
+  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  struct addrinfo hints, *res;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = socktype;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int rc = getaddrinfo(host[0] ? host : "0.0.0.0", colon + 1, &hints, &res);
+  if (rc != 0) {
+    fprintf(stderr, "refserver: %s: %s\n", spec, gai_strerror(rc));
+    exit(2);
+  }
+  return res;
+}
+
+/* Prints the listening line with the port the kernel chose. */
+static void announce(int fd, const char *scheme) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) die("getsockname");
+  getnameinfo((struct sockaddr *)&ss, len, host, sizeof host, port,
+              sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
+  if (ss.ss_family == AF_INET6)
+    fprintf(stderr, "refserver: listening on %s://[%s]:%s\n", scheme, host,
+            port);
+  else
+    fprintf(stderr, "refserver: listening on %s://%s:%s\n", scheme, host,
+            port);
+}
+
+static int bind_inet(const char *spec, int socktype) {
+  struct addrinfo *ai = resolve(spec, socktype);
+  int fd = socket(ai->ai_family, socktype | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) die("bind");
+  freeaddrinfo(ai);
+  return fd;
+}
+
+static int bind_unix(const char *path) {
+  struct sockaddr_un sun;
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sun.sun_path) {
+    fprintf(stderr, "refserver: unix path too long\n");
+    exit(2);
+  }
+  strcpy(sun.sun_path, path);
+  unlink(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  if (bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0) die("bind");
+  return fd;
+}
+
+/* ---- stream echo ---- */
+
+static int fcntl_nonblock(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void set_events(struct conn *c, uint32_t events) {
+  struct epoll_event ev = {.events = events, .data.ptr = c};
+  epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void conn_close(struct conn *c) {
+  close(c->fd);
+  free(c->pend);
+  free(c);
+}
+
+/* Keeps the bytes the kernel did not take; 0 on out-of-memory. */
+static int keep_pending(struct conn *c, const char *p, size_t n) {
+  if (c->pcap < n) {
+    char *nb = malloc(n);
+    if (!nb) return 0;
+    free(c->pend);
+    c->pend = nb;
+    c->pcap = n;
+  }
+  memcpy(c->pend, p, n);
+  c->plen = n;
+  c->poff = 0;
+  set_events(c, EPOLLOUT);
+  return 1;
+}
+
+/* Writes back n bytes just read; 0 if the connection must be closed. */
+static int echo_back(struct conn *c, const char *p, size_t n) {
+  ssize_t w = write(c->fd, p, n);
+  if (w < 0) {
+    if (errno != EAGAIN) return 0;
+    w = 0;
+  }
+  if ((size_t)w == n) return 1;
+  return keep_pending(c, p + w, n - (size_t)w);
+}
+
+static void on_readable(struct conn *c) {
+  for (int i = 0; i < MAX_READS; i++) {
+    ssize_t n = read(c->fd, rbuf, sizeof rbuf);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+      conn_close(c);
+      return;
+    }
+    if (n < 0) return;
+    if (!echo_back(c, rbuf, (size_t)n)) {
+      conn_close(c);
+      return;
+    }
+    if (c->plen || (size_t)n < sizeof rbuf) return;
+  }
+}
+
+static void on_writable(struct conn *c) {
+  ssize_t w = write(c->fd, c->pend + c->poff, c->plen - c->poff);
+  if (w < 0) {
+    if (errno != EAGAIN) conn_close(c);
+    return;
+  }
+  c->poff += (size_t)w;
+  if (c->poff < c->plen) return;
+  c->plen = c->poff = 0;
+  set_events(c, EPOLLIN);
+}
+
+static void on_accept(int lfd) {
+  for (int i = 0; i < MAX_ACCEPTS; i++) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;  /* EAGAIN, or EMFILE & co: retry next wake-up */
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+      close(fd);
+      return;
+    }
+    c->kind = K_CONN;
+    c->fd = fd;
+    if (is_tcp) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) conn_close(c);
+  }
+}
+
+static void dispatch(struct epoll_event *ev) {
+  struct conn *c = ev->data.ptr;
+  if (c->kind == K_LISTENER) {
+    on_accept(c->fd);
+  } else if (ev->events & EPOLLOUT) {
+    on_writable(c);
+  } else if (ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    on_readable(c);
+  }
+}
+
+/* Listens before the line is printed, so a client may connect at once. */
+static void start_listening(int lfd) {
+  if (listen(lfd, BACKLOG) < 0) die("listen");
+  if (fcntl_nonblock(lfd) < 0) die("fcntl");
+}
+
+static void serve_stream(int lfd) {
+  struct conn listener = {.kind = K_LISTENER, .fd = lfd};
+  struct epoll_event evs[MAX_EVENTS];
+  epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd < 0) die("epoll_create1");
+  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &listener};
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev) < 0) die("epoll_ctl");
+  while (!stopping) {
+    int n = epoll_wait(epfd, evs, MAX_EVENTS, -1);
+    for (int i = 0; i < n; i++) dispatch(&evs[i]);
+  }
+}
+
+/* ---- datagram echo ---- */
+
+static void serve_udp(int fd) {
+  static struct mmsghdr msgs[UDP_BATCH];
+  static struct iovec iov[UDP_BATCH];
+  static struct sockaddr_storage peers[UDP_BATCH];
+  char *bufs = malloc((size_t)UDP_BATCH * UDP_MAX);
+  if (!bufs) die("malloc");
+  for (int i = 0; i < UDP_BATCH; i++) {
+    iov[i].iov_base = bufs + (size_t)i * UDP_MAX;
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &peers[i];
+  }
+  while (!stopping) {
+    for (int i = 0; i < UDP_BATCH; i++) {
+      iov[i].iov_len = UDP_MAX;
+      msgs[i].msg_hdr.msg_namelen = sizeof peers[i];
+    }
+    int n = recvmmsg(fd, msgs, UDP_BATCH, MSG_WAITFORONE, NULL);
+    if (n <= 0) continue;  /* EINTR: check stopping */
+    for (int i = 0; i < n; i++) iov[i].iov_len = msgs[i].msg_len;
+    for (int sent = 0; sent < n;) {
+      int k = sendmmsg(fd, msgs + sent, (unsigned)(n - sent), 0);
+      if (k < 0 && errno == EINTR && !stopping) continue;
+      sent += k > 0 ? k : 1;  /* a datagram that fails is dropped: UDP */
+    }
+  }
+  free(bufs);
+}
+
+/* ---- main ---- */
+
+int main(int argc, char **argv) {
+  if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    usage(stdout);
+    return 0;
+  }
+  if (argc != 3) {
+    usage(stderr);
+    return 2;
+  }
+  const char *mode = argv[1], *where = argv[2];
+  setup_signals();
+  raise_fd_limit();
+  if (!strcmp(mode, "tcp")) {
+    int fd = bind_inet(where, SOCK_STREAM);
+    is_tcp = 1;
+    start_listening(fd);
+    announce(fd, "tcp");
+    serve_stream(fd);
+  } else if (!strcmp(mode, "unix")) {
+    int fd = bind_unix(where);
+    start_listening(fd);
+    fprintf(stderr, "refserver: listening on unix:%s\n", where);
+    serve_stream(fd);
+    unlink(where);
+  } else if (!strcmp(mode, "udp")) {
+    int fd = bind_inet(where, SOCK_DGRAM);
+    announce(fd, "udp");
+    serve_udp(fd);
+  } else {
+    usage(stderr);
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,174 @@
+--[[ spec/helper.lua: what the project's specs share on top of luasrv.test.
+Set as busted's helper in .busted, so it runs once before every spec file;
+it registers itself as package.loaded.helper, so `require "helper"` in a
+spec returns this same table.
+
+  H.T              luasrv.test
+  H.models         models to run the model-independent specs under:
+                   $LUASRV_MODELS ("sync,event"), default { "sync" }
+  H.model          the first of them: what H.start uses unless told
+  H.scale          $LUASRV_TIME_SCALE (default 1): multiplies the upper
+                   bounds of "it exits at once" checks, for slow builds
+                   (ASan)
+  H.for_models(fn) describe("model M", fn(M)) for each model
+  H.fixture(name)  path of spec/fixtures/NAME
+  H.start(opts)    T.start with opts.model defaulted, stopped when the
+                   test ends (call it inside an `it`)
+  H.defer(fn)      run fn when the current test ends, pass or fail
+  H.with_server(opts, fn)  start, fn(srv), always stop
+  H.SER            Lua source defining `ser(...)`: handler scripts write
+                   ser(values) back, the spec reads them with H.unser
+  H.unser(s)       table.pack of the values ser wrote
+  H.lines(s), H.count(s, pattern, plain), H.error_lines(s)
+  H.exists(path), H.is_socket(path)
+  H.elapsed(fn, ...)  seconds fn took, then its results
+]]
+
+local T = require "luasrv.test"
+
+local H = { T = T }
+
+-- busted's describe lives in the spec files' environment, not in this
+-- file's: fetch it from busted's api when called
+local function busted_fn (name)
+  local f = rawget(_G, name)
+  if f then return f end
+  return require("busted")[name]
+end
+
+
+-- cleanups run when the current test ends, pass or fail (busted's own
+-- `finally` keeps only the last function given in a test)
+local deferred = {}
+
+function H.defer (fn)
+  deferred[#deferred + 1] = fn
+end
+
+local function run_deferred ()
+  local list = deferred
+  deferred = {}
+  for i = #list, 1, -1 do pcall(list[i]) end
+end
+
+local function split (s, sep)
+  local t = {}
+  for w in s:gmatch("[^" .. sep .. "]+") do t[#t + 1] = w end
+  return t
+end
+
+H.models = split(os.getenv("LUASRV_MODELS") or "sync", ", ")
+H.model = H.models[1]
+H.fixtures = "spec/fixtures/"
+H.scale = tonumber(os.getenv("LUASRV_TIME_SCALE")) or 1
+
+
+function H.fixture (name)
+  return H.fixtures .. name
+end
+
+
+function H.for_models (fn)
+  for _, m in ipairs(H.models) do
+    busted_fn("describe")("model " .. m, function () fn(m) end)
+  end
+end
+
+
+function H.start (opts)
+  opts = opts or {}
+  if opts.model == nil then opts.model = H.model end
+  local srv = T.start(opts)
+  H.defer(function () srv:stop() end)
+  return srv
+end
+
+
+function H.with_server (opts, fn)
+  if opts.model == nil then opts.model = H.model end
+  local srv = T.start(opts)
+  local ok, err = pcall(fn, srv)
+  srv:stop()
+  if not ok then error(err, 0) end
+  return srv
+end
+
+
+H.SER = [[
+local function ser (...)
+  local t, out = table.pack(...), {}
+  for i = 1, t.n do
+    local v = t[i]
+    out[i] = type(v) == "string" and string.format("%q", v) or tostring(v)
+  end
+  return "return " .. table.concat(out, ", ")
+end
+]]
+
+
+function H.unser (s)
+  assert(type(s) == "string", "no reply")
+  local f = assert(load(s, "=reply", "t", {}))
+  return table.pack(f())
+end
+
+
+function H.lines (s)
+  local t = {}
+  for line in s:gmatch("[^\n]+") do t[#t + 1] = line end
+  return t
+end
+
+
+function H.count (s, pattern, plain)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(pattern, i, plain)
+    if not a then return n end
+    n, i = n + 1, math.max(b + 1, a + 1)
+  end
+end
+
+
+function H.error_lines (s)
+  local t = {}
+  for _, line in ipairs(H.lines(s)) do
+    if line:find("^luasrv: error: ") then t[#t + 1] = line end
+  end
+  return t
+end
+
+
+local function test (flag, path)
+  return os.execute("test " .. flag .. " '" .. path:gsub("'", "'\\''") ..
+    "'") == true
+end
+
+function H.exists (path) return test("-e", path) end
+function H.is_socket (path) return test("-S", path) end
+
+
+function H.elapsed (fn, ...)
+  local t0 = T.now()
+  local r = table.pack(fn(...))
+  return T.now() - t0, table.unpack(r, 1, r.n)
+end
+
+
+-- run the cleanups at the end of each test; stop whatever is left running
+-- when the suite ends
+local ok, busted = pcall(require, "busted")
+if ok and type(busted) == "table" and busted.subscribe then
+  busted.subscribe({ "test", "end" }, function ()
+    run_deferred()
+    return nil, true
+  end)
+  busted.subscribe({ "suite", "end" }, function ()
+    run_deferred()
+    T.cleanup()
+    return nil, true
+  end)
+end
+
+package.loaded.helper = H
+return H
