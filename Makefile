@@ -33,6 +33,10 @@ CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
 DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket
 PORT ?= 9999
+# The models every spec runs under.
+MODELS ?= sync,event
+# What the benchmark adds: its peers and a load tool.
+DEPS_BENCH = python3 lua-luv
 
 .PHONY: all deps run test test-asan check-specs unit bench clean
 
@@ -61,7 +65,7 @@ unit: $(CTESTS)
 
 test: deps
 	@$(MAKE) --no-print-directory all unit
-	@LUASRV_BIN=$(BUILD)/luasrv BUILD=$(BUILD) spec/run
+	@LUASRV_MODELS=$(MODELS) LUASRV_BIN=$(BUILD)/luasrv BUILD=$(BUILD) spec/run
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g" \
@@ -69,10 +73,13 @@ test-asan: deps
 	  all unit
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
 	  UBSAN_OPTIONS=print_stacktrace=1 \
+	  LUASRV_MODELS=$(MODELS) LUASRV_TIME_SCALE=3 \
 	  LUASRV_BIN=build-asan/luasrv BUILD=build-asan spec/run
 
-bench: all
-	bench/run $(if $(QUICK),--quick)
+bench: deps
+	@tools/install-deps $(DEPS_BENCH)
+	@$(MAKE) --no-print-directory all
+	bench/run $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
 clean:
 	rm -rf build build-asan bench/build

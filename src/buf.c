@@ -66,7 +66,9 @@ int buf_reserve (struct buf *b, size_t n, struct bufpool *p) {
 
 
 int buf_append (struct buf *b, const void *s, size_t n, struct bufpool *p) {
-  int rc = buf_reserve(b, n, p);
+  int rc;
+  if (n == 0) return 0;  /* data may still be NULL: memcpy must not see it */
+  rc = buf_reserve(b, n, p);
   if (rc < 0) return rc;
   memcpy(b->data + b->end, s, n);
   b->end += n;

@@ -239,6 +239,7 @@ int evloop_run_once (struct evloop *loop, double max_wait) {
     if (e & (EPOLLIN | EPOLLRDHUP)) ev |= EV_READ;
     if (e & EPOLLOUT) ev |= EV_WRITE;
     if (e & (EPOLLERR | EPOLLHUP)) ev |= EV_ERROR | EV_READ | EV_WRITE;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ev |= EV_RDHUP;
     loop->w[fd].fn(loop, fd, ev, loop->w[fd].data);
   }
   run_timers(loop);

@@ -12,6 +12,7 @@
 #define EV_WRITE 2u
 #define EV_EDGE  4u           /* edge-triggered (register once, never modify) */
 #define EV_ERROR 8u           /* reported: error or hang-up */
+#define EV_RDHUP 16u          /* reported: the peer shut its side down */
 
 struct evloop;
 struct timer;

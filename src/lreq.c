@@ -111,8 +111,10 @@ static int fill (struct lconn *c, size_t want) {
     c->in.end += (size_t)n;
     c->nin += (unsigned long long)n;
     /* A short read drained the socket; the next edge says when more
-    ** comes (nginx does the same), so we save a read that would fail. */
-    if ((size_t)n < space) c->flags &= ~LC_READABLE;
+    ** comes (nginx does the same), so we save a read that would fail.
+    ** Not when the peer's EOF is pending: it brings no further edge. */
+    if ((size_t)n < space && !(c->flags & LC_RDHUP))
+      c->flags &= ~LC_READABLE;
     return (int)n;
   }
   if (n == 0) {

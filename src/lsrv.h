@@ -73,6 +73,7 @@ struct lctx {
 #define LC_WRITABLE 0x08u
 #define LC_DGRAM    0x10u     /* a datagram request: fd is the listener's */
 #define LC_BORROWED 0x20u     /* in.data points into a Lua string */
+#define LC_RDHUP    0x40u     /* the peer's EOF (or an error) is pending */
 
 struct lconn {
   int fd;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "lsrv.h"
@@ -23,9 +24,19 @@ struct lctx *model_start (struct worker *w, const struct waitops *ops) {
     lstate_close(x);
     return NULL;
   }
-  for (int i = 0; i < w->nls; i++)
-    log_info("listening on %s", w->ls[i].name);
   return x;
+}
+
+
+void model_ready (struct worker *w) {
+  if (w->ready_fd < 0) {  /* no master: announce the listeners ourselves */
+    for (int i = 0; i < w->nls; i++)
+      log_info("listening on %s", w->ls[i].name);
+    return;
+  }
+  if (write(w->ready_fd, "r", 1) < 0) { /* the master is gone: it will not wait */ }
+  close(w->ready_fd);
+  w->ready_fd = -1;
 }
 
 

@@ -14,15 +14,24 @@ struct waitops;
 
 int model_sync_serve (struct worker *w);
 int model_event_serve (struct worker *w);
+int model_fork_serve (struct worker *w);
+int model_thread_serve (struct worker *w);
 
 /* Largest datagram we receive whole (UDP's maximum payload is 65,507). */
 #define DGRAM_MAX 65536
 
 /*
-** Loads the script into a new state for w with ops, runs init and prints
-** the startup lines. Returns NULL after logging the error.
+** Loads the script into a new state for w with ops and runs init.
+** Returns NULL after logging the error.
 */
 struct lctx *model_start (struct worker *w, const struct waitops *ops);
+
+/*
+** Tells the master the worker serves (its states are loaded and init
+** ran), or prints the startup lines when there is no master. Call once,
+** before the first request.
+*/
+void model_ready (struct worker *w);
 
 /* Runs server_close and closes the state. */
 void model_finish (struct lctx *x);

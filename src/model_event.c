@@ -162,6 +162,7 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)fd;
   if (ev & EV_READ) c->flags |= LC_READABLE;
   if (ev & EV_WRITE) c->flags |= LC_WRITABLE;
+  if (ev & EV_RDHUP) c->flags |= LC_RDHUP;
   if (t == NULL || !(c->wait_ev & ev)) return;
   c->waiter = NULL;
   t->wait_conn = NULL;
@@ -322,6 +323,7 @@ int model_event_serve (struct worker *w) {
   timer_init(&e.service, on_service, &e);
   timer_start(e.loop, &e.service, evloop_now(e.loop) + 0.5);
   update_accepting(&e);
+  model_ready(w);
   serve(&e);
   timer_stop(e.loop, &e.service);
   lstate_call_hook(e.x, "server_close", 0);

@@ -96,6 +96,7 @@ int model_sync_serve (struct worker *w) {
   for (int i = 0; i < w->nls; i++)
     evloop_add(s.loop, w->ls[i].fd, EV_READ, on_listener, &s);
   evloop_add(s.loop, w->sig_fd[0], EV_READ, on_signal, &s);
+  model_ready(w);
   timer_init(&s.service, on_service, &s);
   timer_start(s.loop, &s.service, evloop_now(s.loop) + 0.5);
   while (!worker_stopping(w))

@@ -52,6 +52,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   w->ls = ls;
   w->nls = nls;
   w->id = id;
+  w->ready_fd = -1;
   atomic_init(&w->stopping, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
@@ -152,9 +153,8 @@ int worker_run (struct worker *w) {
   switch (w->cfg->model) {
     case MODEL_SYNC: return model_sync_serve(w);
     case MODEL_EVENT: return model_event_serve(w);
-    default:
-      log_error("error: the %s model is not available yet",
-                model_name(w->cfg->model));
-      return 1;
+    case MODEL_FORK: return model_fork_serve(w);
+    case MODEL_THREAD: return model_thread_serve(w);
   }
+  return 1;
 }

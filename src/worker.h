@@ -15,6 +15,7 @@ struct worker {
   struct listener *ls;
   int nls;
   int id;                     /* 1-based */
+  int ready_fd;               /* written once the worker serves; -1: none */
   int stop_fd[2];             /* read end is readable once stopping */
   int sig_fd[2];              /* wakes the loop on any signal; drained */
   atomic_int stopping;
