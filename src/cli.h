@@ -36,6 +36,8 @@ struct config {
   int reuse_port;
   int unix_mode;              /* -1 = leave to the umask */
   const char *user;
+  int setuser;                /* main resolved --user into uid, gid */
+  unsigned uid, gid;
   const char *pidfile;
   int log_json;
   int log_level;              /* enum log_level */

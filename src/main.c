@@ -1,14 +1,19 @@
 /*
 ** main.c -- luasrv's entry point: parse the command line, open the
-** listeners, run the worker, and map outcomes to exit codes (0 clean,
+** listeners, run the master and its workers, and map outcomes to exit codes (0 clean,
 ** 1 cannot start or run, 2 usage).
 */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "listener.h"
 #include "log.h"
+#include "master.h"
 #include "lsrv.h"
 #include "worker.h"
 
@@ -51,12 +56,56 @@ static int open_listeners (const struct config *cfg, struct listener *ls) {
 }
 
 
+/* Writes the master's pid to path (--pidfile). */
+static int write_pidfile (const char *path) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+    log_error("error: cannot write pid file %s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+
+/*
+** --user USER[:GROUP]: resolved here, where a typo can still stop the
+** start; the workers switch to it after fork, so the master keeps the
+** rights to remove socket files and start workers, as nginx's does.
+*/
+static int resolve_user (struct config *cfg) {
+  char name[256];
+  const char *spec = cfg->user, *colon = strchr(spec, ':');
+  struct passwd *pw;
+  snprintf(name, sizeof name, "%.*s",
+           (int)(colon ? (size_t)(colon - spec) : strlen(spec)), spec);
+  if ((pw = getpwnam(name)) == NULL) {
+    log_error("error: --user: no user '%s'", name);
+    return -1;
+  }
+  cfg->uid = pw->pw_uid;
+  cfg->gid = pw->pw_gid;
+  if (colon != NULL) {
+    struct group *gr = getgrnam(colon + 1);
+    if (gr == NULL) {
+      log_error("error: --user: no group '%s'", colon + 1);
+      return -1;
+    }
+    cfg->gid = gr->gr_gid;
+  }
+  if (geteuid() != 0 && cfg->uid != geteuid()) {
+    log_error("error: --user %s: only root can switch users", spec);
+    return -1;
+  }
+  cfg->setuser = 1;
+  return 0;
+}
+
+
 int main (int argc, char **argv) {
   static struct config cfg;
   static struct listener ls[CLI_MAX_LISTEN];
-  struct worker w;
   char err[512];
-  int rc;
+  int rc = 1;
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {
     case CLI_EXIT_OK: return 0;
     case CLI_USAGE:
@@ -67,13 +116,11 @@ int main (int argc, char **argv) {
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
   if (cfg.check) return check(&cfg);
   if (open_listeners(&cfg, ls) < 0) return 1;
-  if (worker_init(&w, &cfg, ls, cfg.nlisten, 1) < 0) {
-    log_error("error: cannot create pipes");
-    return 1;
-  }
-  worker_signals_install(&w);
-  rc = worker_run(&w);
+  if (cfg.pidfile != NULL && write_pidfile(cfg.pidfile) < 0) goto out;
+  if (cfg.user != NULL && resolve_user(&cfg) < 0) goto out;
+  rc = master_run(&cfg, ls, cfg.nlisten);
+out:
+  if (cfg.pidfile != NULL) unlink(cfg.pidfile);
   for (int i = 0; i < cfg.nlisten; i++) listener_close(&ls[i]);
-  worker_close(&w);
   return rc;
 }

@@ -17,7 +17,10 @@
 #include "worker.h"
 
 /* Set by signal handlers; read by the worker's loop. */
-static volatile sig_atomic_t sig_stop, sig_hup, sig_ints;
+static volatile sig_atomic_t sig_hup, sig_ints;
+/* Also read by handler threads (worker_block): an atomic, which is as
+** safe in a signal handler as sig_atomic_t when lock-free. */
+static atomic_int sig_stop;
 /* Written once before the handlers are installed, read-only after. */
 static int sig_stop_wfd = -1, sig_wake_wfd = -1;
 static const struct listener *sig_ls;
@@ -87,7 +90,7 @@ void worker_signals_install (struct worker *w) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  signal(SIGHUP, SIG_IGN);  /* the master reloads (master.c) */
   signal(SIGPIPE, SIG_IGN);
 }
 

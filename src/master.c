@@ -1,0 +1,454 @@
+/*
+** master.c -- the supervising master, as nginx runs it. The master owns
+** the listening sockets and never runs Lua: it forks the workers, prints
+** the startup lines once every worker serves, forwards signals, replaces
+** a worker that dies (backing off when one keeps dying), and on SIGHUP
+** starts a new generation of workers on the same sockets before it stops
+** the old one, so not one queued connection is lost.
+**
+** A worker tells its state through its exit: 0 after a stop it was asked
+** for (SIGTERM), or one it chose (server:shutdown(), --once), which stops
+** the whole server; anything else is a crash. A worker that exits before
+** it reported ready failed to load its script: at start-up the server
+** exits 1, during a reload the old generation keeps serving.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <unistd.h>
+
+#include "evloop.h"
+#include "log.h"
+#include "master.h"
+#include "worker.h"
+
+#define MAX_WORKERS 1024
+#define BACKOFF_MIN 0.1       /* first delay after a quick crash */
+#define BACKOFF_MAX 5.0
+#define QUICK_CRASH 1.0       /* a worker that dies younger crashed quickly */
+#define KILL_SLACK 2.0        /* after --grace, stragglers are killed */
+
+struct wproc {
+  pid_t pid;                  /* 0: slot free */
+  int id;                     /* 1..N, req.server.worker */
+  unsigned gen;               /* generation (1, then +1 per reload) */
+  int ready_fd;               /* read end; -1 once read */
+  int ready;
+  int retiring;               /* told to stop: its exit is expected */
+  int respawned;              /* replaces a worker that died */
+  double started;
+};
+
+struct master {
+  const struct config *cfg;
+  struct listener *ls;
+  int nls;
+  int sfd;                    /* signalfd */
+  sigset_t oldmask;
+  struct wproc *procs;        /* 2N slots: a generation and the next */
+  int nprocs;
+  unsigned gen;               /* the generation that serves */
+  unsigned next_gen;          /* being started by a reload; 0: none */
+  int announced;              /* startup lines printed */
+  int stopping;
+  int exit_code;
+  int sigints;
+  double kill_at;             /* stopping: SIGKILL the rest then */
+  double respawn_at[MAX_WORKERS + 1];  /* per id; 0: none pending */
+  double backoff[MAX_WORKERS + 1];
+};
+
+
+static const char *signame (int sig) {
+  const char *s = sigabbrev_np(sig);
+  return s != NULL ? s : "?";
+}
+
+
+/* {====================================================== worker side */
+
+static void close_master_fds (struct master *m) {
+  close(m->sfd);
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].ready_fd >= 0) close(m->procs[i].ready_fd);
+}
+
+
+/* Runs in the child: becomes worker id and never returns. */
+static void run_worker (struct master *m, int id, int ready_wfd,
+                        pid_t master_pid) {
+  struct worker w;
+  int rc;
+  /* A master killed outright must not leave workers serving alone. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != master_pid) _exit(1);
+  close_master_fds(m);
+  sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+  if (m->cfg->setuser) {
+    gid_t gid = (gid_t)m->cfg->gid;
+    if (setgroups(1, &gid) < 0 || setgid(gid) < 0 ||
+        setuid((uid_t)m->cfg->uid) < 0) {
+      log_error("error: --user %s: %s", m->cfg->user, strerror(errno));
+      exit(1);
+    }
+  }
+  if (worker_init(&w, m->cfg, m->ls, m->nls, id) < 0) {
+    log_error("error: worker %d: cannot create pipes", id);
+    exit(1);
+  }
+  w.ready_fd = ready_wfd;
+  worker_signals_install(&w);
+  rc = worker_run(&w);
+  worker_close(&w);
+  exit(rc);
+}
+
+/* }====================================================== */
+
+
+static struct wproc *free_slot (struct master *m) {
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].pid == 0) return &m->procs[i];
+  return NULL;
+}
+
+
+static struct wproc *spawn (struct master *m, int id, unsigned gen) {
+  struct wproc *p = free_slot(m);
+  int fds[2];
+  pid_t pid, self = getpid();
+  if (p == NULL) return NULL;
+  if (pipe2(fds, O_CLOEXEC) < 0) {
+    log_error("cannot start worker %d: %s", id, strerror(errno));
+    return NULL;
+  }
+  pid = fork();
+  if (pid < 0) {
+    log_error("cannot start worker %d: %s", id, strerror(errno));
+    close(fds[0]);
+    close(fds[1]);
+    return NULL;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    run_worker(m, id, fds[1], self);
+  }
+  close(fds[1]);
+  memset(p, 0, sizeof *p);
+  p->pid = pid;
+  p->id = id;
+  p->gen = gen;
+  p->ready_fd = fds[0];
+  p->started = monotonic_now();
+  return p;
+}
+
+
+static void signal_gen (struct master *m, unsigned gen, int sig) {
+  for (int i = 0; i < m->nprocs; i++) {
+    struct wproc *p = &m->procs[i];
+    if (p->pid != 0 && (gen == 0 || p->gen == gen)) {
+      if (sig == SIGTERM) p->retiring = 1;
+      kill(p->pid, sig);
+    }
+  }
+}
+
+
+static int count_gen (struct master *m, unsigned gen, int ready_only) {
+  int n = 0;
+  for (int i = 0; i < m->nprocs; i++) {
+    struct wproc *p = &m->procs[i];
+    if (p->pid != 0 && p->gen == gen && !p->retiring && (!ready_only || p->ready))
+      n++;
+  }
+  return n;
+}
+
+
+static void begin_stop (struct master *m, int code) {
+  if (m->stopping) return;
+  m->stopping = 1;
+  m->exit_code = code;
+  m->kill_at = monotonic_now() + m->cfg->grace + KILL_SLACK;
+  signal_gen(m, 0, SIGTERM);
+}
+
+
+static void announce (struct master *m) {
+  m->announced = 1;
+  for (int i = 0; i < m->nls; i++)
+    log_info("listening on %s", m->ls[i].name);
+}
+
+
+/* A generation is ready: the first one is announced, a reload retires the old. */
+static void gen_ready (struct master *m, unsigned gen) {
+  if (gen == m->gen) {
+    if (!m->announced) announce(m);
+    return;
+  }
+  if (gen != m->next_gen) return;
+  signal_gen(m, m->gen, SIGTERM);
+  m->gen = gen;
+  m->next_gen = 0;
+  log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
+           m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
+}
+
+
+static void reload_failed (struct master *m) {
+  log_error("reload failed: the old code keeps serving");
+  signal_gen(m, m->next_gen, SIGTERM);
+  m->next_gen = 0;
+}
+
+
+/*
+** A generation starts with worker 1 alone: once it has loaded the script,
+** the others follow. A script that cannot load fails once, with one
+** error line, not once per worker.
+*/
+static void spawn_rest (struct master *m, unsigned gen) {
+  for (int id = 2; id <= m->cfg->workers; id++) {
+    if (spawn(m, id, gen) == NULL) {
+      if (gen == m->next_gen) reload_failed(m);
+      else begin_stop(m, 1);
+      return;
+    }
+  }
+}
+
+
+static void on_ready (struct master *m, struct wproc *p) {
+  char c;
+  ssize_t n = read(p->ready_fd, &c, 1);
+  if (n < 0 && errno == EINTR) return;
+  close(p->ready_fd);
+  p->ready_fd = -1;
+  if (n == 1) {
+    p->ready = 1;
+    m->backoff[p->id] = 0;  /* it loaded and serves: not crash-looping */
+    if (p->id == 1 && !p->respawned) spawn_rest(m, p->gen);
+    if (count_gen(m, p->gen, 1) == m->cfg->workers) gen_ready(m, p->gen);
+  }
+  /* n == 0: it exits before serving; waitpid tells how */
+}
+
+
+static void describe_exit (int status, char *out, size_t len) {
+  if (WIFSIGNALED(status))
+    snprintf(out, len, "was killed by signal %d (SIG%s)", WTERMSIG(status),
+             signame(WTERMSIG(status)));
+  else
+    snprintf(out, len, "exited with status %d", WEXITSTATUS(status));
+}
+
+
+static void schedule_respawn (struct master *m, struct wproc *p) {
+  double now = monotonic_now(), *b = &m->backoff[p->id];
+  if (now - p->started >= QUICK_CRASH) *b = 0;
+  else *b = *b == 0 ? BACKOFF_MIN : fmin(*b * 2, BACKOFF_MAX);
+  m->respawn_at[p->id] = now + *b;
+  if (*b > 0)
+    log_warn("worker %d keeps dying: restarting it in %.1f s", p->id, *b);
+}
+
+
+static void on_exit_status (struct master *m, struct wproc *p, int status) {
+  char how[64];
+  int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  struct wproc dead;
+  if (p->ready_fd >= 0) on_ready(m, p);  /* it may have served already */
+  dead = *p;
+  p->pid = 0;
+  if (dead.retiring || m->stopping) return;
+  describe_exit(status, how, sizeof how);
+  if (dead.gen == m->next_gen) {  /* the new code failed before it served */
+    if (WIFSIGNALED(status))
+      log_error("worker %d of the new code %s", dead.id, how);
+    reload_failed(m);
+    return;
+  }
+  if (clean) {  /* server:shutdown() or --once: the server stops */
+    begin_stop(m, 0);
+    return;
+  }
+  if (!m->announced) {  /* cannot start: a failing worker said why */
+    if (WIFSIGNALED(status))
+      log_error("error: worker %d %s while starting", dead.id, how);
+    begin_stop(m, 1);
+    return;
+  }
+  log_error("worker %d (pid %d) %s; starting a new one", dead.id,
+            (int)dead.pid, how);
+  schedule_respawn(m, &dead);
+}
+
+
+static void reap (struct master *m) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int i = 0; i < m->nprocs; i++) {
+      if (m->procs[i].pid == pid) {
+        on_exit_status(m, &m->procs[i], status);
+        break;
+      }
+    }
+  }
+}
+
+
+static void reload (struct master *m) {
+  if (m->stopping) return;
+  if (m->next_gen != 0) {
+    log_warn("SIGHUP: a reload is already in progress");
+    return;
+  }
+  log_info("SIGHUP: reloading %s", m->cfg->script);
+  m->next_gen = m->gen + 1;
+  if (spawn(m, 1, m->next_gen) == NULL) reload_failed(m);
+}
+
+
+/* Returns non-zero when the master must leave at once (second ^C). */
+static int on_signals (struct master *m) {
+  struct signalfd_siginfo si;
+  while (read(m->sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    switch (si.ssi_signo) {
+      case SIGCHLD: reap(m); break;
+      case SIGHUP: reload(m); break;
+      case SIGINT:
+        if (m->sigints++ > 0) return 1;
+        begin_stop(m, 0);
+        break;
+      default: begin_stop(m, 0); break;  /* SIGTERM */
+    }
+  }
+  return 0;
+}
+
+
+static void respawn_due (struct master *m) {
+  double now = monotonic_now();
+  for (int id = 1; id <= m->cfg->workers; id++) {
+    if (m->respawn_at[id] > 0 && now >= m->respawn_at[id] && !m->stopping) {
+      m->respawn_at[id] = 0;
+      struct wproc *p = spawn(m, id, m->gen);
+      if (p == NULL) m->respawn_at[id] = now + BACKOFF_MAX;
+      else p->respawned = 1;
+    }
+  }
+}
+
+
+/* Milliseconds poll may sleep: until the next respawn or the kill time. */
+static int next_wait_ms (struct master *m) {
+  double now = monotonic_now(), until = 0;
+  for (int id = 1; id <= m->cfg->workers; id++)
+    if (m->respawn_at[id] > 0 && (until == 0 || m->respawn_at[id] < until))
+      until = m->respawn_at[id];
+  if (m->stopping && (until == 0 || m->kill_at < until)) until = m->kill_at;
+  if (until == 0) return -1;
+  return until <= now ? 0 : (int)ceil((until - now) * 1000.0);
+}
+
+
+static int alive (struct master *m) {
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].pid != 0) return 1;
+  return 0;
+}
+
+
+static void serve (struct master *m) {
+  struct pollfd *pf = calloc((size_t)m->nprocs + 1, sizeof *pf);
+  struct wproc **owner = calloc((size_t)m->nprocs + 1, sizeof *owner);
+  if (pf == NULL || owner == NULL) {
+    log_error("error: out of memory");
+    signal_gen(m, 0, SIGKILL);
+    m->exit_code = 1;
+    m->stopping = 1;
+  }
+  while (pf != NULL && owner != NULL && (alive(m) || !m->stopping)) {
+    int n = 1;
+    pf[0].fd = m->sfd;
+    pf[0].events = POLLIN;
+    for (int i = 0; i < m->nprocs; i++) {
+      if (m->procs[i].pid != 0 && m->procs[i].ready_fd >= 0) {
+        pf[n].fd = m->procs[i].ready_fd;
+        pf[n].events = POLLIN;
+        owner[n++] = &m->procs[i];
+      }
+    }
+    if (poll(pf, (nfds_t)n, next_wait_ms(m)) < 0 && errno != EINTR) break;
+    for (int i = 1; i < n; i++)
+      if (pf[i].revents != 0 && owner[i]->ready_fd == pf[i].fd)
+        on_ready(m, owner[i]);
+    if (pf[0].revents != 0 && on_signals(m)) {  /* a second ^C */
+      signal_gen(m, 0, SIGKILL);
+      m->exit_code = 130;
+      break;
+    }
+    respawn_due(m);
+    if (m->stopping && monotonic_now() >= m->kill_at && alive(m)) {
+      log_warn("workers still running after the grace period: killing them");
+      signal_gen(m, 0, SIGKILL);
+      m->kill_at = monotonic_now() + 3600;
+    }
+  }
+  while (waitpid(-1, NULL, WNOHANG) > 0)
+    ;
+  free(pf);
+  free(owner);
+}
+
+
+int master_run (const struct config *cfg, struct listener *ls, int nls) {
+  struct master m;
+  sigset_t set;
+  memset(&m, 0, sizeof m);
+  m.cfg = cfg;
+  m.ls = ls;
+  m.nls = nls;
+  m.gen = 1;
+  if (cfg->workers > MAX_WORKERS) {
+    log_error("error: --workers: at most %d", MAX_WORKERS);
+    return 1;
+  }
+  m.nprocs = 2 * cfg->workers;
+  if ((m.procs = calloc((size_t)m.nprocs, sizeof *m.procs)) == NULL) {
+    log_error("error: out of memory");
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigprocmask(SIG_BLOCK, &set, &m.oldmask);
+  if ((m.sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
+    log_error("error: signalfd: %s", strerror(errno));
+    free(m.procs);
+    return 1;
+  }
+  if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
+  serve(&m);
+  close(m.sfd);
+  for (int i = 0; i < m.nprocs; i++)
+    if (m.procs[i].ready_fd >= 0) close(m.procs[i].ready_fd);
+  free(m.procs);
+  sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
+  return m.exit_code;
+}
