@@ -56,11 +56,26 @@ static int open_listeners (const struct config *cfg, struct listener *ls) {
 }
 
 
-/* Writes the master's pid to path (--pidfile). */
+/*
+** Writes the master's pid to path (--pidfile) through a temporary file
+** and rename(2), so a reader never sees a half-written file.
+*/
 static int write_pidfile (const char *path) {
-  FILE *f = fopen(path, "w");
-  if (f == NULL || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+  char tmp[4096];
+  FILE *f;
+  if (snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid()) >=
+      (int)sizeof tmp) {
+    log_error("error: pid file name too long");
+    return -1;
+  }
+  f = fopen(tmp, "w");
+  if (f != NULL && fprintf(f, "%d\n", (int)getpid()) < 0) {
+    fclose(f);
+    f = NULL;
+  }
+  if (f == NULL || fclose(f) != 0 || rename(tmp, path) < 0) {
     log_error("error: cannot write pid file %s: %s", path, strerror(errno));
+    unlink(tmp);
     return -1;
   }
   return 0;
@@ -105,7 +120,7 @@ int main (int argc, char **argv) {
   static struct config cfg;
   static struct listener ls[CLI_MAX_LISTEN];
   char err[512];
-  int rc = 1;
+  int rc = 1, wrote_pid = 0;
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {
     case CLI_EXIT_OK: return 0;
     case CLI_USAGE:
@@ -116,11 +131,14 @@ int main (int argc, char **argv) {
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
   if (cfg.check) return check(&cfg);
   if (open_listeners(&cfg, ls) < 0) return 1;
-  if (cfg.pidfile != NULL && write_pidfile(cfg.pidfile) < 0) goto out;
+  if (cfg.pidfile != NULL) {
+    if (write_pidfile(cfg.pidfile) < 0) goto out;
+    wrote_pid = 1;
+  }
   if (cfg.user != NULL && resolve_user(&cfg) < 0) goto out;
   rc = master_run(&cfg, ls, cfg.nlisten);
 out:
-  if (cfg.pidfile != NULL) unlink(cfg.pidfile);
+  if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
   for (int i = 0; i < cfg.nlisten; i++) listener_close(&ls[i]);
   return rc;
 }

@@ -443,6 +443,8 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
     free(m.procs);
     return 1;
   }
+  if (geteuid() == 0 && !cfg->setuser)
+    log_warn("warning: handlers run as root; --user USER drops that");
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
   serve(&m);
   close(m.sfd);
