@@ -49,17 +49,26 @@ local function writefile (path, s)
 end
 
 
--- a handler that answers "VERSION WORKER" after sleeping as asked
+-- a handler that answers "VERSION WORKER" after sleeping as asked; "exit"
+-- makes the worker exit with status 3 (from service_actions, which runs in
+-- the worker in every model: a fork model handler runs in a child)
 local function versioned (version)
   return ([[
 local luasrv = require "luasrv"
-return { handle = function (req)
-  local line = req:read("l")
-  if line == "exit" then os.exit(3) end
-  local secs = tonumber(line)
-  if secs then luasrv.sleep(secs) end
-  req:write("%s ", req.server.worker, "\n")
-end }
+local flag = os.getenv("EXIT_FLAG")
+return {
+  handle = function (req)
+    local line = req:read("l")
+    if line == "exit" and flag then io.open(flag, "w"):close() end
+    local secs = tonumber(line)
+    if secs then luasrv.sleep(secs) end
+    req:write("%s ", req.server.worker, "\n")
+  end,
+  service_actions = function ()
+    local f = flag and io.open(flag)
+    if f then f:close(); os.remove(flag); os.exit(3) end
+  end,
+}
 ]]):format(version)
 end
 
@@ -109,10 +118,11 @@ H.for_models(function (model)
 
   it("a worker that exits with a status is replaced; others keep serving",
      function ()
-    local srv = H.start{ model = model, source = versioned("v1") }
-    local c = srv:connect()
-    c:send("exit\n")
-    assert.is_nil(c:receive())
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local srv = H.start{ model = model, source = versioned("v1"),
+                         env = { EXIT_FLAG = dir .. "/exit" } }
+    assert.equals("v1 1", ask(srv, "exit"))
     assert.truthy(srv:wait_stderr("exited with status 3; starting a new one",
                                   3 * H.scale, true))
     assert.equals("v1 1", eventually(function () return ask(srv, "0") end, 2))

@@ -1,11 +1,465 @@
 /*
-** model_fork.c -- placeholder until the fork model lands (issue 3).
+** model_fork.c -- socketserver's ForkingMixIn: each request (connection or
+** datagram) runs in a child forked from the worker, which inherits the
+** worker's loaded Lua state; whatever the child changes is lost with it.
+** The worker only accepts, forks, reaps and counts; it never runs handler
+** code. At most --max-children are alive: at the limit the listeners
+** leave the loop and further clients wait in the backlog.
 */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
 #include "log.h"
+#include "lsrv.h"
 #include "model.h"
 
+#define ACCEPT_BATCH 16       /* requests forked per readiness event */
+
+struct forker {
+  struct worker *w;
+  struct lctx *x;
+  struct evloop *loop;
+  struct timer service;
+  char *dgram;                /* DGRAM_MAX bytes for model_recv */
+  pid_t *pids;                /* children alive: max_children slots, 0 free */
+  int nchildren;
+  int accepting;              /* listeners are in the loop */
+  int chld_fd;                /* signalfd for SIGCHLD */
+  int verify_ref;             /* the worker's verify step, or LUA_NOREF */
+  int verify_up;              /* the flow's upvalue holding verify_request */
+  sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
+};
+
+static const struct waitops fork_ops = {0, NULL, NULL};
+
+
+/* {====================================================== the child */
+
+/* SIGTERM and SIGINT in a child: nothing to do, see child_setup. */
+static void on_child_signal (int signo) {
+  (void)signo;
+}
+
+
+/*
+** Makes a fresh child fit to run one request. Stopping is the worker's
+** business: the worker kills children left after --grace, so a SIGTERM
+** or SIGINT sent to the whole process group (^C, systemd) must not cut
+** the request short here; a handler, not SIG_IGN, so that programs the
+** request runs get the default back. The worker's stop pipe is shared
+** with the worker, so the child must not wait on its read end (it turns
+** readable when the worker stops, and this child's own flag would not
+** say so: worker_block would spin), but it keeps the write end: a
+** server:shutdown() in the child reaches the worker through it.
+*/
+static void child_setup (struct forker *f, pid_t parent) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_child_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  sigprocmask(SIG_SETMASK, &f->oldmask, NULL);
+  /* a child never outlives its worker (a second ^C, a crash) */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(1);  /* it died before prctl */
+  close(f->chld_fd);
+  close(f->w->stop_fd[0]);
+  f->w->stop_fd[0] = -1;  /* poll ignores it */
+}
+
+
+/*
+** Runs the flow on the request at the top of the stack, as model_sync
+** does, minus verify_request, which the worker ran. Then leaves without
+** running anything of the worker's: no server_close, no listener
+** clean-up (_exit, not exit).
+*/
+static void child_run (struct forker *f, struct lconn *c) {
+  lua_State *L = lstate_L(f->x);
+  lstate_push_flow(L, f->x);
+  if (f->verify_up > 0) {
+    lua_pushnil(L);
+    lua_setupvalue(L, -2, f->verify_up);  /* this copy of the flow only */
+  }
+  lua_pushvalue(L, -2);  /* flow, req */
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
+    lstate_report(L, c, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lconn_abort(c);
+  fflush(NULL);  /* what the handler print()ed; the worker flushed its own */
+  _exit(0);
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== children */
+
+static void update_accepting (struct forker *f);
+
+static void track (struct forker *f, pid_t pid) {
+  int i = 0;
+  while (f->pids[i] != 0) i++;  /* a free slot exists: we are under the limit */
+  f->pids[i] = pid;
+  f->nchildren++;
+}
+
+
+/* Forgets pid; 0 if it is not one of our children. */
+static int untrack (struct forker *f, pid_t pid) {
+  for (int i = 0; i < f->w->cfg->max_children; i++) {
+    if (f->pids[i] == pid) {
+      f->pids[i] = 0;
+      f->nchildren--;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+
+/* Reaps every child that has ended; SIGCHLDs coalesce, so loop. */
+static void reap (struct forker *f) {
+  pid_t pid;
+  int status;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    if (!untrack(f, pid)) continue;  /* one the script started */
+    if (WIFSIGNALED(status) && WTERMSIG(status) != SIGKILL)
+      log_warn("request process %d died of signal %d", (int)pid,
+               WTERMSIG(status));
+    else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)  /* os.exit */
+      log_warn("request process %d exited with status %d", (int)pid,
+               WEXITSTATUS(status));
+  }
+}
+
+
+static void on_child (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct forker *f = data;
+  struct signalfd_siginfo si[8];
+  (void)loop;
+  (void)ev;
+  while (read(fd, si, sizeof si) > 0)
+    ;
+  reap(f);
+  update_accepting(f);
+}
+
+
+/*
+** Forks a child for request c, at the top of the stack. Returns 0 or
+** -errno; the worker's copy of c is left to the caller to close.
+*/
+static int spawn (struct forker *f, struct lconn *c) {
+  pid_t parent = getpid(), pid;
+  fflush(NULL);  /* or the child would write the worker's buffers again */
+  if ((pid = fork()) < 0) return -errno;
+  if (pid == 0) {
+    child_setup(f, parent);
+    child_run(f, c);
+  }
+  track(f, pid);
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== the worker's loop */
+
+/* {====================================================== verify_request */
+
+/*
+** socketserver runs verify_request in the server process and forks only
+** for the requests it accepts, so its state persists and a refused
+** client costs no fork. The flow (script.c) runs it as its first step
+** and keeps it in its upvalue "verify": the worker runs that step with
+** the function below, and each child clears the upvalue in its copy.
+*/
+static const char verify_src[] =
+  "local verify, traceback, report = ...\n"
+  "return function (req)\n"
+  "  local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
+  "  if not ok then report(req, res) end\n"
+  "  if not ok or not res then req:close() return false end\n"
+  "  return true\n"
+  "end\n";
+
+
+/* Pushes upvalue name of the function at the top; its index, or 0. */
+static int push_upvalue (lua_State *L, const char *name) {
+  const char *n;
+  for (int i = 1; (n = lua_getupvalue(L, -1, i)) != NULL; i++) {
+    if (strcmp(n, name) == 0) return i;
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+
+/* Builds the worker's verify step, if the script has verify_request. */
+static void verify_setup (struct forker *f) {
+  lua_State *L = lstate_L(f->x);
+  int top = lua_gettop(L), vi;
+  static const char *const names[] = {"traceback", "report"};
+  f->verify_ref = LUA_NOREF;
+  lstate_push_flow(L, f->x);
+  if ((vi = push_upvalue(L, "verify")) == 0 || lua_isnil(L, -1)) {
+    lua_settop(L, top);  /* no hook; or a flow we do not know: it verifies */
+    return;
+  }
+  lua_insert(L, -2);  /* verify, flow */
+  for (int k = 0; k < 2; k++) {
+    if (push_upvalue(L, names[k]) == 0) {
+      lua_settop(L, top);
+      return;
+    }
+    lua_insert(L, -2);  /* keep the flow on top */
+  }
+  lua_pop(L, 1);  /* the flow */
+  if (luaL_loadbuffer(L, verify_src, sizeof verify_src - 1, "=verify") !=
+      LUA_OK) {
+    lua_settop(L, top);
+    return;
+  }
+  lua_insert(L, -4);  /* chunk, verify, traceback, report */
+  lua_call(L, 3, 1);
+  f->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  f->verify_up = vi;
+  lua_settop(L, top);
+}
+
+
+/* Runs verify_request on request c (at the top) in the worker; 1: serve. */
+static int verified (struct forker *f) {
+  lua_State *L = lstate_L(f->x);
+  int ok;
+  if (f->verify_ref == LUA_NOREF) return 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->verify_ref);
+  lua_pushvalue(L, -2);  /* verify step, req */
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* only if out of memory */
+    log_error("error in verify_request: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  ok = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* }====================================================== */
+
+
+/*
+** Takes one request from listener i, verifies it and forks it; 0, or -1
+** when there is none.
+*/
+static int take (struct forker *f, int i) {
+  struct listener *l = &f->w->ls[i];
+  lua_State *L = lstate_L(f->x);
+  struct sockaddr_storage peer;
+  struct lconn *c;
+  socklen_t len;
+  int rc = 0;
+  if (l->stream) {
+    int cfd = model_accept(l->fd, &peer, &len);
+    if (cfd < 0) {
+      if (cfd != -EAGAIN && cfd != -ECONNABORTED)
+        log_warn("accept on %s: %s", l->name, strerror(-cfd));
+      return -1;
+    }
+    c = lconn_new(L, f->x, cfd, i, (struct sockaddr *)&peer, len);
+  }
+  else {
+    long n = model_recv(l->fd, f->dgram, DGRAM_MAX, &peer, &len);
+    if (n < 0) return n == -EAGAIN ? -1 : 0;
+    c = lconn_new_dgram(L, f->x, i, f->dgram, (size_t)n,
+                        (struct sockaddr *)&peer, len);
+  }
+  model_count_request(f->w);
+  if (verified(f) && (rc = spawn(f, c)) < 0)
+    log_warn("dropping a request on %s: fork: %s", l->name, strerror(-rc));
+  lconn_abort(c);  /* the worker's copy: the child has its own */
+  lua_pop(L, 1);
+  return rc < 0 ? -1 : 0;
+}
+
+
+static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct forker *f = data;
+  int i = 0;
+  (void)loop;
+  (void)ev;
+  while (f->w->ls[i].fd != fd) i++;
+  for (int k = 0; k < ACCEPT_BATCH; k++) {
+    if (worker_stopping(f->w) || f->nchildren >= f->w->cfg->max_children ||
+        take(f, i) < 0)
+      break;
+  }
+  update_accepting(f);
+}
+
+
+/*
+** Listeners are in the loop while the worker is not stopping and has
+** room for another child; further clients wait in the backlog (socket
+** buffer for datagrams).
+*/
+static void update_accepting (struct forker *f) {
+  int want = !worker_stopping(f->w) &&
+             f->nchildren < f->w->cfg->max_children;
+  if (want == f->accepting) return;
+  f->accepting = want;
+  for (int i = 0; i < f->w->nls; i++) {
+    if (want) evloop_add(f->loop, f->w->ls[i].fd, EV_READ, on_listener, f);
+    else evloop_del(f->loop, f->w->ls[i].fd);
+  }
+}
+
+
+/*
+** The stop pipe turns readable when the worker stops, or when a child
+** called server:shutdown() (it shares the pipe): then the whole worker
+** stops. It stays readable, so it leaves the loop.
+*/
+static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct forker *f = data;
+  (void)ev;
+  evloop_del(loop, fd);
+  worker_stop(f->w);
+  update_accepting(f);
+}
+
+
+static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct forker *f = data;
+  (void)loop;
+  (void)fd;
+  (void)ev;
+  if (worker_signals(f->w) & WSIG_RELOAD)
+    log_warn("SIGHUP: reload is not available in this build yet");
+  update_accepting(f);
+}
+
+
+static void on_service (struct evloop *loop, struct timer *t) {
+  struct forker *f = t->data;
+  lstate_call_hook(f->x, "service_actions", 0);
+  timer_start(loop, t, evloop_now(loop) + 0.5);
+}
+
+
+/* Serves until stopping, then waits for the children up to the grace. */
+static void serve (struct forker *f) {
+  for (;;) {
+    double wait = 1.0;
+    if (worker_stopping(f->w)) {
+      double left = atomic_load(&f->w->cut_at) - evloop_update_now(f->loop);
+      update_accepting(f);
+      if (f->nchildren == 0 || left <= 0) return;
+      if (left < wait) wait = left;
+    }
+    if (evloop_run_once(f->loop, wait) < 0) return;
+  }
+}
+
+
+/* Kills the children still running after the grace and reaps them. */
+static void kill_children (struct forker *f) {
+  int n = f->nchildren;
+  if (n == 0) return;
+  log_warn("grace period over: cutting %d request%s short", n,
+           n == 1 ? "" : "s");
+  for (int i = 0; i < f->w->cfg->max_children; i++)
+    if (f->pids[i] != 0) kill(f->pids[i], SIGKILL);
+  for (int i = 0; i < f->w->cfg->max_children; i++) {
+    int status;
+    if (f->pids[i] == 0) continue;
+    while (waitpid(f->pids[i], &status, 0) < 0 && errno == EINTR)
+      ;
+    f->pids[i] = 0;
+  }
+  f->nchildren = 0;
+}
+
+/* }====================================================== */
+
+
+/* Blocks SIGCHLD and opens a signalfd for it; 0 or -errno. */
+static int watch_children (struct forker *f) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  if (sigprocmask(SIG_BLOCK, &set, &f->oldmask) < 0) return -errno;
+  f->chld_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (f->chld_fd < 0) {
+    int en = errno;
+    sigprocmask(SIG_SETMASK, &f->oldmask, NULL);
+    return -en;
+  }
+  return 0;
+}
+
+
+static int start (struct forker *f) {
+  int rc;
+  f->loop = evloop_new();
+  f->dgram = malloc(DGRAM_MAX);
+  f->pids = calloc((size_t)f->w->cfg->max_children, sizeof *f->pids);
+  if (f->loop == NULL || f->dgram == NULL || f->pids == NULL) {
+    log_error("error: %s", strerror(ENOMEM));
+    return -1;
+  }
+  if ((rc = watch_children(f)) < 0) {
+    log_error("error: signalfd: %s", strerror(-rc));
+    return -1;
+  }
+  return 0;
+}
+
+
 int model_fork_serve (struct worker *w) {
-  (void)w;
-  log_error("error: the fork model is not available yet");
-  return 1;
+  struct forker f;
+  int rc = 1;
+  memset(&f, 0, sizeof f);
+  f.w = w;
+  f.chld_fd = -1;
+  if (start(&f) < 0) goto out;
+  if ((f.x = model_start(w, &fork_ops)) == NULL) goto out;
+  verify_setup(&f);
+  evloop_add(f.loop, f.chld_fd, EV_READ, on_child, &f);
+  evloop_add(f.loop, w->sig_fd[0], EV_READ, on_signal, &f);
+  evloop_add(f.loop, w->stop_fd[0], EV_READ, on_stop, &f);
+  timer_init(&f.service, on_service, &f);
+  timer_start(f.loop, &f.service, evloop_now(f.loop) + 0.5);
+  update_accepting(&f);
+  model_ready(w);
+  serve(&f);
+  kill_children(&f);
+  timer_stop(f.loop, &f.service);
+  model_finish(f.x);
+  rc = 0;
+out:
+  if (f.chld_fd >= 0) {
+    close(f.chld_fd);
+    sigprocmask(SIG_SETMASK, &f.oldmask, NULL);
+  }
+  evloop_free(f.loop);
+  free(f.dgram);
+  free(f.pids);
+  return rc;
 }

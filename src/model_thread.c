@@ -1,11 +1,560 @@
 /*
-** model_thread.c -- placeholder until the thread model lands (issue 3).
+** model_thread.c -- socketserver's ThreadingMixIn: each request runs on a
+** thread of its own. The main thread accepts and receives; a pool of
+** handler threads, grown on demand up to --max-threads, serves the
+** requests, each thread owning one Lua state loaded once (script and
+** init) and reused for every request it serves. A state is touched by
+** its thread alone, and by the main thread only before the thread starts
+** and after it was joined. At the limit the listeners leave the loop and
+** further clients wait in the backlog; the queue between the two sides
+** never holds more than --max-threads requests.
 */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lua.h>
+
 #include "log.h"
+#include "lsrv.h"
 #include "model.h"
 
+#define ACCEPT_BATCH 16       /* requests taken per readiness event */
+#define SERVICE_EVERY 0.5     /* seconds between service_actions calls */
+#define CUT_SLACK 0.5         /* after the grace, for cut requests to unwind */
+#define GROW_DELAY 0.002      /* a busy thread may be just finishing */
+
+/* An accepted request on its way to a handler thread. */
+struct job {
+  int lindex;
+  int fd;                     /* the connection; -1 for a datagram */
+  char *data;                 /* the datagram (malloc'd); NULL for a stream */
+  size_t len;
+  struct sockaddr_storage peer;
+  socklen_t peerlen;
+  struct job *next;
+};
+
+struct tpool;
+
+struct hthread {
+  struct tpool *p;
+  pthread_t tid;
+  struct lctx *x;             /* this thread's state */
+  int running;                /* serving a job (under p->mu) */
+  double next_service;
+};
+
+struct tpool {
+  struct worker *w;
+  pthread_mutex_t mu;         /* guards the fields down to 'main_waits' */
+  pthread_cond_t work;        /* a job was queued, or quit was set */
+  struct job *head, *tail;    /* queued jobs, oldest first */
+  int nqueued;
+  long busy;                  /* jobs queued or running */
+  int nidle;                  /* threads waiting for work */
+  int nstarting;              /* threads created that have not looked yet */
+  int nogrow;                 /* a thread failed to start: do not retry */
+  int quit;                   /* threads leave once the queue is empty */
+  int main_waits;             /* the main thread wants to hear of each end */
+  pthread_mutex_t load;       /* one model_start at a time */
+  /* the main thread's alone */
+  struct hthread **threads;
+  int nthreads, cap;
+  struct evloop *loop;
+  int done_fd;                /* eventfd: a job ended while main_waits */
+  int accepting;
+  struct timer grow;          /* armed while jobs wait for a new thread */
+  char *dgram;
+};
+
+static const struct waitops thread_ops = {0, NULL, NULL};
+
+
+/* {====================================================== handler threads */
+
+/* Runs the flow on job j in h's state, as model_sync's run() does. */
+static void run_job (struct hthread *h, struct job *j) {
+  lua_State *L = lstate_L(h->x);
+  struct sockaddr *peer = (struct sockaddr *)&j->peer;
+  struct lconn *c;
+  if (j->fd >= 0)
+    c = lconn_new(L, h->x, j->fd, j->lindex, peer, j->peerlen);
+  else
+    c = lconn_new_dgram(L, h->x, j->lindex, j->data, j->len, peer,
+                        j->peerlen);
+  lstate_push_flow(L, h->x);
+  lua_pushvalue(L, -2);  /* flow, req */
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
+    lstate_report(L, c, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lconn_abort(c);
+  lua_pop(L, 1);  /* the request */
+}
+
+
+static void free_job (struct job *j) {
+  free(j->data);
+  free(j);
+}
+
+
+/* service_actions in h's own state, about every SERVICE_EVERY seconds. */
+static void maybe_service (struct hthread *h) {
+  double now = monotonic_now();
+  if (now < h->next_service) return;
+  lstate_call_hook(h->x, "service_actions", 0);
+  h->next_service = now + SERVICE_EVERY;
+}
+
+
+static struct timespec abstime (double t) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)t;
+  ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+  return ts;
+}
+
+
+/* Loads a state for a thread started after the first; 0 or -1. */
+static int load (struct hthread *h) {
+  struct tpool *p = h->p;
+  /* init hooks, and C modules' luaopen_ functions, need not be
+  ** thread-safe: a script's init then runs as it does elsewhere */
+  pthread_mutex_lock(&p->load);
+  h->x = model_start(p->w, &thread_ops);
+  pthread_mutex_unlock(&p->load);
+  return h->x != NULL ? 0 : -1;
+}
+
+
+/* Takes the oldest job (p->mu held); NULL when none. */
+static struct job *dequeue (struct tpool *p) {
+  struct job *j = p->head;
+  if (j != NULL) {
+    p->head = j->next;
+    if (p->head == NULL) p->tail = NULL;
+    p->nqueued--;
+  }
+  return j;
+}
+
+
+/* A job ended (p->mu held): tell the main thread if it waits for that. */
+static void job_done (struct tpool *p) {
+  p->busy--;
+  if (p->main_waits) {
+    uint64_t one = 1;
+    if (write(p->done_fd, &one, sizeof one) < 0) { /* a wake-up is pending */ }
+  }
+}
+
+
+/*
+** Serves jobs until quit is set and the queue is empty. While idle it
+** runs service_actions in its state when they are due.
+*/
+static void *thread_main (void *arg) {
+  struct hthread *h = arg;
+  struct tpool *p = h->p;
+  int ok = h->x != NULL || load(h) == 0;
+  pthread_mutex_lock(&p->mu);
+  p->nstarting--;
+  if (!ok) p->nogrow = 1;  /* the error is logged; others serve the queue */
+  h->next_service = monotonic_now() + SERVICE_EVERY;
+  while (ok) {
+    struct job *j = dequeue(p);
+    if (j != NULL) {
+      h->running = 1;
+      pthread_mutex_unlock(&p->mu);
+      run_job(h, j);
+      free_job(j);
+      maybe_service(h);
+      pthread_mutex_lock(&p->mu);
+      h->running = 0;
+      job_done(p);
+    }
+    else if (p->quit) break;
+    else if (monotonic_now() >= h->next_service) {
+      pthread_mutex_unlock(&p->mu);
+      maybe_service(h);
+      pthread_mutex_lock(&p->mu);
+    }
+    else {
+      struct timespec ts = abstime(h->next_service);
+      p->nidle++;
+      pthread_cond_timedwait(&p->work, &p->mu, &ts);
+      p->nidle--;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+
+/*
+** Starts a handler thread with state x (NULL: it loads its own). Signals
+** are blocked in it so that they reach the main thread, whose loop acts
+** on them. Returns 0 or -errno.
+*/
+static int spawn (struct tpool *p, struct lctx *x) {
+  struct hthread *h;
+  sigset_t all, old;
+  int rc;
+  if (p->nthreads == p->cap) {
+    int n = p->cap ? 2 * p->cap : 16;
+    struct hthread **t = realloc(p->threads, (size_t)n * sizeof *t);
+    if (t == NULL) return -ENOMEM;
+    p->threads = t;
+    p->cap = n;
+  }
+  if ((h = calloc(1, sizeof *h)) == NULL) return -ENOMEM;
+  h->p = p;
+  h->x = x;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  rc = pthread_create(&h->tid, NULL, thread_main, h);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    free(h);
+    return -rc;
+  }
+  p->threads[p->nthreads++] = h;
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== the main thread */
+
+static void update_accepting (struct tpool *p);
+
+/* More jobs wait than threads will look at the queue (p->mu held). */
+static int short_of_threads (struct tpool *p) {
+  return !p->nogrow && p->nthreads < p->w->cfg->max_threads &&
+         p->nqueued > p->nidle + p->nstarting;
+}
+
+
+/*
+** Starts threads while short of them. Not at once when a job finds
+** every thread taken: one may be just done with a request whose reply is
+** out, and a client that sends the next one at once would get a new
+** state each time.
+*/
+static void on_grow (struct evloop *loop, struct timer *t) {
+  struct tpool *p = t->data;
+  (void)loop;
+  for (;;) {
+    int grow, rc;
+    pthread_mutex_lock(&p->mu);
+    if ((grow = short_of_threads(p))) p->nstarting++;
+    pthread_mutex_unlock(&p->mu);
+    if (!grow) return;
+    if ((rc = spawn(p, NULL)) < 0) {
+      log_warn("cannot start a handler thread: %s", strerror(-rc));
+      pthread_mutex_lock(&p->mu);
+      p->nstarting--;
+      p->nogrow = 1;
+      pthread_mutex_unlock(&p->mu);
+      return;
+    }
+  }
+}
+
+
+/* Queues job j for the handler threads. */
+static void dispatch (struct tpool *p, struct job *j) {
+  int grow;
+  model_count_request(p->w);
+  j->next = NULL;
+  pthread_mutex_lock(&p->mu);
+  if (p->tail != NULL) p->tail->next = j;
+  else p->head = j;
+  p->tail = j;
+  p->nqueued++;
+  p->busy++;
+  pthread_cond_signal(&p->work);
+  grow = short_of_threads(p);
+  pthread_mutex_unlock(&p->mu);
+  if (grow && !timer_armed(&p->grow))
+    timer_start(p->loop, &p->grow, evloop_now(p->loop) + GROW_DELAY);
+}
+
+
+/* Takes one request from listener i and queues it; 0, or -1 when none. */
+static int take (struct tpool *p, int i) {
+  struct listener *l = &p->w->ls[i];
+  struct job *j = malloc(sizeof *j);
+  long n;
+  if (j == NULL) return -1;
+  j->lindex = i;
+  j->fd = -1;
+  j->data = NULL;
+  j->len = 0;
+  if (l->stream) {
+    if ((j->fd = model_accept(l->fd, &j->peer, &j->peerlen)) < 0) {
+      if (j->fd != -EAGAIN && j->fd != -ECONNABORTED)
+        log_warn("accept on %s: %s", l->name, strerror(-j->fd));
+      free(j);
+      return -1;
+    }
+  }
+  else {
+    n = model_recv(l->fd, p->dgram, DGRAM_MAX, &j->peer, &j->peerlen);
+    if (n < 0 || (n > 0 && (j->data = malloc((size_t)n)) == NULL)) {
+      free(j);
+      return n == -EAGAIN ? -1 : 0;  /* a bad datagram: try the next */
+    }
+    memcpy(j->data, p->dgram, (size_t)n);
+    j->len = (size_t)n;
+  }
+  dispatch(p, j);
+  return 0;
+}
+
+
+/* Jobs queued or running. */
+static long busy_jobs (struct tpool *p) {
+  long busy;
+  pthread_mutex_lock(&p->mu);
+  busy = p->busy;
+  pthread_mutex_unlock(&p->mu);
+  return busy;
+}
+
+
+static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct tpool *p = data;
+  int i = 0;
+  (void)loop;
+  (void)ev;
+  while (p->w->ls[i].fd != fd) i++;
+  for (int k = 0; k < ACCEPT_BATCH; k++) {
+    if (worker_stopping(p->w) ||
+        busy_jobs(p) >= p->w->cfg->max_threads || take(p, i) < 0)
+      break;
+  }
+  update_accepting(p);
+}
+
+
+/*
+** Listeners are in the loop while the worker is not stopping and fewer
+** than --max-threads requests are queued or running. Otherwise the
+** threads wake the main thread (done_fd) whenever a request ends; the
+** flag is set under the same lock the count is read under, so an end
+** cannot slip between the two.
+*/
+static void update_accepting (struct tpool *p) {
+  int want;
+  pthread_mutex_lock(&p->mu);
+  want = !worker_stopping(p->w) && p->busy < p->w->cfg->max_threads;
+  p->main_waits = !want;
+  pthread_mutex_unlock(&p->mu);
+  if (want == p->accepting) return;
+  p->accepting = want;
+  for (int i = 0; i < p->w->nls; i++) {
+    if (want) evloop_add(p->loop, p->w->ls[i].fd, EV_READ, on_listener, p);
+    else evloop_del(p->loop, p->w->ls[i].fd);
+  }
+}
+
+
+static void on_done (struct evloop *loop, int fd, unsigned ev, void *data) {
+  uint64_t n;
+  (void)loop;
+  (void)ev;
+  if (read(fd, &n, sizeof n) < 0) { /* nothing pending: spurious */ }
+  update_accepting(data);
+}
+
+
+/* Tells the threads to leave once the queue is empty. */
+static void quit (struct tpool *p) {
+  pthread_mutex_lock(&p->mu);
+  p->quit = 1;
+  pthread_cond_broadcast(&p->work);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+/*
+** The stop pipe turns readable when the worker stops, whichever thread
+** called worker_stop (server:shutdown() in a handler, --once, a signal).
+** It stays readable, so it leaves the loop.
+*/
+static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct tpool *p = data;
+  (void)ev;
+  evloop_del(loop, fd);
+  quit(p);
+  update_accepting(p);
+}
+
+
+static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct tpool *p = data;
+  (void)loop;
+  (void)fd;
+  (void)ev;
+  if (worker_signals(p->w) & WSIG_RELOAD)
+    log_warn("SIGHUP: reload is not available in this build yet");
+  update_accepting(p);
+}
+
+
+/*
+** Serves until stopping, then waits for the requests in flight: up to
+** the grace, when worker_block cuts their waits, and a little more for
+** them to unwind. Returns the number still running.
+*/
+static long serve (struct tpool *p) {
+  for (;;) {
+    double wait = 1.0;
+    if (worker_stopping(p->w)) {
+      double left = atomic_load(&p->w->cut_at) + CUT_SLACK -
+                    evloop_update_now(p->loop);
+      long busy;
+      update_accepting(p);  /* which also asks to hear of each end */
+      busy = busy_jobs(p);
+      if (busy == 0 || left <= 0) return busy;
+      if (left < wait) wait = left;
+    }
+    if (evloop_run_once(p->loop, wait) < 0) return busy_jobs(p);
+  }
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== start and end */
+
+/*
+** Drops the jobs no thread has taken, so that idle threads leave, and
+** returns how many threads are still running a request.
+*/
+static int drop_queue (struct tpool *p) {
+  struct job *j;
+  int running = 0;
+  pthread_mutex_lock(&p->mu);
+  while ((j = dequeue(p)) != NULL) {
+    if (j->fd >= 0) close(j->fd);
+    free_job(j);
+    p->busy--;
+  }
+  for (int i = 0; i < p->nthreads; i++) running += p->threads[i]->running;
+  pthread_mutex_unlock(&p->mu);
+  return running;
+}
+
+
+/*
+** Joins the threads and closes their states (server_close runs in each,
+** here, one after the other). A thread still running a request past the
+** grace cannot be stopped from outside: it keeps its state and is left
+** to the exit. Returns the number of such threads.
+*/
+static int finish (struct tpool *p, long busy) {
+  int stuck = 0;
+  quit(p);
+  if (busy > 0 && (stuck = drop_queue(p)) > 0)
+    log_warn("grace period over: %d request%s still running, exiting "
+             "without %s", stuck, stuck == 1 ? "" : "s",
+             stuck == 1 ? "it" : "them");
+  for (int i = 0; i < p->nthreads; i++) {
+    struct hthread *h = p->threads[i];
+    int running;
+    pthread_mutex_lock(&p->mu);
+    running = h->running;
+    pthread_mutex_unlock(&p->mu);
+    if (running) {
+      pthread_detach(h->tid);
+      continue;
+    }
+    pthread_join(h->tid, NULL);
+    if (h->x != NULL) model_finish(h->x);
+    free(h);
+  }
+  return stuck;
+}
+
+
+static struct tpool *pool_new (struct worker *w) {
+  struct tpool *p = calloc(1, sizeof *p);
+  pthread_condattr_t ca;
+  if (p == NULL) return NULL;
+  p->w = w;
+  p->loop = evloop_new();
+  p->dgram = malloc(DGRAM_MAX);
+  p->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  timer_init(&p->grow, on_grow, p);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);  /* as monotonic_now */
+  pthread_cond_init(&p->work, &ca);
+  pthread_condattr_destroy(&ca);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_mutex_init(&p->load, NULL);
+  return p;
+}
+
+
+/* Frees p, unless threads left running still use it (then the exit does). */
+static void pool_free (struct tpool *p, int stuck) {
+  if (p == NULL || stuck > 0) return;
+  pthread_cond_destroy(&p->work);
+  pthread_mutex_destroy(&p->mu);
+  pthread_mutex_destroy(&p->load);
+  if (p->done_fd >= 0) close(p->done_fd);
+  evloop_free(p->loop);
+  free(p->dgram);
+  free(p->threads);
+  free(p);
+}
+
+
+/* Loads the first state here, so that its errors stop the start. */
+static int first_thread (struct tpool *p) {
+  struct lctx *x = model_start(p->w, &thread_ops);
+  int rc;
+  if (x == NULL) return -1;
+  p->nstarting = 1;
+  if ((rc = spawn(p, x)) < 0) {
+    log_error("error: cannot start a handler thread: %s", strerror(-rc));
+    model_finish(x);
+    return -1;
+  }
+  return 0;
+}
+
+
 int model_thread_serve (struct worker *w) {
-  (void)w;
-  log_error("error: the thread model is not available yet");
-  return 1;
+  struct tpool *p = pool_new(w);
+  int stuck;
+  if (p == NULL || p->loop == NULL || p->dgram == NULL || p->done_fd < 0) {
+    log_error("error: %s", strerror(errno ? errno : ENOMEM));
+    pool_free(p, 0);
+    return 1;
+  }
+  if (first_thread(p) < 0) {
+    pool_free(p, 0);
+    return 1;
+  }
+  evloop_add(p->loop, w->sig_fd[0], EV_READ, on_signal, p);
+  evloop_add(p->loop, w->stop_fd[0], EV_READ, on_stop, p);
+  evloop_add(p->loop, p->done_fd, EV_READ, on_done, p);
+  update_accepting(p);
+  model_ready(w);
+  stuck = finish(p, serve(p));
+  timer_stop(p->loop, &p->grow);
+  pool_free(p, stuck);
+  return 0;
 }

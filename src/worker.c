@@ -97,8 +97,12 @@ void worker_signals_install (struct worker *w) {
 
 void worker_stop (struct worker *w) {
   int expected = 0;
+  double unset = 0.0;
+  /* The deadline before the flag: a thread that sees stopping reads
+  ** cut_at next, and 0 there would make its wait endless. */
+  atomic_compare_exchange_strong(&w->cut_at, &unset,
+                                 monotonic_now() + w->cfg->grace);
   if (!atomic_compare_exchange_strong(&w->stopping, &expected, 1)) return;
-  atomic_store(&w->cut_at, monotonic_now() + w->cfg->grace);
   if (write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
 }
 
