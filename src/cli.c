@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acl.h"
 #include "cli.h"
 #include "log.h"
 
@@ -32,6 +33,9 @@ static const char usage_text[] =
 "  --grace SECS           shutdown: time in-flight requests get (default 10)\n"
 "  --backlog N            listen backlog (default 511)\n"
 "  --once                 serve one request (connection or datagram), then exit\n"
+"  --memory-limit BYTES   memory each Lua state may use (k, m, g suffixes; default: none)\n"
+"  --allow CIDR           accept clients from CIDR (repeatable; first match wins)\n"
+"  --deny CIDR            refuse clients from CIDR (\"all\" matches any address)\n"
 "\n"
 "Operations:\n"
 "  --reuse-port           set SO_REUSEPORT on inet listeners\n"
@@ -46,7 +50,7 @@ static const char usage_text[] =
 "  --help, --version\n";
 
 enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
-            K_LOGFMT, K_LOGLEVEL, K_QUIET };
+            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL };
 
 struct option {
   const char *name;
@@ -73,6 +77,9 @@ static const struct option options[] = {
   {"grace", K_SECS, F(grace), 0, 0, 0},
   {"backlog", K_INT, F(backlog), 1, 1000000, 0},
   {"once", K_FLAG, F(once), 0, 0, 0},
+  {"memory-limit", K_SIZE, F(memory_limit), 0, 0, 0},
+  {"allow", K_ACL, 0, 0, 0, 1},
+  {"deny", K_ACL, 0, 0, 0, 0},
   {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},
   {"unix-mode", K_MODE, F(unix_mode), 0, 0, 0},
   {"user", K_STR, F(user), 0, 0, 0},
@@ -141,11 +148,19 @@ static int set (struct config *cfg, const struct option *o, const char *v,
       *(double *)field = d;
       return 0;
     }
-    case K_SIZE: {
+    case K_SIZE: {  /* bytes, or with a k, m or g suffix (powers of 1024) */
       unsigned long long n = strtoull(v, &end, 10);
-      if (*v == '\0' || *v == '-' || *end != '\0' || errno || n == 0)
+      int shift = 0;
+      switch (*end) {
+        case 'k': case 'K': shift = 10; end++; break;
+        case 'm': case 'M': shift = 20; end++; break;
+        case 'g': case 'G': shift = 30; end++; break;
+        default: break;
+      }
+      if (*v == '\0' || *v == '-' || *end != '\0' || errno || n == 0 ||
+          n > (~0ULL >> 1) >> shift)
         goto bad;
-      *(size_t *)field = (size_t)n;
+      *(size_t *)field = (size_t)(n << shift);
       return 0;
     }
     case K_STR:
@@ -176,6 +191,16 @@ static int set (struct config *cfg, const struct option *o, const char *v,
     case K_LOGFMT:
       if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0) goto bad;
       cfg->log_json = strcmp(v, "json") == 0;
+      return 0;
+    case K_ACL:
+      if (cfg->nacl == CLI_MAX_ACL) {
+        snprintf(err, errlen, "too many --allow/--deny rules (at most %d)",
+                 CLI_MAX_ACL);
+        return -1;
+      }
+      if (acl_parse(v, o->tr, &cfg->acl[cfg->nacl], err, errlen) < 0)
+        return -1;
+      cfg->nacl++;
       return 0;
     case K_LOGLEVEL: {
       enum log_level l;

@@ -7,9 +7,11 @@
 
 #include <stddef.h>
 #include "address.h"
+#include "acl.h"
 
 #define LUASRV_VERSION "0.1.0"
 #define CLI_MAX_LISTEN 64
+#define CLI_MAX_ACL 64
 
 enum model_kind { MODEL_SYNC, MODEL_FORK, MODEL_THREAD, MODEL_EVENT };
 
@@ -33,6 +35,9 @@ struct config {
   double grace;
   int backlog;
   int once;
+  size_t memory_limit;        /* per Lua state; 0 = none */
+  struct acl_rule acl[CLI_MAX_ACL];  /* --allow, --deny in order */
+  int nacl;
   int reuse_port;
   int unix_mode;              /* -1 = leave to the umask */
   const char *user;

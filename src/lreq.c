@@ -20,11 +20,18 @@
 
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
-#define UV_FIELDS 1           /* user fields table */
-#define UV_ADDRESS 2          /* cached client_address */
-#define UV_DATA 3             /* datagram string */
+/*
+** User values. A stream request has one, a datagram two; the fields
+** table is made when first needed, and also caches client_address
+** (under a light userdata key, which handler code cannot name): an idle
+** connection should cost as little as possible.
+*/
+#define UV_FIELDS 1           /* fields table, or nil */
+#define UV_DATA 2             /* datagram string */
+#define ADDRESS_KEY ((void *)&lsrv_conn_tag)
 
 char lsrv_yield_token;
+char lsrv_conn_tag;
 
 
 
@@ -47,7 +54,20 @@ static int pushfail (lua_State *L, int rc) {
 }
 
 
-#define tolconn(L) ((struct lconn *)luaL_checkudata(L, 1, LCONN_MT))
+/*
+** The request at argument 1. Every method checks it, and an echoed line
+** takes several such checks, so the common case is told by the block's
+** size and tag (no other userdata can hold the address of lsrv_conn_tag):
+** luaL_checkudata looks the metatable up in the registry by name each
+** time. The slow path raises the usual error.
+*/
+static struct lconn *tolconn (lua_State *L) {
+  struct lconn *c = lua_touserdata(L, 1);
+  if (c != NULL && lua_rawlen(L, 1) >= LCONN_SIZE(0) &&
+      c->tag == &lsrv_conn_tag)
+    return c;
+  return luaL_checkudata(L, 1, LCONN_MT);
+}
 
 
 static double conn_timeout (struct lconn *c) {
@@ -55,10 +75,24 @@ static double conn_timeout (struct lconn *c) {
 }
 
 
-/* Sets the deadline of an operation that starts now. */
+/*
+** Starts an operation. Its deadline is only computed when it first has
+** to wait (deadline_of): most operations are served from the buffers,
+** and reading the clock for each of them cost a few percent of a
+** pipelined echo.
+*/
 static void start_op (struct lconn *c) {
-  double t = conn_timeout(c);
-  c->deadline = t > 0 ? monotonic_now() + t : 0;
+  c->deadline = -1;
+}
+
+
+/* The deadline of the operation in progress, 0 for none. */
+static double deadline_of (struct lconn *c) {
+  if (c->deadline < 0) {
+    double t = conn_timeout(c);
+    c->deadline = t > 0 ? monotonic_now() + t : 0;
+  }
+  return c->deadline;
 }
 
 
@@ -72,12 +106,12 @@ static int waitio (lua_State *L, struct lconn *c, unsigned ev,
   struct task *t = lsrv_task(L);
   int rc;
   if (c->x->ops->yields && t != &c->x->main_task) {
-    c->x->ops->arm(t, c, ev, c->deadline);
+    c->x->ops->arm(t, c, ev, deadline_of(c));
     lua_pushlightuserdata(L, &lsrv_yield_token);
     return lua_yieldk(L, 1, kc, k);
   }
   rc = worker_block(c->x->w, c->fd, ev & EV_READ ? POLLIN : POLLOUT,
-                    c->deadline);
+                    deadline_of(c));
   if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
   return rc;
 }
@@ -287,15 +321,21 @@ static int read_wait_event (struct lconn *c) {
 }
 
 
+/* In read_k's context: called by a lines iterator, which raises errors. */
+#define READ_LINES 0x10000
+
 /*
-** Continuation of read: ctx is the argument index of the next format; the
-** values already read are on the stack above the formats.
+** Continuation of read: ctx is the argument index of the next format
+** (plus READ_LINES); the values already read are on the stack above the
+** formats.
 */
-static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = tolconn(L);
-  int i = (int)ctx;
+static int read_k (lua_State *L, int status, lua_KContext ctx);
+
+static int read_run (lua_State *L, struct lconn *c, int rc,
+                     lua_KContext ctx) {
+  int lines = (int)(ctx & READ_LINES);
+  int i = (int)(ctx & ~(lua_KContext)READ_LINES);
   int nfmt = lua_gettop(L) - (i - 2) - 1;  /* formats are args 2..nfmt+1 */
-  int rc = wait_result(L, status);
   if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && i <= nfmt + 1) {
     rc = read_one(L, c, i);
@@ -310,14 +350,20 @@ static int read_k (lua_State *L, int status, lua_KContext ctx) {
     if (rc != -EAGAIN) break;
     if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
     if ((rc = read_wait_event(c)) < 0) break;
-    rc = waitio(L, c, (unsigned)rc, i, read_k);
+    rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
+    if (lines) return luaL_error(L, "%s", lsrv_strerror(rc));
     luaL_pushfail(L);
     lua_pushstring(L, lsrv_strerror(rc));
     return i - 2 + 2;
   }
   return nfmt;
+}
+
+
+static int read_k (lua_State *L, int status, lua_KContext ctx) {
+  return read_run(L, tolconn(L), wait_result(L, status), ctx);
 }
 
 
@@ -331,7 +377,7 @@ static int req_read (lua_State *L) {
   check_formats(L, 2, n);
   if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   start_op(c);
-  return read_k(L, LUA_OK, 2);
+  return read_run(L, c, 0, 2);
 }
 
 
@@ -368,28 +414,50 @@ static int req_recv (lua_State *L) {
 }
 
 
-static int lines_aux (lua_State *L);
-
-static int lines_k (lua_State *L, int status, lua_KContext ctx) {
-  int n = lua_gettop(L) - (int)ctx;  /* results of read */
-  (void)status;
-  /* read stops at the first nil; a string after it is an error message */
-  if (n >= 2 && lua_isnil(L, -2) && lua_type(L, -1) == LUA_TSTRING)
-    return luaL_error(L, "%s", lua_tostring(L, -1));
-  return n;
-}
-
-
+/*
+** The lines iterator: a read of the stored formats that raises its
+** failures (as io.lines does). Upvalues: the connection, the number of
+** formats, the formats. It runs read_run itself rather than req_read
+** through a call, for this is the inner loop of most stream handlers.
+*/
 static int lines_aux (lua_State *L) {
+  struct lconn *c = lua_touserdata(L, lua_upvalueindex(1));
   int nfmt = (int)lua_tointeger(L, lua_upvalueindex(2));
-  int base = lua_gettop(L);
-  lua_pushcfunction(L, req_read);
-  lua_pushvalue(L, lua_upvalueindex(1));  /* the connection */
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
   for (int i = 1; i <= nfmt; i++)
     lua_pushvalue(L, lua_upvalueindex(2 + i));
-  lua_callk(L, nfmt + 1, LUA_MULTRET, base, lines_k);
-  return lines_k(L, LUA_OK, base);
+  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  start_op(c);
+  return read_run(L, c, 0, 2 | READ_LINES);
 }
+
+
+/*
+** lines("l") and lines("L"), the usual case, have the connection as their
+** one upvalue, and return a line already buffered at once.
+*/
+static int lines_fast (lua_State *L, int keep) {
+  struct lconn *c = lua_touserdata(L, lua_upvalueindex(1));
+  if (!(c->flags & LC_CLOSED)) {
+    long nl = buf_findnl(&c->in, c->scan);
+    if (nl >= 0 && (size_t)nl <= c->x->w->cfg->max_line) {
+      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (size_t)keep);
+      buf_consume(&c->in, (size_t)nl + 1);
+      c->scan = 0;
+      return 1;
+    }
+  }
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushstring(L, keep ? "L" : "l");
+  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  start_op(c);
+  return read_run(L, c, 0, 2 | READ_LINES);
+}
+
+static int lines_l (lua_State *L) { return lines_fast(L, 0); }
+static int lines_L (lua_State *L) { return lines_fast(L, 1); }
 
 
 static int req_lines (lua_State *L) {
@@ -403,6 +471,15 @@ static int req_lines (lua_State *L) {
   luaL_argcheck(L, n <= 250, n + 1, "too many arguments");
   lua_pushinteger(L, n);
   lua_insert(L, 2);  /* conn, n, formats... */
+  if (n == 1 && lua_type(L, 3) == LUA_TSTRING) {
+    const char *p = lua_tostring(L, 3);
+    if (*p == '*') p++;
+    if (*p == 'l' || *p == 'L') {
+      lua_pushvalue(L, 1);
+      lua_pushcclosure(L, *p == 'l' ? lines_l : lines_L, 1);
+      return 1;
+    }
+  }
   lua_pushcclosure(L, lines_aux, n + 2);
   return 1;
 }
@@ -441,6 +518,18 @@ static size_t write_direct (struct lconn *c, const char *s, size_t len) {
 static int req_write (lua_State *L) {
   struct lconn *c = tolconn(L);
   int n = lua_gettop(L);
+  if (n == 2 && lua_type(L, 2) == LUA_TSTRING &&  /* the common case */
+      (c->flags & (LC_CLOSED | LC_DGRAM)) == 0) {
+    size_t len, sent;
+    const char *s = lua_tolstring(L, 2, &len);
+    sent = write_direct(c, s, len);
+    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+      return pushfail(L, -ENOMEM);
+    lua_pop(L, 1);
+    if (buf_len(&c->out) < WRITE_HIGH) return 1;
+    start_op(c);
+    return flush_k(L, LUA_OK, 0);
+  }
   for (int i = 2; i <= n; i++)
     luaL_checklstring(L, i, NULL);  /* argument errors before any output */
   if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
@@ -468,18 +557,69 @@ static int req_flush (lua_State *L) {
 }
 
 
-/* Sends a datagram request's reply, if anything was written. */
+/* {------ datagram replies, sent together (see struct dgq) */
+
+void dgq_flush (struct dgq *q, struct bufpool *pool) {
+  struct mmsghdr msgs[DGQ_MAX];
+  struct iovec iov[DGQ_MAX];
+  int i = 0;
+  memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)q->n);
+  for (int k = 0; k < q->n; k++) {
+    iov[k].iov_base = (char *)buf_head(&q->data[k]);
+    iov[k].iov_len = buf_len(&q->data[k]);
+    msgs[k].msg_hdr.msg_iov = &iov[k];
+    msgs[k].msg_hdr.msg_iovlen = 1;
+    msgs[k].msg_hdr.msg_name = &q->to[k];
+    msgs[k].msg_hdr.msg_namelen = q->tolen[k];
+  }
+  while (i < q->n) {  /* bounded: each round sends one or drops one */
+    int n = sendmmsg(q->fd, msgs + i, (unsigned)(q->n - i), MSG_NOSIGNAL);
+    if (n > 0) i += n;
+    else if (n < 0 && errno == EINTR) continue;
+    else i++;  /* as sendto's failure: this reply is lost, go on */
+  }
+  for (int k = 0; k < q->n; k++) buf_free(&q->data[k], pool);
+  q->n = 0;
+}
+
+
+/*
+** Queues the reply of c: its output buffer moves to the queue, so nothing
+** is copied. The queue goes out when full or when it is for another
+** listener; the model flushes the rest.
+*/
+static void dgq_add (struct dgq *q, struct lconn *c) {
+  if (q->n > 0 && q->fd != c->fd) dgq_flush(q, &c->x->pool);
+  q->fd = c->fd;
+  q->data[q->n] = c->out;
+  memset(&c->out, 0, sizeof c->out);
+  memcpy(&q->to[q->n], &c->peer, c->peerlen);
+  q->tolen[q->n] = c->peerlen;
+  c->nout += buf_len(&q->data[q->n]);
+  if (++q->n == DGQ_MAX) dgq_flush(q, &c->x->pool);
+}
+
+
+/*
+** Sends a datagram request's reply, if anything was written. Queued
+** replies report no error: a datagram can be lost on the way anyway.
+*/
 static int send_reply (struct lconn *c) {
-  const struct listener *l = &c->x->w->ls[c->lindex];
   ssize_t n;
   if (buf_len(&c->out) == 0) return 0;
-  do n = sendto(l->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL,
+  if (c->x->dgq != NULL) {
+    dgq_add(c->x->dgq, c);
+    return 0;
+  }
+  do n = sendto(c->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL,
                 (const struct sockaddr *)&c->peer, c->peerlen);
   while (n < 0 && errno == EINTR);
   if (n < 0) return -errno;
   c->nout += (unsigned long long)n;
   return 0;
 }
+
+/* }------ */
 
 
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
@@ -588,14 +728,26 @@ void lconn_push_address (lua_State *L, struct lconn *c) {
 }
 
 
+/* Pushes the fields table of the request at index 1, made if need be. */
+static void push_fields (lua_State *L) {
+  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_FIELDS);
+  }
+}
+
+
 /* Pushes field k of request c (index 1); returns 0 if k is not built in. */
 static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
   if (strcmp(k, "client_address") == 0) {
-    if (lua_getiuservalue(L, 1, UV_ADDRESS) == LUA_TNIL) {
+    push_fields(L);
+    if (lua_rawgetp(L, -1, ADDRESS_KEY) == LUA_TNIL) {
       lua_pop(L, 1);
       lconn_push_address(L, c);
       lua_pushvalue(L, -1);
-      lua_setiuservalue(L, 1, UV_ADDRESS);  /* cache it */
+      lua_rawsetp(L, -3, ADDRESS_KEY);  /* cache it */
     }
     return 1;
   }
@@ -613,10 +765,10 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
 }
 
 
-static int req_index (lua_State *L) {
+/* Field k of request 1 that is not a method (see index_src). */
+static int req_field (lua_State *L) {
   struct lconn *c = tolconn(L);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  /* method */
+  lua_settop(L, 2);
   if (lua_type(L, 2) == LUA_TSTRING &&
       builtin_field(L, c, lua_tostring(L, 2)))
     return 1;
@@ -627,6 +779,24 @@ static int req_index (lua_State *L) {
 }
 
 
+/*
+** __index, in Lua: each req:write(...) looks a method up here. A Lua
+** function costs a little more per call than a C one, but its frame
+** takes a few stack slots where a C function reserves LUA_MINSTACK (20)
+** above the caller's whole frame: that was enough to double the stack
+** of a coroutine waiting in a "for line in req:lines()" loop, 640 bytes
+** per idle connection for good (Lua shrinks a stack only when it is
+** more than three times what is in use).
+*/
+static const char index_src[] =
+  "local methods, field = ...\n"
+  "return function(req, k)\n"
+  "  local m = methods[k]\n"
+  "  if m ~= nil then return m end\n"
+  "  return field(req, k)\n"
+  "end\n";
+
+
 static int req_newindex (lua_State *L) {
   tolconn(L);
   if (lua_type(L, 2) == LUA_TSTRING) {
@@ -635,12 +805,8 @@ static int req_newindex (lua_State *L) {
         strcmp(k, "request") == 0)
       return luaL_error(L, "field '%s' of a request is read-only", k);
   }
-  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, UV_FIELDS);
-  }
+  lua_settop(L, 3);
+  push_fields(L);
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);
   lua_rawset(L, -3);
@@ -650,26 +816,37 @@ static int req_newindex (lua_State *L) {
 /* }====================================================== */
 
 
+/*
+** A request is allocated only up to the peer address it holds (peer is
+** the last member): a sockaddr_storage is 128 bytes, an inet address at
+** most 28, and every idle connection holds one.
+*/
 static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
-                              const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = lua_newuserdatauv(L, sizeof *c, 3);
-  memset(c, 0, sizeof *c);
+                              const struct sockaddr *peer, socklen_t peerlen,
+                              int nuv) {
+  struct lconn *c;
+  size_t size;
+  if (peerlen > sizeof c->peer) peerlen = sizeof c->peer;
+  size = LCONN_SIZE(peerlen);
+  c = lua_newuserdatauv(L, size, nuv);
+  memset(c, 0, size);
+  c->tag = &lsrv_conn_tag;
   c->fd = -1;
   c->flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
   c->timeout = -1;
   c->x = x;
   c->lindex = lindex;
-  if (peerlen > sizeof c->peer) peerlen = sizeof c->peer;
   memcpy(&c->peer, peer, peerlen);
   c->peerlen = peerlen;
-  luaL_setmetatable(L, LCONN_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lsrv_conn_tag);  /* the metatable */
+  lua_setmetatable(L, -2);
   return c;
 }
 
 
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen);
+  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 1);
   c->fd = fd;
   c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
   return c;
@@ -679,7 +856,7 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen);
+  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 2);
   const char *s;
   c->fd = x->w->ls[lindex].fd;
   c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
@@ -713,9 +890,14 @@ static const luaL_Reg metamethods[] = {
 
 int luaopen_lreq (lua_State *L) {
   luaL_newmetatable(L, LCONN_MT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &lsrv_conn_tag);  /* for newconn */
   luaL_setfuncs(L, metamethods, 0);
+  if (luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=req") != LUA_OK)
+    return lua_error(L);
   luaL_newlib(L, methods);
-  lua_pushcclosure(L, req_index, 1);  /* methods table as upvalue */
+  lua_pushcfunction(L, req_field);
+  lua_call(L, 2, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newmetatable(L, LADDR_MT);

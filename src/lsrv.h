@@ -7,7 +7,9 @@
 #define LUASRV_LSRV_H
 
 #include <lua.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 
 #include "buf.h"
 #include "evloop.h"
@@ -53,6 +55,24 @@ struct waitops {
   void (*detach) (struct lctx *x, struct lconn *c);
 };
 
+/*
+** Datagram replies waiting to go out together with one sendmmsg: the
+** event model receives datagrams in batches, and sending each reply by
+** itself cost a system call per datagram.
+*/
+#define DGQ_MAX 32
+
+struct dgq {
+  int fd;                     /* the listener they go out from */
+  int n;
+  struct buf data[DGQ_MAX];
+  struct sockaddr_storage to[DGQ_MAX];
+  socklen_t tolen[DGQ_MAX];
+};
+
+/* Sends what q holds and empties it. */
+void dgq_flush (struct dgq *q, struct bufpool *pool);
+
 /* One per lua_State. */
 struct lctx {
   struct worker *w;
@@ -61,9 +81,13 @@ struct lctx {
   struct task main_task;
   const char *script;
   int hooks_ref;              /* the hooks table */
-  int flow_ref;               /* the request flow function */
+  int flow_ref;               /* the request flow: flow(req [, verified]) */
+  int verify_ref;             /* its verify_request step alone */
   int servers_ref;            /* array of server tables, one per listener */
   void *model;                /* model-private data */
+  size_t mem_used;            /* bytes the state holds (its allocator) */
+  size_t mem_limit;           /* --memory-limit; 0 = none */
+  struct dgq *dgq;            /* datagram replies go here, if not NULL */
 };
 
 /* Connection flags. */
@@ -76,21 +100,32 @@ struct lctx {
 #define LC_RDHUP    0x40u     /* the peer's EOF (or an error) is pending */
 
 struct lconn {
+  const char *tag;            /* &lsrv_conn_tag: tells the type quickly */
   int fd;
   unsigned flags;
   struct buf in, out;
   size_t scan;                /* bytes of in already searched for '\n' */
   double timeout;             /* < 0: the server's */
-  double deadline;            /* of the operation in progress; 0 = none */
+  double deadline;            /* of the operation in progress; 0 = none,
+                                 < 0 = not computed until it must wait */
   struct lctx *x;
   int lindex;                 /* index of its listener */
-  struct sockaddr_storage peer;
   socklen_t peerlen;
   unsigned long long nin, nout;
   /* event model */
   struct task *waiter;
   unsigned wait_ev;
+  /*
+  ** Last: the object is allocated only up to peerlen bytes of it (at
+  ** least an inet6 address), see LCONN_SIZE.
+  */
+  struct sockaddr_storage peer;
 };
+
+/* Bytes of a struct lconn that holds a peer address of len bytes. */
+#define LCONN_SIZE(len) (offsetof(struct lconn, peer) + \
+  ((len) > sizeof(struct sockaddr_in6) ? (size_t)(len) \
+                                       : sizeof(struct sockaddr_in6)))
 
 static inline struct task *lsrv_task (lua_State *L) {
   return *(struct task **)lua_getextraspace(L);
@@ -107,6 +142,8 @@ static inline void lsrv_settask (lua_State *L, struct task *t) {
 ** can be told apart from a handler's own coroutine.yield.
 */
 extern char lsrv_yield_token;
+/* What struct lconn's tag points to. */
+extern char lsrv_conn_tag;
 
 /* lreq.c */
 int luaopen_lreq (lua_State *L);
@@ -140,6 +177,13 @@ lua_State *lstate_L (struct lctx *x);
 void lstate_close (struct lctx *x);
 /* Calls hook name(server) if defined; 0 or -1 (error already logged). */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal);
+/*
+** Runs verify_request (if the script has it) on the request at the top of
+** the main stack; 1: serve it, 0: refused (and closed). The fork model
+** verifies in the worker, then calls the flow with true as its second
+** argument in the child, which skips the verify step.
+*/
+int lstate_verify (struct lctx *x);
 /* Pushes the request flow function, which takes the request. */
 void lstate_push_flow (lua_State *L, struct lctx *x);
 /* Logs an error that escaped the flow itself. */

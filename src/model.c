@@ -4,10 +4,15 @@
 ** receive without surprises.
 */
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acl.h"
+#include "address.h"
+#include "evloop.h"
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
@@ -51,28 +56,91 @@ void model_count_request (struct worker *w) {
 }
 
 
-int model_accept (int lfd, struct sockaddr_storage *peer, socklen_t *len) {
-  int fd;
-  do {
-    *len = sizeof *peer;
-    fd = accept4(lfd, (struct sockaddr *)peer, len,
-                 SOCK_NONBLOCK | SOCK_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
-  return fd < 0 ? -errno : fd;
+/* Logs "what" for a client at most once a second, with a count of the rest. */
+static void log_limited (struct worker *w, double *last, long *count,
+                         const char *what, const struct sockaddr_storage *peer) {
+  double now = monotonic_now();
+  char addr[ADDRESS_STRLEN];
+  (*count)++;
+  if (now - *last < 1.0) return;
+  address_format_peer((const struct sockaddr *)peer, sizeof *peer, addr,
+                      sizeof addr);
+  if (*count > 1)
+    log_warn("%s %s (and %ld more in the last second)", what, addr, *count - 1);
+  else
+    log_warn("%s %s", what, addr);
+  *last = now;
+  *count = 0;
+  (void)w;
 }
 
 
-long model_recv (int fd, char *buf, size_t cap,
+int model_allowed (struct worker *w, const struct sockaddr_storage *peer) {
+  if (w->cfg->nacl == 0 ||
+      acl_allows(w->cfg->acl, w->cfg->nacl, (const struct sockaddr *)peer))
+    return 1;
+  log_limited(w, &w->refused_logged, &w->refused,
+              "refused (--allow/--deny) a client from", peer);
+  return 0;
+}
+
+
+/* Out of descriptors: turns the waiting clients away; -EAGAIN. */
+static int shed (struct worker *w, int lfd, int err) {
+  int fd, n = 0;
+  if (w->spare_fd >= 0) {
+    close(w->spare_fd);
+    while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+      close(fd);
+      n++;
+    }
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  w->shed += n;
+  if (monotonic_now() - w->shed_logged >= 1.0) {
+    log_warn("out of file descriptors (%s): turned %ld connection%s away",
+             strerror(err), w->shed, w->shed == 1 ? "" : "s");
+    w->shed_logged = monotonic_now();
+    w->shed = 0;
+  }
+  return -EAGAIN;
+}
+
+
+int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
+                  socklen_t *len) {
+  for (;;) {
+    int fd;
+    *len = sizeof *peer;
+    fd = accept4(lfd, (struct sockaddr *)peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      if (model_allowed(w, peer)) return fd;
+      close(fd);
+      continue;
+    }
+    switch (errno) {
+      case EINTR: case ECONNABORTED: continue;
+      case EMFILE: case ENFILE: return shed(w, lfd, errno);
+      default: return -errno;
+    }
+  }
+}
+
+
+long model_recv (struct worker *w, int fd, char *buf, size_t cap,
                  struct sockaddr_storage *peer, socklen_t *len) {
-  ssize_t n;
-  do {
+  for (;;) {
+    ssize_t n;
     *len = sizeof *peer;
     n = recvfrom(fd, buf, cap, MSG_TRUNC, (struct sockaddr *)peer, len);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  if ((size_t)n > cap) {
-    log_warn("dropped a datagram of %zd bytes (at most %zu)", n, cap);
-    return -EMSGSIZE;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if ((size_t)n > cap) {
+      log_warn("dropped a datagram of %zd bytes (at most %zu)", n, cap);
+      return -EMSGSIZE;
+    }
+    if (model_allowed(w, peer)) return (long)n;
   }
-  return (long)n;
 }

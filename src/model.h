@@ -39,11 +39,24 @@ void model_finish (struct lctx *x);
 /* Counts a request; with --once the first request starts the stop. */
 void model_count_request (struct worker *w);
 
-/* accept4 that retries EINTR; returns fd or -errno. */
-int model_accept (int lfd, struct sockaddr_storage *peer, socklen_t *len);
+/*
+** Accepts the next client of listener lfd that --allow/--deny let in
+** (the others are closed and logged). Returns its descriptor (non-
+** blocking, close-on-exec) or -errno; -EAGAIN when none is waiting. Out
+** of descriptors, it accepts and closes the waiting clients with a spare
+** descriptor, logs at most once a second, and returns -EAGAIN.
+*/
+int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
+                  socklen_t *len);
 
-/* recvfrom of one datagram into buf; returns its length or -errno. */
-long model_recv (int fd, char *buf, size_t cap,
+/* May this datagram's sender be served (--allow/--deny)? Logs refusals. */
+int model_allowed (struct worker *w, const struct sockaddr_storage *peer);
+
+/*
+** Receives one datagram into buf from a sender model_allowed lets in;
+** returns its length or -errno (-EAGAIN: none waiting).
+*/
+long model_recv (struct worker *w, int fd, char *buf, size_t cap,
                  struct sockaddr_storage *peer, socklen_t *len);
 
 #endif

@@ -6,6 +6,9 @@
 ** readiness is kept as flags on the connection.
 */
 #include <errno.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -19,6 +22,22 @@
 
 #define ACCEPT_BATCH 64       /* accepts or datagrams per readiness event */
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
+/*
+** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
+** the buffer is 2 MiB, but only the pages that datagrams reach become
+** resident; it is allocated only when there is a datagram listener.
+*/
+#define DGRAM_BATCH 32
+
+/* Free lists of small blocks for the Lua state (see small_lalloc). */
+#define SMALL_STEP 16
+#define SMALL_CLASSES 16      /* blocks up to 256 bytes */
+#define SMALL_KEEP 4096       /* free blocks kept per class */
+
+struct smallpool {
+  void *free[SMALL_CLASSES + 1];
+  int n[SMALL_CLASSES + 1];
+};
 
 struct eloop {
   struct worker *w;
@@ -30,13 +49,101 @@ struct eloop {
   struct task *running;       /* tasks of active requests */
   int npool;
   struct timer service;
-  char *dgram;
+  char *dgram;                /* DGRAM_BATCH slots of DGRAM_MAX bytes */
+  struct dgq dgq;             /* replies of the batch being run */
+  struct smallpool small;     /* the state's allocator */
 };
 
 
 static struct eloop *eloop_of (struct lctx *x) {
   return x->model;
 }
+
+
+/* {====================================================== allocator */
+
+/*
+** The Lua allocator of the event model's state: free lists of small
+** blocks in front of malloc. One state serves every connection, and a
+** request makes and drops small objects all the time (a string per line
+** read); glibc's malloc and free cost about an eighth of a pipelined
+** echo, a free list a fraction of that. The state is single-threaded.
+** Blocks are classed by malloc_usable_size, so those that the previous
+** allocator made (the state is loaded before this one is installed) can
+** join the lists too.
+*/
+static void small_free (struct smallpool *p, void *ptr) {
+  size_t k = malloc_usable_size(ptr) / SMALL_STEP;  /* what it can serve */
+  if (k >= 1 && k <= SMALL_CLASSES && p->n[k] < SMALL_KEEP) {
+    *(void **)ptr = p->free[k];
+    p->free[k] = ptr;
+    p->n[k]++;
+  }
+  else
+    free(ptr);
+}
+
+
+static void *small_alloc (struct smallpool *p, size_t size) {
+  size_t k = (size + SMALL_STEP - 1) / SMALL_STEP;
+  void *b;
+  if (k > SMALL_CLASSES) return malloc(size);
+  if ((b = p->free[k]) != NULL) {
+    p->free[k] = *(void **)b;
+    p->n[k]--;
+    return b;
+  }
+  return malloc(k * SMALL_STEP);
+}
+
+
+/*
+** Keeps script.c's l_alloc accounting: mem_used is what the state holds
+** (a block in a free list is not), and --memory-limit refuses growth
+** beyond mem_limit; Lua then collects and, failing that, raises "not
+** enough memory" in the request that asked.
+*/
+static void *small_lalloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct eloop *e = ud;
+  struct lctx *x = e->x;
+  size_t old = ptr != NULL ? osize : 0;  /* without ptr, osize is a type */
+  void *b;
+  if (nsize == 0) {
+    if (ptr != NULL) small_free(&e->small, ptr);
+    x->mem_used -= old;
+    return NULL;
+  }
+  if (x->mem_limit > 0 && nsize > old &&
+      x->mem_used + (nsize - old) > x->mem_limit)
+    return NULL;
+  if (ptr == NULL)
+    b = small_alloc(&e->small, nsize);
+  else if (osize > SMALL_CLASSES * SMALL_STEP &&
+           nsize > SMALL_CLASSES * SMALL_STEP)
+    b = realloc(ptr, nsize);  /* neither end is a small block */
+  else if ((b = small_alloc(&e->small, nsize)) != NULL) {
+    memcpy(b, ptr, osize < nsize ? osize : nsize);
+    small_free(&e->small, ptr);
+  }
+  else if (nsize <= osize)
+    b = ptr;  /* a shrink must not fail: keep the block as it is */
+  if (b != NULL) x->mem_used = x->mem_used - old + nsize;
+  return b;
+}
+
+
+static void smallpool_free (struct smallpool *p) {
+  for (int k = 1; k <= SMALL_CLASSES; k++) {
+    while (p->free[k] != NULL) {
+      void *b = p->free[k];
+      p->free[k] = *(void **)b;
+      free(b);
+    }
+    p->n[k] = 0;
+  }
+}
+
+/* }====================================================== */
 
 
 /* {====================================================== tasks */
@@ -192,6 +299,13 @@ static void start_stream (struct eloop *e, int lindex, int fd,
     close(fd);
     return;
   }
+  if (e->w->ls[lindex].addr.tr == TR_TCP) {
+    /* Replies are already coalesced until the handler waits for input
+    ** (or flushes); Nagle would only hold the last one back for an ACK.
+    ** nginx's tcp_nodelay does the same for the same reason. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
   lstate_push_flow(t->co, e->x);
   c = lconn_new(t->co, e->x, fd, lindex, (struct sockaddr *)peer, len);
   rc = evloop_add(e->loop, fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
@@ -206,15 +320,60 @@ static void start_stream (struct eloop *e, int lindex, int fd,
 }
 
 
-static void start_dgram (struct eloop *e, int lindex, long n,
-                         struct sockaddr_storage *peer, socklen_t len) {
+static void start_dgram (struct eloop *e, int lindex, const char *data,
+                         size_t n, struct sockaddr_storage *peer,
+                         socklen_t len) {
   struct task *t = task_get(e);
   struct lconn *c;
   if (t == NULL) return;
   lstate_push_flow(t->co, e->x);
-  c = lconn_new_dgram(t->co, e->x, lindex, e->dgram, (size_t)n,
+  c = lconn_new_dgram(t->co, e->x, lindex, data, n,
                       (struct sockaddr *)peer, len);
   start(e, t, c);
+}
+
+
+/*
+** Receives up to DGRAM_BATCH datagrams with one recvmmsg and runs them;
+** their replies go out together too (struct dgq). Returns how many
+** arrived, 0 when none is waiting.
+*/
+static int recv_batch (struct eloop *e, int lindex, int max) {
+  struct mmsghdr msgs[DGRAM_BATCH];
+  struct iovec iov[DGRAM_BATCH];
+  struct sockaddr_storage peers[DGRAM_BATCH];
+  int fd = e->w->ls[lindex].fd, n;
+  long room = e->w->cfg->max_connections - e->active;  /* > 0: accepting */
+  if (max > DGRAM_BATCH) max = DGRAM_BATCH;
+  if (max > room) max = (int)room;
+  if (max <= 0) return 0;
+  memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)max);
+  for (int k = 0; k < max; k++) {
+    iov[k].iov_base = e->dgram + (size_t)k * DGRAM_MAX;
+    iov[k].iov_len = DGRAM_MAX;
+    msgs[k].msg_hdr.msg_iov = &iov[k];
+    msgs[k].msg_hdr.msg_iovlen = 1;
+    msgs[k].msg_hdr.msg_name = &peers[k];
+    msgs[k].msg_hdr.msg_namelen = sizeof peers[k];
+  }
+  do n = recvmmsg(fd, msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    if (n < 0 && errno != EAGAIN)
+      log_warn("recvmmsg on %s: %s", e->w->ls[lindex].name, strerror(errno));
+    return 0;
+  }
+  e->x->dgq = &e->dgq;
+  for (int k = 0; k < n; k++) {  /* all: they were taken from the socket */
+    if (msgs[k].msg_hdr.msg_flags & MSG_TRUNC)  /* as model_recv */
+      log_warn("dropped a datagram of more than %d bytes", DGRAM_MAX);
+    else if (model_allowed(e->w, &peers[k]))
+      start_dgram(e, lindex, iov[k].iov_base, msgs[k].msg_len, &peers[k],
+                  msgs[k].msg_hdr.msg_namelen);
+  }
+  e->x->dgq = NULL;  /* replies of requests that waited go out at once */
+  if (e->dgq.n > 0) dgq_flush(&e->dgq, &e->x->pool);
+  return n;
 }
 
 
@@ -226,22 +385,25 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)loop;
   (void)ev;
   while (e->w->ls[i].fd != fd) i++;
+  if (!e->w->ls[i].stream) {
+    /* --once serves one datagram: take no more from the socket */
+    int max = e->w->cfg->once ? 1 : ACCEPT_BATCH;
+    for (int k = 0; k < max && e->accepting && !worker_stopping(e->w); ) {
+      int n = recv_batch(e, i, max - k);
+      if (n == 0) return;
+      k += n;
+    }
+    return;
+  }
   for (int k = 0; k < ACCEPT_BATCH && e->accepting && !worker_stopping(e->w);
        k++) {
-    if (e->w->ls[i].stream) {
-      int cfd = model_accept(fd, &peer, &len);
-      if (cfd < 0) {
-        if (cfd != -EAGAIN && cfd != -ECONNABORTED)
-          log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
-        return;
-      }
-      start_stream(e, i, cfd, &peer, len);
+    int cfd = model_accept(e->w, fd, &peer, &len);
+    if (cfd < 0) {
+      if (cfd != -EAGAIN && cfd != -ECONNABORTED)
+        log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
+      return;
     }
-    else {
-      long n = model_recv(fd, e->dgram, DGRAM_MAX, &peer, &len);
-      if (n == -EAGAIN) return;
-      if (n >= 0) start_dgram(e, i, n, &peer, len);
-    }
+    start_stream(e, i, cfd, &peer, len);
   }
 }
 
@@ -313,12 +475,20 @@ int model_event_serve (struct worker *w) {
   int rc = 1;
   memset(&e, 0, sizeof e);
   e.w = w;
-  if ((e.loop = evloop_new()) == NULL || (e.dgram = malloc(DGRAM_MAX)) == NULL) {
+  if ((e.loop = evloop_new()) == NULL) {
     log_error("error: %s", strerror(errno ? errno : ENOMEM));
     goto out;
   }
+  for (int i = 0; i < w->nls; i++) {
+    if (!w->ls[i].stream && e.dgram == NULL &&
+        (e.dgram = malloc((size_t)DGRAM_BATCH * DGRAM_MAX)) == NULL) {
+      log_error("error: %s", strerror(ENOMEM));
+      goto out;
+    }
+  }
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
+  lua_setallocf(lstate_L(e.x), small_lalloc, &e);
   evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
   timer_init(&e.service, on_service, &e);
   timer_start(e.loop, &e.service, evloop_now(e.loop) + 0.5);
@@ -328,6 +498,7 @@ int model_event_serve (struct worker *w) {
   timer_stop(e.loop, &e.service);
   lstate_call_hook(e.x, "server_close", 0);
   lstate_close(e.x);  /* closes what was cut short, through __gc */
+  smallpool_free(&e.small);
   free_tasks(e.pool);
   free_tasks(e.running);  /* cut short at the end of the grace period */
   rc = 0;

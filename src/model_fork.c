@@ -35,8 +35,6 @@ struct forker {
   int nchildren;
   int accepting;              /* listeners are in the loop */
   int chld_fd;                /* signalfd for SIGCHLD */
-  int verify_ref;             /* the worker's verify step, or LUA_NOREF */
-  int verify_up;              /* the flow's upvalue holding verify_request */
   sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
 };
 
@@ -90,12 +88,9 @@ static void child_setup (struct forker *f, pid_t parent) {
 static void child_run (struct forker *f, struct lconn *c) {
   lua_State *L = lstate_L(f->x);
   lstate_push_flow(L, f->x);
-  if (f->verify_up > 0) {
-    lua_pushnil(L);
-    lua_setupvalue(L, -2, f->verify_up);  /* this copy of the flow only */
-  }
   lua_pushvalue(L, -2);  /* flow, req */
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
+  lua_pushboolean(L, 1);  /* verified: by the worker, before the fork */
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {  /* the flow itself failed */
     lstate_report(L, c, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
@@ -181,87 +176,6 @@ static int spawn (struct forker *f, struct lconn *c) {
 
 /* {====================================================== the worker's loop */
 
-/* {====================================================== verify_request */
-
-/*
-** socketserver runs verify_request in the server process and forks only
-** for the requests it accepts, so its state persists and a refused
-** client costs no fork. The flow (script.c) runs it as its first step
-** and keeps it in its upvalue "verify": the worker runs that step with
-** the function below, and each child clears the upvalue in its copy.
-*/
-static const char verify_src[] =
-  "local verify, traceback, report = ...\n"
-  "return function (req)\n"
-  "  local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
-  "  if not ok then report(req, res) end\n"
-  "  if not ok or not res then req:close() return false end\n"
-  "  return true\n"
-  "end\n";
-
-
-/* Pushes upvalue name of the function at the top; its index, or 0. */
-static int push_upvalue (lua_State *L, const char *name) {
-  const char *n;
-  for (int i = 1; (n = lua_getupvalue(L, -1, i)) != NULL; i++) {
-    if (strcmp(n, name) == 0) return i;
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
-
-/* Builds the worker's verify step, if the script has verify_request. */
-static void verify_setup (struct forker *f) {
-  lua_State *L = lstate_L(f->x);
-  int top = lua_gettop(L), vi;
-  static const char *const names[] = {"traceback", "report"};
-  f->verify_ref = LUA_NOREF;
-  lstate_push_flow(L, f->x);
-  if ((vi = push_upvalue(L, "verify")) == 0 || lua_isnil(L, -1)) {
-    lua_settop(L, top);  /* no hook; or a flow we do not know: it verifies */
-    return;
-  }
-  lua_insert(L, -2);  /* verify, flow */
-  for (int k = 0; k < 2; k++) {
-    if (push_upvalue(L, names[k]) == 0) {
-      lua_settop(L, top);
-      return;
-    }
-    lua_insert(L, -2);  /* keep the flow on top */
-  }
-  lua_pop(L, 1);  /* the flow */
-  if (luaL_loadbuffer(L, verify_src, sizeof verify_src - 1, "=verify") !=
-      LUA_OK) {
-    lua_settop(L, top);
-    return;
-  }
-  lua_insert(L, -4);  /* chunk, verify, traceback, report */
-  lua_call(L, 3, 1);
-  f->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  f->verify_up = vi;
-  lua_settop(L, top);
-}
-
-
-/* Runs verify_request on request c (at the top) in the worker; 1: serve. */
-static int verified (struct forker *f) {
-  lua_State *L = lstate_L(f->x);
-  int ok;
-  if (f->verify_ref == LUA_NOREF) return 1;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, f->verify_ref);
-  lua_pushvalue(L, -2);  /* verify step, req */
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* only if out of memory */
-    log_error("error in verify_request: %s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-    return 0;
-  }
-  ok = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return ok;
-}
-
-/* }====================================================== */
 
 
 /*
@@ -276,7 +190,7 @@ static int take (struct forker *f, int i) {
   socklen_t len;
   int rc = 0;
   if (l->stream) {
-    int cfd = model_accept(l->fd, &peer, &len);
+    int cfd = model_accept(f->w, l->fd, &peer, &len);
     if (cfd < 0) {
       if (cfd != -EAGAIN && cfd != -ECONNABORTED)
         log_warn("accept on %s: %s", l->name, strerror(-cfd));
@@ -285,13 +199,15 @@ static int take (struct forker *f, int i) {
     c = lconn_new(L, f->x, cfd, i, (struct sockaddr *)&peer, len);
   }
   else {
-    long n = model_recv(l->fd, f->dgram, DGRAM_MAX, &peer, &len);
+    long n = model_recv(f->w, l->fd, f->dgram, DGRAM_MAX, &peer, &len);
     if (n < 0) return n == -EAGAIN ? -1 : 0;
     c = lconn_new_dgram(L, f->x, i, f->dgram, (size_t)n,
                         (struct sockaddr *)&peer, len);
   }
   model_count_request(f->w);
-  if (verified(f) && (rc = spawn(f, c)) < 0)
+  /* socketserver runs verify_request in the server process: what it
+  ** counts persists, and a refused client costs no fork */
+  if (lstate_verify(f->x) && (rc = spawn(f, c)) < 0)
     log_warn("dropping a request on %s: fork: %s", l->name, strerror(-rc));
   lconn_abort(c);  /* the worker's copy: the child has its own */
   lua_pop(L, 1);
@@ -440,7 +356,6 @@ int model_fork_serve (struct worker *w) {
   f.chld_fd = -1;
   if (start(&f) < 0) goto out;
   if ((f.x = model_start(w, &fork_ops)) == NULL) goto out;
-  verify_setup(&f);
   evloop_add(f.loop, f.chld_fd, EV_READ, on_child, &f);
   evloop_add(f.loop, w->sig_fd[0], EV_READ, on_signal, &f);
   evloop_add(f.loop, w->stop_fd[0], EV_READ, on_stop, &f);

@@ -50,7 +50,7 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
   while (s->w->ls[i].fd != fd) i++;
   if (worker_stopping(s->w)) return;
   if (s->w->ls[i].stream) {
-    int cfd = model_accept(fd, &peer, &len);
+    int cfd = model_accept(s->w, fd, &peer, &len);
     if (cfd == -EAGAIN) return;
     if (cfd < 0) {
       log_warn("accept on %s: %s", s->w->ls[i].name, strerror(-cfd));
@@ -60,7 +60,7 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
                      len));
   }
   else {
-    long n = model_recv(fd, s->dgram, DGRAM_MAX, &peer, &len);
+    long n = model_recv(s->w, fd, s->dgram, DGRAM_MAX, &peer, &len);
     if (n < 0) return;
     run(s, lconn_new_dgram(lstate_L(s->x), s->x, i, s->dgram, (size_t)n,
                            (struct sockaddr *)&peer, len));

@@ -301,7 +301,7 @@ static int take (struct tpool *p, int i) {
   j->data = NULL;
   j->len = 0;
   if (l->stream) {
-    if ((j->fd = model_accept(l->fd, &j->peer, &j->peerlen)) < 0) {
+    if ((j->fd = model_accept(p->w, l->fd, &j->peer, &j->peerlen)) < 0) {
       if (j->fd != -EAGAIN && j->fd != -ECONNABORTED)
         log_warn("accept on %s: %s", l->name, strerror(-j->fd));
       free(j);
@@ -309,7 +309,7 @@ static int take (struct tpool *p, int i) {
     }
   }
   else {
-    n = model_recv(l->fd, p->dgram, DGRAM_MAX, &j->peer, &j->peerlen);
+    n = model_recv(p->w, l->fd, p->dgram, DGRAM_MAX, &j->peer, &j->peerlen);
     if (n < 0 || (n > 0 && (j->data = malloc((size_t)n)) == NULL)) {
       free(j);
       return n == -EAGAIN ? -1 : 0;  /* a bad datagram: try the next */

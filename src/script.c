@@ -40,12 +40,15 @@ static const char flow_src[] =
   "    default_error(req, err)\n"
   "  end\n"
   "end\n"
-  "return function(req)\n"
-  "  if verify then\n"
-  "    local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
-  "    if not ok then report(req, res) end\n"
-  "    if not ok or not res then req:close() return end\n"
-  "  end\n"
+  "local function verified(req)\n"
+  "  if not verify then return true end\n"
+  "  local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
+  "  if not ok then report(req, res) end\n"
+  "  if not ok or not res then req:close() return false end\n"
+  "  return true\n"
+  "end\n"
+  "local function flow(req, skip_verify)\n"
+  "  if not skip_verify and not verified(req) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
   "    if not ok then report(req, err) req:close() return end\n"
@@ -59,7 +62,8 @@ static const char flow_src[] =
   "    report(req, err)\n"
   "  end\n"
   "  req:close()\n"
-  "end\n";
+  "end\n"
+  "return flow, verified\n";
 
 
 /* Message handler: the message (made a string) plus a traceback. */
@@ -187,8 +191,32 @@ static void make_flow (lua_State *L, struct lctx *x) {
   lua_insert(L, -2);  /* flow chunk below the hooks */
   lua_pushcfunction(L, msghandler);
   lua_pushcfunction(L, default_error);
-  lua_call(L, 3, 1);
+  lua_call(L, 3, 2);
+  x->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   x->flow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+
+/*
+** The state's allocator: counts what the state holds so --memory-limit
+** can refuse an allocation. Lua answers a refusal with a full collection
+** and, if that is not enough, the error "not enough memory" in the code
+** that asked: the request fails, the state and the worker go on.
+*/
+static void *l_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct lctx *x = ud;
+  size_t old = ptr != NULL ? osize : 0;  /* without ptr, osize is a type */
+  void *p;
+  if (nsize == 0) {
+    free(ptr);
+    x->mem_used -= old;
+    return NULL;
+  }
+  if (x->mem_limit > 0 && nsize > old &&
+      x->mem_used + (nsize - old) > x->mem_limit)
+    return NULL;
+  if ((p = realloc(ptr, nsize)) != NULL) x->mem_used = x->mem_used - old + nsize;
+  return p;
 }
 
 
@@ -204,6 +232,12 @@ struct lctx *lstate_new (struct worker *w, const char *script,
   x->w = w;
   x->ops = ops;
   x->script = script;
+  /* luaL_newstate's panic and warning functions, our allocator: both
+  ** allocate with malloc, so the blocks allocated so far stay valid. */
+  x->mem_used = (size_t)lua_gc(L, LUA_GCCOUNT) * 1024 +
+                (size_t)lua_gc(L, LUA_GCCOUNTB);
+  x->mem_limit = w->cfg->memory_limit;
+  lua_setallocf(L, l_alloc, x);
   bufpool_init(&x->pool);
   x->main_task.x = x;
   x->main_task.co = L;
@@ -264,6 +298,22 @@ int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
   }
   lua_settop(L, top);
   return rc;
+}
+
+
+int lstate_verify (struct lctx *x) {
+  lua_State *L = lstate_L(x);
+  int ok;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->verify_ref);
+  lua_pushvalue(L, -2);  /* verify step, req */
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* the step catches the rest */
+    log_error("error in verify_request: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  ok = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return ok;
 }
 
 

@@ -56,6 +56,9 @@ int worker_init (struct worker *w, const struct config *cfg,
   w->nls = nls;
   w->id = id;
   w->ready_fd = -1;
+  /* libuv's trick: with no descriptor left, give this one up to accept
+  ** the waiting client and close it, instead of spinning on EMFILE */
+  w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   atomic_init(&w->stopping, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
@@ -71,6 +74,7 @@ int worker_init (struct worker *w, const struct config *cfg,
 
 
 void worker_close (struct worker *w) {
+  if (w->spare_fd >= 0) close(w->spare_fd);
   for (int i = 0; i < 2; i++) {
     close(w->stop_fd[i]);
     close(w->sig_fd[i]);

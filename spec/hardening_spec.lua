@@ -1,0 +1,182 @@
+-- Hardening (issue 5): limits that keep one bad request or client from
+-- hurting the others: --memory-limit, --allow/--deny, bad option values.
+local H = require "helper"
+local T = H.T
+
+local function ask (srv, line, which)
+  local c = srv:connect(which)
+  c:settimeout(5 * H.scale)
+  c:send(line .. "\n")
+  local r, err = c:receive()
+  c:close()
+  return r, err
+end
+
+
+H.for_models(function (model)
+
+  it("--memory-limit: a request that grows a huge table fails with 'not "
+     .. "enough memory'; the next request is served", function ()
+    local srv = H.start{ model = model, args = { "--memory-limit", "16m" },
+      source = [[
+return {
+  handle = function (req)
+    if req:read("l") == "big" then
+      local t = {}
+      for i = 1, 1e8 do t[i] = ("x"):rep(64) .. i end
+    end
+    req:write("fine\n")
+  end,
+  handle_error = function (req, err)
+    req:write("error: ", err:match("^[^\n]*"), "\n")
+  end,
+}]] }
+    assert.equals("error: not enough memory", ask(srv, "big"))
+    assert.equals("fine", ask(srv, "small"))
+    assert.equals("error: not enough memory", ask(srv, "big"))
+    assert.equals("fine", ask(srv, "small"))
+    assert.is_true(srv:alive())
+  end)
+
+  it("--deny: a refused client is closed before any Lua runs, and logged",
+     function ()
+    local srv = H.start{ model = model, args = { "--deny", "127.0.0.0/8" },
+      source = [[
+local luasrv = require "luasrv"
+return {
+  verify_request = function () luasrv.log("lua ran"); return true end,
+  handle = function (req) req:write("served\n") end,
+}]] }
+    local c = srv:connect()
+    c:settimeout(3 * H.scale)
+    c:send("x\n")
+    assert.is_nil((c:receive()))
+    assert.truthy(srv:wait_stderr("refused (--allow/--deny) a client from "
+                                  .. "127.0.0.1:", 2, true))
+    assert.is_nil(srv:stderr():find("lua ran", 1, true))
+  end)
+
+  it("--allow ADDR --deny all: the allowed client is served; IPv6 refused",
+     function ()
+    local srv = H.start{ model = model, tcp = true, tcp6 = true,
+      args = { "--allow", "127.0.0.1", "--deny", "all" },
+      source = [[return { handle = function (req) req:write("served\n") end }]] }
+    assert.equals("served", ask(srv, "x", "tcp"))
+    local r, err = ask(srv, "x", "tcp6")
+    assert.is_nil(r, err)
+    assert.truthy(srv:wait_stderr("a client from [::1]:", 2, true))
+  end)
+
+  it("--deny on UDP drops the datagram; --allow serves it", function ()
+    local src = [[return { handle = function (req) req:write("pong") end }]]
+    local srv = H.start{ model = model, udp = true, source = src,
+                         args = { "--deny", "127.0.0.1/32" } }
+    local c = srv:connect("udp")
+    c:settimeout(0.5)
+    c:send("ping")
+    assert.is_nil((c:receive()))
+    srv:stop()
+    srv = H.start{ model = model, udp = true, source = src,
+                   args = { "--allow", "127.0.0.1/32" } }
+    c = srv:connect("udp")
+    c:settimeout(3 * H.scale)
+    c:send("ping")
+    assert.equals("pong", c:receive())
+  end)
+
+end)
+
+
+-- Descriptor exhaustion: the event and thread models hold every client's
+-- descriptor in the worker (sync serves one at a time, fork hands them to
+-- children), so they are the ones that can run out.
+for _, model in ipairs(H.models) do
+  if model == "event" or model == "thread" then
+    describe("model " .. model, function ()
+      it("out of descriptors: turns clients away without spinning, logs at "
+         .. "most once a second, serves again when load drops", function ()
+        local dir = T.tmpdir()
+        H.defer(function () T.rmrf(dir) end)
+        local wrapper = dir .. "/luasrv-ulimit"
+        local f = assert(io.open(wrapper, "w"))
+        f:write("#!/bin/sh\nulimit -n 64\nexec '", T.bin, "' \"$@\"\n")
+        f:close()
+        os.execute("chmod +x '" .. wrapper .. "'")
+        local bin = T.bin
+        T.bin = wrapper
+        local ok, srv = pcall(H.start, { model = model,
+          source = [[return { handle = function (req)
+            for line in req:lines() do req:write(line, "\n") end end }]] })
+        T.bin = bin
+        assert(ok, srv)
+        local held, t0 = {}, T.now()
+        for i = 1, 200 do
+          local c = srv:connect()
+          c:settimeout(2 * H.scale)
+          held[i] = c
+        end
+        T.sleep(1.2)
+        local err = srv:stderr()
+        local lines = H.count(err, "out of file descriptors", true)
+        assert.is_true(lines >= 1, err)
+        assert.is_true(lines <= (T.now() - t0) + 1.5, err)
+        -- no spinning: little CPU over a second of exhaustion
+        local function cpu ()
+          local total = 0
+          local p = io.popen("cat /proc/" .. srv.pid .. "/task/*/stat "
+            .. "/proc/[0-9]*/task/*/stat 2>/dev/null")
+          for line in p:lines() do
+            local pid, ppid, ut, st = line:match(
+              "^(%d+) %(.*%) %a (%d+)" .. (" %S+"):rep(9) .. " (%d+) (%d+)")
+            if pid and (tonumber(pid) == srv.pid or tonumber(ppid) == srv.pid)
+            then total = total + ut + st end
+          end
+          p:close()
+          return total
+        end
+        local before = cpu()
+        T.sleep(1)
+        assert.is_true(cpu() - before < 50, "ticks: " .. (cpu() - before))
+        assert.is_true(srv:alive())
+        for _, c in ipairs(held) do c:close() end
+        local served
+        local deadline = T.now() + 5 * H.scale
+        repeat
+          local r = ask(srv, "again")
+          served = r == "again"
+          if not served then T.sleep(0.1) end
+        until served or T.now() > deadline
+        assert.is_true(served)
+      end)
+    end)
+  end
+end
+
+
+describe("option values", function ()
+
+  local bad = {
+    { "--memory-limit", "lots" }, { "--memory-limit", "0" },
+    { "--memory-limit", "12q" }, { "--allow", "10.0.0.0/99" },
+    { "--deny", "example.com" },
+  }
+  for _, args in ipairs(bad) do
+    it("refuses " .. table.concat(args, " ") .. " with usage (exit 2)",
+       function ()
+      local code, _, err = T.run{ H.fixture("echo.lua"), "--tcp",
+                                  "127.0.0.1:0", args[1], args[2] }
+      assert.equals(2, code)
+      assert.truthy(err:find("usage: luasrv", 1, true))
+      assert.truthy(err:find(args[2], 1, true))
+    end)
+  end
+
+  it("accepts --memory-limit with k, m and g suffixes", function ()
+    for _, v in ipairs { "900000", "512k", "64M", "1g" } do
+      local code, _, err = T.run{ "--check", H.fixture("echo.lua"),
+                                  "--memory-limit", v }
+      assert.equals(0, code, err)
+    end
+  end)
+
+end)
