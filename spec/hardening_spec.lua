@@ -180,3 +180,70 @@ describe("option values", function ()
   end)
 
 end)
+
+
+-- Slow clients: many connections that trickle one byte a second hold
+-- neither the worker nor a normal client up, and each is closed when its
+-- read passes --timeout. The event model takes 1,000; thread and fork as
+-- many as their limits allow (sync serves one connection at a time).
+local slow_counts = { event = 1000, thread = 100, fork = 50 }
+
+local function fd_limit ()
+  local p = io.popen("sh -c 'ulimit -n'")
+  local n = tonumber(p:read("l")) or 1024
+  p:close()
+  return n
+end
+
+for _, model in ipairs(H.models) do
+  local n = slow_counts[model]
+  if n then
+    n = math.min(n, fd_limit() - 100)
+    describe("model " .. model, function ()
+      it(("%d clients trickling a byte a second: a normal client is served "
+          .. "at once, the slow ones are cut at --timeout"):format(n),
+         function ()
+        local srv = H.start{ model = model, args = {
+            "--timeout", "2", "--max-threads", "200", "--max-children", "100",
+          }, source = [[return { handle = function (req)
+            local line, err = req:read("l")
+            req:write(line or err, "\n")
+          end }]] }
+        local slow = {}
+        for i = 1, n do
+          local c = srv:connect()
+          c:settimeout(0)
+          slow[i] = c
+        end
+        -- a second of trickling, then a normal client among them
+        local t0 = T.now()
+        for _ = 1, 2 do
+          for _, c in ipairs(slow) do c.sock:send("x") end
+          T.sleep(0.5)
+        end
+        local dt, reply = H.elapsed(function ()
+          local c = srv:connect()
+          c:settimeout(5 * H.scale)
+          c:send("hello\n")
+          return c:receive()
+        end)
+        assert.equals("hello", reply)
+        assert.is_true(dt < 1.0 * H.scale, "normal client took " .. dt .. " s")
+        -- keep trickling past the timeout: each slow read still times out
+        while T.now() - t0 < 2.5 do
+          for _, c in ipairs(slow) do c.sock:send("x") end
+          T.sleep(0.5)
+        end
+        local cut = 0
+        local deadline = T.now() + 3 * H.scale
+        for _, c in ipairs(slow) do
+          c:settimeout(math.max(0.01, deadline - T.now()))
+          local r = c:receive()
+          if r == "timeout" then cut = cut + 1 end
+        end
+        assert.equals(n, cut)
+        assert.is_true(srv:alive())
+      end)
+    end)
+  end
+end

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <time.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -85,9 +86,15 @@ int model_allowed (struct worker *w, const struct sockaddr_storage *peer) {
 }
 
 
-/* Out of descriptors: turns the waiting clients away; -EAGAIN. */
+/*
+** Out of descriptors: turns the waiting clients away; -EAGAIN. Another
+** thread of the worker (a handler opening a file) may take the spare's
+** slot before we get it back; then, with nothing to turn clients away
+** with, a short pause keeps a still-readable listener from spinning.
+*/
 static int shed (struct worker *w, int lfd, int err) {
   int fd, n = 0;
+  if (w->spare_fd < 0) w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (w->spare_fd >= 0) {
     close(w->spare_fd);
     while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
@@ -95,6 +102,10 @@ static int shed (struct worker *w, int lfd, int err) {
       n++;
     }
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  if (n == 0) {
+    struct timespec pause = {0, 10 * 1000 * 1000};  /* 10 ms */
+    nanosleep(&pause, NULL);
   }
   w->shed += n;
   if (monotonic_now() - w->shed_logged >= 1.0) {

@@ -29,6 +29,7 @@
 #define SERVICE_EVERY 0.5     /* seconds between service_actions calls */
 #define CUT_SLACK 0.5         /* after the grace, for cut requests to unwind */
 #define GROW_DELAY 0.002      /* a busy thread may be just finishing */
+#define RETRY_GROW 1.0        /* after a thread could not load its state */
 
 /* An accepted request on its way to a handler thread. */
 struct job {
@@ -48,6 +49,7 @@ struct hthread {
   pthread_t tid;
   struct lctx *x;             /* this thread's state */
   int running;                /* serving a job (under p->mu) */
+  int dead;                   /* could not load its state; exits (p->mu) */
   double next_service;
 };
 
@@ -60,7 +62,7 @@ struct tpool {
   long busy;                  /* jobs queued or running */
   int nidle;                  /* threads waiting for work */
   int nstarting;              /* threads created that have not looked yet */
-  int nogrow;                 /* a thread failed to start: do not retry */
+  double nogrow_until;        /* a thread failed to start: retry after */
   int quit;                   /* threads leave once the queue is empty */
   int main_waits;             /* the main thread wants to hear of each end */
   pthread_mutex_t load;       /* one model_start at a time */
@@ -167,7 +169,10 @@ static void *thread_main (void *arg) {
   int ok = h->x != NULL || load(h) == 0;
   pthread_mutex_lock(&p->mu);
   p->nstarting--;
-  if (!ok) p->nogrow = 1;  /* the error is logged; others serve the queue */
+  if (!ok) {  /* the error is logged; others serve the queue meanwhile */
+    p->nogrow_until = monotonic_now() + RETRY_GROW;
+    h->dead = 1;
+  }
   h->next_service = monotonic_now() + SERVICE_EVERY;
   while (ok) {
     struct job *j = dequeue(p);
@@ -239,7 +244,8 @@ static void update_accepting (struct tpool *p);
 
 /* More jobs wait than threads will look at the queue (p->mu held). */
 static int short_of_threads (struct tpool *p) {
-  return !p->nogrow && p->nthreads < p->w->cfg->max_threads &&
+  return monotonic_now() >= p->nogrow_until &&
+         p->nthreads < p->w->cfg->max_threads &&
          p->nqueued > p->nidle + p->nstarting;
 }
 
@@ -250,9 +256,29 @@ static int short_of_threads (struct tpool *p) {
 ** out, and a client that sends the next one at once would get a new
 ** state each time.
 */
+/* Joins and forgets the threads that could not load a state. */
+static void reap_dead (struct tpool *p) {
+  int n = 0;
+  for (int i = 0; i < p->nthreads; i++) {
+    struct hthread *h = p->threads[i];
+    int dead;
+    pthread_mutex_lock(&p->mu);
+    dead = h->dead;
+    pthread_mutex_unlock(&p->mu);
+    if (dead) {
+      pthread_join(h->tid, NULL);  /* it is on its way out */
+      free(h);
+    }
+    else p->threads[n++] = h;
+  }
+  p->nthreads = n;
+}
+
+
 static void on_grow (struct evloop *loop, struct timer *t) {
   struct tpool *p = t->data;
   (void)loop;
+  reap_dead(p);
   for (;;) {
     int grow, rc;
     pthread_mutex_lock(&p->mu);
@@ -263,7 +289,7 @@ static void on_grow (struct evloop *loop, struct timer *t) {
       log_warn("cannot start a handler thread: %s", strerror(-rc));
       pthread_mutex_lock(&p->mu);
       p->nstarting--;
-      p->nogrow = 1;
+      p->nogrow_until = monotonic_now() + RETRY_GROW;
       pthread_mutex_unlock(&p->mu);
       return;
     }
@@ -472,10 +498,16 @@ static int finish (struct tpool *p, long busy) {
              stuck == 1 ? "it" : "them");
   for (int i = 0; i < p->nthreads; i++) {
     struct hthread *h = p->threads[i];
-    int running;
+    int running, dead;
     pthread_mutex_lock(&p->mu);
     running = h->running;
+    dead = h->dead;
     pthread_mutex_unlock(&p->mu);
+    if (dead) {
+      pthread_join(h->tid, NULL);
+      free(h);
+      continue;
+    }
     if (running) {
       pthread_detach(h->tid);
       continue;
