@@ -247,3 +247,29 @@ for _, model in ipairs(H.models) do
     end)
   end
 end
+
+
+H.for_models(function (model)
+  it("--cpu-limit: a handler that loops forever gets 'cpu limit exceeded' "
+     .. "through handle_error; other requests are served", function ()
+    local srv = H.start{ model = model, args = { "--cpu-limit", "0.3" },
+      source = [[
+return {
+  handle = function (req)
+    if req:read("l") == "spin" then while true do end end
+    req:write("fine\n")
+  end,
+  handle_error = function (req, err)
+    req:write("error: ", err:match("cpu limit exceeded") or err, "\n")
+  end,
+}]] }
+    local spinner = srv:connect()
+    spinner:settimeout(5 * H.scale)
+    spinner:send("spin\n")
+    if model ~= "sync" then  -- the others serve while one spins
+      assert.equals("fine", ask(srv, "hello"))
+    end
+    assert.equals("error: cpu limit exceeded", spinner:receive())
+    assert.equals("fine", ask(srv, "hello"))
+  end)
+end)

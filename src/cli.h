@@ -36,6 +36,7 @@ struct config {
   int backlog;
   int once;
   size_t memory_limit;        /* per Lua state; 0 = none */
+  double cpu_limit;           /* CPU seconds per request; 0 = none */
   struct acl_rule acl[CLI_MAX_ACL];  /* --allow, --deny in order */
   int nacl;
   int reuse_port;

@@ -847,6 +847,7 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen) {
   struct lconn *c = newconn(L, x, lindex, peer, peerlen, 1);
+  lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
   c->fd = fd;
   c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
   return c;
@@ -858,6 +859,7 @@ struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const struct sockaddr *peer, socklen_t peerlen) {
   struct lconn *c = newconn(L, x, lindex, peer, peerlen, 2);
   const char *s;
+  lstate_cpu_begin(x, lsrv_task(L), 1);
   c->fd = x->w->ls[lindex].fd;
   c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
   s = lua_pushlstring(L, data, len);

@@ -41,6 +41,7 @@ struct task {
   struct timer timer;         /* deadline or sleep */
   struct lconn *req;          /* the request this task serves */
   struct task *next, *prev;   /* the model's lists (active, free) */
+  double cpu_used;            /* --cpu-limit: CPU seconds of its request */
 };
 
 /* How a model makes a task wait. */
@@ -87,6 +88,8 @@ struct lctx {
   void *model;                /* model-private data */
   size_t mem_used;            /* bytes the state holds (its allocator) */
   size_t mem_limit;           /* --memory-limit; 0 = none */
+  struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
+  double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
 };
 
@@ -184,6 +187,14 @@ int lstate_call_hook (struct lctx *x, const char *name, int fatal);
 ** argument in the child, which skips the verify step.
 */
 int lstate_verify (struct lctx *x);
+/*
+** --cpu-limit accounting (no-ops without it): a request's task starts a
+** slice of running (fresh: a new request, its count from zero) and ends
+** it when it waits or finishes. A count hook raises "cpu limit exceeded"
+** in a request whose slices add up to more than the limit.
+*/
+void lstate_cpu_begin (struct lctx *x, struct task *t, int fresh);
+void lstate_cpu_end (struct lctx *x);
 /* Pushes the request flow function, which takes the request. */
 void lstate_push_flow (lua_State *L, struct lctx *x);
 /* Logs an error that escaped the flow itself. */

@@ -206,7 +206,10 @@ static void update_accepting (struct eloop *e);
 /* Resumes t with nargs values on its stack; handles its end. */
 static void resume (struct eloop *e, struct task *t, int nargs) {
   lua_State *co = t->co;
-  int nres, st = lua_resume(co, lstate_L(e->x), nargs, &nres);
+  int nres, st;
+  lstate_cpu_begin(e->x, t, 0);
+  st = lua_resume(co, lstate_L(e->x), nargs, &nres);
+  lstate_cpu_end(e->x);
   if (st == LUA_YIELD) {
     int ours = nres > 0 && lua_touserdata(co, -1) == &lsrv_yield_token;
     lua_pop(co, nres);

@@ -209,6 +209,7 @@ static int take (struct forker *f, int i) {
   ** counts persists, and a refused client costs no fork */
   if (lstate_verify(f->x) && (rc = spawn(f, c)) < 0)
     log_warn("dropping a request on %s: fork: %s", l->name, strerror(-rc));
+  lstate_cpu_end(f->x);  /* the worker's part (verify_request) is done */
   lconn_abort(c);  /* the worker's copy: the child has its own */
   lua_pop(L, 1);
   return rc < 0 ? -1 : 0;

@@ -35,6 +35,7 @@ static void run (struct sync *s, struct lconn *c) {
     lstate_report(L, c, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
+  lstate_cpu_end(s->x);
   lconn_abort(c);
   lua_pop(L, 1);  /* the request */
 }

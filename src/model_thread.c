@@ -97,6 +97,7 @@ static void run_job (struct hthread *h, struct job *j) {
     lstate_report(L, c, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
+  lstate_cpu_end(h->x);
   lconn_abort(c);
   lua_pop(L, 1);  /* the request */
 }

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -220,6 +221,57 @@ static void *l_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 
+/* {====================================================== --cpu-limit */
+
+#define CPU_HOOK_COUNT 10000  /* VM instructions between checks */
+
+static double cpu_now (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+
+void lstate_cpu_begin (struct lctx *x, struct task *t, int fresh) {
+  if (x->w->cfg->cpu_limit <= 0) return;
+  if (fresh) t->cpu_used = 0;
+  x->cpu_task = t;
+  x->cpu_mark = cpu_now();
+}
+
+
+void lstate_cpu_end (struct lctx *x) {
+  double now;
+  if (x->cpu_task == NULL) return;
+  now = cpu_now();
+  x->cpu_task->cpu_used += now - x->cpu_mark;
+  x->cpu_task = NULL;
+}
+
+
+/*
+** Runs every CPU_HOOK_COUNT instructions in every thread of the state
+** (lua_newthread copies the hook). A request past its limit gets an
+** error where it runs; its count restarts, so finish and handle_error
+** get a budget of their own, and a handler that catches the error and
+** loops on gets it again one limit later.
+*/
+static void cpu_hook (lua_State *L, lua_Debug *ar) {
+  struct lctx *x = lsrv_ctx(L);
+  struct task *t = x->cpu_task;
+  double now, limit = x->w->cfg->cpu_limit;
+  (void)ar;
+  if (t == NULL) return;  /* init, service_actions, server_close */
+  now = cpu_now();
+  if (t->cpu_used + (now - x->cpu_mark) <= limit) return;
+  t->cpu_used = 0;
+  x->cpu_mark = now;
+  luaL_error(L, "cpu limit exceeded (%f s)", limit);
+}
+
+/* }====================================================== */
+
+
 struct lctx *lstate_new (struct worker *w, const char *script,
                          const struct waitops *ops, char *err, size_t errlen) {
   struct lctx *x = calloc(1, sizeof *x);
@@ -238,6 +290,7 @@ struct lctx *lstate_new (struct worker *w, const char *script,
                 (size_t)lua_gc(L, LUA_GCCOUNTB);
   x->mem_limit = w->cfg->memory_limit;
   lua_setallocf(L, l_alloc, x);
+  if (w->cfg->cpu_limit > 0) lua_sethook(L, cpu_hook, LUA_MASKCOUNT, CPU_HOOK_COUNT);
   bufpool_init(&x->pool);
   x->main_task.x = x;
   x->main_task.co = L;
