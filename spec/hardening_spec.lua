@@ -273,3 +273,43 @@ return {
     assert.equals("fine", ask(srv, "hello"))
   end)
 end)
+
+
+for _, model in ipairs(H.models) do
+  -- sync serves one connection at a time: the others wait unaccepted
+  if model ~= "sync" then
+    describe("model " .. model, function ()
+      it("--max-per-source 2: a third connection from one address is closed "
+         .. "and logged; one more fits once one ends", function ()
+        local srv = H.start{ model = model, args = { "--max-per-source", "2" },
+          source = [[return { handle = function (req)
+            for line in req:lines() do req:write(line, "\n") end end }]] }
+        local a, b = srv:connect(), srv:connect()
+        for _, c in ipairs { a, b } do
+          c:settimeout(3 * H.scale)
+          c:send("hi\n")
+          assert.equals("hi", c:receive())
+        end
+        local third = srv:connect()
+        third:settimeout(3 * H.scale)
+        third:send("hi\n")
+        assert.is_nil((third:receive()))
+        assert.truthy(srv:wait_stderr("refused (--max-per-source) a client "
+                                      .. "from 127.0.0.1:", 2, true))
+        a:close()
+        local served
+        local deadline = T.now() + 3 * H.scale
+        repeat  -- the worker learns of the close when the handler ends
+          local r = ask(srv, "again")
+          served = r == "again"
+          if not served then T.sleep(0.05) end
+        until served or T.now() > deadline
+        assert.is_true(served)
+        assert.equals("still", (function ()
+          b:send("still\n")
+          return b:receive()
+        end)())
+      end)
+    end)
+  end
+end

@@ -34,6 +34,7 @@ static const char usage_text[] =
 "  --backlog N            listen backlog (default 511)\n"
 "  --once                 serve one request (connection or datagram), then exit\n"
 "  --memory-limit BYTES   memory each Lua state may use (k, m, g suffixes; default: none)\n"
+"  --max-per-source N     connections one client IP may hold per worker\n"
 "  --cpu-limit SECS       CPU time a request may use (default: none)\n"
 "  --allow CIDR           accept clients from CIDR (repeatable; first match wins)\n"
 "  --deny CIDR            refuse clients from CIDR (\"all\" matches any address)\n"
@@ -80,6 +81,7 @@ static const struct option options[] = {
   {"once", K_FLAG, F(once), 0, 0, 0},
   {"memory-limit", K_SIZE, F(memory_limit), 0, 0, 0},
   {"cpu-limit", K_SECS, F(cpu_limit), 0, 0, 0},
+  {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0},
   {"allow", K_ACL, 0, 0, 0, 1},
   {"deny", K_ACL, 0, 0, 0, 0},
   {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},

@@ -42,6 +42,7 @@ struct task {
   struct lconn *req;          /* the request this task serves */
   struct task *next, *prev;   /* the model's lists (active, free) */
   double cpu_used;            /* --cpu-limit: CPU seconds of its request */
+  struct sockaddr_in6 src;    /* --max-per-source: its client (AF_UNSPEC: none) */
 };
 
 /* How a model makes a task wait. */

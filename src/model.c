@@ -86,6 +86,25 @@ int model_allowed (struct worker *w, const struct sockaddr_storage *peer) {
 }
 
 
+/* --max-per-source: counts the client in, or refuses it (logged). */
+static int admit (struct worker *w, const struct sockaddr_storage *peer) {
+  struct srckey k;
+  if (w->sources == NULL || srckey_of((const struct sockaddr *)peer, &k) < 0 ||
+      srctab_enter(w->sources, &k) != 0)
+    return 1;
+  log_limited(w, &w->refused_logged, &w->refused,
+              "refused (--max-per-source) a client from", peer);
+  return 0;
+}
+
+
+void model_release (struct worker *w, const struct sockaddr *peer) {
+  struct srckey k;
+  if (w->sources != NULL && srckey_of(peer, &k) == 0)
+    srctab_leave(w->sources, &k);
+}
+
+
 /*
 ** Out of descriptors: turns the waiting clients away; -EAGAIN. Another
 ** thread of the worker (a handler opening a file) may take the spare's
@@ -125,7 +144,7 @@ int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
     *len = sizeof *peer;
     fd = accept4(lfd, (struct sockaddr *)peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      if (model_allowed(w, peer)) return fd;
+      if (model_allowed(w, peer) && admit(w, peer)) return fd;
       close(fd);
       continue;
     }

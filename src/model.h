@@ -49,6 +49,12 @@ void model_count_request (struct worker *w);
 int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
                   socklen_t *len);
 
+/*
+** A connection model_accept returned has ended (--max-per-source counts
+** it out). Every model calls it once per accepted connection.
+*/
+void model_release (struct worker *w, const struct sockaddr *peer);
+
 /* May this datagram's sender be served (--allow/--deny)? Logs refusals. */
 int model_allowed (struct worker *w, const struct sockaddr_storage *peer);
 

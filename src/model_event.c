@@ -222,6 +222,10 @@ static void resume (struct eloop *e, struct task *t, int nargs) {
     lstate_report(co, t->req, lua_tostring(co, -1));
     lconn_abort(t->req);
   }
+  if (t->src.sin6_family != AF_UNSPEC) {
+    model_release(e->w, (struct sockaddr *)&t->src);
+    t->src.sin6_family = AF_UNSPEC;
+  }
   e->active--;
   unlink_running(e, t);
   task_put(e, t, st == LUA_OK);
@@ -300,6 +304,7 @@ static void start_stream (struct eloop *e, int lindex, int fd,
   if (t == NULL) {
     log_warn("dropping a connection on %s: out of memory", e->w->ls[lindex].name);
     close(fd);
+    model_release(e->w, (struct sockaddr *)peer);
     return;
   }
   if (e->w->ls[lindex].addr.tr == TR_TCP) {
@@ -317,8 +322,11 @@ static void start_stream (struct eloop *e, int lindex, int fd,
              strerror(-rc));
     lconn_abort(c);
     task_put(e, t, 0);
+    model_release(e->w, (struct sockaddr *)peer);
     return;
   }
+  if (e->w->sources != NULL)  /* counted in by model_accept; out at the end */
+    memcpy(&t->src, peer, len < sizeof t->src ? len : sizeof t->src);
   start(e, t, c);
 }
 

@@ -32,6 +32,7 @@ struct forker {
   struct timer service;
   char *dgram;                /* DGRAM_MAX bytes for model_recv */
   pid_t *pids;                /* children alive: max_children slots, 0 free */
+  struct sockaddr_in6 *srcs;  /* --max-per-source: each child's client */
   int nchildren;
   int accepting;              /* listeners are in the loop */
   int chld_fd;                /* signalfd for SIGCHLD */
@@ -106,11 +107,15 @@ static void child_run (struct forker *f, struct lconn *c) {
 
 static void update_accepting (struct forker *f);
 
-static void track (struct forker *f, pid_t pid) {
+static void track (struct forker *f, pid_t pid, const struct sockaddr *src,
+                   socklen_t len) {
   int i = 0;
   while (f->pids[i] != 0) i++;  /* a free slot exists: we are under the limit */
   f->pids[i] = pid;
   f->nchildren++;
+  memset(&f->srcs[i], 0, sizeof f->srcs[i]);
+  if (src != NULL)  /* counted in by model_accept, out when it is reaped */
+    memcpy(&f->srcs[i], src, len < sizeof f->srcs[i] ? len : sizeof f->srcs[i]);
 }
 
 
@@ -120,6 +125,8 @@ static int untrack (struct forker *f, pid_t pid) {
     if (f->pids[i] == pid) {
       f->pids[i] = 0;
       f->nchildren--;
+      if (f->srcs[i].sin6_family != AF_UNSPEC)
+        model_release(f->w, (struct sockaddr *)&f->srcs[i]);
       return 1;
     }
   }
@@ -159,7 +166,8 @@ static void on_child (struct evloop *loop, int fd, unsigned ev, void *data) {
 ** Forks a child for request c, at the top of the stack. Returns 0 or
 ** -errno; the worker's copy of c is left to the caller to close.
 */
-static int spawn (struct forker *f, struct lconn *c) {
+static int spawn (struct forker *f, struct lconn *c, const struct sockaddr *src,
+                  socklen_t len) {
   pid_t parent = getpid(), pid;
   fflush(NULL);  /* or the child would write the worker's buffers again */
   if ((pid = fork()) < 0) return -errno;
@@ -167,7 +175,7 @@ static int spawn (struct forker *f, struct lconn *c) {
     child_setup(f, parent);
     child_run(f, c);
   }
-  track(f, pid);
+  track(f, pid, src, len);
   return 0;
 }
 
@@ -207,8 +215,11 @@ static int take (struct forker *f, int i) {
   model_count_request(f->w);
   /* socketserver runs verify_request in the server process: what it
   ** counts persists, and a refused client costs no fork */
-  if (lstate_verify(f->x) && (rc = spawn(f, c)) < 0)
+  if (!lstate_verify(f->x)) rc = 1;
+  else if ((rc = spawn(f, c, l->stream ? (struct sockaddr *)&peer : NULL,
+                       len)) < 0)
     log_warn("dropping a request on %s: fork: %s", l->name, strerror(-rc));
+  if (rc != 0 && l->stream) model_release(f->w, (struct sockaddr *)&peer);
   lstate_cpu_end(f->x);  /* the worker's part (verify_request) is done */
   lconn_abort(c);  /* the worker's copy: the child has its own */
   lua_pop(L, 1);
@@ -337,7 +348,9 @@ static int start (struct forker *f) {
   f->loop = evloop_new();
   f->dgram = malloc(DGRAM_MAX);
   f->pids = calloc((size_t)f->w->cfg->max_children, sizeof *f->pids);
-  if (f->loop == NULL || f->dgram == NULL || f->pids == NULL) {
+  f->srcs = calloc((size_t)f->w->cfg->max_children, sizeof *f->srcs);
+  if (f->loop == NULL || f->dgram == NULL || f->pids == NULL ||
+      f->srcs == NULL) {
     log_error("error: %s", strerror(ENOMEM));
     return -1;
   }
@@ -377,5 +390,6 @@ out:
   evloop_free(f.loop);
   free(f.dgram);
   free(f.pids);
+  free(f.srcs);
   return rc;
 }

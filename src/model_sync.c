@@ -59,6 +59,7 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
     }
     run(s, lconn_new(lstate_L(s->x), s->x, cfd, i, (struct sockaddr *)&peer,
                      len));
+    model_release(s->w, (struct sockaddr *)&peer);
   }
   else {
     long n = model_recv(s->w, fd, s->dgram, DGRAM_MAX, &peer, &len);

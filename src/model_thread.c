@@ -100,6 +100,7 @@ static void run_job (struct hthread *h, struct job *j) {
   lstate_cpu_end(h->x);
   lconn_abort(c);
   lua_pop(L, 1);  /* the request */
+  if (j->fd >= 0) model_release(h->p->w, peer);  /* the table is locked */
 }
 
 
@@ -474,7 +475,10 @@ static int drop_queue (struct tpool *p) {
   int running = 0;
   pthread_mutex_lock(&p->mu);
   while ((j = dequeue(p)) != NULL) {
-    if (j->fd >= 0) close(j->fd);
+    if (j->fd >= 0) {
+      close(j->fd);
+      model_release(p->w, (struct sockaddr *)&j->peer);
+    }
     free_job(j);
     p->busy--;
   }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -59,6 +60,13 @@ int worker_init (struct worker *w, const struct config *cfg,
   /* libuv's trick: with no descriptor left, give this one up to accept
   ** the waiting client and close it, instead of spinning on EMFILE */
   w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (cfg->max_per_source > 0 &&
+      ((w->sources = malloc(sizeof *w->sources)) == NULL ||
+       srctab_init(w->sources, cfg->max_per_source) < 0)) {
+    free(w->sources);
+    w->sources = NULL;
+    return -ENOMEM;
+  }
   atomic_init(&w->stopping, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
@@ -74,6 +82,10 @@ int worker_init (struct worker *w, const struct config *cfg,
 
 
 void worker_close (struct worker *w) {
+  if (w->sources != NULL) {
+    srctab_free(w->sources);
+    free(w->sources);
+  }
   if (w->spare_fd >= 0) close(w->spare_fd);
   for (int i = 0; i < 2; i++) {
     close(w->stop_fd[i]);

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include "cli.h"
 #include "listener.h"
+#include "persource.h"
 
 struct worker {
   const struct config *cfg;
@@ -25,6 +26,7 @@ struct worker {
   int spare_fd;               /* given up to accept-and-close at EMFILE */
   double shed_logged, refused_logged;  /* when last logged (rate limit) */
   long shed, refused;         /* since then */
+  struct srctab *sources;     /* --max-per-source counts, or NULL */
 };
 
 /* Signal bits returned by worker_signals. */
