@@ -92,6 +92,28 @@ test-tsan: deps
 	    echo "test-tsan: ThreadSanitizer reported the problems above"; exit 1; \
 	  fi; exit $$rc
 
+# A subset of the specs with every luasrv process under valgrind memcheck:
+# any error or definitely lost block in any process's log fails it.
+VALGRIND_SPECS = spec/request_spec.lua spec/read_spec.lua spec/hooks_spec.lua \
+                 spec/datagram_spec.lua spec/listeners_spec.lua
+.PHONY: test-valgrind
+test-valgrind: deps
+	@tools/install-deps valgrind
+	@$(MAKE) --no-print-directory all
+	@rm -rf $(BUILD)/valgrind && mkdir -p $(BUILD)/valgrind
+	@VALGRIND_LOGS=$(CURDIR)/$(BUILD)/valgrind LUASRV_REAL_BIN=$(BUILD)/luasrv \
+	  LUASRV_BIN=tools/valgrind-luasrv LUASRV_MODELS=sync,event \
+	  LUASRV_TIME_SCALE=10 busted --output=TAP $(VALGRIND_SPECS) \
+	  > $(BUILD)/valgrind/specs.tap 2>&1; rc=$$?; \
+	  tail -1 $(BUILD)/valgrind/specs.tap; \
+	  bad=$$(grep -lE "ERROR SUMMARY: [1-9]|definitely lost: [1-9]" \
+	         $(BUILD)/valgrind/vg.*.log); \
+	  n=$$(ls $(BUILD)/valgrind/vg.*.log | wc -l); \
+	  echo "valgrind: $$n processes checked"; \
+	  if [ -n "$$bad" ]; then cat $$bad; echo "valgrind found errors in: $$bad"; exit 1; fi; \
+	  grep -q "^not ok" $(BUILD)/valgrind/specs.tap && { grep -A6 "^not ok" $(BUILD)/valgrind/specs.tap; exit 1; }; \
+	  exit $$rc
+
 # The peers are optional: if they cannot be installed, their rows are n/a.
 bench: deps
 	@tools/install-deps $(DEPS_BENCH) || \

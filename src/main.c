@@ -8,6 +8,7 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -116,6 +117,25 @@ static int resolve_user (struct config *cfg) {
 }
 
 
+/*
+** The Unix socket files luasrv created belong to --user: its workers and
+** its group's clients (with --unix-mode 660) can use them.
+*/
+static int chown_sockets (const struct config *cfg, struct listener *ls) {
+  for (int i = 0; i < cfg->nlisten; i++) {
+    const char *path;
+    if (!ls[i].created_path) continue;
+    path = ((const struct sockaddr_un *)&ls[i].addr.sa)->sun_path;
+    if (chown(path, (uid_t)cfg->uid, (gid_t)cfg->gid) < 0) {
+      log_error("error: --user: cannot give %s to %s: %s", path, cfg->user,
+                strerror(errno));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+
 int main (int argc, char **argv) {
   static struct config cfg;
   static struct listener ls[CLI_MAX_LISTEN];
@@ -135,7 +155,9 @@ int main (int argc, char **argv) {
     if (write_pidfile(cfg.pidfile) < 0) goto out;
     wrote_pid = 1;
   }
-  if (cfg.user != NULL && resolve_user(&cfg) < 0) goto out;
+  if (cfg.user != NULL && (resolve_user(&cfg) < 0 ||
+                           chown_sockets(&cfg, ls) < 0))
+    goto out;
   rc = master_run(&cfg, ls, cfg.nlisten);
 out:
   if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
