@@ -17,9 +17,16 @@ WARN = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wstrict-prototypes \
        -Wmissing-prototypes -Wformat=2
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_LIBS = $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
-CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(WERROR) $(LUA_CFLAGS) \
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -DLUASRV_LUADIR='"$(LUADIR)"' \
+             $(OPT) $(WARN) $(WERROR) $(LUA_CFLAGS) \
              -MMD -MP $(SANITIZE_FLAGS) $(CFLAGS)
 LDLIBS_ALL = $(LUA_LIBS) -lm -lpthread $(LDLIBS)
+
+PREFIX ?= /usr/local
+BINDIR = $(PREFIX)/bin
+LUADIR = $(PREFIX)/share/lua/5.4
+DATADIR = $(PREFIX)/share/luasrv
+MANDIR = $(PREFIX)/share/man/man1
 
 BUILD ?= build
 SRCS = $(wildcard src/*.c)
@@ -38,7 +45,7 @@ MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
 DEPS_BENCH = python3 lua-luv
 
-.PHONY: all deps run test test-asan check-specs unit bench clean
+.PHONY: all deps run test test-asan check-specs unit bench clean install uninstall
 
 all: $(BUILD)/luasrv
 
@@ -56,6 +63,12 @@ $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 
 $(BUILD):
 	mkdir -p $(BUILD)
+
+# The module path compiled into script.o follows PREFIX: rebuild on change.
+.PHONY: FORCE
+$(BUILD)/luadir: FORCE | $(BUILD)
+	@echo '$(LUADIR)' | cmp -s - $@ 2>/dev/null || echo '$(LUADIR)' > $@
+$(BUILD)/script.o: $(BUILD)/luadir
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -120,6 +133,19 @@ bench: deps
 	  echo "make bench: could not install $(DEPS_BENCH); their rows will be n/a" >&2
 	@$(MAKE) --no-print-directory all
 	bench/run $(if $(filter-out 0 no false,$(QUICK)),--quick)
+
+# DESTDIR for packaging; Lua modules go where lua5.4 looks already.
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv \
+	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR)
+	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
+	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
+	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
+	install -m 644 doc/luasrv.1 $(DESTDIR)$(MANDIR)/luasrv.1
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
+	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR)
 
 clean:
 	rm -rf build build-asan bench/build

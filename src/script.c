@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -174,8 +175,41 @@ static int load_script (lua_State *L, const char *script, char *err,
 }
 
 
+/*
+** Lets scripts require luasrv's own Lua modules (luasrv.test, and the
+** protocol helpers): from the tree the binary was built in (EXE/../lua)
+** and from where `make install` puts them (LUASRV_LUADIR), ahead of
+** Lua's own path.
+*/
+static void add_module_path (lua_State *L) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  luaL_Buffer b;
+  lua_getglobal(L, "package");
+  luaL_buffinit(L, &b);
+  if (n > 0) {
+    char *slash;
+    exe[n] = '\0';
+    if ((slash = strrchr(exe, '/')) != NULL) {
+      *slash = '\0';
+      lua_pushfstring(L, "%s/../lua/?.lua;%s/../lua/?/init.lua;", exe, exe);
+      luaL_addvalue(&b);
+    }
+  }
+#ifdef LUASRV_LUADIR
+  luaL_addstring(&b, LUASRV_LUADIR "/?.lua;" LUASRV_LUADIR "/?/init.lua;");
+#endif
+  lua_getfield(L, -2, "path");
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+}
+
+
 static void openlibs (lua_State *L) {
   luaL_openlibs(L);
+  add_module_path(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
