@@ -281,7 +281,7 @@ enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
     snprintf(err, errlen, "no script given");
     return CLI_USAGE;
   }
-  if (!cfg->check && cfg->nlisten == 0) {
+  if (!cfg->check && cfg->nlisten == 0 && getenv("LISTEN_FDS") == NULL) {
     snprintf(err, errlen, "no listener given (use --tcp, --udp, --unix or "
              "--unixgram)");
     return CLI_USAGE;

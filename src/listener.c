@@ -130,6 +130,77 @@ int listener_open (struct listener *l, const struct address *addr,
 }
 
 
+/* The transport of socket fd, or -1 when it is none luasrv serves. */
+static int fd_transport (int fd, struct sockaddr_storage *sa, socklen_t *len) {
+  int type;
+  socklen_t tlen = sizeof type;
+  *len = sizeof *sa;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 ||
+      getsockname(fd, (struct sockaddr *)sa, len) < 0)
+    return -1;
+  switch (sa->ss_family) {
+    case AF_INET: case AF_INET6:
+      return type == SOCK_STREAM ? TR_TCP : type == SOCK_DGRAM ? TR_UDP : -1;
+    case AF_UNIX:
+      return type == SOCK_STREAM ? TR_UNIX : type == SOCK_DGRAM ? TR_UNIXGRAM : -1;
+    default:
+      return -1;
+  }
+}
+
+
+int listener_matches (int fd, const struct address *addr) {
+  struct sockaddr_storage sa;
+  socklen_t len;
+  if (fd_transport(fd, &sa, &len) != (int)addr->tr) return 0;
+  if (sa.ss_family != addr->sa.ss_family) return 0;
+  switch (sa.ss_family) {
+    case AF_INET: {
+      const struct sockaddr_in *a = (const struct sockaddr_in *)&sa,
+                               *b = (const struct sockaddr_in *)&addr->sa;
+      return a->sin_port == b->sin_port &&
+             a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    case AF_INET6: {
+      const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&sa,
+                                *b = (const struct sockaddr_in6 *)&addr->sa;
+      return a->sin6_port == b->sin6_port &&
+             memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0;
+    }
+    default:
+      return strcmp(((const struct sockaddr_un *)&sa)->sun_path,
+                    ((const struct sockaddr_un *)&addr->sa)->sun_path) == 0;
+  }
+}
+
+
+int listener_adopt (struct listener *l, int fd, char *err, size_t errlen) {
+  socklen_t len;
+  int tr, fl;
+  memset(l, 0, sizeof *l);
+  l->fd = -1;
+  if ((tr = fd_transport(fd, &l->addr.sa, &len)) < 0) {
+    snprintf(err, errlen, "socket activation: descriptor %d is not a TCP, "
+             "UDP or Unix socket", fd);
+    return -1;
+  }
+  l->addr.tr = (enum transport)tr;
+  l->addr.salen = len;
+  l->stream = transport_is_stream(l->addr.tr);
+  l->owner = getpid();
+  fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+      fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+    snprintf(err, errlen, "socket activation: descriptor %d: %s", fd,
+             strerror(errno));
+    return -1;
+  }
+  l->fd = fd;
+  address_format(&l->addr, l->name, sizeof l->name);
+  return 0;
+}
+
+
 void listener_unlink (const struct listener *l) {
   if (l->created_path && l->owner == getpid())
     unlink(((const struct sockaddr_un *)&l->addr.sa)->sun_path);

@@ -31,6 +31,17 @@ struct listen_opts {
 int listener_open (struct listener *l, const struct address *addr,
                    const struct listen_opts *o, char *err, size_t errlen);
 
+/*
+** Takes over fd, a listening socket passed by systemd (socket
+** activation): learns its transport and address from the socket itself.
+** The Unix socket file stays systemd's (never removed by us). Returns 0,
+** or -1 with the reason in err (fd is left open then).
+*/
+int listener_adopt (struct listener *l, int fd, char *err, size_t errlen);
+
+/* Is fd a socket for addr (same transport and address)? */
+int listener_matches (int fd, const struct address *addr);
+
 /* Closes the socket; removes the Unix file if this process created it. */
 void listener_close (struct listener *l);
 

@@ -7,6 +7,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -40,20 +41,60 @@ static int check (const struct config *cfg) {
 }
 
 
+/*
+** systemd's socket activation: how many listening sockets it passed us,
+** from descriptor 3 on. The variables are removed so that no worker or
+** program a handler runs takes them for its own.
+*/
+static int activation_fds (void) {
+  const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  int n = 0;
+  if (pid != NULL && fds != NULL && atoi(pid) == (int)getpid()) n = atoi(fds);
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  return n < 0 ? 0 : n > CLI_MAX_LISTEN ? CLI_MAX_LISTEN : n;
+}
+
+
+/*
+** Opens the listeners; returns how many, or -1. A listener option that
+** names a socket systemd passed uses it instead of binding; with no
+** listener option, every passed socket is served as it is.
+*/
 static int open_listeners (const struct config *cfg, struct listener *ls) {
   struct listen_opts o = {cfg->backlog, cfg->reuse_port, cfg->unix_mode};
   char err[512];
-  for (int i = 0; i < cfg->nlisten; i++) {
+  int nfds = activation_fds(), used[CLI_MAX_LISTEN] = {0}, n = 0;
+  for (int i = 0; i < cfg->nlisten; i++, n++) {
     struct address a;
+    int j = 0, rc;
     if (address_parse(cfg->listen[i].tr, cfg->listen[i].text, &a, err,
-                      sizeof err) < 0 ||
-        listener_open(&ls[i], &a, &o, err, sizeof err) < 0) {
-      log_error("error: %s", err);
-      while (i-- > 0) listener_close(&ls[i]);
-      return -1;
+                      sizeof err) < 0)
+      goto fail;
+    while (j < nfds && (used[j] || !listener_matches(3 + j, &a))) j++;
+    if (j < nfds) {
+      used[j] = 1;
+      rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
     }
+    else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
+    if (rc < 0) goto fail;
   }
-  return 0;
+  for (int j = 0; j < nfds; j++) {
+    if (used[j]) continue;
+    if (cfg->nlisten > 0) {
+      log_warn("socket activation: descriptor %d matches no listener "
+               "option; closing it", 3 + j);
+      close(3 + j);
+    }
+    else if (listener_adopt(&ls[n], 3 + j, err, sizeof err) < 0) goto fail;
+    else n++;
+  }
+  return n;
+fail:
+  log_error("error: %s", err);
+  while (n-- > 0) listener_close(&ls[n]);
+  return -1;
 }
 
 
@@ -121,8 +162,9 @@ static int resolve_user (struct config *cfg) {
 ** The Unix socket files luasrv created belong to --user: its workers and
 ** its group's clients (with --unix-mode 660) can use them.
 */
-static int chown_sockets (const struct config *cfg, struct listener *ls) {
-  for (int i = 0; i < cfg->nlisten; i++) {
+static int chown_sockets (const struct config *cfg, struct listener *ls,
+                          int nls) {
+  for (int i = 0; i < nls; i++) {
     const char *path;
     if (!ls[i].created_path) continue;
     path = ((const struct sockaddr_un *)&ls[i].addr.sa)->sun_path;
@@ -140,7 +182,7 @@ int main (int argc, char **argv) {
   static struct config cfg;
   static struct listener ls[CLI_MAX_LISTEN];
   char err[512];
-  int rc = 1, wrote_pid = 0;
+  int rc = 1, wrote_pid = 0, nls = 0;
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {
     case CLI_EXIT_OK: return 0;
     case CLI_USAGE:
@@ -150,17 +192,21 @@ int main (int argc, char **argv) {
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
   if (cfg.check) return check(&cfg);
-  if (open_listeners(&cfg, ls) < 0) return 1;
+  if ((nls = open_listeners(&cfg, ls)) < 0) return 1;
+  if (nls == 0) {
+    log_error("error: no listener: systemd passed no socket");
+    return 1;
+  }
   if (cfg.pidfile != NULL) {
     if (write_pidfile(cfg.pidfile) < 0) goto out;
     wrote_pid = 1;
   }
   if (cfg.user != NULL && (resolve_user(&cfg) < 0 ||
-                           chown_sockets(&cfg, ls) < 0))
+                           chown_sockets(&cfg, ls, nls) < 0))
     goto out;
-  rc = master_run(&cfg, ls, cfg.nlisten);
+  rc = master_run(&cfg, ls, nls);
 out:
   if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
-  for (int i = 0; i < cfg.nlisten; i++) listener_close(&ls[i]);
+  for (int i = 0; i < nls; i++) listener_close(&ls[i]);
   return rc;
 }

@@ -17,12 +17,16 @@
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <grp.h>
 #include <unistd.h>
 
@@ -68,6 +72,45 @@ struct master {
 };
 
 
+/*
+** systemd's readiness protocol (Type=notify / notify-reload): one datagram
+** to $NOTIFY_SOCKET per state change; nothing when the variable is unset.
+** A path starting with '@' is in the abstract namespace.
+*/
+static void sd_notify (const char *fmt, ...) {
+  const char *path = getenv("NOTIFY_SOCKET");
+  struct sockaddr_un sun;
+  char msg[256];
+  va_list ap;
+  size_t plen;
+  int fd, n;
+  if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+      (plen = strlen(path)) >= sizeof sun.sun_path)
+    return;
+  va_start(ap, fmt);
+  n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= sizeof msg) return;
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, plen);
+  if (path[0] == '@') sun.sun_path[0] = '\0';
+  if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) return;
+  if (sendto(fd, msg, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&sun,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
+    log_debug("sd_notify: %s", strerror(errno));
+  close(fd);
+}
+
+
+static unsigned long long monotonic_usec (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (unsigned long long)ts.tv_sec * 1000000ULL +
+         (unsigned long long)ts.tv_nsec / 1000ULL;
+}
+
+
 static const char *signame (int sig) {
   const char *s = sigabbrev_np(sig);
   return s != NULL ? s : "?";
@@ -92,6 +135,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != master_pid) _exit(1);
   close_master_fds(m);
+  unsetenv("NOTIFY_SOCKET");  /* the master speaks for the server */
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   if (m->cfg->setuser) {
     gid_t gid = (gid_t)m->cfg->gid;
@@ -180,6 +224,7 @@ static void begin_stop (struct master *m, int code) {
   m->stopping = 1;
   m->exit_code = code;
   m->kill_at = monotonic_now() + m->cfg->grace + KILL_SLACK;
+  sd_notify("STOPPING=1");
   signal_gen(m, 0, SIGTERM);
 }
 
@@ -188,6 +233,7 @@ static void announce (struct master *m) {
   m->announced = 1;
   for (int i = 0; i < m->nls; i++)
     log_info("listening on %s", m->ls[i].name);
+  sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
 }
 
 
@@ -203,11 +249,13 @@ static void gen_ready (struct master *m, unsigned gen) {
   m->next_gen = 0;
   log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
            m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
+  sd_notify("READY=1\nSTATUS=serving (reloaded)");
 }
 
 
 static void reload_failed (struct master *m) {
   log_error("reload failed: the old code keeps serving");
+  sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving");
   signal_gen(m, m->next_gen, SIGTERM);
   m->next_gen = 0;
 }
@@ -316,6 +364,7 @@ static void reload (struct master *m) {
     return;
   }
   log_info("SIGHUP: reloading %s", m->cfg->script);
+  sd_notify("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
   m->next_gen = m->gen + 1;
   if (spawn(m, 1, m->next_gen) == NULL) reload_failed(m);
 }
