@@ -38,7 +38,7 @@ CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
 # Debian packages: to build, to run the specs, to run the handlers.
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
-DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools socat bsdutils systemd
+DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools socat bsdutils systemd curl
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event

@@ -45,6 +45,8 @@ static const char usage_text[] =
 "  --user USER[:GROUP]    drop privileges to USER after binding\n"
 "  --pidfile PATH         write the server's pid to PATH\n"
 "  --log-format FMT       text or json (default text)\n"
+"  --access-log           log a line per request (client, bytes, time, outcome)\n"
+"  --metrics [HOST]:PORT  serve Prometheus metrics there (the master answers)\n"
 "  --log-level LEVEL      error, warn, info or debug (default info)\n"
 "  --quiet                same as --log-level warn\n"
 "\n"
@@ -82,6 +84,8 @@ static const struct option options[] = {
   {"memory-limit", K_SIZE, F(memory_limit), 0, 0, 0},
   {"cpu-limit", K_SECS, F(cpu_limit), 0, 0, 0},
   {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0},
+  {"metrics", K_STR, F(metrics), 0, 0, 0},
+  {"access-log", K_FLAG, F(access_log), 0, 0, 0},
   {"allow", K_ACL, 0, 0, 0, 1},
   {"deny", K_ACL, 0, 0, 0, 0},
   {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},

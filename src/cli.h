@@ -38,6 +38,8 @@ struct config {
   size_t memory_limit;        /* per Lua state; 0 = none */
   double cpu_limit;           /* CPU seconds per request; 0 = none */
   int max_per_source;         /* connections per client IP; 0 = no limit */
+  const char *metrics;        /* --metrics ADDR: Prometheus endpoint */
+  int access_log;             /* --access-log: a line per request */
   struct acl_rule acl[CLI_MAX_ACL];  /* --allow, --deny in order */
   int nacl;
   int reuse_port;

@@ -33,6 +33,7 @@
 #include "evloop.h"
 #include "log.h"
 #include "master.h"
+#include "metrics.h"
 #include "worker.h"
 
 #define MAX_WORKERS 1024
@@ -69,6 +70,8 @@ struct master {
   double kill_at;             /* stopping: SIGKILL the rest then */
   double respawn_at[MAX_WORKERS + 1];  /* per id; 0: none pending */
   double backoff[MAX_WORKERS + 1];
+  struct mslot *metrics;      /* --metrics: slots 1..workers, shared */
+  struct listener mls;        /* --metrics listener; fd -1 when none */
 };
 
 
@@ -135,6 +138,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != master_pid) _exit(1);
   close_master_fds(m);
+  if (m->mls.fd >= 0) close(m->mls.fd);
   unsetenv("NOTIFY_SOCKET");  /* the master speaks for the server */
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   if (m->cfg->setuser) {
@@ -150,6 +154,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
     exit(1);
   }
   w.ready_fd = ready_wfd;
+  if (m->metrics != NULL) w.mslot = &m->metrics[id];
   worker_signals_install(&w);
   rc = worker_run(&w);
   worker_close(&w);
@@ -420,9 +425,83 @@ static int alive (struct master *m) {
 }
 
 
+/* {====================================================== --metrics */
+
+#define METRICS_WAIT_MS 200   /* for a scraper's request line */
+
+/*
+** Answers one scraper: reads its request (briefly: the master must not
+** be held up by a slow client) and sends every worker's counters.
+*/
+static void serve_metrics (struct master *m) {
+  char req[2048], *body;
+  size_t got = 0, cap = 65536;
+  long len;
+  int fd = accept4(m->mls.fd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    ssize_t n;
+    if (poll(&p, 1, METRICS_WAIT_MS) <= 0) break;
+    if ((n = read(fd, req + got, sizeof req - 1 - got)) <= 0) break;
+    got += (size_t)n;
+    req[got] = '\0';
+    if (strstr(req, "\r\n\r\n") != NULL || strstr(req, "\n\n") != NULL ||
+        got == sizeof req - 1)
+      break;
+  }
+  while ((body = malloc(cap)) != NULL &&
+         (len = metrics_format(m->metrics, m->cfg->workers, body, cap)) < 0) {
+    free(body);
+    cap *= 2;
+  }
+  if (body != NULL) {
+    char head[160];
+    int hl = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: "
+                      "text/plain; version=0.0.4\r\nContent-Length: %ld\r\n"
+                      "Connection: close\r\n\r\n", len);
+    struct pollfd p = {fd, POLLOUT, 0};
+    const char *parts[2] = {head, body};
+    size_t lens[2] = {(size_t)hl, (size_t)len};
+    for (int i = 0; i < 2; i++) {
+      size_t off = 0;
+      while (off < lens[i] && poll(&p, 1, METRICS_WAIT_MS) > 0) {
+        ssize_t n = send(fd, parts[i] + off, lens[i] - off, MSG_NOSIGNAL);
+        if (n <= 0) break;
+        off += (size_t)n;
+      }
+    }
+    free(body);
+  }
+  close(fd);
+}
+
+
+static int open_metrics (struct master *m) {
+  struct listen_opts o = {16, 0, -1};
+  struct address a;
+  char err[512];
+  m->mls.fd = -1;
+  if (m->cfg->metrics == NULL) return 0;
+  if (address_parse(TR_TCP, m->cfg->metrics, &a, err, sizeof err) < 0 ||
+      listener_open(&m->mls, &a, &o, err, sizeof err) < 0) {
+    log_error("error: --metrics: %s", err);
+    return -1;
+  }
+  if ((m->metrics = metrics_new(m->cfg->workers)) == NULL) {
+    log_error("error: --metrics: %s", strerror(errno));
+    return -1;
+  }
+  log_info("metrics on http://%s/metrics", m->mls.name + strlen("tcp://"));
+  return 0;
+}
+
+/* }====================================================== */
+
+
 static void serve (struct master *m) {
-  struct pollfd *pf = calloc((size_t)m->nprocs + 1, sizeof *pf);
-  struct wproc **owner = calloc((size_t)m->nprocs + 1, sizeof *owner);
+  struct pollfd *pf = calloc((size_t)m->nprocs + 2, sizeof *pf);
+  struct wproc **owner = calloc((size_t)m->nprocs + 2, sizeof *owner);
   if (pf == NULL || owner == NULL) {
     log_error("error: out of memory");
     signal_gen(m, 0, SIGKILL);
@@ -430,9 +509,11 @@ static void serve (struct master *m) {
     m->stopping = 1;
   }
   while (pf != NULL && owner != NULL && (alive(m) || !m->stopping)) {
-    int n = 1;
+    int n = 2;
     pf[0].fd = m->sfd;
     pf[0].events = POLLIN;
+    pf[1].fd = m->mls.fd;  /* -1 without --metrics: poll skips it */
+    pf[1].events = POLLIN;
     for (int i = 0; i < m->nprocs; i++) {
       if (m->procs[i].pid != 0 && m->procs[i].ready_fd >= 0) {
         pf[n].fd = m->procs[i].ready_fd;
@@ -441,9 +522,10 @@ static void serve (struct master *m) {
       }
     }
     if (poll(pf, (nfds_t)n, next_wait_ms(m)) < 0 && errno != EINTR) break;
-    for (int i = 1; i < n; i++)
+    for (int i = 2; i < n; i++)
       if (pf[i].revents != 0 && owner[i]->ready_fd == pf[i].fd)
         on_ready(m, owner[i]);
+    if (pf[1].revents != 0) serve_metrics(m);
     if (pf[0].revents != 0 && on_signals(m)) {  /* a second ^C */
       signal_gen(m, 0, SIGKILL);
       m->exit_code = 130;
@@ -492,6 +574,13 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
     free(m.procs);
     return 1;
   }
+  if (open_metrics(&m) < 0) {
+    close(m.sfd);
+    free(m.procs);
+    listener_close(&m.mls);
+    sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
+    return 1;
+  }
   if (geteuid() == 0 && !cfg->setuser)
     log_warn("warning: handlers run as root; --user USER drops that");
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
@@ -500,6 +589,8 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
   for (int i = 0; i < m.nprocs; i++)
     if (m.procs[i].ready_fd >= 0) close(m.procs[i].ready_fd);
   free(m.procs);
+  listener_close(&m.mls);
+  metrics_free(m.metrics, cfg->workers);
   sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
   return m.exit_code;
 }

@@ -100,6 +100,8 @@ static int admit (struct worker *w, const struct sockaddr_storage *peer) {
 
 void model_release (struct worker *w, const struct sockaddr *peer) {
   struct srckey k;
+  if (w->mslot != NULL)
+    atomic_fetch_sub_explicit(&w->mslot->conn_open, 1, memory_order_relaxed);
   if (w->sources != NULL && srckey_of(peer, &k) == 0)
     srctab_leave(w->sources, &k);
 }
@@ -144,7 +146,15 @@ int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
     *len = sizeof *peer;
     fd = accept4(lfd, (struct sockaddr *)peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      if (model_allowed(w, peer) && admit(w, peer)) return fd;
+      if (model_allowed(w, peer) && admit(w, peer)) {
+        if (w->mslot != NULL) {
+          atomic_fetch_add_explicit(&w->mslot->conn_total, 1,
+                                    memory_order_relaxed);
+          atomic_fetch_add_explicit(&w->mslot->conn_open, 1,
+                                    memory_order_relaxed);
+        }
+        return fd;
+      }
       close(fd);
       continue;
     }

@@ -55,6 +55,11 @@ int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
 */
 void model_release (struct worker *w, const struct sockaddr *peer);
 
+/* Must a model remember each connection's peer for model_release? */
+static inline int model_tracks (const struct worker *w) {
+  return w->sources != NULL || w->mslot != NULL;
+}
+
 /* May this datagram's sender be served (--allow/--deny)? Logs refusals. */
 int model_allowed (struct worker *w, const struct sockaddr_storage *peer);
 

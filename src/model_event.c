@@ -325,7 +325,7 @@ static void start_stream (struct eloop *e, int lindex, int fd,
     model_release(e->w, (struct sockaddr *)peer);
     return;
   }
-  if (e->w->sources != NULL)  /* counted in by model_accept; out at the end */
+  if (model_tracks(e->w))  /* counted in by model_accept; out at the end */
     memcpy(&t->src, peer, len < sizeof t->src ? len : sizeof t->src);
   start(e, t, c);
 }

@@ -342,7 +342,7 @@ static int take (struct tpool *p, int i) {
       free(j);
       return n == -EAGAIN ? -1 : 0;  /* a bad datagram: try the next */
     }
-    memcpy(j->data, p->dgram, (size_t)n);
+    if (n > 0) memcpy(j->data, p->dgram, (size_t)n);  /* no NULL to memcpy */
     j->len = (size_t)n;
   }
   dispatch(p, j);

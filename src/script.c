@@ -28,7 +28,7 @@ static const char *const hook_names[] = {
 ** to handle_error, and the connection closed at the end.
 */
 static const char flow_src[] =
-  "local hooks, traceback, default_error = ...\n"
+  "local hooks, traceback, default_error, done, now = ...\n"
   "local xpcall = xpcall\n"
   "local verify, setup, handle, finish, handle_error = hooks.verify_request,\n"
   "  hooks.setup, hooks.handle, hooks.finish, hooks.handle_error\n"
@@ -42,28 +42,36 @@ static const char flow_src[] =
   "    default_error(req, err)\n"
   "  end\n"
   "end\n"
-  "local function verified(req)\n"
+  "local function verified(req, t0)\n"
   "  if not verify then return true end\n"
   "  local ok, res = xpcall(verify, traceback, req.client_address, req.server)\n"
   "  if not ok then report(req, res) end\n"
-  "  if not ok or not res then req:close() return false end\n"
+  "  if not ok or not res then\n"
+  "    req:close()\n"
+  "    if done then done(req, ok and 2 or 1, t0) end\n"
+  "    return false\n"
+  "  end\n"
   "  return true\n"
   "end\n"
   "local function flow(req, skip_verify)\n"
-  "  if not skip_verify and not verified(req) then return end\n"
+  "  local t0 = done and now()\n"
+  "  if not skip_verify and not verified(req, t0) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
-  "    if not ok then report(req, err) req:close() return end\n"
+  "    if not ok then\n"
+  "      report(req, err)\n"
+  "      req:close()\n"
+  "      if done then done(req, 1, t0) end\n"
+  "      return\n"
+  "    end\n"
   "  end\n"
   "  local ok, err = xpcall(handle, traceback, req)\n"
-  "  if finish then\n"
-  "    local ok2, err2 = xpcall(finish, traceback, req)\n"
-  "    if not ok then report(req, err) end\n"
-  "    if not ok2 then report(req, err2) end\n"
-  "  elseif not ok then\n"
-  "    report(req, err)\n"
-  "  end\n"
+  "  local ok2, err2 = true\n"
+  "  if finish then ok2, err2 = xpcall(finish, traceback, req) end\n"
+  "  if not ok then report(req, err) end\n"
+  "  if not ok2 then report(req, err2) end\n"
   "  req:close()\n"
+  "  if done then done(req, (ok and ok2) and 0 or 1, t0) end\n"
   "end\n"
   "return flow, verified\n";
 
@@ -218,15 +226,50 @@ static void openlibs (lua_State *L) {
 }
 
 
+static int flow_now (lua_State *L) {
+  lua_pushnumber(L, (lua_Number)monotonic_now());
+  return 1;
+}
+
+
+/*
+** done(req, outcome, t0): the end of a request, for --metrics and
+** --access-log. outcome: 0 ok, 1 a hook raised, 2 verify_request refused.
+*/
+static int flow_done (lua_State *L) {
+  struct lconn *c = lua_touserdata(L, 1);
+  struct worker *w = lsrv_ctx(L)->w;
+  int outcome = (int)lua_tointeger(L, 2);
+  double secs = lua_isnumber(L, 3) ? monotonic_now() - lua_tonumber(L, 3) : 0;
+  static const char *const names[] = {"ok", "error", "refused"};
+  if (c == NULL || c->tag != &lsrv_conn_tag || outcome < 0 || outcome > 2)
+    return 0;
+  if (w->mslot != NULL) metrics_request(w->mslot, outcome, c->nin, c->nout, secs);
+  if (w->cfg->access_log) {
+    char peer[ADDRESS_STRLEN];
+    address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
+                        sizeof peer);
+    log_info("access %s %s in=%llu out=%llu time=%.6f %s", peer,
+             transport_name(w->ls[c->lindex].addr.tr), c->nin, c->nout, secs,
+             names[outcome]);
+  }
+  return 0;
+}
+
+
 /* Builds the flow from the hooks table at the top; pops it. */
 static void make_flow (lua_State *L, struct lctx *x) {
   int rc = luaL_loadbuffer(L, flow_src, sizeof flow_src - 1, "=flow");
+  int counted = x->w->mslot != NULL || x->w->cfg->access_log;
   lua_assert(rc == LUA_OK);
   (void)rc;
   lua_insert(L, -2);  /* flow chunk below the hooks */
   lua_pushcfunction(L, msghandler);
   lua_pushcfunction(L, default_error);
-  lua_call(L, 3, 2);
+  if (counted) lua_pushcfunction(L, flow_done);
+  else lua_pushnil(L);  /* nothing to count: the flow skips it */
+  lua_pushcfunction(L, flow_now);
+  lua_call(L, 5, 2);
   x->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   x->flow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include "cli.h"
 #include "listener.h"
+#include "metrics.h"
 #include "persource.h"
 
 struct worker {
@@ -27,6 +28,7 @@ struct worker {
   double shed_logged, refused_logged;  /* when last logged (rate limit) */
   long shed, refused;         /* since then */
   struct srctab *sources;     /* --max-per-source counts, or NULL */
+  struct mslot *mslot;        /* --metrics: this worker's counters, or NULL */
 };
 
 /* Signal bits returned by worker_signals. */

@@ -1,0 +1,134 @@
+-- --metrics (Prometheus text format, served by the master, scraped with
+-- curl) and --access-log: the counts match what the spec did, across
+-- workers, in every model.
+local H = require "helper"
+local T = H.T
+local socket = require "socket"
+
+local function free_port ()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- sums a metric over its workers: { requests = n, ... }
+local function scrape (port)
+  local p = io.popen(("curl -sf --max-time 5 http://127.0.0.1:%d/metrics")
+                     :format(port))
+  local text = p:read("a")
+  p:close()
+  local sums = {}
+  for name, labels, v in text:gmatch("\n?([%w_]+){([^}]*)} ([%d.e+-]+)") do
+    local key = name
+    local le = labels:match('le="([^"]+)"')
+    if le then key = name .. "@" .. le end
+    sums[key] = (sums[key] or 0) + tonumber(v)
+  end
+  return sums, text
+end
+
+local SCRIPT = [[
+return {
+  verify_request = function (addr, server) return true end,
+  handle = function (req)
+    local line = req:read("l")
+    if line == "boom" then error("boom") end
+    req:write(line, "\n")
+  end,
+}]]
+
+local REFUSE = [[
+local n = 0
+return {
+  verify_request = function () n = n + 1; return n ~= 1 end,
+  handle = function (req) req:write(req:read("l"), "\n") end,
+}]]
+
+H.for_models(function (model)
+
+  it("counts requests, errors, bytes and durations across 2 workers",
+     function ()
+    local port = free_port()
+    local srv = H.start{ model = model, source = SCRIPT,
+      args = { "--workers", "2", "--metrics", "127.0.0.1:" .. port,
+               "--access-log" } }
+    assert.truthy(srv:stderr():find("metrics on http://127.0.0.1:" .. port
+                                    .. "/metrics", 1, true))
+    local n = 12
+    for i = 1, n do
+      local c = srv:connect()
+      c:settimeout(5 * H.scale)
+      c:send("hello" .. i .. "\n")
+      assert.equals("hello" .. i, c:receive())
+      c:close()
+    end
+    local c = srv:connect()
+    c:send("boom\n")
+    c:settimeout(5 * H.scale)
+    assert.is_nil((c:receive()))
+    c:close()
+    local sums, text
+    local deadline = T.now() + 5 * H.scale
+    repeat  -- a request is counted when its flow ends, after the reply
+      sums, text = scrape(port)
+      if (sums.luasrv_requests_total or 0) < n + 1 then T.sleep(0.05) end
+    until (sums.luasrv_requests_total or 0) >= n + 1 or T.now() > deadline
+    assert.equals(n + 1, sums.luasrv_requests_total, text)
+    assert.equals(n + 1, sums.luasrv_connections_total)
+    assert.equals(1, sums.luasrv_request_errors_total)
+    assert.equals(0, sums.luasrv_connections_open)
+    -- "helloI\n" for each, "boom\n"
+    local bytes_in = 5
+    for i = 1, n do bytes_in = bytes_in + #("hello" .. i) + 1 end
+    assert.equals(bytes_in, sums.luasrv_received_bytes_total)
+    assert.equals(bytes_in - 5, sums.luasrv_sent_bytes_total)
+    assert.equals(n + 1, sums["luasrv_request_duration_seconds_bucket@+Inf"])
+    assert.equals(n + 1, sums.luasrv_request_duration_seconds_count)
+    assert.truthy(text:find('# TYPE luasrv_request_duration_seconds histogram',
+                            1, true))
+    assert.truthy(text:find('luasrv_requests_total{worker="2"}', 1, true))
+    -- one access line per request
+    local err = srv:stderr()
+    assert.equals(n, H.count(err, "luasrv: access 127.0.0.1:%d+ tcp in=%d+ "
+                                  .. "out=%d+ time=[%d.]+ ok\n"))
+    assert.equals(1, H.count(err, "luasrv: access 127.0.0.1:%d+ tcp in=5 "
+                                  .. "out=0 time=[%d.]+ error\n"))
+  end)
+
+  it("counts refused requests and open connections", function ()
+    local port = free_port()
+    local srv = H.start{ model = model, source = REFUSE,
+                         args = { "--metrics", "127.0.0.1:" .. port } }
+    local refused = srv:connect()
+    refused:settimeout(5 * H.scale)
+    refused:send("x\n")
+    assert.is_nil((refused:receive()))
+    local held = srv:connect()
+    held:settimeout(5 * H.scale)
+    held:send("y\n")
+    assert.equals("y", held:receive())
+    local sums
+    local deadline = T.now() + 5 * H.scale
+    repeat
+      sums = scrape(port)
+      if (sums.luasrv_requests_refused_total or 0) < 1 then T.sleep(0.05) end
+    until (sums.luasrv_requests_refused_total or 0) >= 1 or T.now() > deadline
+    assert.equals(1, sums.luasrv_requests_refused_total)
+  end)
+
+end)
+
+describe("--metrics", function ()
+  it("an address in use: exit 1 with one error line", function ()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    local code, _, err = T.run{ H.fixture("echo.lua"), "--tcp", "127.0.0.1:0",
+                                "--metrics", "127.0.0.1:" .. port }
+    s:close()
+    assert.equals(1, code)
+    assert.equals(1, #H.error_lines(err))
+    assert.truthy(err:find("luasrv: error: --metrics: cannot listen on tcp://"
+                           .. "127.0.0.1:" .. port, 1, true), err)
+  end)
+end)

@@ -1,0 +1,39 @@
+/*
+** metrics.h -- counters every worker (and its forked children and
+** threads) updates in memory shared with the master, which serves them in
+** Prometheus's text format on --metrics ADDR and logs an access line per
+** request with --access-log. One slot per worker number: a worker that
+** is replaced or reloaded goes on counting in its slot, so counters only
+** ever grow.
+*/
+#ifndef LUASRV_METRICS_H
+#define LUASRV_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define METRICS_BUCKETS 9     /* request duration histogram, last is +Inf */
+
+struct mslot {
+  atomic_ulong conn_open, conn_total;
+  atomic_ulong requests, errors, refused;
+  atomic_ulong bytes_in, bytes_out;
+  atomic_ulong dur_bucket[METRICS_BUCKETS];  /* not cumulative */
+  atomic_ulong dur_usec;      /* sum of durations, microseconds */
+};
+
+/* Shared memory for n workers (slots 1..n); NULL on failure. */
+struct mslot *metrics_new (int n);
+void metrics_free (struct mslot *m, int n);
+
+/* A request ended: outcome 0 ok, 1 error, 2 refused (verify_request). */
+void metrics_request (struct mslot *s, int outcome, unsigned long long in,
+                      unsigned long long out, double secs);
+
+/*
+** Writes the Prometheus text exposition of slots 1..n into buf; returns
+** its length (at most cap - 1), or -1 when buf is too small.
+*/
+long metrics_format (const struct mslot *m, int n, char *buf, size_t cap);
+
+#endif
