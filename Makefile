@@ -32,13 +32,13 @@ BUILD ?= build
 SRCS = $(wildcard src/*.c)
 OBJS = $(SRCS:src/%.c=$(BUILD)/%.o)
 # The pure modules the C unit tests link against (no Lua).
-PURE = address acl buf evloop log cli persource proxy
+PURE = address acl buf evloop log cli persource proxy shdict
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
 # Debian packages: to build, to run the specs, to run the handlers.
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
-DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools socat bsdutils systemd curl
+DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools socat bsdutils systemd curl wrk
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event
@@ -60,6 +60,25 @@ $(BUILD)/%.o: src/%.c | $(BUILD)
 
 $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(PURE_OBJS) $(LDLIBS_ALL)
+
+# The fuzz targets (fuzz/) replayed over their corpora and crash
+# reproducers with the ordinary compiler: make test runs them as C tests.
+FUZZ_REPLAY = address acl cli persource reader
+CTESTS += $(FUZZ_REPLAY:%=$(BUILD)/test_fuzz_%)
+REPLAY_OBJS_address = $(BUILD)/address-numeric.o
+REPLAY_OBJS_acl = $(BUILD)/acl.o
+REPLAY_OBJS_cli = $(BUILD)/cli.o $(BUILD)/acl.o $(BUILD)/log.o $(BUILD)/address.o
+REPLAY_OBJS_persource = $(BUILD)/persource.o
+REPLAY_OBJS_reader = $(filter-out $(BUILD)/main.o,$(OBJS))
+
+$(BUILD)/address-numeric.o: src/address.c | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -Dgetaddrinfo=fuzz_getaddrinfo -c -o $@ $<
+
+.SECONDEXPANSION:
+$(BUILD)/test_fuzz_%: fuzz/fuzz_%.c fuzz/replay.c $$(REPLAY_OBJS_$$*)
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -Isrc -Ifuzz \
+	  -DREPLAY_TARGET='"$*"' -o $@ $< fuzz/replay.c $(REPLAY_OBJS_$*) \
+	  $(LDLIBS_ALL)
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -151,3 +170,6 @@ clean:
 	rm -rf build build-asan bench/build
 
 -include $(OBJS:.o=.d)
+
+# libFuzzer targets (clang): make fuzz, make fuzz-regress; see fuzz/README.md
+include fuzz/fuzz.mk

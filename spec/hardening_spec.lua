@@ -313,3 +313,20 @@ for _, model in ipairs(H.models) do
     end)
   end
 end
+
+
+H.for_models(function (model)
+  it("a datagram from an unbound Unix socket: client_address.path is \"\"",
+     function ()
+    local srv = H.start{ model = model, unixgram = true, source = [[
+local luasrv = require "luasrv"
+return { handle = function (req)
+  luasrv.log("path", ("%q"):format(req.client_address.path),
+             tostring(req.client_address))
+end }]] }
+    local c = srv:connect("unixgram", { bind = false })
+    c:send("hello")
+    assert.truthy(srv:wait_stderr('luasrv: path "" unix:\n', 3 * H.scale, true),
+                  srv:stderr())
+  end)
+end)

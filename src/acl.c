@@ -39,7 +39,7 @@ int acl_parse (const char *text, int allow, struct acl_rule *r, char *err,
   if (slash != NULL) {
     char *end;
     long bits = strtol(slash + 1, &end, 10);
-    if (slash[1] == '\0' || *end != '\0' || bits < 0 || bits > maxbits)
+    if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || bits > maxbits)
       goto bad;
     r->prefix = (int)bits;
   }

@@ -36,6 +36,8 @@ static const char usage_text[] =
 "  --memory-limit BYTES   memory each Lua state may use (k, m, g suffixes; default: none)\n"
 "  --max-per-source N     connections one client IP may hold per worker\n"
 "  --cpu-limit SECS       CPU time a request may use (default: none)\n"
+"  --shared NAME:SIZE     a dictionary in shared memory, luasrv.shared.NAME\n"
+"                         (repeatable; SIZE with k or m, e.g. 10m)\n"
 "  --allow CIDR           accept clients from CIDR (repeatable; first match wins)\n"
 "  --deny CIDR            refuse clients from CIDR (\"all\" matches any address)\n"
 "\n"
@@ -54,7 +56,7 @@ static const char usage_text[] =
 "  --help, --version\n";
 
 enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
-            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL };
+            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED };
 
 struct option {
   const char *name;
@@ -86,6 +88,7 @@ static const struct option options[] = {
   {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0},
   {"metrics", K_STR, F(metrics), 0, 0, 0},
   {"access-log", K_FLAG, F(access_log), 0, 0, 0},
+  {"shared", K_SHARED, 0, 0, 0, 0},
   {"allow", K_ACL, 0, 0, 0, 1},
   {"deny", K_ACL, 0, 0, 0, 0},
   {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},
@@ -210,6 +213,24 @@ static int set (struct config *cfg, const struct option *o, const char *v,
         return -1;
       cfg->nacl++;
       return 0;
+    case K_SHARED: {  /* NAME:SIZE; SIZE parsed as a K_SIZE */
+      const char *colon = strchr(v, ':');
+      struct shared_spec *sh = &cfg->shared[cfg->nshared];
+      struct option so = {o->name, K_SIZE, F(shared) +
+        (size_t)cfg->nshared * sizeof *sh + offsetof(struct shared_spec, size),
+        0, 0, 0};
+      if (cfg->nshared == CLI_MAX_SHARED) {
+        snprintf(err, errlen, "too many --shared (at most %d)", CLI_MAX_SHARED);
+        return -1;
+      }
+      if (colon == NULL || colon == v || (size_t)(colon - v) >= sizeof sh->name)
+        goto bad;
+      memcpy(sh->name, v, (size_t)(colon - v));
+      sh->name[colon - v] = '\0';
+      if (set(cfg, &so, colon + 1, err, errlen) < 0) return -1;
+      cfg->nshared++;
+      return 0;
+    }
     case K_LOGLEVEL: {
       enum log_level l;
       if (log_parse_level(v, &l) < 0) goto bad;

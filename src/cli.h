@@ -12,12 +12,18 @@
 #define LUASRV_VERSION "0.1.0"
 #define CLI_MAX_LISTEN 64
 #define CLI_MAX_ACL 64
+#define CLI_MAX_SHARED 64
 
 enum model_kind { MODEL_SYNC, MODEL_FORK, MODEL_THREAD, MODEL_EVENT };
 
 struct listen_spec {
   enum transport tr;
   const char *text;           /* as given, e.g. "127.0.0.1:0" */
+};
+
+struct shared_spec {          /* --shared NAME:SIZE */
+  char name[64];
+  size_t size;
 };
 
 struct config {
@@ -42,6 +48,8 @@ struct config {
   int access_log;             /* --access-log: a line per request */
   struct acl_rule acl[CLI_MAX_ACL];  /* --allow, --deny in order */
   int nacl;
+  struct shared_spec shared[CLI_MAX_SHARED];  /* --shared */
+  int nshared;
   int reuse_port;
   int unix_mode;              /* -1 = leave to the umask */
   const char *user;

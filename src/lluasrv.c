@@ -68,6 +68,7 @@ static const luaL_Reg funcs[] = {
   {"sleep", luasrv_sleep},
   {"now", luasrv_now},
   {"log", luasrv_log},
+  {"connect", luasrv_connect},  /* lconnect.c */
   {NULL, NULL}
 };
 
@@ -76,5 +77,7 @@ int luaopen_luasrv (lua_State *L) {
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "luasrv 0.1.0");
   lua_setfield(L, -2, "version");
+  lshdict_push(L);  /* luasrv.shared.NAME: the --shared dictionaries */
+  lua_setfield(L, -2, "shared");
   return 1;
 }

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -19,6 +20,7 @@
 #include "log.h"
 
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
+#define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
 /*
 ** User values. A stream request has one, a datagram two; the fields
@@ -106,6 +108,11 @@ static int waitio (lua_State *L, struct lconn *c, unsigned ev,
   struct task *t = lsrv_task(L);
   int rc;
   if (c->x->ops->yields && t != &c->x->main_task) {
+    /* an outbound connection joins the loop when a task first waits on
+    ** it: one made or pooled in init (main task) has no loop yet */
+    if ((c->flags & LC_UNWATCHED) && (rc = c->x->attach(c->x, c)) < 0)
+      return rc;
+    c->flags &= ~LC_UNWATCHED;
     c->x->ops->arm(t, c, ev, deadline_of(c));
     lua_pushlightuserdata(L, &lsrv_yield_token);
     return lua_yieldk(L, 1, kc, k);
@@ -123,7 +130,40 @@ static int wait_result (lua_State *L, int status) {
 }
 
 
+int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
+                  lua_KContext kc, lua_KFunction k) {
+  return waitio(L, c, ev, kc, k);
+}
+
+
+int lconn_wait_result (lua_State *L, int status) {
+  return wait_result(L, status);
+}
+
+
 /* {====================================================== low-level I/O */
+
+/*
+** fill for outbound UDP: the datagram in c->in is the whole input, its
+** end reads as EOF (as a datagram request's does); the next one is only
+** received once it is used up. An empty datagram reads as EOF too.
+*/
+static int fill_udp (struct lconn *c) {
+  ssize_t n;
+  if (buf_len(&c->in) > 0) return 0;
+  if (!(c->flags & LC_READABLE)) return -EAGAIN;
+  if (buf_reserve(&c->in, UDP_ROOM, &c->x->pool) < 0) return -ENOMEM;
+  do n = recv(c->fd, buf_tail(&c->in), buf_space(&c->in), 0);
+  while (n < 0 && errno == EINTR);
+  if (n >= 0) {  /* more may be queued: stay readable until EAGAIN */
+    c->in.end += (size_t)n;
+    c->nin += (unsigned long long)n;
+    return (int)n;
+  }
+  if (errno == EAGAIN) c->flags &= ~LC_READABLE;
+  return -errno;
+}
+
 
 /*
 ** Reads what the socket has into c->in. Returns bytes read, 0 at EOF,
@@ -133,6 +173,7 @@ static int fill (struct lconn *c, size_t want) {
   ssize_t n;
   size_t space;
   if (c->flags & LC_EOF) return 0;
+  if (c->flags & LC_UDP) return fill_udp(c);
   if (!(c->flags & LC_READABLE)) return -EAGAIN;
   if (want < BUF_CHUNK) want = BUF_CHUNK;
   if (buf_space(&c->in) < want / 2 &&
@@ -179,10 +220,21 @@ static int flush_some (struct lconn *c) {
       c->flags &= ~LC_WRITABLE;
       return -EAGAIN;
     }
-    else return n < 0 ? -errno : ERR_CLOSED;
+    else {
+      int rc = n < 0 ? -errno : ERR_CLOSED;
+      /* a datagram that cannot go (too long, refused) is lost, as any
+      ** datagram may be: keeping it would fail every later flush */
+      if (c->flags & LC_UDP) buf_consume(&c->out, buf_len(&c->out));
+      return rc;
+    }
   }
   buf_release(&c->out, &c->x->pool);
   return 0;
+}
+
+
+int lconn_flush_some (struct lconn *c) {
+  return flush_some(c);
 }
 
 
@@ -519,7 +571,7 @@ static int req_write (lua_State *L) {
   struct lconn *c = tolconn(L);
   int n = lua_gettop(L);
   if (n == 2 && lua_type(L, 2) == LUA_TSTRING &&  /* the common case */
-      (c->flags & (LC_CLOSED | LC_DGRAM)) == 0) {
+      (c->flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
     size_t len, sent;
     const char *s = lua_tolstring(L, 2, &len);
     sent = write_direct(c, s, len);
@@ -536,12 +588,14 @@ static int req_write (lua_State *L) {
   for (int i = 2; i <= n; i++) {
     size_t len, sent = 0;
     const char *s = lua_tolstring(L, i, &len);
-    if (!(c->flags & LC_DGRAM)) sent = write_direct(c, s, len);
+    if (!(c->flags & (LC_DGRAM | LC_UDP))) sent = write_direct(c, s, len);
     if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
       return pushfail(L, -ENOMEM);
   }
   lua_settop(L, 1);
-  if ((c->flags & LC_DGRAM) || buf_len(&c->out) < WRITE_HIGH) return 1;
+  /* a UDP connection's output waits for flush: it is one datagram */
+  if ((c->flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->out) < WRITE_HIGH)
+    return 1;
   start_op(c);
   return flush_k(L, LUA_OK, 0);
 }
@@ -718,10 +772,15 @@ void lconn_push_address (lua_State *L, struct lconn *c) {
     lua_setfield(L, -3, "port");
     lua_rawseti(L, -2, 2);
   }
-  else {
+  else if (sa->sa_family == AF_UNIX &&
+           c->peerlen > (socklen_t)offsetof(struct sockaddr_un, sun_path)) {
     char peer[ADDRESS_STRLEN];
     address_format_peer(sa, c->peerlen, peer, sizeof peer);
     lua_pushstring(L, peer + 5);  /* past "unix:" */
+    lua_setfield(L, -2, "path");
+  }
+  else {  /* an unnamed Unix client: no address at all */
+    lua_pushliteral(L, "");
     lua_setfield(L, -2, "path");
   }
   luaL_setmetatable(L, LADDR_MT);
@@ -752,6 +811,7 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
     return 1;
   }
   if (strcmp(k, "server") == 0) {
+    if (c->flags & LC_OUTBOUND) return 0;  /* no listener: nil */
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->x->servers_ref);
     lua_rawgeti(L, -1, c->lindex + 1);
     return 1;
@@ -854,6 +914,13 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
 }
 
 
+struct lconn *lconn_new_out (lua_State *L, struct lctx *x) {
+  struct sockaddr_storage none;
+  memset(&none, 0, sizeof none);
+  return newconn(L, x, -1, (struct sockaddr *)&none, sizeof none, 2);
+}
+
+
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen) {
@@ -878,6 +945,8 @@ static const luaL_Reg methods[] = {
   {"flush", req_flush},
   {"close", req_close},
   {"settimeout", req_settimeout},
+  {"setkeepalive", lconn_setkeepalive},
+  {"getreusedtimes", lconn_getreusedtimes},
   {NULL, NULL}
 };
 

@@ -92,6 +92,13 @@ struct lctx {
   struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
   double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
+  /*
+  ** Event model: puts an outbound connection's fd into the loop (waitio
+  ** calls it for a connection flagged LC_UNWATCHED); NULL elsewhere. Here
+  ** rather than in struct waitops, whose positional initializers in every
+  ** model would all have to change.
+  */
+  int (*attach) (struct lctx *x, struct lconn *c);
 };
 
 /* Connection flags. */
@@ -102,6 +109,9 @@ struct lctx {
 #define LC_DGRAM    0x10u     /* a datagram request: fd is the listener's */
 #define LC_BORROWED 0x20u     /* in.data points into a Lua string */
 #define LC_RDHUP    0x40u     /* the peer's EOF (or an error) is pending */
+#define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
+#define LC_UDP      0x100u    /* outbound connected UDP: a flush is a datagram */
+#define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
 
 struct lconn {
   const char *tag;            /* &lsrv_conn_tag: tells the type quickly */
@@ -119,6 +129,8 @@ struct lconn {
   /* event model */
   struct task *waiter;
   unsigned wait_ev;
+  unsigned reused;            /* outbound: times taken from the keep-alive
+                                 pool (fills what was padding) */
   /*
   ** Last: the object is allocated only up to peerlen bytes of it (at
   ** least an inet6 address), see LCONN_SIZE.
@@ -167,8 +179,35 @@ const char *lsrv_strerror (int rc);
 /* Pushes the client_address table of c. */
 void lconn_push_address (lua_State *L, struct lconn *c);
 
+/*
+** Waits for c to be ready for ev (see lreq.c); for lconnect.c, which
+** drives connections through the same path as requests.
+*/
+int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
+                  lua_KContext kc, lua_KFunction k);
+int lconn_wait_result (lua_State *L, int status);
+/*
+** Pushes a new outbound connection, closed until it gets a descriptor;
+** room for any peer address.
+*/
+struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
+/* Sends buffered output without waiting: 0, -EAGAIN or a failure code. */
+int lconn_flush_some (struct lconn *c);
+
+/* lconnect.c */
+/* luasrv.connect(url [, opts]) */
+int luasrv_connect (lua_State *L);
+/* Methods of outbound connections: conn:setkeepalive, getreusedtimes. */
+int lconn_setkeepalive (lua_State *L);
+int lconn_getreusedtimes (lua_State *L);
+/* Closes the keep-alive pool's connections idle past their time. */
+void lconnect_sweep (struct lctx *x);
+
 /* lluasrv.c */
 int luaopen_luasrv (lua_State *L);
+
+/* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
+void lshdict_push (lua_State *L);
 
 /* script.c */
 /*

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "master.h"
 #include "lsrv.h"
+#include "shdict.h"
 #include "worker.h"
 
 
@@ -191,6 +192,14 @@ int main (int argc, char **argv) {
     case CLI_RUN: break;
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
+  /* --shared: mapped before any fork, so every worker, generation and
+  ** child shares it (data survives reloads and worker crashes) */
+  for (int i = 0; i < cfg.nshared; i++)
+    if (shdict_define(cfg.shared[i].name, cfg.shared[i].size, err,
+                      sizeof err) < 0) {
+      log_error("error: --shared %s: %s", cfg.shared[i].name, err);
+      return 1;
+    }
   if (cfg.check) return check(&cfg);
   if ((nls = open_listeners(&cfg, ls)) < 0) return 1;
   if (nls == 0) {

@@ -76,6 +76,15 @@ static void log_limited (struct worker *w, double *last, long *count,
 }
 
 
+void model_fix_sender (struct sockaddr_storage *peer, socklen_t *len) {
+  if (*len < (socklen_t)sizeof(sa_family_t)) {
+    peer->ss_family = AF_UNIX;  /* ((struct sockaddr_un *)peer)->sun_path: "" */
+    ((char *)peer)[sizeof(sa_family_t)] = '\0';
+    *len = sizeof(sa_family_t);
+  }
+}
+
+
 int model_allowed (struct worker *w, const struct sockaddr_storage *peer) {
   if (w->cfg->nacl == 0 ||
       acl_allows(w->cfg->acl, w->cfg->nacl, (const struct sockaddr *)peer))
@@ -181,6 +190,7 @@ long model_recv (struct worker *w, int fd, char *buf, size_t cap,
       log_warn("dropped a datagram of %zd bytes (at most %zu)", n, cap);
       return -EMSGSIZE;
     }
+    model_fix_sender(peer, len);
     if (model_allowed(w, peer)) return (long)n;
   }
 }

@@ -60,6 +60,12 @@ static inline int model_tracks (const struct worker *w) {
   return w->sources != NULL || w->mslot != NULL;
 }
 
+/*
+** A datagram from an unbound Unix socket has no address (length 0, the
+** family unset): make it an unnamed Unix sender, path "".
+*/
+void model_fix_sender (struct sockaddr_storage *peer, socklen_t *len);
+
 /* May this datagram's sender be served (--allow/--deny)? Logs refusals. */
 int model_allowed (struct worker *w, const struct sockaddr_storage *peer);
 

@@ -257,6 +257,7 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
 
 static void detach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
+  if (e == NULL) return;  /* init: an outbound connection, no loop yet */
   evloop_del(e->loop, c->fd);
   if (c->waiter != NULL) {  /* closed under a waiting task */
     c->waiter->wait_conn = NULL;
@@ -283,6 +284,16 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   t->wait_rc = 0;
   timer_stop(loop, &t->timer);
   resume(eloop_of(c->x), t, 0);
+}
+
+
+/*
+** An outbound connection (luasrv.connect) joins the loop as accepted ones
+** do: once, edge-triggered, for both directions.
+*/
+static int attach (struct lctx *x, struct lconn *c) {
+  struct eloop *e = eloop_of(x);
+  return evloop_add(e->loop, c->fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
 }
 
 
@@ -376,6 +387,7 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
   }
   e->x->dgq = &e->dgq;
   for (int k = 0; k < n; k++) {  /* all: they were taken from the socket */
+    model_fix_sender(&peers[k], &msgs[k].msg_hdr.msg_namelen);
     if (msgs[k].msg_hdr.msg_flags & MSG_TRUNC)  /* as model_recv */
       log_warn("dropped a datagram of more than %d bytes", DGRAM_MAX);
     else if (model_allowed(e->w, &peers[k]))
@@ -449,6 +461,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 static void on_service (struct evloop *loop, struct timer *t) {
   struct eloop *e = t->data;
   lstate_call_hook(e->x, "service_actions", 0);
+  lconnect_sweep(e->x);  /* idle pooled connections past their time */
   timer_start(loop, t, evloop_now(loop) + 0.5);
 }
 
@@ -499,6 +512,7 @@ int model_event_serve (struct worker *w) {
   }
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
+  e.x->attach = attach;
   lua_setallocf(lstate_L(e.x), small_lalloc, &e);
   evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
   timer_init(&e.service, on_service, &e);

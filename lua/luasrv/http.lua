@@ -1,0 +1,822 @@
+--[==[ luasrv.http -- HTTP/1.1 for luasrv handlers: a request parser, a
+response writer with keep-alive and pipelining, and a small router.
+
+  local http = require "luasrv.http"
+
+  -- one function for every request:
+  return http.handler(function (r)
+    return 200, { ["Content-Type"] = "text/plain" }, "hello\n"
+  end)
+
+  -- or a router:
+  local app = http.router()
+  app:get("/hello", function (r) return "hello\n" end)
+  app:get("/items/:id", function (r) return http.json{ id = r.params.id } end)
+  app:post("/echo", function (r) return 200, {}, r.body end)
+  return app:handler()
+
+The parser is pure Lua on top of the connection's buffered reads: the C
+core finds the line ends (req:read("l")), so the request line and each
+header cost one call and one pattern match; a Content-Length body is one
+req:read(n); a chunked body is read("l") + read(n) per chunk. The whole
+body is read (up to max_body) before the handler runs.
+
+What a handler gets, `r`:
+  r.method    "GET", "POST", ... (case-sensitive, as sent)
+  r.target    the request target as sent: "/items/7?x=1"
+  r.path      the path part, still percent-encoded: "/items/7"
+  r.query     the query string after "?", or nil
+  r.args      the query decoded: { x = "1" }; a key given twice maps to a
+              list of its values
+  r.version   "1.1" or "1.0"
+  r.headers   name -> value; any case works (r.headers["content-type"],
+              r.headers["Content-Type"]); a repeated header's values are
+              joined with ", " ("; " for Cookie)
+  r:header_values(name)  every value of a header, in order (a list)
+  r.body      the request body ("" when there is none)
+  r.params    the router's captures (":id" -> r.params.id, decoded)
+  r.req       the luasrv request (r.req.client_address, r.req.server)
+
+What a handler returns:
+  status, headers, body   body a string (or nil); headers a table whose
+                          values are strings, numbers or lists of strings
+                          (one header line each)
+  body                    a string alone: 200, text/plain; charset=utf-8
+  http.json(value [, status [, headers]])  a JSON response
+  nothing                 200 with an empty body, unless it streamed
+
+Streaming: r:start(status, headers) then r:write(...) as often as needed
+(r:flush() sends what is buffered now). With HTTP/1.1 the body goes out
+chunked (unless the headers give a Content-Length); with HTTP/1.0 it goes
+out as it is and the connection closes after it.
+
+The server adds Date, Content-Length (or Transfer-Encoding: chunked) and
+Connection when it closes (or "keep-alive" for an HTTP/1.0 client that
+asked for it), and Server (opts.server, false for none). A handler that
+raises gets a 500 (logged with its traceback) when nothing was sent yet;
+when it was streaming, the connection is cut so the client sees the body
+is incomplete.
+]==]
+
+local cjson = require "cjson"
+local luasrv = require "luasrv"
+
+local byte, char, find, format, gsub, lower, match, sub =
+  string.byte, string.char, string.find, string.format, string.gsub,
+  string.lower, string.match, string.sub
+local concat, tonumber, tostring, type = table.concat, tonumber, tostring,
+  type
+
+local M = {}
+
+-- Limits and settings; http.serve's opts override them one by one.
+M.defaults = {
+  max_request_line = 8192,   -- bytes in the request line, else 414
+  max_header_line = 8192,    -- bytes in one header line, else 431
+  max_header_size = 32768,   -- bytes in all the header lines, else 431
+  max_headers = 100,         -- header lines, else 431
+  max_body = 1024 * 1024,    -- bytes in a request body, else 413
+  max_requests = 1000,       -- requests on one connection, then it closes
+  keepalive_timeout = nil,   -- seconds to wait for the next request on a
+                             -- kept-alive connection (nil: --timeout's)
+  linger = 1,                -- seconds to drain a body left unread
+  server = "luasrv",         -- the Server header (false: none)
+}
+
+M.reasons = {
+  [100] = "Continue", [101] = "Switching Protocols",
+  [200] = "OK", [201] = "Created", [202] = "Accepted",
+  [204] = "No Content", [206] = "Partial Content",
+  [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
+  [304] = "Not Modified", [307] = "Temporary Redirect",
+  [308] = "Permanent Redirect",
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+  [404] = "Not Found", [405] = "Method Not Allowed",
+  [406] = "Not Acceptable", [408] = "Request Timeout", [409] = "Conflict",
+  [410] = "Gone", [411] = "Length Required",
+  [412] = "Precondition Failed", [413] = "Content Too Large",
+  [414] = "URI Too Long", [415] = "Unsupported Media Type",
+  [417] = "Expectation Failed", [422] = "Unprocessable Content",
+  [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
+  [500] = "Internal Server Error", [501] = "Not Implemented",
+  [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
+}
+
+
+--[[ Small helpers ]]
+
+-- "l" strips the "\n" only: a "\r" before it stays
+local function strip_cr (line)
+  if byte(line, -1) == 13 then return sub(line, 1, -2) end
+  return line
+end
+
+-- s without the spaces and tabs around it (linear: no backtracking)
+local function trim (s)
+  local i = find(s, "[^ \t]")
+  if not i then return "" end
+  local j = #s
+  local b = byte(s, j)
+  while b == 32 or b == 9 do
+    j = j - 1
+    b = byte(s, j)
+  end
+  return sub(s, i, j)
+end
+
+local function hex_to_char (h) return char(tonumber(h, 16)) end
+
+-- "%41%2F" -> "A/"; plus = true also turns "+" into " " (query strings)
+function M.unescape (s, plus)
+  if plus and find(s, "+", 1, true) then s = gsub(s, "+", " ") end
+  if not find(s, "%", 1, true) then return s end
+  return (gsub(s, "%%(%x%x)", hex_to_char))
+end
+
+local function char_to_hex (c) return format("%%%02X", byte(c)) end
+
+-- percent-encodes everything but the unreserved characters of RFC 3986
+function M.escape (s)
+  return (gsub(s, "[^%w%-%._~]", char_to_hex))
+end
+
+-- "a=1&b=x+y&a=2" -> { a = { "1", "2" }, b = "x y" }
+function M.parse_query (q)
+  local args = {}
+  for pair in q:gmatch("[^&]+") do
+    local k, v = match(pair, "^([^=]*)=?(.*)$")
+    k, v = M.unescape(k, true), M.unescape(v, true)
+    local old = args[k]
+    if old == nil then args[k] = v
+    elseif type(old) == "table" then old[#old + 1] = v
+    else args[k] = { old, v } end
+  end
+  return args
+end
+
+-- The Date header, computed once a second. English names by hand: the
+-- C locale's, whatever the process's locale is.
+local DAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
+local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                 "Sep", "Oct", "Nov", "Dec" }
+local date_time, date_line = nil, nil
+
+local function date_header ()
+  local now = os.time()
+  if now ~= date_time then
+    local t = os.date("!*t", now)
+    date_time = now
+    date_line = format("Date: %s, %02d %s %d %02d:%02d:%02d GMT\r\n",
+      DAYS[t.wday], t.day, MONTHS[t.month], t.year, t.hour, t.min, t.sec)
+  end
+  return date_line
+end
+
+-- "HTTP/1.1 200 OK\r\n", made once per status
+local status_lines = {}
+
+local function status_line (status)
+  local line = status_lines[status]
+  if not line then
+    if math.type(status) ~= "integer" or status < 100 or status > 999 then
+      error("invalid HTTP status: " .. tostring(status), 0)
+    end
+    line = format("HTTP/1.1 %d %s\r\n", status, M.reasons[status] or
+      "Status " .. status)
+    status_lines[status] = line
+  end
+  return line
+end
+
+-- true for the statuses that never have a body
+local function bodyless (status)
+  return status < 200 or status == 204 or status == 304
+end
+
+-- a header table with case-insensitive reads: keys are stored in lower
+-- case, and a read with another case looks up the lower-case key
+local headers_mt = {
+  __index = function (t, k)
+    if type(k) == "string" then
+      local l = lower(k)
+      if l ~= k then return rawget(t, l) end
+    end
+    return nil
+  end,
+  __newindex = function (t, k, v)
+    rawset(t, type(k) == "string" and lower(k) or k, v)
+  end,
+}
+
+-- does the comma-separated list (lower case) hold the token?
+local function has_token (list, token)
+  for t in list:gmatch("[^,%s]+") do
+    if t == token then return true end
+  end
+  return false
+end
+
+-- header names are tokens (RFC 9110 5.6.2)
+local NOT_TOKEN = "[^%w!#$%%&'*+.^_`|~%-]"
+local HEADER_LINE = "^([%w!#$%%&'*+.^_`|~%-]+):[ \t]*([^%z\r]*)$"
+
+
+--[[ The request object ]]
+
+local Request = {}
+Request.__index = Request
+
+-- every value of a header, in the order received
+function Request:header_values (name)
+  local key = lower(name)
+  local list = self._multi and self._multi[key]
+  if list then return { table.unpack(list) } end
+  local v = rawget(self.headers, key)
+  return v and { v } or {}
+end
+
+-- the JSON body, decoded; nil and a message when it is not JSON
+function Request:json ()
+  local ok, v = pcall(cjson.decode, self.body)
+  if ok then return v end
+  return nil, v
+end
+
+
+--[[ Reading a request.
+read_request returns the request table; or nil and a status to answer
+(400, 413, ...) before closing; or nil alone when the connection has
+ended (EOF, timeout, or a read that failed): close without a word. ]]
+
+local function fail (status, r) return nil, status, r end
+
+-- reads the header lines (or trailer lines) into headers; returns true,
+-- or nil and a status (or nil alone when the connection is gone)
+local function read_fields (conn, opts, headers, r)
+  local n, size = 0, 0
+  local max_line, max_size, max_n = opts.max_header_line,
+    opts.max_header_size, opts.max_headers
+  while true do
+    local line, err = conn:read("l")
+    if not line then
+      if err == "line too long" then return fail(431) end
+      return nil
+    end
+    size = size + #line + 1
+    line = strip_cr(line)
+    if line == "" then return true end
+    n = n + 1
+    if n > max_n or size > max_size or #line > max_line then
+      return fail(431)
+    end
+    -- a token, the colon, the value: no space before the colon, no
+    -- folded lines, no CR or NUL in the value (all refused, RFC 9112)
+    local name, value = match(line, HEADER_LINE)
+    if not name then return fail(400) end
+    local b = byte(value, -1)
+    if b == 32 or b == 9 then value = trim(value) end
+    local key = lower(name)
+    local old = headers[key]
+    if old == nil then
+      headers[key] = value
+    else                       -- repeated: joined, and every value kept
+      headers[key] = old .. (key == "cookie" and "; " or ", ") .. value
+      if r then
+        r._multi = r._multi or {}
+        local list = r._multi[key]
+        if not list then
+          list = { old }
+          r._multi[key] = list
+        end
+        list[#list + 1] = value
+      end
+    end
+  end
+end
+
+-- a chunked body: the chunks joined, or nil and a status
+local function read_chunked (conn, opts)
+  local parts, total, max = {}, 0, opts.max_body
+  while true do      -- bounded: each chunk brings a byte, total <= max
+    local line, err = conn:read("l")
+    if not line then
+      if err == "line too long" then return fail(400) end
+      return nil
+    end
+    if #line > opts.max_header_line then return fail(400) end
+    -- size [; extensions]: the extensions are ignored
+    local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
+    if not hex or (rest ~= "" and byte(rest) ~= 59) then   -- 59 = ";"
+      return fail(400)
+    end
+    hex = match(hex, "^0*(.*)$")
+    if #hex > 8 then return fail(413) end
+    local size = hex == "" and 0 or tonumber(hex, 16)
+    if size == 0 then
+      -- the trailer fields, read and dropped
+      local ok, status = read_fields(conn, opts, {}, nil)
+      if not ok then return nil, status end
+      return concat(parts)
+    end
+    total = total + size
+    if total > max then return fail(413) end
+    local data = conn:read(size)
+    if not data or #data < size then return nil end
+    parts[#parts + 1] = data
+    local crlf = conn:read("l")
+    if crlf ~= "" and crlf ~= "\r" then
+      if crlf == nil then return nil end
+      return fail(400)
+    end
+  end
+end
+
+local function read_request (conn, opts, waiting)
+  -- the request line; a few empty lines before it are allowed (RFC 9112)
+  if waiting and opts.keepalive_timeout then
+    conn:settimeout(opts.keepalive_timeout)
+  end
+  local line, err
+  for _ = 1, 5 do                   -- up to 4 empty lines, then the line
+    line, err = conn:read("l")
+    if not line or (line ~= "" and line ~= "\r") then break end
+  end
+  if waiting and opts.keepalive_timeout then conn:settimeout(nil) end
+  if not line then
+    if err == "line too long" then return fail(414) end
+    return nil
+  end
+  if #line > opts.max_request_line then return fail(414) end
+  -- the usual line first: "GET /path HTTP/1.1", printable ASCII
+  local method, target, major, minor =
+    match(line, "^(%u+) (/[!-~]*) HTTP/(1)%.([01])\r?$")
+  if not method then
+    line = strip_cr(line)
+    method, target, major, minor =
+      match(line, "^([^%s%c]+) ([^%s%c]+) HTTP/(%d+)%.(%d+)$")
+    if not method or find(method, NOT_TOKEN) then return fail(400) end
+    if major ~= "1" then
+      return fail(#major == 1 and #minor == 1 and 505 or 400)
+    end
+  end
+  local version = minor == "0" and "1.0" or "1.1"   -- 1.2+ is read as 1.1
+
+  -- the target: origin form ("/p?q"), absolute form or "*" (OPTIONS)
+  local path, query = target, nil
+  local q = find(target, "?", 1, true)
+  if q then path, query = sub(target, 1, q - 1), sub(target, q + 1) end
+  if find(path, "#", 1, true) or (query and find(query, "#", 1, true)) then
+    return fail(400)                 -- a fragment is never sent
+  end
+  if byte(path) ~= 47 then                    -- not "/...": 47 = "/"
+    local p = match(path, "^[%a][%w+.%-]*://[^/]*(.*)$")
+    if p then path = p ~= "" and p or "/"
+    elseif not (path == "*" and method == "OPTIONS") then
+      return fail(400)
+    end
+  end
+
+  -- every field in the constructor: adding them later would grow the table
+  local headers = {}
+  local r = setmetatable({ method = method, target = target, path = path,
+    query = query, args = false, version = version, headers = headers,
+    body = "", params = {}, keepalive = false, req = conn, _opts = opts,
+    last = false, unread = false, _started = false, _multi = false },
+    Request)
+  local ok, status = read_fields(conn, opts, headers, r)
+  if not ok then return nil, status end
+  r.args = query and M.parse_query(query) or {}
+  -- (headers gets its case-insensitive metatable at the end: until then,
+  -- a missing header is a plain miss, not a call)
+
+  -- HTTP/1.1 needs exactly one Host (RFC 9112 3.2)
+  if version == "1.1" and (headers.host == nil or (r._multi and
+      r._multi.host)) then
+    return fail(400)
+  end
+
+  -- does the connection stay open after this request?
+  local connection = headers.connection
+  if connection then connection = lower(connection) end
+  if version == "1.1" then
+    r.keepalive = not (connection and has_token(connection, "close"))
+  else
+    r.keepalive = connection ~= nil and has_token(connection, "keep-alive")
+  end
+
+  -- the body: chunked, or Content-Length bytes, or none
+  local te, cl = headers["transfer-encoding"], headers["content-length"]
+  local expect = headers.expect
+  if expect then
+    if lower(expect) ~= "100-continue" then return fail(417) end
+    expect = version == "1.1"
+  end
+  if te then
+    -- both framings at once is how requests are smuggled: refused
+    if cl or version == "1.0" then return fail(400) end
+    if lower(te) ~= "chunked" then return fail(501) end
+    if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
+    local body, st = read_chunked(conn, opts)
+    if not body then
+      r.unread = true   -- the rest of the body may still be coming
+      return nil, st, r
+    end
+    r.body = body
+  elseif cl then
+    if not find(cl, "^%d+$") then
+      -- "5, 5" (a repeated header) is fine when every value is the same
+      local first = match(cl, "^(%d+)")
+      if not first then return fail(400) end
+      for v in cl:gmatch("[^,]+") do
+        if trim(v) ~= first then return fail(400) end
+      end
+      cl = first
+    end
+    cl = match(cl, "^0*(%d+)$")
+    if #cl > 15 or tonumber(cl) > opts.max_body then
+      r.unread = not expect
+      return nil, 413, r
+    end
+    local n = tonumber(cl)
+    if n > 0 then
+      if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
+      local body = conn:read(n)
+      if not body or #body < n then return nil end
+      r.body = body
+    end
+  end
+  setmetatable(headers, headers_mt)
+  return r
+end
+
+
+--[[ Writing a response ]]
+
+local RESERVED = { ["content-length"] = true, ["transfer-encoding"] = true,
+  connection = true, date = true }
+
+-- header names a handler used, checked once: name -> its lower case
+local checked_names, nchecked = {}, 0
+
+local function check_name (name)
+  local key = checked_names[name]
+  if key then return key end
+  if type(name) ~= "string" or name == "" or find(name, NOT_TOKEN) then
+    error("invalid header name: " .. format("%q", tostring(name)), 0)
+  end
+  key = lower(name)
+  if nchecked < 1000 then          -- bounded: names built per request
+    checked_names[name], nchecked = key, nchecked + 1
+  end
+  return key
+end
+
+-- one header line, checked
+local function header_line (name, v)
+  v = tostring(v)
+  if find(v, "[\r\n%z]") then         -- would split the response
+    error("invalid value for header " .. name, 0)
+  end
+  return name .. ": " .. v .. "\r\n"
+end
+
+-- the header lines of a handler's table, as one string; then the
+-- handler's Content-Length, whether it asked to close, and whether it
+-- gave a Date
+local function handler_headers (headers)
+  local lines, length, close, has_date = "", nil, false, false
+  for name, value in pairs(headers) do
+    local key = check_name(name)
+    if RESERVED[key] then
+      if key == "content-length" then length = tostring(value)
+      elseif key == "connection" then
+        close = has_token(lower(tostring(value)), "close")
+      elseif key == "date" then
+        has_date = true
+        lines = lines .. header_line(name, value)
+      end
+    elseif type(value) == "table" then      -- one line per value
+      for i = 1, #value do lines = lines .. header_line(name, value[i]) end
+    else
+      lines = lines .. header_line(name, value)
+    end
+  end
+  return lines, length, close, has_date
+end
+
+-- the head of a response: status line, the handler's headers, then ours.
+-- framing is "length" (with length), "chunked", or "close" (the body runs
+-- until the connection closes). Returns the head, and whether to keep the
+-- connection open. (Strings joined with `..` in one expression: one
+-- allocation, cheaper than a table and table.concat for so few.)
+local function response_head (r, opts, status, headers, framing, length)
+  local lines, user_length, close, has_date = "", nil, false, false
+  if headers then
+    lines, user_length, close, has_date = handler_headers(headers)
+  end
+  local keep = r.keepalive and not close and not r.last
+  local frame = ""
+  if bodyless(status) then
+    -- no framing at all
+  elseif framing == "length" then
+    -- a HEAD handler may give the Content-Length its GET would have
+    if r.method == "HEAD" and user_length and length == 0 then
+      length = user_length
+    end
+    frame = "Content-Length: " .. length .. "\r\n"
+  elseif framing == "chunked" then
+    frame = "Transfer-Encoding: chunked\r\n"
+  else
+    keep = false
+  end
+  local connection = ""
+  if not keep then
+    connection = "Connection: close\r\n"
+  elseif r.version == "1.0" then
+    connection = "Connection: keep-alive\r\n"
+  end
+  return status_line(status) .. lines .. (has_date and "" or date_header())
+    .. opts.server_line .. frame .. connection .. "\r\n", keep
+end
+
+-- a whole response with a string body; returns whether to keep the
+-- connection open
+local function send_response (conn, r, opts, status, headers, body)
+  body = body or ""
+  local head, keep = response_head(r, opts, status, headers, "length", #body)
+  if r.method == "HEAD" or bodyless(status) or body == "" then
+    conn:write(head)
+  else
+    conn:write(head, body)
+  end
+  return keep
+end
+
+-- the server's own answer to a request it refused; the connection closes
+local function send_error (conn, status, r, opts)
+  local reason = M.reasons[status] or "Error"
+  r = r or { method = "GET", version = "1.1" }
+  r.keepalive = false
+  send_response(conn, r, opts, status,
+    { ["Content-Type"] = "text/plain; charset=utf-8" }, reason .. "\n")
+  if r.unread and opts.linger and opts.linger > 0 then
+    -- the client may still be sending the body: closing with unread data
+    -- would reset the connection and could destroy the response before
+    -- the client reads it. Drain for a while (nginx's lingering close).
+    conn:flush()
+    conn:settimeout(opts.linger)
+    local deadline, drained = luasrv.now() + opts.linger, 0
+    while luasrv.now() < deadline and drained < 16 * opts.max_body do
+      local data = conn:recv(65536)
+      if not data then break end
+      drained = drained + #data
+    end
+  end
+end
+
+-- Streaming: r:start(status, headers), r:write(...), r:flush()
+
+function Request:start (status, headers)
+  if self._started then error("response already started", 2) end
+  status = status or 200
+  self._started = true
+  local framing = "close"
+  if self.version == "1.1" then framing = "chunked" end
+  -- a Content-Length given by the handler: the body goes out as written
+  if headers then
+    for k, v in pairs(headers) do
+      if lower(tostring(k)) == "content-length" then
+        framing, self._length = "length", tostring(v)
+      end
+    end
+  end
+  self._framing = framing
+  self._nobody = self.method == "HEAD" or bodyless(status)
+  local head, keep = response_head(self, self._opts, status, headers,
+    framing, self._length)
+  self._keep = keep
+  self.req:write(head)
+  return self
+end
+
+function Request:write (...)
+  if not self._started then self:start() end
+  if self._nobody then return self end
+  local data = select("#", ...) == 1 and tostring((...)) or concat({ ... })
+  if data == "" then return self end  -- an empty chunk would end the body
+  if self._framing == "chunked" then
+    self.req:write(format("%x\r\n", #data), data, "\r\n")
+  else
+    self.req:write(data)
+  end
+  return self
+end
+
+function Request:flush ()
+  self.req:flush()
+  return self
+end
+
+-- after a handler that streamed: the last chunk; whether to keep alive
+local function finish_stream (conn, r)
+  if r._framing == "chunked" and not r._nobody then
+    conn:write("0\r\n\r\n")
+  end
+  return r._keep
+end
+
+
+--[[ Running a handler ]]
+
+local function traceback (err)
+  return debug.traceback(tostring(err), 2)
+end
+
+local TEXT = { ["Content-Type"] = "text/plain; charset=utf-8" }
+
+-- runs the handler for r and writes its response; whether to keep alive
+local function respond (conn, r, handler, opts)
+  local ok, status, headers, body = xpcall(handler, traceback, r)
+  if not ok then
+    luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
+      r.target, tostring(conn.client_address), status))
+    if r._started then
+      return false            -- cut: the client sees an unfinished body
+    end
+    return send_response(conn, r, opts, 500, TEXT,
+      "Internal Server Error\n")
+  end
+  if r._started then return finish_stream(conn, r) end
+  if status == nil then return send_response(conn, r, opts, 200, nil, "") end
+  if type(status) == "string" then
+    return send_response(conn, r, opts, 200, TEXT, status)
+  end
+  if type(body) ~= "string" and body ~= nil then
+    if type(body) == "table" then body = concat(body)
+    else body = tostring(body) end
+  end
+  local sent
+  ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
+  if not ok then     -- a bad status or header: the handler's mistake
+    luasrv.log(("error handling %s %s: %s"):format(r.method, r.target,
+      sent))
+    return send_response(conn, r, opts, 500, TEXT, "Internal Server Error\n")
+  end
+  return sent
+end
+
+
+--[[ The public API ]]
+
+-- the defaults with opts over them, and what is computed from them
+local function options (opts)
+  if opts and opts._merged then return opts end
+  local o = { _merged = true }
+  for k, v in pairs(M.defaults) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.server_line = o.server and "Server: " .. o.server .. "\r\n" or ""
+  return o
+end
+
+-- Serves HTTP on the luasrv request conn: reads requests and answers each
+-- with handler(r), in order, until the connection ends or must close.
+function M.serve (conn, handler, opts)
+  opts = options(opts)
+  local max = opts.max_requests
+  for n = 1, max do
+    local r, status, partial = read_request(conn, opts, n > 1)
+    if not r then
+      if status then send_error(conn, status, partial, opts) end
+      return
+    end
+    r.last = n == max
+    if not respond(conn, r, handler, opts) then return end
+  end
+end
+
+-- Reads one request from conn (anything with luasrv's read, write and
+-- settimeout): the request table; or nil and the status to answer (400,
+-- 413, 414, 431, 501, 505) with the partial request; or nil alone when the
+-- connection has ended.
+function M.read_request (conn, opts)
+  return read_request(conn, options(opts), false)
+end
+
+-- The hooks table of a script whose every request runs handler(r).
+function M.handler (handler, opts)
+  opts = options(opts)
+  return { handle = function (conn) return M.serve(conn, handler, opts) end }
+end
+
+-- A JSON response: status (200), headers plus the Content-Type.
+function M.json (value, status, headers)
+  local h = { ["Content-Type"] = "application/json" }
+  if headers then for k, v in pairs(headers) do h[k] = v end end
+  return status or 200, h, cjson.encode(value)
+end
+
+
+--[[ The router ]]
+
+local Router = {}
+Router.__index = Router
+
+-- "/items/:id/*rest" -> "^/items/([^/]+)/(.*)$", { "id", "rest" }
+local function compile (path)
+  local names = {}
+  local pattern = gsub(path, "([^/]+)", function (seg)
+    local kind, name = match(seg, "^([:*])([%w_]+)$")
+    if kind then
+      names[#names + 1] = name
+      return kind == ":" and "([^/]+)" or "(.*)"
+    end
+    return (gsub(seg, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+  end)
+  return "^" .. pattern .. "$", names
+end
+
+function M.router (opts)
+  return setmetatable({ exact = {}, patterns = {}, opts = opts }, Router)
+end
+
+-- Adds a route: method ("GET", ...; "*" for any) and a path, where
+-- ":name" matches one segment and "*name" the rest of the path.
+function Router:route (method, path, fn)
+  assert(type(fn) == "function", "route: a function is expected")
+  if find(path, "[:*]") then
+    local pattern, names = compile(path)
+    self.patterns[#self.patterns + 1] = { method = method, path = path,
+      pattern = pattern, names = names, fn = fn }
+  else
+    local byMethod = self.exact[path] or {}
+    byMethod[method] = fn
+    self.exact[path] = byMethod
+  end
+  return self
+end
+
+for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
+  local method = m:upper()
+  Router[m] = function (self, path, fn) return self:route(method, path, fn) end
+end
+
+function Router:any (path, fn) return self:route("*", path, fn) end
+
+-- the function for a method among those of a path; HEAD falls back to GET
+local function pick (byMethod, method)
+  return byMethod[method] or (method == "HEAD" and byMethod.GET)
+    or byMethod["*"]
+end
+
+-- The allowed methods of a path, for 405's Allow header
+local function allowed (methods)
+  local list = {}
+  for m in pairs(methods) do list[#list + 1] = m end
+  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
+  table.sort(list)
+  return concat(list, ", ")
+end
+
+-- Finds the route of r and runs it: 404 when no path matches, 405 (with
+-- Allow) when the path matches but not the method.
+function Router:dispatch (r)
+  local method = r.method
+  local byMethod = self.exact[r.path]
+  local methods = {}     -- the methods the path has, for a 405
+  if byMethod then
+    local fn = pick(byMethod, method)
+    if fn then return fn(r) end
+    for m in pairs(byMethod) do methods[m] = true end
+  end
+  local path = r.path
+  for _, route in ipairs(self.patterns) do
+    local m = route.method
+    if m == method or m == "*" or (method == "HEAD" and m == "GET") then
+      local caps = { match(path, route.pattern) }
+      if caps[1] then
+        for i, name in ipairs(route.names) do
+          r.params[name] = M.unescape(caps[i])
+        end
+        return route.fn(r)
+      end
+    elseif not methods[m] and find(path, route.pattern) then
+      methods[m] = true
+    end
+  end
+  if next(methods) then
+    return 405, { ["Content-Type"] = "text/plain; charset=utf-8",
+      Allow = allowed(methods) }, "Method Not Allowed\n"
+  end
+  if self.not_found then return self.not_found(r) end
+  return 404, TEXT, "Not Found\n"
+end
+
+-- The hooks table of a script served by this router.
+function Router:handler (opts)
+  local router = self
+  return M.handler(function (r) return router:dispatch(r) end,
+    opts or self.opts)
+end
+
+return M

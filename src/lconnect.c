@@ -1,0 +1,711 @@
+/*
+** lconnect.c -- outbound connections: luasrv.connect(url [, opts]) and the
+** keep-alive pool (OpenResty's cosockets). A connection is a struct lconn
+** like a request, flagged LC_OUTBOUND, so every request method works on
+** it and waits through the same waitio path: the event model yields, the
+** others poll. Connecting is non-blocking (EINPROGRESS, then EV_WRITE and
+** SO_ERROR). Host names are looked up by one short-lived thread per
+** lookup running getaddrinfo; the waiting request watches an eventfd that
+** the thread signals, so the loop never blocks and the connect timeout
+** covers the lookup too. Network failures return nil, msg; misuse raises.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "address.h"
+#include "lsrv.h"
+
+#define MAX_ADDRS 8           /* addresses of a name tried in turn */
+#define MAX_LOOKUPS 64        /* lookup threads running at once, per process */
+#define RETRY_SECS 0.01       /* a full Unix backlog: try again this often */
+#define POOL_IDLE 60.0        /* setkeepalive defaults */
+#define POOL_SIZE 30
+#define UV_KEY 2              /* user value of an outbound conn: pool key */
+#define LOOKUP_MT "luasrv.lookup"
+/* A failed lookup; its reason is in struct addrs. */
+#define ERR_LOOKUP (-100010)
+/* setkeepalive on a connection with input nobody read. */
+#define ERR_UNREAD (-100011)
+
+/* Phases of connect_k. */
+enum { K_LOOKUP, K_CONNECT, K_RETRY };
+
+static char pool_key;         /* registry: the pool's functions */
+
+
+/* {====================================================== name lookups */
+
+/*
+** A lookup in flight. The thread owns it until it moves state from
+** Q_PENDING to Q_DONE; then the request does. A request that gives up
+** (timeout, garbage collection) moves it to Q_ABANDONED instead, and the
+** thread frees it. The thread signals through its own duplicate of the
+** eventfd, so the request may close its end at any time.
+*/
+enum { Q_PENDING, Q_DONE, Q_ABANDONED };
+
+struct query {
+  atomic_int state;
+  int wfd;                    /* the thread's descriptor of the eventfd */
+  int socktype;
+  int err;                    /* getaddrinfo's result */
+  int syserr;                 /* errno, for EAI_SYSTEM */
+  struct addrinfo *res;
+  char port[8];
+  char host[];
+};
+
+static atomic_int nlookups;
+
+
+static void query_free (struct query *q) {
+  if (q->res != NULL) freeaddrinfo(q->res);
+  free(q);
+}
+
+
+static void *lookup_thread (void *arg) {
+  struct query *q = arg;
+  struct addrinfo hints;
+  int wfd = q->wfd, expected = Q_PENDING;
+  uint64_t one = 1;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = q->socktype;
+  hints.ai_flags = AI_NUMERICSERV;
+  q->err = getaddrinfo(q->host, q->port, &hints, &q->res);
+  q->syserr = errno;
+  if (atomic_compare_exchange_strong(&q->state, &expected, Q_DONE)) {
+    if (write(wfd, &one, sizeof one) < 0) { /* cannot fail: counter only */ }
+  }
+  else
+    query_free(q);  /* abandoned: nobody else holds it */
+  close(wfd);
+  atomic_fetch_sub(&nlookups, 1);
+  return NULL;
+}
+
+
+/*
+** Starts looking up q; returns the eventfd to watch or -errno. The thread
+** runs with every signal blocked: the worker's handlers belong elsewhere.
+*/
+static int lookup_start (struct query *q) {
+  pthread_t tid;
+  pthread_attr_t attr;
+  sigset_t all, old;
+  int efd, rc;
+  if (atomic_fetch_add(&nlookups, 1) >= MAX_LOOKUPS) {
+    atomic_fetch_sub(&nlookups, 1);
+    return -EAGAIN;
+  }
+  if ((efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+      (q->wfd = fcntl(efd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    rc = -errno;
+    if (efd >= 0) close(efd);
+    atomic_fetch_sub(&nlookups, 1);
+    return rc;
+  }
+  sigfillset(&all);
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  rc = pthread_create(&tid, &attr, lookup_thread, q);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    close(q->wfd);
+    close(efd);
+    atomic_fetch_sub(&nlookups, 1);
+    return -rc;
+  }
+  return efd;
+}
+
+
+/* The request gives q up; whoever holds it last frees it. */
+static void query_abandon (struct query *q) {
+  int expected = Q_PENDING;
+  if (!atomic_compare_exchange_strong(&q->state, &expected, Q_ABANDONED))
+    query_free(q);  /* done: the thread let go of it */
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== addresses */
+
+/*
+** What a connect tries: the addresses of its target, in order, and the
+** lookup that finds them. A userdata on the connecting task's stack, so
+** that a request dropped mid-lookup abandons it through __gc.
+*/
+struct addrs {
+  struct query *q;            /* the lookup in flight, or NULL */
+  int n, i;                   /* addresses; the one being tried */
+  int socktype;
+  int gai_err, syserr;        /* why the lookup failed */
+  socklen_t len[MAX_ADDRS];
+  struct sockaddr_storage a[MAX_ADDRS];
+  char host[256];             /* for messages */
+};
+
+
+static int addrs_gc (lua_State *L) {
+  struct addrs *a = luaL_checkudata(L, 1, LOOKUP_MT);
+  if (a->q != NULL) query_abandon(a->q);
+  a->q = NULL;
+  return 0;
+}
+
+
+static void addrs_take (struct addrs *a, const struct addrinfo *res) {
+  for (; res != NULL && a->n < MAX_ADDRS; res = res->ai_next) {
+    if (res->ai_addrlen > sizeof a->a[0]) continue;
+    memcpy(&a->a[a->n], res->ai_addr, res->ai_addrlen);
+    a->len[a->n++] = res->ai_addrlen;
+  }
+}
+
+
+/*
+** Takes the addresses a finished lookup found: 0, -EAGAIN while it
+** runs, or ERR_LOOKUP.
+*/
+static int lookup_collect (struct addrs *a) {
+  struct query *q = a->q;
+  if (atomic_load(&q->state) != Q_DONE) return -EAGAIN;
+  a->gai_err = q->err;
+  a->syserr = q->syserr;
+  if (q->err == 0) addrs_take(a, q->res);
+  query_free(q);
+  a->q = NULL;
+  if (a->gai_err == 0 && a->n == 0) a->gai_err = EAI_NONAME;
+  return a->gai_err != 0 ? ERR_LOOKUP : 0;
+}
+
+
+/* Numeric hosts need no lookup: 1 done, 0 a name, or ERR_LOOKUP. */
+static int resolve_numeric (struct addrs *a, const char *port) {
+  struct addrinfo hints, *res;
+  int rc;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = a->socktype;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  rc = getaddrinfo(a->host, port, &hints, &res);
+  if (rc == EAI_NONAME) return 0;
+  if (rc != 0) {
+    a->gai_err = rc;
+    a->syserr = errno;
+    return ERR_LOOKUP;
+  }
+  addrs_take(a, res);
+  freeaddrinfo(res);
+  return 1;
+}
+
+
+/* Starts a lookup of a->host; returns its eventfd or a failure code. */
+static int resolve_name (struct addrs *a, const char *port) {
+  size_t hl = strlen(a->host);
+  struct query *q = calloc(1, sizeof *q + hl + 1);
+  int efd;
+  if (q == NULL) return -ENOMEM;
+  atomic_init(&q->state, Q_PENDING);
+  q->socktype = a->socktype;
+  memcpy(q->host, a->host, hl + 1);
+  memcpy(q->port, port, strlen(port) + 1);
+  if ((efd = lookup_start(q)) < 0) {
+    free(q);
+    a->gai_err = EAI_SYSTEM;
+    a->syserr = -efd;
+    return ERR_LOOKUP;
+  }
+  a->q = q;
+  return efd;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== url */
+
+/*
+** "tcp://HOST:PORT", "udp://HOST:PORT" (HOST may be [v6]) or "unix:PATH".
+** Fills a with the transport's socket type and, for Unix, its one
+** address; port gets the port. Returns 0 or -1 with a reason in err.
+*/
+static int parse_url (const char *url, struct addrs *a, char *port,
+                      size_t portlen, char *err, size_t errlen) {
+  if (strncmp(url, "unix:", 5) == 0) {
+    struct sockaddr_un *un = (struct sockaddr_un *)&a->a[0];
+    const char *path = url + 5;
+    if (*path == '\0' || strlen(path) > ADDRESS_PATH_MAX) {
+      snprintf(err, errlen, "bad unix socket path in '%s'", url);
+      return -1;
+    }
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, strlen(path) + 1);
+    a->len[0] = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+                            strlen(path) + 1);
+    a->n = 1;
+    a->socktype = SOCK_STREAM;
+    snprintf(a->host, sizeof a->host, "%s", path);
+    return 0;
+  }
+  if (strncmp(url, "tcp://", 6) == 0) a->socktype = SOCK_STREAM;
+  else if (strncmp(url, "udp://", 6) == 0) a->socktype = SOCK_DGRAM;
+  else {
+    snprintf(err, errlen, "bad url '%s' (expected tcp://HOST:PORT, "
+             "udp://HOST:PORT or unix:PATH)", url);
+    return -1;
+  }
+  if (address_split(url + 6, a->host, sizeof a->host, port, portlen, err,
+                    errlen) < 0)
+    return -1;
+  if (a->host[0] == '\0') {
+    snprintf(err, errlen, "no host in '%s'", url);
+    return -1;
+  }
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== connecting */
+
+/* Failure text: strerror's, in lower case ("connection refused"). */
+static int connect_fail (lua_State *L, struct addrs *a, int rc) {
+  char msg[300];
+  luaL_pushfail(L);
+  if (rc == ERR_LOOKUP)
+    snprintf(msg, sizeof msg, "name not resolved: %s: %s", a->host,
+             a->gai_err == EAI_SYSTEM ? strerror(a->syserr)
+                                      : gai_strerror(a->gai_err));
+  else
+    snprintf(msg, sizeof msg, "%s", lsrv_strerror(rc));
+  if (msg[0] >= 'A' && msg[0] <= 'Z' && msg[1] >= 'a' && msg[1] <= 'z')
+    msg[0] = (char)(msg[0] - 'A' + 'a');
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+
+/* c gets descriptor fd, open but in no loop yet. */
+static void set_fd (struct lconn *c, int fd) {
+  c->fd = fd;
+  c->flags = LC_UNWATCHED;
+}
+
+
+/* Closes c's descriptor (a socket tried, a lookup's eventfd). */
+static void drop_fd (struct lconn *c) {
+  if (c->fd < 0) return;
+  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
+    c->x->ops->detach(c->x, c);
+  close(c->fd);
+  c->fd = -1;
+  c->flags = LC_CLOSED;
+}
+
+
+/*
+** Starts connecting c to address a->i: 0 connected, -EINPROGRESS, -EAGAIN
+** (a Unix listener's backlog is full) or a failure code.
+*/
+static int start_addr (struct lconn *c, struct addrs *a) {
+  const struct sockaddr *sa = (const struct sockaddr *)&a->a[a->i];
+  int fd = socket(sa->sa_family, a->socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  int rc;
+  if (fd < 0) return -errno;
+  set_fd(c, fd);
+  if (sa->sa_family != AF_UNIX && a->socktype == SOCK_STREAM) {
+    int one = 1;  /* as for accepted connections (model_event.c) */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  do rc = connect(fd, sa, a->len[a->i]);
+  while (rc < 0 && errno == EINTR);
+  return rc < 0 ? -errno : 0;
+}
+
+
+/* Tries a Unix connect again on the same socket after -EAGAIN. */
+static int retry_addr (struct lconn *c, struct addrs *a) {
+  int rc = connect(c->fd, (const struct sockaddr *)&a->a[a->i], a->len[a->i]);
+  return rc < 0 ? -errno : 0;
+}
+
+
+/* The outcome of a connect that was in progress. */
+static int connect_result (struct lconn *c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
+  return -err;
+}
+
+
+/*
+** c is connected to a->a[a->i]: it becomes a connection. Readiness
+** flags the loop set meanwhile (a peer that already hung up) are kept.
+*/
+static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
+  memcpy(&c->peer, &a->a[a->i], a->len[a->i]);
+  c->peerlen = a->len[a->i];
+  c->flags = (c->flags & (LC_UNWATCHED | LC_RDHUP)) | LC_OUTBOUND |
+             LC_READABLE | LC_WRITABLE | (a->socktype == SOCK_DGRAM ? LC_UDP : 0);
+  c->deadline = 0;
+  lua_settop(L, 3);
+  return 1;
+}
+
+
+/* Sleeps RETRY_SECS, at most to the deadline (0, or ERR_CUT). */
+static int nap (lua_State *L, struct lconn *c, lua_KFunction k) {
+  struct task *t = lsrv_task(L);
+  double until = monotonic_now() + RETRY_SECS;
+  if (c->deadline > 0 && until > c->deadline) until = c->deadline;
+  if (c->x->ops->yields && t != &c->x->main_task) {
+    c->x->ops->arm(t, NULL, 0, until);
+    lua_pushlightuserdata(L, &lsrv_yield_token);
+    return lua_yieldk(L, 1, K_RETRY, k);
+  }
+  return worker_block(c->x->w, -1, 0, until) == ERR_CUT ? ERR_CUT : 0;
+}
+
+
+static int connect_k (lua_State *L, int status, lua_KContext ctx);
+
+/*
+** Drives the connect of c after rc (the result of starting an address):
+** waits while it is in progress, moves to the next address when one
+** fails, until one connects, all failed or the deadline passed.
+*/
+static int connect_loop (lua_State *L, struct lconn *c, struct addrs *a,
+                         int rc) {
+  for (;;) {
+    if (rc == -EINPROGRESS) {
+      rc = lconn_waitio(L, c, EV_WRITE, K_CONNECT, connect_k);
+      if (rc >= 0) rc = connect_result(c);
+    }
+    while (rc == -EAGAIN) {  /* no pending connect to wait for: retry */
+      if (c->deadline > 0 && monotonic_now() >= c->deadline) rc = ERR_TIMEOUT;
+      else if ((rc = nap(L, c, connect_k)) == 0) rc = retry_addr(c, a);
+    }
+    if (rc >= 0) return connected(L, c, a);
+    drop_fd(c);
+    if (rc == ERR_TIMEOUT || rc == ERR_CUT || ++a->i >= a->n)
+      return connect_fail(L, a, rc);
+    rc = start_addr(c, a);
+  }
+}
+
+
+/* Stack: url, opts, the connection, its addrs. */
+static int connect_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = lua_touserdata(L, 3);
+  struct addrs *a = lua_touserdata(L, 4);
+  int rc = lconn_wait_result(L, status);
+  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;  /* closed under us */
+  if (ctx == K_CONNECT) {
+    if (rc >= 0) rc = connect_result(c);
+    return connect_loop(L, c, a, rc);
+  }
+  if (ctx == K_RETRY)
+    return connect_loop(L, c, a, rc >= 0 ? retry_addr(c, a) : rc);
+  while (rc >= 0 && (rc = lookup_collect(a)) == -EAGAIN)
+    rc = lconn_waitio(L, c, EV_READ, K_LOOKUP, connect_k);
+  drop_fd(c);
+  if (rc < 0) return connect_fail(L, a, rc);
+  return connect_loop(L, c, a, start_addr(c, a));
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== keep-alive pool */
+
+/*
+** The pool of a state: idle connections per key, newest last. An entry
+** made before a fork belongs to the parent: a child only closes its own
+** copy of the descriptor.
+*/
+static const char pool_src[] =
+  "local probe, abort, now, getpid = ...\n"
+  "local remove, pools = table.remove, {}\n"
+  "local function take (key)\n"
+  "  local list = pools[key]\n"
+  "  if not list then return nil end\n"
+  "  local pid, t = getpid(), now()\n"
+  "  while #list > 0 do\n"
+  "    local e = remove(list)\n"
+  "    if e.pid == pid and e.expires > t and probe(e.conn) then\n"
+  "      return e.conn\n"
+  "    end\n"
+  "    abort(e.conn)\n"
+  "  end\n"
+  "end\n"
+  "local function put (key, conn, idle, size)\n"
+  "  local list = pools[key]\n"
+  "  if not list then list = {}; pools[key] = list end\n"
+  "  list[#list + 1] = { conn = conn, pid = getpid(),\n"
+  "    expires = idle > 0 and now() + idle or math.huge }\n"
+  "  while #list > size do abort(remove(list, 1).conn) end\n"
+  "end\n"
+  "local function sweep ()\n"
+  "  local t = now()\n"
+  "  for key, list in pairs(pools) do\n"
+  "    local j = 0\n"
+  "    for i = 1, #list do\n"
+  "      local e = list[i]\n"
+  "      if e.expires <= t then abort(e.conn) else j = j + 1; list[j] = e end\n"
+  "    end\n"
+  "    for i = #list, j + 1, -1 do list[i] = nil end\n"
+  "    if j == 0 then pools[key] = nil end\n"
+  "  end\n"
+  "end\n"
+  "return { take = take, put = put, sweep = sweep }\n";
+
+
+/*
+** Is pooled connection 1 still good? It must be idle and quiet: data or
+** EOF from a peer while nobody asked means it is of no use any more.
+*/
+static int pool_probe (lua_State *L) {
+  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
+  char b;
+  ssize_t n;
+  int ok = 0;
+  if (!(c->flags & LC_CLOSED) && buf_len(&c->in) == 0) {
+    n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    ok = n < 0 && (errno == EAGAIN || errno == EINTR);
+  }
+  lua_pushboolean(L, ok);
+  return 1;
+}
+
+
+static int pool_abort (lua_State *L) {
+  lconn_abort(luaL_checkudata(L, 1, LCONN_MT));
+  return 0;
+}
+
+
+static int pool_now (lua_State *L) {
+  lua_pushnumber(L, (lua_Number)monotonic_now());
+  return 1;
+}
+
+
+static int pool_getpid (lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+
+/* Pushes the pool's function name, making the pool if need be. */
+static void push_pool_fn (lua_State *L, const char *name) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (luaL_loadbuffer(L, pool_src, sizeof pool_src - 1, "=pool") != LUA_OK)
+      lua_error(L);
+    lua_pushcfunction(L, pool_probe);
+    lua_pushcfunction(L, pool_abort);
+    lua_pushcfunction(L, pool_now);
+    lua_pushcfunction(L, pool_getpid);
+    lua_call(L, 4, 1);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+  }
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+}
+
+
+void lconnect_sweep (struct lctx *x) {
+  lua_State *L = lstate_L(x);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
+    lua_pop(L, 1);  /* no pool yet: nothing to close */
+    return;
+  }
+  lua_getfield(L, -1, "sweep");
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);  /* out of memory */
+  lua_pop(L, 1);
+}
+
+
+/* Pushes an idle pooled connection for key (at index k), or nothing. */
+static int pool_take (lua_State *L, int k) {
+  push_pool_fn(L, "sweep");
+  lua_call(L, 0, 0);
+  push_pool_fn(L, "take");
+  lua_pushvalue(L, k);
+  lua_call(L, 1, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  ((struct lconn *)lua_touserdata(L, -1))->reused++;
+  return 1;
+}
+
+
+/*
+** Moves c's descriptor into a new object, which goes to the pool: the
+** caller's object is closed, so that a handler that goes on using it
+** cannot disturb the request that takes the connection next. The new one
+** rejoins a loop when a task first waits on it.
+*/
+static void pool_put (lua_State *L, struct lconn *c, double idle,
+                      lua_Integer size) {
+  struct lconn *p;
+  push_pool_fn(L, "put");
+  lua_getiuservalue(L, 1, UV_KEY);
+  p = lconn_new_out(L, c->x);
+  lua_getiuservalue(L, 1, UV_KEY);
+  lua_setiuservalue(L, -2, UV_KEY);
+  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
+    c->x->ops->detach(c->x, c);
+  p->fd = c->fd;
+  p->flags = (c->flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
+             LC_READABLE | LC_WRITABLE;
+  p->reused = c->reused;
+  p->nin = c->nin;
+  p->nout = c->nout;
+  memcpy(&p->peer, &c->peer, c->peerlen);
+  p->peerlen = c->peerlen;
+  c->fd = -1;
+  lconn_abort(c);  /* no descriptor left: frees the buffers, marks closed */
+  lua_pushnumber(L, (lua_Number)idle);
+  lua_pushinteger(L, size);
+  lua_call(L, 4, 0);
+}
+
+
+/* Stack: conn, idle, size. After flushing what was written. */
+static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = lua_touserdata(L, 1);
+  int rc = lconn_wait_result(L, status);
+  (void)ctx;
+  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && (rc = lconn_flush_some(c)) == -EAGAIN)
+    rc = lconn_waitio(L, c, EV_WRITE, 0, keepalive_k);
+  if (rc >= 0 && buf_len(&c->in) > 0) rc = ERR_UNREAD;
+  if (rc >= 0 && (c->flags & (LC_EOF | LC_RDHUP)))
+    rc = ERR_CLOSED;  /* the peer's end came: of no use */
+  if (rc < 0) {
+    lconn_abort(c);
+    luaL_pushfail(L);
+    lua_pushstring(L, rc == ERR_UNREAD ? "unread input" : lsrv_strerror(rc));
+    return 2;
+  }
+  pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+int lconn_setkeepalive (lua_State *L) {
+  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
+  lua_Number idle = luaL_optnumber(L, 2, POOL_IDLE);
+  lua_Integer size = luaL_optinteger(L, 3, POOL_SIZE);
+  luaL_argcheck(L, c->flags & LC_OUTBOUND || c->flags & LC_CLOSED, 1,
+                "not a connection made by luasrv.connect");
+  luaL_argcheck(L, idle >= 0, 2, "must be >= 0");
+  luaL_argcheck(L, size >= 1, 3, "must be >= 1");
+  if (c->flags & LC_CLOSED) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  lua_settop(L, 1);
+  lua_pushnumber(L, idle);
+  lua_pushinteger(L, size);
+  c->deadline = -1;  /* as start_op: the flush's timeout starts now */
+  return keepalive_k(L, LUA_OK, 0);
+}
+
+
+int lconn_getreusedtimes (lua_State *L) {
+  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
+  lua_pushinteger(L, (lua_Integer)c->reused);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/* Reads opts at index 2: the connect timeout and the pool key (pushed). */
+static double read_opts (lua_State *L, struct lctx *x) {
+  double timeout = x->w->cfg->timeout;
+  if (lua_istable(L, 2)) {
+    if (lua_getfield(L, 2, "timeout") != LUA_TNIL) {
+      luaL_argcheck(L, lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0, 2,
+                    "timeout must be a number >= 0");
+      timeout = (double)lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 2, "pool") != LUA_TNIL) {
+      luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 2,
+                    "pool must be a string");
+      return timeout;  /* the key stays pushed */
+    }
+    lua_pop(L, 1);
+  }
+  else luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "table expected");
+  lua_pushvalue(L, 1);  /* the url is the key */
+  return timeout;
+}
+
+
+int luasrv_connect (lua_State *L) {
+  struct lctx *x = lsrv_ctx(L);
+  const char *url = luaL_checkstring(L, 1);
+  char port[8], err[300];
+  struct lconn *c;
+  struct addrs *a;
+  double timeout;
+  int rc;
+  lua_settop(L, 2);
+  timeout = read_opts(L, x);  /* pushes the key: 3 */
+  if (pool_take(L, 3)) return 1;
+  c = lconn_new_out(L, x);
+  lua_insert(L, 3);  /* url, opts, conn, key */
+  lua_setiuservalue(L, 3, UV_KEY);
+  a = lua_newuserdatauv(L, sizeof *a, 0);
+  memset(a, 0, sizeof *a);
+  if (luaL_newmetatable(L, LOOKUP_MT)) {  /* first use in this state */
+    lua_pushcfunction(L, addrs_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if (parse_url(url, a, port, sizeof port, err, sizeof err) < 0)
+    return luaL_argerror(L, 1, err);
+  c->deadline = timeout > 0 ? monotonic_now() + timeout : 0;
+  if (a->n > 0 || (rc = resolve_numeric(a, port)) == 1)
+    return connect_loop(L, c, a, start_addr(c, a));
+  if (rc == 0) rc = resolve_name(a, port);
+  if (rc < 0) return connect_fail(L, a, rc);
+  set_fd(c, rc);  /* the lookup's eventfd, watched as the conn's */
+  return connect_k(L, LUA_OK, K_LOOKUP);
+}
+
