@@ -106,22 +106,39 @@ local function list_pop (l, left)
 end
 
 
---[[ Replies ]]
+--[[ Replies
+
+Each reply is one string given to req:write where that is cheap: the core
+takes a single string on its fast path. The "$LEN\r\n" and ":N\r\n" of
+small numbers come from tables built once, not from a number formatted per
+reply. ]]
+
+local BULK_HEADER, INT_REPLY = {}, {}
+for i = 0, 1024 do BULK_HEADER[i] = "$" .. i .. "\r\n" end
+for i = -2, 1024 do INT_REPLY[i] = ":" .. i .. "\r\n" end
 
 local function reply_ok (req) req:write("+OK\r\n") end
-local function reply_status (req, s) req:write("+", s, "\r\n") end
-local function reply_error (req, msg) req:write("-", msg, "\r\n") end
-local function reply_int (req, n) req:write(":", n, "\r\n") end
+local function reply_status (req, s) req:write("+" .. s .. "\r\n") end
+local function reply_error (req, msg) req:write("-" .. msg .. "\r\n") end
+
+local function reply_int (req, n)
+  req:write(INT_REPLY[n] or ":" .. n .. "\r\n")
+end
 
 local function reply_bulk (req, s)
   if s == nil then return req:write("$-1\r\n") end
-  req:write("$", #s, "\r\n", s, "\r\n")
+  local len = #s
+  if len <= 64 then   -- one short string: cheaper than three writes
+    return req:write(BULK_HEADER[len] .. s .. "\r\n")
+  end
+  req:write(BULK_HEADER[len] or "$" .. len .. "\r\n", s, "\r\n")
 end
 
 -- an array of n bulk strings (nil items are null bulks)
 local function reply_array (req, items, n)
-  req:write("*", n or #items, "\r\n")
-  for i = 1, n or #items do reply_bulk(req, items[i]) end
+  n = n or #items
+  req:write("*" .. n .. "\r\n")
+  for i = 1, n do reply_bulk(req, items[i]) end
 end
 
 
@@ -175,13 +192,34 @@ close the connection. ]]
 local commands = {}
 
 local function command (name, arity, fn)
-  commands[name] = { name = name, arity = arity, fn = fn }
+  commands[name] = { name = name, arity = arity, fn = fn,
+    min = arity > 0 and arity or -arity,     -- words allowed, with the name
+    max = arity > 0 and arity or math.huge }
+end
+
+-- The command a client named, in any case. Clients send names in capitals
+-- (redis-benchmark, most libraries) or in small letters (redis-cli): both
+-- are keys of by_name, filled once the table above is, so the usual lookup
+-- is one table access with no string.lower. Other spellings ("Get") are
+-- lowered, and remembered while the cache stays small.
+local by_name, cached_spellings = {}, 0
+
+local function find_command (name)
+  local cmd = by_name[name]
+  if cmd then return cmd end
+  cmd = commands[name:lower()]
+  if cmd and cached_spellings < 1024 then
+    by_name[name] = cmd
+    cached_spellings = cached_spellings + 1
+  end
+  return cmd
 end
 
 
 -- Connection and server
 
 command("ping", -1, function (req, argv, n)
+  if n == 1 then return req:write("+PONG\r\n") end
   if n > 2 then
     return reply_error(req, "ERR wrong number of arguments for 'ping' command")
   end
@@ -394,7 +432,7 @@ command("del", -2, function (req, argv, n)
   end
   reply_int(req, count)
 end)
-commands.unlink = { name = "unlink", arity = -2, fn = commands.del.fn }
+command("unlink", -2, commands.del.fn)
 
 command("exists", -2, function (req, argv, n)
   local count = 0
@@ -519,12 +557,16 @@ end)
 
 --[[ Dispatch ]]
 
+for name, cmd in pairs(commands) do
+  by_name[name], by_name[name:upper()] = cmd, cmd
+end
+
 -- Redis's message for a command it does not know: the arguments, quoted,
 -- until 128 bytes of them are shown
-local function unknown_command (argv)
+local function unknown_command (argv, n)
   local args = {}
   local len = 0
-  for i = 2, #argv do
+  for i = 2, n do
     if len >= 128 then break end
     local shown = "'" .. argv[i]:sub(1, 128 - len) .. "' "
     args[#args + 1] = shown
@@ -535,11 +577,12 @@ local function unknown_command (argv)
   return (msg:gsub("[\r\n]", " "))
 end
 
-local function dispatch (req, argv)
-  local n = #argv
-  local cmd = commands[argv[1]] or commands[argv[1]:lower()]
-  if cmd == nil then return reply_error(req, unknown_command(argv)) end
-  if (cmd.arity > 0 and n ~= cmd.arity) or n < -cmd.arity then
+-- runs the command in argv[1 .. n] (n >= 1); "quit" to end the connection
+local function dispatch (req, argv, n)
+  local cmd = find_command(argv[1])
+  if cmd == nil then return reply_error(req, unknown_command(argv, n)) end
+  local arity = cmd.arity
+  if (arity > 0 and n ~= arity) or n < -arity then
     return reply_error(req, ("ERR wrong number of arguments for '%s' command")
       :format(cmd.name))
   end
@@ -591,46 +634,95 @@ local function split_inline (line)
   end
 end
 
--- reads the n bulk strings of a RESP array; the list, or nil, err
-local function read_bulks (req, n)
-  local argv = {}
-  for i = 1, n do
-    local header, err = req:read("l")
-    if header == nil then return nil, err end
-    local len = header:match("^%$(%d+)\r?$")
-    len = len and tonumber(len)
-    if header:byte(1) ~= 36 then                      -- "$"
-      return nil, PROTOCOL .. ("expected '$', got '%s'"):format(
-        header:sub(1, 1))
-    elseif len == nil or len > MAX_BULK then
-      return nil, PROTOCOL .. "invalid bulk length"
-    end
-    local data, crlf = req:read(len, 2)
-    if crlf == nil or #crlf < 2 then return nil, "closed" end
-    argv[i] = data
-  end
-  return argv
+--[[ How commands are read
+
+A command that starts when nothing is left over here is read the usual way:
+its first line with req:read("l"), so the core enforces --max-line, and an
+inline command (what telnet sends) never goes further. When that line
+starts a RESP array, the rest of what the client sent (req:recv: what the
+core has buffered, up to 16 KiB; it only waits when there is nothing) is
+taken into a Lua string, and the array, and the RESP arrays pipelined after
+it, are parsed from that string: a pipelined batch costs two calls into
+the core, not three per command. A bulk string that is still missing more
+than 64 KiB is read by the core in one piece (req:read(n)), not gathered
+16 KiB at a time. An inline command that follows RESP arrays in the same
+packet is limited to 64 KiB, as in Redis (the core's limit is --max-line,
+which a handler cannot see). ]]
+
+local match, find, sub, byte = string.match, string.find, string.sub,
+  string.byte
+
+local INLINE_MAX = 64 * 1024    -- an inline command parsed here (as Redis)
+local BIG = 64 * 1024           -- missing more: the core reads it at once
+
+-- The counts of RESP headers: "*3\r" as req:read("l") returns it (ARRAY_LEN)
+-- and "3" as the patterns below capture it (NUMBER), so the usual header
+-- costs one table access, not a tonumber. Others go through header_count.
+local ARRAY_LEN, NUMBER = {}, {}
+for i = 0, 64 do ARRAY_LEN["*" .. i .. "\r"] = i end
+for i = 0, 1024 do NUMBER[tostring(i)] = i end
+
+-- the count in a "*N" or "$N" line (a "\r" at its end allowed), or nil
+local function header_count (line)
+  if byte(line, -1) == 13 then line = sub(line, 1, -2) end   -- "\r"
+  return to_int(sub(line, 2))
 end
 
--- the next command as a list of words ({} for an empty inline line), or
--- nil, err: "closed", "timeout", ... or a protocol error for the client
-local function read_command (req)
-  local line, err = req:read("l")
-  if line == nil then return nil, err end
-  if line:byte(-1) == 13 then line = line:sub(1, -2) end   -- "\r"
-  if line:byte(1) == 42 then                               -- "*"
-    local n = to_int(line:sub(2))
-    if n == nil or n > MAX_ARGS then
-      return nil, PROTOCOL .. "invalid multibulk length"
-    end
-    if n <= 0 then return {} end
-    return read_bulks(req, n)
-  end
+-- the words of an inline command line and their count, or nil, err
+local function inline_command (line)
+  if byte(line, -1) == 13 then line = sub(line, 1, -2) end   -- "\r"
   local words = split_inline(line)
   if words == nil then
     return nil, PROTOCOL .. "unbalanced quotes in request"
   end
-  return words
+  return words, #words
+end
+
+-- Parses bulk strings i .. n of an array from buf at pos into argv.
+-- Returns the position after them; or false, i, p, missing when buf ends
+-- first (bulk i starts at p; missing: the bytes bulk i still lacks, with
+-- its "\r\n", once its header is there); or nil, err for a protocol error.
+local function parse_bulks (buf, pos, i, n, argv)
+  local size = #buf
+  while i <= n do
+    local digits, data = match(buf, "^%$(%d+)\r\n()", pos)
+    local len = NUMBER[digits]
+    if len == nil then   -- not all there, not "$N\r\n", or N > 1024
+      if pos > size then return false, i, pos end
+      if byte(buf, pos) ~= 36 then                           -- "$"
+        return nil, PROTOCOL .. ("expected '$', got '%s'")
+          :format(sub(buf, pos, pos))
+      end
+      local nl = find(buf, "\n", pos, true)
+      if nl == nil then
+        if size - pos > 32 then return nil, PROTOCOL .. "invalid bulk length" end
+        return false, i, pos
+      end
+      len = header_count(sub(buf, pos, nl - 1))
+      if len == nil or len < 0 or len > MAX_BULK then
+        return nil, PROTOCOL .. "invalid bulk length"
+      end
+      data = nl + 1
+    end
+    local crlf = data + len   -- the "\r\n" after the data (not checked)
+    if crlf + 1 > size then return false, i, pos, crlf + 1 - size end
+    argv[i] = sub(buf, data, crlf - 1)
+    pos, i = crlf + 2, i + 1
+  end
+  return pos
+end
+
+-- What is left of buf from pos, with more of the request after it; or
+-- nil, err. missing: how much more is needed, when known.
+local function more (req, buf, pos, missing)
+  local s, err
+  if missing and missing > BIG then
+    s, err = req:read(missing)
+  else
+    s, err = req:recv()
+  end
+  if s == nil then return nil, err or "closed" end
+  return sub(buf, pos) .. s
 end
 
 
@@ -638,18 +730,130 @@ end
 
 local M = {}
 
+-- Serves commands until the client leaves, QUITs or breaks the protocol.
+-- buf[pos .. size] is what was received and not yet parsed; argv is reused
+-- for every RESP array (its words past n are cleared), so a command costs
+-- no new table.
 function M.handle (req)
+  local read = req.read   -- looked up once, not through __index per call
+  local argv, last_n = {}, 0
+  local buf, pos, size = "", 1, 0
+  local words, n, err
   while true do
-    local argv, err = read_command(req)
-    if argv == nil then
-      if err == "line too long" then      -- longer than --max-line
-        err = PROTOCOL .. "too big inline request"
+    words, err = argv, nil
+    if pos > size then   -- nothing left here: the core reads the line
+      local line
+      line, err = read(req, "l")
+      if line == nil then break end
+      n = ARRAY_LEN[line]
+      if n == nil then
+        if byte(line, 1) == 42 then                          -- "*"
+          n = header_count(line)
+          if n == nil or n > MAX_ARGS then
+            err = PROTOCOL .. "invalid multibulk length"
+            break
+          end
+        else
+          words, n = inline_command(line)
+          if words == nil then err = n break end
+        end
       end
-      if err and err:find("^ERR ") then reply_error(req, err) end
-      return   -- closed, timeout or a protocol error: end the connection
+      buf, pos, size = "", 1, 0
+    else
+      -- "*N\r\n", N < 10, told from its bytes: no string is made
+      local c1, c2, c3, c4 = byte(buf, pos, pos + 3)
+      local digits, after
+      if c4 == 10 and c3 == 13 and c1 == 42 and c2 >= 48 and c2 <= 57 then
+        n, pos = c2 - 48, pos + 4
+      else
+        digits, after = match(buf, "^%*(%d+)\r\n()", pos)
+        n = NUMBER[digits]
+      end
+      if n then
+        if digits then pos = after end
+      else   -- not all there, not "*N\r\n" with N <= 1024, or inline
+        local nl = find(buf, "\n", pos, true)
+        local star = byte(buf, pos) == 42
+        if nl == nil then
+          if star and size - pos > 32 then
+            err = PROTOCOL .. "invalid multibulk length"
+            break
+          elseif size - pos >= INLINE_MAX then
+            err = PROTOCOL .. "too big inline request"
+            break
+          end
+          buf, err = more(req, buf, pos)
+          if buf == nil then break end
+          pos, size = 1, #buf
+          goto continue
+        end
+        local line = sub(buf, pos, nl - 1)
+        pos = nl + 1
+        if star then
+          n = header_count(line)
+          if n == nil or n > MAX_ARGS then
+            err = PROTOCOL .. "invalid multibulk length"
+            break
+          end
+        elseif #line > INLINE_MAX then
+          err = PROTOCOL .. "too big inline request"
+          break
+        else
+          words, n = inline_command(line)
+          if words == nil then err = n break end
+        end
+      end
     end
-    if #argv > 0 and dispatch(req, argv) == "quit" then return end
+    if words == argv then
+      if n < 0 then n = 0 end
+      if n < last_n then
+        for i = n + 1, last_n do argv[i] = nil end
+      end
+      last_n = n
+      local i = 1
+      while i <= n do   -- the usual case: "$N\r\n", N < 100, all here
+        local c1, c2, c3, c4, c5 = byte(buf, pos, pos + 4)
+        local data
+        if c1 ~= 36 or c2 == nil or c2 < 48 or c2 > 57 then break end
+        local len = c2 - 48
+        if c3 == 13 and c4 == 10 then                       -- "$N\r\n"
+          data = pos + 4
+        elseif c4 == 13 and c5 == 10 and c2 ~= 48 and c3 >= 48
+            and c3 <= 57 then                                -- "$NN\r\n"
+          len, data = len * 10 + c3 - 48, pos + 5
+        else
+          break
+        end
+        if data + len + 1 > size then break end
+        argv[i] = sub(buf, data, data + len - 1)
+        pos, i = data + len + 2, i + 1
+      end
+      while i <= n do   -- the others, fetching more until all are here
+        local after, p, missing
+        after, i, p, missing = parse_bulks(buf, pos, i, n, argv)
+        if after then pos = after break end
+        if after == nil then err = i break end
+        buf, err = more(req, buf, p, missing)
+        if buf == nil then break end
+        pos, size = 1, #buf
+      end
+      if err then break end
+    end
+    if n > 0 then
+      local cmd = by_name[words[1]]
+      if cmd and n >= cmd.min and n <= cmd.max then   -- the usual case
+        if cmd.fn(req, words, n) == "quit" then return end
+      elseif dispatch(req, words, n) == "quit" then
+        return
+      end
+    end
+    ::continue::
   end
+  if err == "line too long" then      -- longer than --max-line
+    err = PROTOCOL .. "too big inline request"
+  end
+  if err and find(err, "^ERR ") then reply_error(req, err) end
+  -- closed, timeout or a protocol error: end the connection
 end
 
 function M.service_actions ()
