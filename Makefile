@@ -38,12 +38,12 @@ CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
 # Debian packages: to build, to run the specs, to run the handlers.
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
-DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools socat bsdutils systemd curl wrk
+DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
-DEPS_BENCH = python3 lua-luv
+DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy
 
 .PHONY: all deps run test test-asan check-specs unit bench clean install uninstall
 
@@ -63,12 +63,13 @@ $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 
 # The fuzz targets (fuzz/) replayed over their corpora and crash
 # reproducers with the ordinary compiler: make test runs them as C tests.
-FUZZ_REPLAY = address acl cli persource reader
+FUZZ_REPLAY = address acl cli persource proxy reader
 CTESTS += $(FUZZ_REPLAY:%=$(BUILD)/test_fuzz_%)
 REPLAY_OBJS_address = $(BUILD)/address-numeric.o
 REPLAY_OBJS_acl = $(BUILD)/acl.o
 REPLAY_OBJS_cli = $(BUILD)/cli.o $(BUILD)/acl.o $(BUILD)/log.o $(BUILD)/address.o
 REPLAY_OBJS_persource = $(BUILD)/persource.o
+REPLAY_OBJS_proxy = $(BUILD)/proxy.o
 REPLAY_OBJS_reader = $(filter-out $(BUILD)/main.o,$(OBJS))
 
 $(BUILD)/address-numeric.o: src/address.c | $(BUILD)

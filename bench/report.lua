@@ -14,7 +14,15 @@ local cjson = require "cjson"
 
 local TARGETS = {  -- event model, one worker: ratio to ref (g: bytes/conn)
   a = 0.80, b = 0.75, c = 0.90, d = 0.85, e = 0.80, f = 0.80,
+  i = 0.90, i16 = 0.70,   -- against redis-server
 }
+-- The server a workload's ratios are to: the C echo server, but for RESP
+-- (i, i16) redis-server.
+local REFERENCE = { i = "redis", i16 = "redis" }
+-- (j, j16) the TCP proxy (scripts/proxy.lua) against haproxy in TCP mode.
+TARGETS.j, TARGETS.j16 = 0.70, 0.70
+REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
+local function reference (w) return REFERENCE[w] or "ref" end
 local RSS_TARGET, RSS_LIMIT = 2048, 4096
 local COMPARISONS = {  -- model against the peer a user would otherwise pick
   { "a", "thread", "py-threading", 1.5 },
@@ -116,7 +124,7 @@ local function check_target(p, ref, metric)
     p.within_hard_limit = p.value <= RSS_LIMIT
     return
   end
-  if ref and ref.value and ref.value > 0 and p.server ~= "ref" then
+  if ref and ref.value and ref.value > 0 and p.server ~= ref.server then
     p.ratio = paired_ratio(p, ref)
   end
   local t = p.server == "event" and TARGETS[p.workload]
@@ -156,7 +164,8 @@ local function print_row(w, desc, p, metric)
     return
   end
   local target = p.target and (p.target .. (p.met and " ok" or " MISS")) or ""
-  if p.server == "ref" and (p.cpu or 0) >= 0.95 and (p.srv_cpu or 1) < 0.90 then
+  if p.server == reference(p.workload) and (p.cpu or 0) >= 0.95
+      and (p.srv_cpu or 1) < 0.90 then
     target = "loadgen-bound"  -- the client, not the server, set the pace
   end
   print(ROW:format(w, desc, p.server, show_value(p, metric),
@@ -177,6 +186,20 @@ local function print_table(meta, order, wl)
     local same = last == p.workload
     print_row(same and "" or p.workload, same and "" or w.desc, p, w.metric)
     last = p.workload
+  end
+  -- workloads whose ratios are not to the C echo server, by reference
+  local by_ref, refs, seen = {}, {}, {}
+  for _, p in ipairs(order) do
+    local r = REFERENCE[p.workload]
+    if r and not seen[p.workload] then
+      seen[p.workload] = true
+      if not by_ref[r] then by_ref[r] = {}; refs[#refs + 1] = r end
+      table.insert(by_ref[r], p.workload)
+    end
+  end
+  for _, r in ipairs(refs) do
+    print(("%s: \"vs ref\" is to %s"):format(table.concat(by_ref[r], ", "),
+      r == "redis" and "redis-server" or r))
   end
 end
 
@@ -221,7 +244,7 @@ for _, p in ipairs(order) do
 end
 for _, p in ipairs(order) do
   local metric = (wl[p.workload] or {}).metric or "rps"
-  check_target(p, points[p.workload .. " ref"], metric)
+  check_target(p, points[p.workload .. " " .. reference(p.workload)], metric)
 end
 local comparisons = compare(points)
 print_table(meta, order, wl)

@@ -47,6 +47,8 @@ static const char usage_text[] =
 "  --user USER[:GROUP]    drop privileges to USER after binding\n"
 "  --pidfile PATH         write the server's pid to PATH\n"
 "  --log-format FMT       text or json (default text)\n"
+"  --proxy-protocol       stream clients come through a proxy that sends a PROXY\n"
+"                         protocol header (v1 or v2) first: it is required\n"
 "  --access-log           log a line per request (client, bytes, time, outcome)\n"
 "  --metrics [HOST]:PORT  serve Prometheus metrics there (the master answers)\n"
 "  --log-level LEVEL      error, warn, info or debug (default info)\n"
@@ -88,6 +90,7 @@ static const struct option options[] = {
   {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0},
   {"metrics", K_STR, F(metrics), 0, 0, 0},
   {"access-log", K_FLAG, F(access_log), 0, 0, 0},
+  {"proxy-protocol", K_FLAG, F(proxy_protocol), 0, 0, 0},
   {"shared", K_SHARED, 0, 0, 0, 0},
   {"allow", K_ACL, 0, 0, 0, 1},
   {"deny", K_ACL, 0, 0, 0, 0},

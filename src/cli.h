@@ -46,6 +46,7 @@ struct config {
   int max_per_source;         /* connections per client IP; 0 = no limit */
   const char *metrics;        /* --metrics ADDR: Prometheus endpoint */
   int access_log;             /* --access-log: a line per request */
+  int proxy_protocol;         /* stream clients start with a PROXY header */
   struct acl_rule acl[CLI_MAX_ACL];  /* --allow, --deny in order */
   int nacl;
   struct shared_spec shared[CLI_MAX_SHARED];  /* --shared */

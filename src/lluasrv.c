@@ -69,11 +69,15 @@ static const luaL_Reg funcs[] = {
   {"now", luasrv_now},
   {"log", luasrv_log},
   {"connect", luasrv_connect},  /* lconnect.c */
+  {"spawn", lspawn_spawn},      /* lspawn.c */
+  {"wait", lspawn_wait},
+  {"kill", lspawn_kill},
   {NULL, NULL}
 };
 
 
 int luaopen_luasrv (lua_State *L) {
+  lspawn_open(L);
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "luasrv 0.1.0");
   lua_setfield(L, -2, "version");

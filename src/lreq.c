@@ -19,6 +19,7 @@
 #include "lsrv.h"
 #include "log.h"
 
+#define FILL_MAX     (1u << 20)  /* most a read reserves ahead of data */
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
 #define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
@@ -176,6 +177,9 @@ static int fill (struct lconn *c, size_t want) {
   if (c->flags & LC_UDP) return fill_udp(c);
   if (!(c->flags & LC_READABLE)) return -EAGAIN;
   if (want < BUF_CHUNK) want = BUF_CHUNK;
+  /* read(n) with a client-supplied n must not reserve n bytes before
+  ** any arrive: the buffer grows as data comes, FILL_MAX at a time */
+  if (want > FILL_MAX) want = FILL_MAX;
   if (buf_space(&c->in) < want / 2 &&
       buf_reserve(&c->in, want, &c->x->pool) < 0)
     return -ENOMEM;
@@ -201,6 +205,11 @@ static int fill (struct lconn *c, size_t want) {
     return -EAGAIN;
   }
   return -errno;
+}
+
+
+int lconn_fill (struct lconn *c, size_t want) {
+  return fill(c, want);
 }
 
 
@@ -910,6 +919,7 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
   lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
   c->fd = fd;
   c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
+  if (x->w->cfg->proxy_protocol) c->flags |= LC_PROXY;
   return c;
 }
 

@@ -26,6 +26,7 @@
 
 struct lctx;
 struct lconn;
+struct sthread;
 
 /*
 ** A task is one coroutine driven by the event loop (a request). Code that
@@ -43,6 +44,12 @@ struct task {
   struct task *next, *prev;   /* the model's lists (active, free) */
   double cpu_used;            /* --cpu-limit: CPU seconds of its request */
   struct sockaddr_in6 src;    /* --max-per-source: its client (AF_UNSPEC: none) */
+  /* light threads (lspawn.c) */
+  struct sthread *th;         /* a spawned thread's task: its object */
+  struct sthread *threads;    /* a request's task: the threads spawned for it */
+  int nthreads;               /* ... of which still running */
+  int joining;                /* the request waits for them to end */
+  int suspended;              /* yielded to the loop (event model) */
 };
 
 /* How a model makes a task wait. */
@@ -99,6 +106,17 @@ struct lctx {
   ** model would all have to change.
   */
   int (*attach) (struct lctx *x, struct lconn *c);
+  /*
+  ** Event model, light threads (lspawn.c); NULL elsewhere, where spawn
+  ** runs the function to its end at once. spawn_task: a fresh task in the
+  ** loop; start: runs it (nargs values on its stack) from L until it first
+  ** waits or ends; wake: resumes a task that waits with no connection and
+  ** no deadline, at the loop's next turn; kill: abandons a suspended task.
+  */
+  struct task *(*spawn_task) (struct lctx *x);
+  void (*start) (struct lctx *x, struct task *t, lua_State *L, int nargs);
+  void (*wake) (struct lctx *x, struct task *t);
+  void (*kill) (struct lctx *x, struct task *t);
 };
 
 /* Connection flags. */
@@ -112,6 +130,7 @@ struct lctx {
 #define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
 #define LC_UDP      0x100u    /* outbound connected UDP: a flush is a datagram */
 #define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
+#define LC_PROXY    0x400u    /* --proxy-protocol: its header is still to read */
 
 struct lconn {
   const char *tag;            /* &lsrv_conn_tag: tells the type quickly */
@@ -129,6 +148,8 @@ struct lconn {
   /* event model */
   struct task *waiter;
   unsigned wait_ev;
+  struct task *wwaiter;       /* a task waiting to write while another
+                                 (waiter) waits to read: light threads */
   unsigned reused;            /* outbound: times taken from the keep-alive
                                  pool (fills what was padding) */
   /*
@@ -186,6 +207,11 @@ void lconn_push_address (lua_State *L, struct lconn *c);
 int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
                   lua_KContext kc, lua_KFunction k);
 int lconn_wait_result (lua_State *L, int status);
+/* Reads what the socket has into c->in: bytes, 0 at EOF, -EAGAIN, -errno. */
+int lconn_fill (struct lconn *c, size_t want);
+
+/* lproxy.c: proxy(req), the flow's PROXY protocol step */
+int lconn_proxy (lua_State *L);
 /*
 ** Pushes a new outbound connection, closed until it gets a descriptor;
 ** room for any peer address.
@@ -205,6 +231,23 @@ void lconnect_sweep (struct lctx *x);
 
 /* lluasrv.c */
 int luaopen_luasrv (lua_State *L);
+
+/* lspawn.c: luasrv.spawn, wait, kill and the request's join */
+int lspawn_spawn (lua_State *L);
+int lspawn_wait (lua_State *L);
+int lspawn_kill (lua_State *L);
+/* join(): waits for the threads of the running request; the flow calls it */
+int lspawn_join (lua_State *L);
+/*
+** Spawned task t's coroutine ended with status st (LUA_OK: nres results
+** on its stack; else the error on top); L: a state to work on.
+*/
+void lspawn_ended (struct lctx *x, struct task *t, lua_State *L, int st,
+                   int nres);
+/* Request task t ends without having joined: its threads go on alone. */
+void lspawn_orphan (struct lctx *x, struct task *t);
+/* Registers the thread objects' metatable. */
+void lspawn_open (lua_State *L);
 
 /* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
 void lshdict_push (lua_State *L);

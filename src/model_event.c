@@ -188,6 +188,10 @@ static void unlink_running (struct eloop *e, struct task *t) {
 static void task_put (struct eloop *e, struct task *t, int reusable) {
   t->req = NULL;
   t->wait_conn = NULL;
+  t->th = NULL;
+  if (t->threads != NULL) lspawn_orphan(e->x, t);
+  t->threads = NULL;
+  t->nthreads = t->joining = t->suspended = 0;
   timer_stop(e->loop, &t->timer);
   if (reusable && e->npool < TASK_POOL) {
     lua_settop(t->co, 0);
@@ -203,20 +207,35 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
 
 static void update_accepting (struct eloop *e);
 
-/* Resumes t with nargs values on its stack; handles its end. */
-static void resume (struct eloop *e, struct task *t, int nargs) {
+/*
+** Resumes t with nargs values on its stack, from L (the loop: the main
+** state; luasrv.spawn: the spawning coroutine); handles its end.
+*/
+static void resume_from (struct eloop *e, struct task *t, lua_State *L,
+                         int nargs) {
   lua_State *co = t->co;
   int nres, st;
   lstate_cpu_begin(e->x, t, 0);
-  st = lua_resume(co, lstate_L(e->x), nargs, &nres);
+  t->suspended = 0;
+  st = lua_resume(co, L, nargs, &nres);
   lstate_cpu_end(e->x);
   if (st == LUA_YIELD) {
     int ours = nres > 0 && lua_touserdata(co, -1) == &lsrv_yield_token;
     lua_pop(co, nres);
-    if (ours) return;  /* waiting for the loop */
+    if (ours) {  /* waiting for the loop */
+      t->suspended = 1;
+      return;
+    }
     lua_pushliteral(co, "attempt to yield from a request outside a "
                     "coroutine of its own");
     st = LUA_ERRRUN;
+    nres = 1;
+  }
+  if (t->th != NULL) {  /* a light thread ended: its outcome to its object */
+    lspawn_ended(e->x, t, L, st, nres);
+    unlink_running(e, t);
+    task_put(e, t, st == LUA_OK);
+    return;
   }
   if (st != LUA_OK) {
     lstate_report(co, t->req, lua_tostring(co, -1));
@@ -233,12 +252,18 @@ static void resume (struct eloop *e, struct task *t, int nargs) {
 }
 
 
+static void resume (struct eloop *e, struct task *t, int nargs) {
+  resume_from(e, t, lstate_L(e->x), nargs);
+}
+
+
 static void on_timer (struct evloop *loop, struct timer *tm) {
   struct task *t = tm->data;
   struct lconn *c = t->wait_conn;
   (void)loop;
   t->wait_rc = c != NULL ? ERR_TIMEOUT : 0;  /* a sleep ends well */
-  if (c != NULL) c->waiter = NULL;
+  if (c != NULL && c->waiter == t) c->waiter = NULL;
+  if (c != NULL && c->wwaiter == t) c->wwaiter = NULL;
   t->wait_conn = NULL;
   resume(eloop_of(t->x), t, 0);
 }
@@ -247,7 +272,12 @@ static void on_timer (struct evloop *loop, struct timer *tm) {
 static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) {
   struct eloop *e = eloop_of(t->x);
   t->wait_conn = c;
-  if (c != NULL) {
+  /* a write wait takes the second slot, so that a reader (another light
+  ** thread) can wait too; a reader that must first flush what the writer
+  ** could not (read_wait_event) waits for EV_WRITE in the reader's slot */
+  if (c != NULL && ev == EV_WRITE && (c->wwaiter == NULL || c->wwaiter == t))
+    c->wwaiter = t;
+  else if (c != NULL) {
     c->waiter = t;
     c->wait_ev = ev;
   }
@@ -259,25 +289,89 @@ static void detach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
   if (e == NULL) return;  /* init: an outbound connection, no loop yet */
   evloop_del(e->loop, c->fd);
-  if (c->waiter != NULL) {  /* closed under a waiting task */
-    c->waiter->wait_conn = NULL;
-    c->waiter = NULL;
+  /* closed under a waiting task (another light thread closed it): wake
+  ** it to see "closed" */
+  for (int k = 0; k < 2; k++) {
+    struct task **slot = k == 0 ? &c->waiter : &c->wwaiter, *t = *slot;
+    if (t == NULL) continue;
+    t->wait_conn = NULL;
+    *slot = NULL;
+    timer_start(e->loop, &t->timer, evloop_now(e->loop));
   }
 }
 
 static const struct waitops event_ops = {1, arm, detach};
+
+
+/* {------------------------------------------------------ light threads */
+
+/* A task for luasrv.spawn: in the running list, not counted as a request. */
+static struct task *spawn_task (struct lctx *x) {
+  struct eloop *e = eloop_of(x);
+  struct task *t = task_get(e);
+  if (t != NULL) link_running(e, t);
+  return t;
+}
+
+
+static void spawn_start (struct lctx *x, struct task *t, lua_State *L,
+                         int nargs) {
+  struct task *parent = lsrv_task(L);
+  resume_from(eloop_of(x), t, L, nargs);
+  lstate_cpu_begin(x, parent, 0);  /* the spawner runs on */
+}
+
+
+/* Resumes t (waiting without a connection or deadline) at the next turn. */
+static void wake (struct lctx *x, struct task *t) {
+  struct eloop *e = eloop_of(x);
+  t->wait_conn = NULL;
+  timer_start(e->loop, &t->timer, evloop_now(e->loop));
+}
+
+
+/* Abandons t, suspended in a wait; its coroutine is closed, not reused. */
+static void kill_task (struct lctx *x, struct task *t) {
+  struct eloop *e = eloop_of(x);
+  if (t->wait_conn != NULL) {
+    if (t->wait_conn->waiter == t) t->wait_conn->waiter = NULL;
+    if (t->wait_conn->wwaiter == t) t->wait_conn->wwaiter = NULL;
+    t->wait_conn = NULL;
+  }
+  timer_stop(e->loop, &t->timer);
+  unlink_running(e, t);
+  t->suspended = 0;
+  lua_resetthread(t->co);  /* runs pending __close handlers */
+  task_put(e, t, 0);
+}
+
+/* }------------------------------------------------------ */
 
 /* }====================================================== */
 
 
 static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   struct lconn *c = data;
-  struct task *t = c->waiter;
-  (void)loop;
+  struct task *t = c->waiter, *w = c->wwaiter;
   (void)fd;
   if (ev & EV_READ) c->flags |= LC_READABLE;
   if (ev & EV_WRITE) c->flags |= LC_WRITABLE;
   if (ev & EV_RDHUP) c->flags |= LC_RDHUP;
+  if (w != NULL && (ev & EV_WRITE)) {  /* a light thread's write */
+    c->wwaiter = NULL;
+    w->wait_conn = NULL;
+    w->wait_rc = 0;
+    if (t != NULL && (c->wait_ev & ev)) {
+      /* the reader runs first; the writer at the next turn (the reader
+      ** may kill it meanwhile, which stops the timer) */
+      timer_start(loop, &w->timer, evloop_now(loop));
+    }
+    else {
+      timer_stop(loop, &w->timer);
+      resume(eloop_of(c->x), w, 0);
+      return;
+    }
+  }
   if (t == NULL || !(c->wait_ev & ev)) return;
   c->waiter = NULL;
   t->wait_conn = NULL;
@@ -513,6 +607,10 @@ int model_event_serve (struct worker *w) {
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
   e.x->attach = attach;
+  e.x->spawn_task = spawn_task;
+  e.x->start = spawn_start;
+  e.x->wake = wake;
+  e.x->kill = kill_task;
   lua_setallocf(lstate_L(e.x), small_lalloc, &e);
   evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
   timer_init(&e.service, on_service, &e);

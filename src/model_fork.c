@@ -90,7 +90,9 @@ static void child_run (struct forker *f, struct lconn *c) {
   lua_State *L = lstate_L(f->x);
   lstate_push_flow(L, f->x);
   lua_pushvalue(L, -2);  /* flow, req */
-  lua_pushboolean(L, 1);  /* verified: by the worker, before the fork */
+  /* verified by the worker before the fork; not with --proxy-protocol,
+  ** whose header (which says who the client is) the child reads first */
+  lua_pushboolean(L, !f->w->cfg->proxy_protocol);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) {  /* the flow itself failed */
     lstate_report(L, c, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -215,7 +217,7 @@ static int take (struct forker *f, int i) {
   model_count_request(f->w);
   /* socketserver runs verify_request in the server process: what it
   ** counts persists, and a refused client costs no fork */
-  if (!lstate_verify(f->x)) rc = 1;
+  if (!f->w->cfg->proxy_protocol && !lstate_verify(f->x)) rc = 1;
   else if ((rc = spawn(f, c, l->stream ? (struct sockaddr *)&peer : NULL,
                        len)) < 0)
     log_warn("dropping a request on %s: fork: %s", l->name, strerror(-rc));

@@ -28,7 +28,7 @@ static const char *const hook_names[] = {
 ** to handle_error, and the connection closed at the end.
 */
 static const char flow_src[] =
-  "local hooks, traceback, default_error, done, now = ...\n"
+  "local hooks, traceback, default_error, done, now, join, proxy = ...\n"
   "local xpcall = xpcall\n"
   "local verify, setup, handle, finish, handle_error = hooks.verify_request,\n"
   "  hooks.setup, hooks.handle, hooks.finish, hooks.handle_error\n"
@@ -55,10 +55,12 @@ static const char flow_src[] =
   "end\n"
   "local function flow(req, skip_verify)\n"
   "  local t0 = done and now()\n"
+  "  if proxy and not proxy(req) then return end\n"
   "  if not skip_verify and not verified(req, t0) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
   "    if not ok then\n"
+  "      join()\n"
   "      report(req, err)\n"
   "      req:close()\n"
   "      if done then done(req, 1, t0) end\n"
@@ -66,8 +68,9 @@ static const char flow_src[] =
   "    end\n"
   "  end\n"
   "  local ok, err = xpcall(handle, traceback, req)\n"
+  "  join()\n"
   "  local ok2, err2 = true\n"
-  "  if finish then ok2, err2 = xpcall(finish, traceback, req) end\n"
+  "  if finish then ok2, err2 = xpcall(finish, traceback, req); join() end\n"
   "  if not ok then report(req, err) end\n"
   "  if not ok2 then report(req, err2) end\n"
   "  req:close()\n"
@@ -269,7 +272,10 @@ static void make_flow (lua_State *L, struct lctx *x) {
   if (counted) lua_pushcfunction(L, flow_done);
   else lua_pushnil(L);  /* nothing to count: the flow skips it */
   lua_pushcfunction(L, flow_now);
-  lua_call(L, 5, 2);
+  lua_pushcfunction(L, lspawn_join);  /* waits for the request's threads */
+  if (x->w->cfg->proxy_protocol) lua_pushcfunction(L, lconn_proxy);
+  else lua_pushnil(L);  /* no PROXY header expected: the flow skips it */
+  lua_call(L, 7, 2);
   x->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   x->flow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
