@@ -76,7 +76,7 @@ static size_t v2 (unsigned char *b, unsigned cmd, unsigned fam,
   b[13] = (unsigned char)fam;
   b[14] = (unsigned char)(alen >> 8);
   b[15] = (unsigned char)alen;
-  memcpy(b + 16, addr, alen);
+  if (alen > 0) memcpy(b + 16, addr, alen);
   return 16 + alen;
 }
 
