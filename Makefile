@@ -43,7 +43,7 @@ PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
-DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy
+DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy wrk nginx libnginx-mod-http-lua
 
 .PHONY: all deps run test test-asan check-specs unit bench clean install uninstall
 

@@ -22,6 +22,10 @@ local REFERENCE = { i = "redis", i16 = "redis" }
 -- (j, j16) the TCP proxy (scripts/proxy.lua) against haproxy in TCP mode.
 TARGETS.j, TARGETS.j16 = 0.70, 0.70
 REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
+-- (h) HTTP hello (scripts/http.lua) against nginx with its Lua module.
+TARGETS.h, REFERENCE.h = 1.00, "nginx-lua"
+local REFERENCE_NAMES = { redis = "redis-server",
+  ["nginx-lua"] = "nginx + ngx_http_lua_module" }
 local function reference (w) return REFERENCE[w] or "ref" end
 local RSS_TARGET, RSS_LIMIT = 2048, 4096
 local COMPARISONS = {  -- model against the peer a user would otherwise pick
@@ -199,7 +203,7 @@ local function print_table(meta, order, wl)
   end
   for _, r in ipairs(refs) do
     print(("%s: \"vs ref\" is to %s"):format(table.concat(by_ref[r], ", "),
-      r == "redis" and "redis-server" or r))
+      REFERENCE_NAMES[r] or r))
   end
 end
 

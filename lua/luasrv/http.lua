@@ -219,7 +219,8 @@ end
 
 -- header names are tokens (RFC 9110 5.6.2)
 local NOT_TOKEN = "[^%w!#$%%&'*+.^_`|~%-]"
-local HEADER_LINE = "^([%w!#$%%&'*+.^_`|~%-]+):[ \t]*([^%z\r]*)$"
+-- (the line as read: the "\r" before the "\n" is still there, or not)
+local HEADER_LINE = "^([%w!#$%%&'*+.^_`|~%-]+):[ \t]*([^%z\r]*)\r?$"
 
 
 --[[ The request object ]]
@@ -263,11 +264,16 @@ local function read_fields (conn, opts, headers, r)
       if err == "line too long" then return fail(431) end
       return nil
     end
-    size = size + #line + 1
-    line = strip_cr(line)
-    if line == "" then return true end
+    local len = #line
+    size = size + len + 1
+    if byte(line, len) == 13 then      -- "\r": not stripped (no new string)
+      if len == 1 then return true end
+      len = len - 1
+    elseif len == 0 then
+      return true
+    end
     n = n + 1
-    if n > max_n or size > max_size or #line > max_line then
+    if n > max_n or size > max_size or len > max_line then
       return fail(431)
     end
     -- a token, the colon, the value: no space before the colon, no
@@ -635,6 +641,27 @@ end
 
 local TEXT = { ["Content-Type"] = "text/plain; charset=utf-8" }
 
+-- The head of a 200 text/plain answer that keeps the connection open, by
+-- body length: what response_head(r, opts, 200, TEXT, "length", n) gives
+-- an HTTP/1.1 keep-alive request, built once a second (the Date changes)
+-- for at most 64 lengths. The common case of a handler returning a string.
+local function text_head (opts, length)
+  local date = date_header()
+  local heads = opts._text_heads
+  if not heads or heads.date ~= date then
+    heads = { date = date, n = 0 }
+    opts._text_heads = heads
+  end
+  local head = heads[length]
+  if not head then
+    head = status_line(200) .. "Content-Type: text/plain; charset=utf-8\r\n"
+      .. date .. opts.server_line .. "Content-Length: " .. length
+      .. "\r\n\r\n"
+    if heads.n < 64 then heads[length], heads.n = head, heads.n + 1 end
+  end
+  return head
+end
+
 -- runs the handler for r and writes its response; whether to keep alive
 local function respond (conn, r, handler, opts)
   local ok, status, headers, body = xpcall(handler, traceback, r)
@@ -650,6 +677,11 @@ local function respond (conn, r, handler, opts)
   if r._started then return finish_stream(conn, r) end
   if status == nil then return send_response(conn, r, opts, 200, nil, "") end
   if type(status) == "string" then
+    if r.keepalive and not r.last and r.version == "1.1"
+        and r.method ~= "HEAD" and status ~= "" then
+      conn:write(text_head(opts, #status), status)
+      return true
+    end
     return send_response(conn, r, opts, 200, TEXT, status)
   end
   if type(body) ~= "string" and body ~= nil then
