@@ -7,8 +7,11 @@
 ** simply retries. Failures return nil, msg; only misuse raises.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -22,6 +25,8 @@
 #define FILL_MAX     (1u << 20)  /* most a read reserves ahead of data */
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
 #define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
+#define LC_BLOCKING 0x4000u   /* thread model: the socket was made blocking */
+#define LC_BLOCKRD  0x8000u   /* the next fill may block (read_waitio) */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
 /*
 ** User values. A stream request has one, a datagram two; the fields
@@ -86,6 +91,7 @@ static double conn_timeout (struct lconn *c) {
 */
 static void start_op (struct lconn *c) {
   c->deadline = -1;
+  c->flags &= ~LC_BLOCKRD;
 }
 
 
@@ -122,6 +128,51 @@ static int waitio (lua_State *L, struct lconn *c, unsigned ev,
                     deadline_of(c));
   if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
   return rc;
+}
+
+
+/*
+** Thread model: a handler thread waiting for input sleeps in the read
+** itself (blocking socket, SO_RCVTIMEO) instead of poll + read, which
+** saves a syscall per message. Only for an accepted stream whose timeout
+** is the server's: SO_RCVTIMEO (set once) then ends the read no later
+** than BLOCK_SLACK after the operation's deadline. A stop interrupts the
+** read (model_thread.c signals the running threads: EINTR, since a
+** timeout is set), and the wait then polls as before, up to the cut.
+*/
+#define BLOCK_SLACK 0.01
+#define BLOCK_NOTIMEOUT 3600  /* --timeout 0: SO_RCVTIMEO so that EINTR */
+
+static int try_block_read (struct lconn *c) {
+  const struct config *cfg = c->x->w->cfg;
+  double d, t = cfg->timeout > 0 ? cfg->timeout : BLOCK_NOTIMEOUT;
+  if (cfg->model != MODEL_THREAD || c->timeout >= 0 ||
+      (c->flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
+      worker_stopping(c->x->w))
+    return 0;
+  if ((d = deadline_of(c)) > 0 && d < monotonic_now() + t - BLOCK_SLACK)
+    return 0;  /* a later wait of the operation: poll for the rest */
+  if (!(c->flags & LC_BLOCKING)) {
+    struct timeval tv;
+    int fl = fcntl(c->fd, F_GETFL);
+    tv.tv_sec = (time_t)t;
+    tv.tv_usec = (suseconds_t)((t - (double)tv.tv_sec) * 1e6);
+    if (fl < 0 ||
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+      return 0;
+    c->flags |= LC_BLOCKING;
+  }
+  c->flags |= LC_BLOCKRD | LC_READABLE;
+  return 1;
+}
+
+
+/* waitio for the reads, which fill right after it returns. */
+static int read_waitio (lua_State *L, struct lconn *c, unsigned ev,
+                        lua_KContext kc, lua_KFunction k) {
+  if (ev == EV_READ && !c->x->ops->yields && try_block_read(c)) return 0;
+  return waitio(L, c, ev, kc, k);
 }
 
 
@@ -184,8 +235,15 @@ static int fill (struct lconn *c, size_t want) {
       buf_reserve(&c->in, want, &c->x->pool) < 0)
     return -ENOMEM;
   space = buf_space(&c->in);
-  do n = read(c->fd, buf_tail(&c->in), space);
-  while (n < 0 && errno == EINTR);
+  if (c->flags & LC_BLOCKRD) {  /* one blocking try; EINTR: a stop */
+    c->flags &= ~LC_BLOCKRD;
+    n = recv(c->fd, buf_tail(&c->in), space, 0);
+    if (n < 0 && errno == EINTR) errno = EAGAIN;
+  }
+  else {
+    do n = recv(c->fd, buf_tail(&c->in), space, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+  }
   if (n > 0) {
     c->in.end += (size_t)n;
     c->nin += (unsigned long long)n;
@@ -218,7 +276,8 @@ static int flush_some (struct lconn *c) {
   while (buf_len(&c->out) > 0) {
     ssize_t n;
     if (!(c->flags & LC_WRITABLE)) return -EAGAIN;
-    n = send(c->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL);
+    n = send(c->fd, buf_head(&c->out), buf_len(&c->out),
+             MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
       if ((size_t)n < buf_len(&c->out)) c->flags &= ~LC_WRITABLE;
       buf_consume(&c->out, (size_t)n);
@@ -411,7 +470,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
     if (rc != -EAGAIN) break;
     if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
     if ((rc = read_wait_event(c)) < 0) break;
-    rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
+    rc = read_waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
     if (lines) return luaL_error(L, "%s", lsrv_strerror(rc));
@@ -456,7 +515,7 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
     if (rc != -EAGAIN) break;
     release_in(c);
     if ((rc = read_wait_event(c)) < 0) break;
-    rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
+    rc = read_waitio(L, c, (unsigned)rc, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
   push_bytes(L, c, max < buf_len(&c->in) ? max : buf_len(&c->in));
@@ -567,7 +626,7 @@ static size_t write_direct (struct lconn *c, const char *s, size_t len) {
   ssize_t n;
   if (buf_len(&c->out) > 0 || len < DIRECT_WRITE || !(c->flags & LC_WRITABLE))
     return 0;
-  do n = send(c->fd, s, len, MSG_NOSIGNAL);
+  do n = send(c->fd, s, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
   if (n <= 0) return 0;  /* the buffered path reports the error */
   if ((size_t)n < len) c->flags &= ~LC_WRITABLE;

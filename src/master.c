@@ -140,7 +140,6 @@ static void run_worker (struct master *m, int id, int ready_wfd,
   close_master_fds(m);
   if (m->mls.fd >= 0) close(m->mls.fd);
   unsetenv("NOTIFY_SOCKET");  /* the master speaks for the server */
-  sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   if (m->cfg->setuser) {
     gid_t gid = (gid_t)m->cfg->gid;
     if (setgroups(1, &gid) < 0 || setgid(gid) < 0 ||
@@ -155,7 +154,10 @@ static void run_worker (struct master *m, int id, int ready_wfd,
   }
   w.ready_fd = ready_wfd;
   if (m->metrics != NULL) w.mslot = &m->metrics[id];
+  /* the handlers first, then unblock: a SIGTERM that came after the fork
+  ** is pending, and must stop the worker gracefully, not kill it */
   worker_signals_install(&w);
+  sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   rc = worker_run(&w);
   worker_close(&w);
   exit(rc);

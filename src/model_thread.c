@@ -30,6 +30,9 @@
 #define CUT_SLACK 0.5         /* after the grace, for cut requests to unwind */
 #define GROW_DELAY 0.002      /* a busy thread may be just finishing */
 #define RETRY_GROW 1.0        /* after a thread could not load its state */
+#define KICK_EVERY 0.01       /* stopping: how often running threads are
+                              ** signalled out of a blocking read */
+#define KICK_SIG (SIGRTMIN + 1)
 
 /* An accepted request on its way to a handler thread. */
 struct job {
@@ -169,6 +172,11 @@ static void *thread_main (void *arg) {
   struct hthread *h = arg;
   struct tpool *p = h->p;
   int ok = h->x != NULL || load(h) == 0;
+  sigset_t kick;
+  /* a stop interrupts a read blocked in lreq.c's fill (EINTR) */
+  sigemptyset(&kick);
+  sigaddset(&kick, KICK_SIG);
+  pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
   pthread_mutex_lock(&p->mu);
   p->nstarting--;
   if (!ok) {  /* the error is logged; others serve the queue meanwhile */
@@ -440,6 +448,25 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 }
 
 
+static void on_kick (int signo) {
+  (void)signo;
+}
+
+
+/*
+** Handler threads may sleep in a blocking read (lreq.c) that the stop
+** pipe cannot wake: signal the running ones. A signal that lands just
+** before a thread enters its read is lost, hence the repeats while
+** stopping.
+*/
+static void kick_running (struct tpool *p) {
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; i < p->nthreads; i++)
+    if (p->threads[i]->running) pthread_kill(p->threads[i]->tid, KICK_SIG);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
 /*
 ** Serves until stopping, then waits for the requests in flight: up to
 ** the grace, when worker_block cuts their waits, and a little more for
@@ -455,7 +482,9 @@ static long serve (struct tpool *p) {
       update_accepting(p);  /* which also asks to hear of each end */
       busy = busy_jobs(p);
       if (busy == 0 || left <= 0) return busy;
+      kick_running(p);
       if (left < wait) wait = left;
+      if (wait > KICK_EVERY) wait = KICK_EVERY;
     }
     if (evloop_run_once(p->loop, wait) < 0) return busy_jobs(p);
   }
@@ -580,6 +609,14 @@ int model_thread_serve (struct worker *w) {
     log_error("error: %s", strerror(errno ? errno : ENOMEM));
     pool_free(p, 0);
     return 1;
+  }
+  {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_kick;
+    sa.sa_flags = SA_RESTART;  /* reads with SO_RCVTIMEO fail with EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(KICK_SIG, &sa, NULL);
   }
   if (first_thread(p) < 0) {
     pool_free(p, 0);
