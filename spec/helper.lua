@@ -22,6 +22,7 @@ spec returns this same table.
   H.lines(s), H.count(s, pattern, plain), H.error_lines(s)
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
+  H.free_port(), H.children(pid), H.eventually(fn, secs)
 ]]
 
 local T = require "luasrv.test"
@@ -146,6 +147,43 @@ end
 
 function H.exists (path) return test("-e", path) end
 function H.is_socket (path) return test("-S", path) end
+
+
+-- a TCP port on 127.0.0.1 that was free a moment ago
+function H.free_port ()
+  local s = assert(require("socket").bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+
+-- the pids whose parent is pid (a master's workers), sorted, from /proc
+function H.children (pid)
+  local kids = {}
+  local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
+  for line in p:lines() do
+    -- "PID (COMM) STATE PPID ...": COMM may hold spaces and parens
+    local cpid, ppid = line:match("^(%d+) %(.*%) %a (%d+) ")
+    if cpid and tonumber(ppid) == pid then kids[#kids + 1] = tonumber(cpid) end
+  end
+  p:close()
+  table.sort(kids)
+  return kids
+end
+
+
+-- polls fn() until it returns a true value, for up to secs * H.scale;
+-- returns its last value
+function H.eventually (fn, secs)
+  local deadline = T.now() + secs * H.scale
+  repeat
+    local v = fn()
+    if v then return v end
+    T.sleep(0.05)
+  until T.now() > deadline
+  return fn()
+end
 
 
 function H.elapsed (fn, ...)

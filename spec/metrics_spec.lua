@@ -5,12 +5,7 @@ local H = require "helper"
 local T = H.T
 local socket = require "socket"
 
-local function free_port ()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local free_port = H.free_port
 
 -- sums a metric over its workers: { requests = n, ... }
 local function scrape (port)

@@ -32,12 +32,7 @@ local function v2 (ip, port)
     "\127\0\0\1" .. string.pack(">I2I2", port, 80)
 end
 
-local function free_port ()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local free_port = H.free_port
 
 H.for_models(function (model)
 

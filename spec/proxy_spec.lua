@@ -10,12 +10,7 @@ local function have (cmd)
   return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
 end
 
-local function free_port ()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = H.free_port
 
 -- the upstream: echoes each line upper-cased; "quit" closes
 local UPSTREAM = [[

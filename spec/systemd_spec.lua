@@ -7,12 +7,7 @@ local T = H.T
 local socket = require "socket"
 local unix = require "socket.unix"
 
-local function free_port ()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local free_port = H.free_port
 
 local function readfile (path)
   local f = io.open(path)

@@ -6,30 +6,11 @@ local H = require "helper"
 local T = H.T
 
 -- the children of pid, from /proc (the workers of a master)
-local function children (pid)
-  local kids = {}
-  local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
-  for line in p:lines() do
-    -- "PID (COMM) STATE PPID ...": COMM may hold spaces and parens
-    local cpid, ppid = line:match("^(%d+) %(.*%) %a (%d+) ")
-    if cpid and tonumber(ppid) == pid then kids[#kids + 1] = tonumber(cpid) end
-  end
-  p:close()
-  table.sort(kids)
-  return kids
-end
+local children = H.children
 
 
 -- waits until fn() is true, up to secs; returns its last value
-local function eventually (fn, secs)
-  local deadline = T.now() + secs * H.scale
-  repeat
-    local v = fn()
-    if v then return v end
-    T.sleep(0.05)
-  until T.now() > deadline
-  return fn()
-end
+local eventually = H.eventually
 
 
 local function ask (srv, line)
