@@ -22,8 +22,8 @@
 /* Takes the header's source address as the client's, if it fits. */
 static void take_source (struct lconn *c, const struct sockaddr_storage *src,
                          socklen_t len) {
-  size_t room = c->peerlen > sizeof(struct sockaddr_in6)
-                ? c->peerlen : sizeof(struct sockaddr_in6);  /* LCONN_SIZE */
+  /* what the object was allocated to hold (it has not changed yet) */
+  size_t room = LCONN_SIZE(c->peerlen) - offsetof(struct lconn, peer);
   if (src->ss_family == AF_UNSPEC || len == 0) return;  /* LOCAL, UNKNOWN */
   if (len > room) {  /* a v2 Unix path longer than the object holds */
     log_debug("PROXY header: a source address of %u bytes kept out", len);

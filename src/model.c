@@ -58,7 +58,7 @@ void model_count_request (struct worker *w) {
 
 
 /* Logs "what" for a client at most once a second, with a count of the rest. */
-static void log_limited (struct worker *w, double *last, long *count,
+static void log_limited (double *last, long *count,
                          const char *what, const struct sockaddr_storage *peer) {
   double now = monotonic_now();
   char addr[ADDRESS_STRLEN];
@@ -72,7 +72,6 @@ static void log_limited (struct worker *w, double *last, long *count,
     log_warn("%s %s", what, addr);
   *last = now;
   *count = 0;
-  (void)w;
 }
 
 
@@ -89,7 +88,7 @@ int model_allowed (struct worker *w, const struct sockaddr_storage *peer) {
   if (w->cfg->nacl == 0 ||
       acl_allows(w->cfg->acl, w->cfg->nacl, (const struct sockaddr *)peer))
     return 1;
-  log_limited(w, &w->refused_logged, &w->refused,
+  log_limited(&w->refused_logged, &w->refused,
               "refused (--allow/--deny) a client from", peer);
   return 0;
 }
@@ -101,7 +100,7 @@ static int admit (struct worker *w, const struct sockaddr_storage *peer) {
   if (w->sources == NULL || srckey_of((const struct sockaddr *)peer, &k) < 0 ||
       srctab_enter(w->sources, &k) != 0)
     return 1;
-  log_limited(w, &w->refused_logged, &w->refused,
+  log_limited(&w->refused_logged, &w->refused,
               "refused (--max-per-source) a client from", peer);
   return 0;
 }

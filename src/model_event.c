@@ -546,8 +546,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)loop;
   (void)fd;
   (void)ev;
-  if (worker_signals(e->w) & WSIG_RELOAD)
-    log_warn("SIGHUP: reload is not available in this build yet");
+  worker_signals(e->w);
   update_accepting(e);
 }
 
@@ -619,8 +618,7 @@ int model_event_serve (struct worker *w) {
   model_ready(w);
   serve(&e);
   timer_stop(e.loop, &e.service);
-  lstate_call_hook(e.x, "server_close", 0);
-  lstate_close(e.x);  /* closes what was cut short, through __gc */
+  model_finish(e.x);  /* closes what was cut short, through __gc */
   smallpool_free(&e.small);
   free_tasks(e.pool);
   free_tasks(e.running);  /* cut short at the end of the grace period */

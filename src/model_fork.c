@@ -280,8 +280,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)loop;
   (void)fd;
   (void)ev;
-  if (worker_signals(f->w) & WSIG_RELOAD)
-    log_warn("SIGHUP: reload is not available in this build yet");
+  worker_signals(f->w);
   update_accepting(f);
 }
 

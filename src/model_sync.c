@@ -75,8 +75,7 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)loop;
   (void)fd;
   (void)ev;
-  if (worker_signals(s->w) & WSIG_RELOAD)
-    log_warn("SIGHUP: reload is not available in this build yet");
+  worker_signals(s->w);
 }
 
 

@@ -18,27 +18,20 @@
 #include "worker.h"
 
 /* Set by signal handlers; read by the worker's loop. */
-static volatile sig_atomic_t sig_hup, sig_ints;
+static volatile sig_atomic_t sig_ints;
 /* Also read by handler threads (worker_block): an atomic, which is as
 ** safe in a signal handler as sig_atomic_t when lock-free. */
 static atomic_int sig_stop;
 /* Written once before the handlers are installed, read-only after. */
 static int sig_stop_wfd = -1, sig_wake_wfd = -1;
-static const struct listener *sig_ls;
-static int sig_nls;
 
 
 static void on_signal (int signo) {
   int saved = errno;
-  if (signo == SIGINT && sig_ints++ > 0) {  /* a second ^C: leave now */
-    for (int i = 0; i < sig_nls; i++) listener_unlink(&sig_ls[i]);
-    _exit(130);
-  }
-  if (signo == SIGHUP) sig_hup = 1;
-  else {
-    sig_stop = 1;
-    if (write(sig_stop_wfd, "s", 1) < 0) { /* full pipe: already stopping */ }
-  }
+  /* a second ^C: leave now (the master removes the socket files) */
+  if (signo == SIGINT && sig_ints++ > 0) _exit(130);
+  sig_stop = 1;
+  if (write(sig_stop_wfd, "s", 1) < 0) { /* full pipe: already stopping */ }
   if (write(sig_wake_wfd, "w", 1) < 0) { /* full pipe: a wake-up is pending */ }
   errno = saved;
 }
@@ -98,8 +91,6 @@ void worker_signals_install (struct worker *w) {
   struct sigaction sa;
   sig_stop_wfd = w->stop_fd[1];
   sig_wake_wfd = w->sig_fd[1];
-  sig_ls = w->ls;
-  sig_nls = w->nls;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
@@ -123,20 +114,11 @@ void worker_stop (struct worker *w) {
 }
 
 
-int worker_signals (struct worker *w) {
-  int bits = 0;
+void worker_signals (struct worker *w) {
   char drain[64];
   while (read(w->sig_fd[0], drain, sizeof drain) > 0)
     ;
-  if (sig_stop) {
-    bits |= WSIG_STOP;
-    worker_stop(w);
-  }
-  if (sig_hup) {
-    sig_hup = 0;
-    bits |= WSIG_RELOAD;
-  }
-  return bits;
+  if (sig_stop) worker_stop(w);
 }
 
 

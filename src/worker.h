@@ -31,22 +31,21 @@ struct worker {
   struct mslot *mslot;        /* --metrics: this worker's counters, or NULL */
 };
 
-/* Signal bits returned by worker_signals. */
-#define WSIG_STOP   1
-#define WSIG_RELOAD 2
-
 int worker_init (struct worker *w, const struct config *cfg,
                  struct listener *ls, int nls, int id);
 void worker_close (struct worker *w);
 
-/* Installs the handlers (SIGTERM, SIGINT, SIGHUP; SIGPIPE ignored). */
+/*
+** Installs the handlers (SIGTERM, SIGINT); SIGHUP and SIGPIPE are ignored:
+** the master reloads, and a vanished client is an error, not a death.
+*/
 void worker_signals_install (struct worker *w);
 
 /*
-** Turns pending signal flags into worker state; returns WSIG_* bits.
-** Safe to call from any thread of the worker.
+** Turns pending signal flags into worker state (a stop). Safe to call
+** from any thread of the worker.
 */
-int worker_signals (struct worker *w);
+void worker_signals (struct worker *w);
 
 /* Starts a graceful stop (server:shutdown(), SIGTERM): idempotent. */
 void worker_stop (struct worker *w);
