@@ -455,8 +455,8 @@ static int read_k (lua_State *L, int status, lua_KContext ctx);
 ** A lines loop that fails before a byte of the next line came: the
 ** client stayed idle past its timeout or went away. That is how most
 ** connections end, not a handler error: the loop ends (returns 1) and
-** one info line says why. A partial line, a line too long, a cut by the
-** shutdown still raise; req:read returns every failure.
+** one info line says why. A partial line or a line too long still
+** raise; req:read returns every failure.
 */
 static int lines_idle_end (struct lconn *c, int rc) {
   char peer[ADDRESS_STRLEN];
@@ -464,6 +464,7 @@ static int lines_idle_end (struct lconn *c, int rc) {
   if (buf_len(&c->in) > 0) return 0;
   if (rc == ERR_TIMEOUT) why = "idle past its timeout";
   else if (rc == -ECONNRESET || rc == -EPIPE) why = "reset by the client";
+  else if (rc == ERR_CUT) why = "idle when the shutdown grace ended";
   else return 0;
   if (log_enabled(LOG_INFO)) {
     address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,

@@ -14,6 +14,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "lload.h"
 #include "log.h"
 #include "lsrv.h"
 
@@ -205,7 +206,7 @@ static int check_hooks (lua_State *L, const char *script, char *err,
 /* Runs the script; leaves its hooks table on the stack. */
 static int load_script (lua_State *L, const char *script, char *err,
                         size_t errlen) {
-  if (luaL_loadfile(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+  if (lload_script(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
     return -1;
   }
@@ -258,6 +259,7 @@ static void add_module_path (lua_State *L) {
 static void openlibs (lua_State *L) {
   luaL_openlibs(L);
   add_module_path(L);
+  lload_install(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
