@@ -10,6 +10,10 @@
 --                                trailing \ continues it), the lines
 --                                below it are its output
 --   ```sh norun                  a command to read, not run here
+--   ```log [pending]             right after a transcript: lines its
+--                                servers log, in this order, a traceback
+--                                shown whole (any client port of
+--                                127.0.0.1 matches any other)
 --
 -- A transcript runs from the repository root with build/luasrv replaced
 -- by the binary under test, its ports (127.0.0.1:PORT, and those numbers
@@ -222,18 +226,35 @@ local function startup_lines (srv)
   return table.concat(t, "\n")
 end
 
-local function run_server (step, cmd)
+local function run_server (step, cmd, servers)
   local env, argv = split_command(cmd:gsub("%s*&$", ""))
   assert(argv[1] == T.bin, "a server line starts with build/luasrv: " .. cmd)
   local args = {}
   for i = 3, #argv do args[#args + 1] = argv[i] end
   local srv = T.start{ script = argv[2], args = args, env = env }
   H.defer(function () srv:stop() end)
+  servers[#servers + 1] = srv
   return srv
+end
+
+-- true if the lines of expect appear one after the other in text
+local function logged (expect, text)
+  local function norm (l) return (l:gsub("127%.0%.0%.1:%d+", "127.0.0.1:PORT")) end
+  local got = split_lines(text)
+  for start = 1, #got - #expect + 1 do
+    local ok = true
+    for i, e in ipairs(expect) do
+      if not line_matches(norm(e), norm(got[start + i - 1])) then ok = false; break end
+    end
+    local after = got[start + #expect]
+    if ok and not (after and after:match("^\t")) then return true end
+  end
+  return false
 end
 
 local function run_block (block, files, dir)
   local here = localizer(block, dir, files)
+  local servers = {}
   for name, f in pairs(files) do  -- the page's files, with this block's ports
     writefile(dir .. "/" .. name, (here(f.text)))
   end
@@ -242,7 +263,7 @@ local function run_block (block, files, dir)
     local expect = {}
     for i, e in ipairs(step.expect) do expect[i] = here(e) end
     if cmd:match("&$") then
-      local srv = run_server(step, cmd)
+      local srv = run_server(step, cmd, servers)
       assert_shows(expect, startup_lines(srv), "$ " .. step.cmd)
     else
       local p = io.popen("timeout 30 bash -c " .. quote(cmd) .. " 2>&1")
@@ -252,6 +273,17 @@ local function run_block (block, files, dir)
       assert_shows(expect, out, "$ " .. step.cmd)
     end
   end
+  if block.log and not block.log.attrs.pending then
+    local function all () local t = {}
+      for _, srv in ipairs(servers) do t[#t + 1] = srv:stderr() end
+      return table.concat(t)
+    end
+    local expect = {}
+    for i, e in ipairs(block.log.lines) do expect[i] = here(e) end
+    local ok = H.eventually(function () return logged(expect, all()) end, 5)
+    assert(ok, ("the servers did not log:\n%s\nthey logged:\n%s"):format(
+      table.concat(expect, "\n"), all()))
+  end
 end
 
 -- }======================================================
@@ -259,6 +291,13 @@ end
 
 for _, page in ipairs(pages) do
   local blocks = blocks_of(readfile(page))
+  for i, b in ipairs(blocks) do  -- a log block belongs to the transcript before it
+    if b.lang == "log" then
+      assert(blocks[i - 1] and blocks[i - 1].attrs.run,
+             page .. ":" .. b.line .. ": a log block follows a transcript")
+      blocks[i - 1].log = b
+    end
+  end
 
   describe(page, function ()
     local files, dir = {}, nil
@@ -297,6 +336,9 @@ for _, page in ipairs(pages) do
       end
       if b.lang == "sh" and b.attrs.run then
         local tool = missing_tool(b.text)
+        if b.log and b.log.attrs.pending then
+          pending(("%s:%d logs as shown (pending)"):format(page, b.log.line))
+        end
         if b.attrs.pending or tool then
           pending(where .. " runs as shown (" ..
             (tool and tool .. " is not installed" or "pending") .. ")")
@@ -373,7 +415,7 @@ describe("the docs", function ()
      function ()
     local readme = readfile("README.md")
     local n = select(2, readme:gsub("\n", ""))
-    assert(n <= 220, "README.md has " .. n .. " lines")
+    assert(n <= 210, "README.md has " .. n .. " lines")
     assert.truthy(readme:find("(doc/handlers.md#reading)", 1, true))
     assert.truthy(readme:find("(doc/handlers.md#timeouts)", 1, true))
   end)
