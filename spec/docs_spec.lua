@@ -266,7 +266,7 @@ local function run_block (block, files, dir)
       local srv = run_server(step, cmd, servers)
       assert_shows(expect, startup_lines(srv), "$ " .. step.cmd)
     else
-      local p = io.popen("timeout 30 bash -c " .. quote(cmd) .. " 2>&1")
+      local p = io.popen("timeout 30 bash -c " .. quote(cmd) .. " </dev/null 2>&1")
       local out = p:read("a")
       p:close()
       if block.attrs.crlf then out = out:gsub("\r\n", "\n") end
