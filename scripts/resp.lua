@@ -21,7 +21,9 @@
 --
 -- Expiry is lazy (a key past its deadline is deleted when touched) plus a
 -- sweep of the keys that have a deadline from service_actions (every 0.5 s).
--- Deadlines use the monotonic clock, so EXPIREAT/PXAT are not offered.
+-- Deadlines are whole milliseconds of the monotonic clock (so EXPIREAT/PXAT
+-- are not offered); a time whose deadline would leave the 64-bit range is
+-- refused, as Redis refuses it.
 local luasrv = require "luasrv"
 local resp = require "luasrv.resp"
 
@@ -40,8 +42,14 @@ local SYNTAX_ERR = err("ERR syntax error")
 --[[ The keyspace ]]
 
 local db = {}        -- key -> value: a string, or a list (see below)
-local expires = {}   -- key -> deadline in luasrv.now() seconds
+local expires = {}   -- key -> deadline in now_ms() milliseconds
 local nkeys = 0      -- number of keys in db, for DBSIZE
+
+-- the monotonic clock in whole milliseconds: an integer, so deadlines and
+-- what TTL answers stay integers
+local function now_ms ()
+  return math.floor(luasrv.now() * 1000)
+end
 
 local function delete (key)
   if db[key] == nil then return false end
@@ -55,7 +63,7 @@ local function lookup (key)
   local v = db[key]
   if v == nil then return nil end
   local deadline = expires[key]
-  if deadline and deadline <= luasrv.now() then
+  if deadline and deadline <= now_ms() then
     delete(key)
     return nil
   end
@@ -75,7 +83,7 @@ end
 
 -- deletes every key whose deadline has passed
 local function purge_expired ()
-  local now = luasrv.now()
+  local now = now_ms()
   for key, deadline in pairs(expires) do
     if deadline <= now then delete(key) end   -- clearing during pairs is ok
   end
@@ -153,6 +161,20 @@ local function command (name, arity, fn)
   commands[name] = { name = name, arity = arity, fn = fn,
     min = arity > 0 and arity or -arity,     -- words allowed, with the name
     max = arity > 0 and arity or math.huge }
+end
+
+-- Redis's limit for a time in seconds: its milliseconds must fit 64 bits
+local MAX_SECONDS = math.maxinteger // 1000
+
+local function invalid_expire (name)
+  return err(("ERR invalid expire time in '%s' command"):format(name))
+end
+
+-- the deadline ms milliseconds from now, or nil when it would not fit
+local function deadline_in (ms)
+  local now = now_ms()
+  if ms > math.maxinteger - now then return nil end
+  return now + ms
 end
 
 local function wrong_args (name)
@@ -261,7 +283,7 @@ end)
 
 -- SET key value [NX|XX] [GET] [EX s|PX ms|KEEPTTL]
 command("set", -3, function (argv, n)
-  local key, cond, get, ttl, keep_ttl = argv[2], nil, false, nil, false
+  local key, cond, get, deadline, keep_ttl = argv[2], nil, false, nil, false
   local i = 4
   while i <= n do
     local opt = argv[i]:upper()
@@ -269,17 +291,18 @@ command("set", -3, function (argv, n)
       cond = opt
     elseif opt == "GET" then
       get = true
-    elseif opt == "KEEPTTL" and not ttl then
+    elseif opt == "KEEPTTL" and not deadline then
       keep_ttl = true
-    elseif (opt == "EX" or opt == "PX") and not ttl and not keep_ttl
+    elseif (opt == "EX" or opt == "PX") and not deadline and not keep_ttl
         and i < n then
       i = i + 1
       local t = to_int(argv[i])
       if t == nil then return INT_ERR end
-      if t <= 0 then
-        return err("ERR invalid expire time in 'set' command")
+      if t <= 0 or (opt == "EX" and t > MAX_SECONDS) then
+        return invalid_expire("set")
       end
-      ttl = opt == "EX" and t or t / 1000
+      deadline = deadline_in(opt == "EX" and t * 1000 or t)
+      if deadline == nil then return invalid_expire("set") end
     else
       return SYNTAX_ERR
     end
@@ -291,7 +314,7 @@ command("set", -3, function (argv, n)
     return get and bulk(old) or NULL
   end
   store(key, argv[3], keep_ttl)
-  if ttl then expires[key] = luasrv.now() + ttl end
+  if deadline then expires[key] = deadline end
   if get then return bulk(old) end
   return OK
 end)
@@ -387,18 +410,26 @@ command("keys", 2, function (argv)
   return array(out)
 end)
 
--- EXPIRE / PEXPIRE key time [NX|XX|GT|LT]; scale: seconds per unit
+-- EXPIRE / PEXPIRE key time [NX|XX|GT|LT]; scale: milliseconds per unit.
+-- A time may be negative (the key is deleted), but not so far from 0 that
+-- its deadline leaves the 64-bit range (Redis's checks, in its order).
 local function expire_command (name, scale)
   command(name, -3, function (argv, n)
-    local key, t = argv[2], to_int(argv[3])
-    if t == nil then return INT_ERR end
+    local key, t = argv[2], nil
     local cond = n >= 4 and argv[4]:upper() or nil
     if n > 4 or (cond and not (cond == "NX" or cond == "XX" or cond == "GT"
         or cond == "LT")) then
       return err("ERR Unsupported option " .. argv[n])
     end
+    t = to_int(argv[3])
+    if t == nil then return INT_ERR end
+    if scale == 1000 and (t > MAX_SECONDS or t < -MAX_SECONDS) then
+      return invalid_expire(name)
+    end
+    local deadline = deadline_in(t * scale)
+    if deadline == nil then return invalid_expire(name) end
     if lookup(key) == nil then return int(0) end
-    local old, deadline = expires[key], luasrv.now() + t * scale
+    local old = expires[key]
     if (cond == "NX" and old) or (cond == "XX" and not old)
         or (cond == "GT" and (not old or deadline <= old))
         or (cond == "LT" and old and deadline >= old) then
@@ -408,8 +439,8 @@ local function expire_command (name, scale)
     return int(1)
   end)
 end
-expire_command("expire", 1)
-expire_command("pexpire", 0.001)
+expire_command("expire", 1000)
+expire_command("pexpire", 1)
 
 -- TTL / PTTL key: -2 no such key, -1 no deadline, else the time left
 local function ttl_command (name, ms)
@@ -418,7 +449,8 @@ local function ttl_command (name, ms)
     if lookup(key) == nil then return int(-2) end
     local deadline = expires[key]
     if not deadline then return int(-1) end
-    local left = math.floor((deadline - luasrv.now()) * 1000 + 0.5)
+    local left = deadline - now_ms()
+    if left < 0 then left = 0 end
     return int(ms and left or (left + 500) // 1000)
   end)
 end
