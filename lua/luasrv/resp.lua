@@ -271,6 +271,11 @@ local OUT_MAX = 64 * 1024   -- replies collected before they are written
 local ARRAY_LEN = {}
 for i = 0, 64 do ARRAY_LEN["*" .. i .. "\r"] = i end
 
+-- the value of each byte that is a digit, false for the others: an array,
+-- so telling one costs an index, not two comparisons
+local DIGIT = {}
+for c = 1, 255 do DIGIT[c] = c >= 48 and c <= 57 and c - 48 end
+
 local function too_long (err)
   if err == "line too long" then      -- longer than --max-line
     return PROTOCOL .. "too big inline request"
@@ -319,6 +324,27 @@ function M.serve (req, dispatch)
   end
 
   while true do
+    -- the usual case first: "*1\r\n$L\r\n", a one-word command whose
+    -- name (L < 10 bytes) is here, told from its bytes
+    local c1, c2, c3, c4, c5, c6, c7, c8 = byte(buf, pos, pos + 7)
+    if c2 == 49 and c1 == 42 and c3 == 13 and c4 == 10 and c5 == 36
+        and c7 == 13 and c8 == 10 then
+      local len = DIGIT[c6]
+      if len and pos + len + 9 <= size then
+        argv[1] = sub(buf, pos + 8, pos + len + 7)
+        pos = pos + len + 10
+        if last_n > 1 then
+          for i = 2, last_n do argv[i] = nil end
+        end
+        last_n = 1
+        local reply, quit = dispatch(argv, 1)
+        nout, outlen = nout + 1, outlen + #reply
+        out[nout] = reply
+        if quit == "quit" then break end
+        if outlen > OUT_MAX then flush() end
+        goto continue
+      end
+    end
     words, err, first = argv, nil, 1
     if pos > size then   -- nothing left here: the core reads the line
       if nout > 0 then flush() end
@@ -346,8 +372,7 @@ function M.serve (req, dispatch)
         size = #buf
       end
     else
-      -- "*N\r\n$L\r\n", N and L < 10, told from its bytes: no string made
-      local c1, c2, c3, c4, c5, c6, c7, c8 = byte(buf, pos, pos + 7)
+      -- "*N\r\n$L\r\n", N and L < 10: the header and the first element
       if c1 == 42 and c3 == 13 and c4 == 10 and c2 >= 48 and c2 <= 57 then
         n, pos = c2 - 48, pos + 4
         if c5 == 36 and c7 == 13 and c8 == 10 and c6 >= 48 and c6 <= 57
@@ -357,18 +382,6 @@ function M.serve (req, dispatch)
           if crlf + 1 <= size then
             argv[1] = sub(buf, data, crlf - 1)
             pos, first = crlf + 2, 2
-            if n == 1 then   -- a one-word command: straight to dispatch
-              if last_n > 1 then
-                for i = 2, last_n do argv[i] = nil end
-              end
-              last_n = 1
-              local reply, quit = dispatch(argv, 1)
-              nout, outlen = nout + 1, outlen + #reply
-              out[nout] = reply
-              if quit == "quit" then break end
-              if outlen > OUT_MAX then flush() end
-              goto continue
-            end
           end
         end
       elseif c1 == 42 then   -- a longer header: parse it
