@@ -469,7 +469,8 @@ function tcp:setkeepalive (ms, size)
     error("bad argument #2 to 'setkeepalive' (bad pool size)", 2)
   end
   reset(self)
-  local idle = ms == nil and nil or ms / 1000
+  local idle
+  if ms ~= nil then idle = ms / 1000 end
   local ok, err = c:setkeepalive(idle, size and floor(tonumber(size)) or
                                  self.pool_size or DEFAULT_POOL_SIZE)
   if not ok then
@@ -981,9 +982,13 @@ ngx.re = strict(re, "ngx.re.")
 
 -- {====================================================== threads, shared
 
-local function thread_main (req, fn, ...)  -- req: for current_req
+local function pass (...) return ... end
+
+-- req is there for current_req: fn must not be a tail call, which would
+-- take this frame off the stack
+local function thread_main (req, fn, ...)
   local _ = req
-  return fn(...)
+  return pass(fn(...))
 end
 
 ngx.thread = strict({
