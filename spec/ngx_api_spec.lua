@@ -283,6 +283,11 @@ H.for_models(function (model)
         local d = ngx.shared.cache
         d:set("k", 1)
         local n = d:incr("k", 2)
+        local a, aerr = d:add("k", 5)
+        local v, flags = d:get("k")
+        assert(a == false and aerr == "exists" and v == 3 and flags == nil)
+        assert(d:get_keys()[1] == "k")
+        assert(not pcall(function () return d.lpush end))
         ngx.log(ngx.ERR, "from ngx.log: ", 42, " ", true)
         ngx.log(ngx.DEBUG, "not shown")
         local t0 = luasrv.now()
@@ -322,6 +327,27 @@ H.for_models(function (model)
                     1, "hi!", false, true, true, n = 15 }, res)
     end)
 
+    it("writes with ngx.say and ngx.print, reads with ngx.req.socket",
+       function ()
+      local s = N.start{ model = model, body = [[
+        return { handle = function (req)
+          local sock = ngx.req.socket()
+          local line = sock:receive()
+          local head = sock:receiveuntil("--")()
+          ngx.say("got ", line, " ", 1, { 2.0, { true } }, ngx.null, nil)
+          ngx.print(head, "!")
+          ngx.flush()
+          local ok, err = sock:setkeepalive()
+          ngx.say(tostring(ok), " ", err)
+        end }
+      ]] }
+      local c = s:connect()
+      c:send("hello\nhead--")
+      assert.equals("got hello 12truenullnil", c:receive())
+      assert.equals("head!nil not supported on the request's socket",
+                    c:receive())
+    end)
+
     it("raises a clear error for what is not provided", function ()
       local res = ask [[
         local function err (f) local ok, e = pcall(f) return (tostring(e):gsub("^.-:%d+: ", "")) end
@@ -332,7 +358,7 @@ H.for_models(function (model)
                err(function () return ngx.socket.nope end),
                err(function () return ngx.re.split end) ]]
       assert.same({ "ngx.var is not supported by luasrv",
-                    "ngx.req is not supported by luasrv",
+                    "ngx.req.get_headers is not supported by luasrv",
                     "ngx.timer.at is not supported by luasrv yet",
                     "ngx.semaphore is not supported by luasrv yet",
                     "ngx.socket.nope is not supported by luasrv",

@@ -189,6 +189,7 @@ local function new_tcp ()
     ct = false, st = false, rt = false,  -- connect, send, read timeouts (ms)
     applied = -1,               -- the timeout the connection has now
     pool_size = false,
+    req = false,                -- ngx.req.socket(): the request itself
   }, tcp)
 end
 
@@ -202,7 +203,7 @@ end
 
 
 local function reset (self)
-  self.c, self.buf, self.pos, self.applied = false, "", 1, -1
+  self.c, self.buf, self.pos, self.applied, self.req = false, "", 1, -1, false
 end
 
 
@@ -460,6 +461,7 @@ function tcp:setkeepalive (ms, size)
   check_ms(ms, 1, "setkeepalive")
   local c = self.c
   if not c then return nil, "closed" end
+  if self.req then return nil, "not supported on the request's socket" end
   if self.pos <= #self.buf then
     c:close()
     reset(self)
@@ -1003,11 +1005,45 @@ ngx.thread = strict({
   kill = luasrv.kill,
 }, "ngx.thread.")
 
+--[[ ngx.shared.NAME: the --shared dictionary NAME, through methods with
+ngx's results: get returns no flags (luasrv has none), a failed add or
+replace returns false (luasrv: nil), get_keys is keys. The methods luasrv
+has no equivalent for raise.
+]]
+local function false_fail (ok, ...)
+  if ok == nil then return false, ... end
+  return ok, ...
+end
+
+local DICT_PASS = { "set", "incr", "delete", "ttl", "flush_all",
+                    "free_space", "capacity" }
+
+local function dict_proxy (d, name)
+  local p = {}
+  for _, m in ipairs(DICT_PASS) do
+    local f = d[m]
+    p[m] = function (_, ...) return f(d, ...) end
+  end
+  local get, add, replace, keys = d.get, d.add, d.replace, d.keys
+  p.get = function (_, k) return (get(d, k)) end
+  p.add = function (_, ...) return false_fail(add(d, ...)) end
+  p.replace = function (_, ...) return false_fail(replace(d, ...)) end
+  p.get_keys = function (_, max) return keys(d, max) end
+  return setmetatable(p, {
+    __index = function (_, k)
+      error("ngx.shared." .. name .. ":" .. tostring(k) ..
+            " is not supported by luasrv", 2)
+    end,
+    __tostring = function () return "ngx.shared." .. name end,
+  })
+end
+
 ngx.shared = setmetatable({}, { __index = function (t, name)
   local ok, d = pcall(function () return luasrv.shared[name] end)
-  if not ok then return nil end
-  rawset(t, name, d)
-  return d
+  if not ok or d == nil then return nil end
+  local p = dict_proxy(d, name)
+  rawset(t, name, p)
+  return p
 end })
 
 ngx.timer = strict({
@@ -1070,6 +1106,49 @@ ngx.get_phase = function ()
 end
 
 ngx.OK, ngx.ERROR, ngx.AGAIN, ngx.DONE, ngx.DECLINED = 0, -1, -2, -4, -5
+
+local function the_req (fname)
+  local req = current_req()
+  if not req then
+    error(fname .. ": no request (it works only while a request runs)", 3)
+  end
+  return req
+end
+
+local function output (fname, nl, ...)
+  local req = the_req(fname)
+  local out = {}
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if type(v) == "table" then flatten(v, out, fname, 1)
+    elseif v == nil then out[#out + 1] = "nil"
+    else out[#out + 1] = piece(v, fname) end
+  end
+  if nl then out[#out + 1] = "\n" end
+  local ok, err = req:write(concat(out))
+  if not ok then return nil, errtext(err) end
+  return 1
+end
+
+-- the stream subsystem's output: the request's connection
+ngx.print = function (...) return output("ngx.print", false, ...) end
+ngx.say = function (...) return output("ngx.say", true, ...) end
+ngx.flush = function ()
+  local ok, err = the_req("ngx.flush"):flush()
+  if not ok then return nil, errtext(err) end
+  return 1
+end
+
+-- ngx.req.socket(): the request's connection as a cosocket (the stream
+-- subsystem's raw socket; the same with or without `raw`)
+ngx.req = strict({
+  socket = function ()
+    local s = new_tcp()
+    s.c = the_req("ngx.req.socket")
+    s.req = true
+    return s
+  end,
+}, "ngx.req.")
 
 ngx.luasrv = luasrv.version
 
