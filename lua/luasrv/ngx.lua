@@ -327,28 +327,47 @@ local function receive_line (self)
 end
 
 
+--[[ Big reads collect their chunks in a table, joined once: appending to
+the buffer string would copy it again for every chunk.
+]]
+local function collect (self)
+  local parts = { sub(self.buf, self.pos) }
+  self.buf, self.pos = "", 1
+  return parts, #parts[1]
+end
+
+
+local function collect_fail (self, parts, err)
+  self.buf, self.pos = concat(parts), 1
+  return fail(self, err)
+end
+
+
 local function receive_all (self)
+  local parts = collect(self)
+  apply(self, self.rt)
   while true do
-    local ok, err = more(self)
-    if not ok then
-      if err == nil then  -- the end of the stream: everything, no error
-        local s = sub(self.buf, self.pos)
-        self.buf, self.pos = "", 1
-        return s
-      end
-      return fail(self, err)
+    local chunk, err = self.c:recv(RECV_CHUNK)
+    if not chunk then
+      if err == nil then return concat(parts) end  -- the end: all, no error
+      return collect_fail(self, parts, err)
     end
+    parts[#parts + 1] = chunk
   end
 end
 
 
 local function receive_count (self, n)
-  while #self.buf - self.pos + 1 < n do
-    local want = n - (#self.buf - self.pos + 1)
-    local ok, err = more(self, want > RECV_CHUNK and want or RECV_CHUNK)
-    if not ok then return fail(self, err) end
+  if #self.buf - self.pos + 1 >= n then return take(self, n) end
+  local parts, have = collect(self)
+  apply(self, self.rt)
+  while have < n do  -- recv(n - have) never reads past the n bytes
+    local chunk, err = self.c:recv(n - have)
+    if not chunk then return collect_fail(self, parts, err) end
+    parts[#parts + 1] = chunk
+    have = have + #chunk
   end
-  return take(self, n)
+  return concat(parts)
 end
 
 
