@@ -54,7 +54,7 @@ H.for_models(function (model)
 
     before_each(function ()
       local p = H.start{ model = "event", source = PEER, tcp = true,
-                         udp = true, unix = true }
+                         udp = true, unix = true, args = { "--grace", "0.1" } }
       srv = N.start{ model = model, source = N.HEAD .. PRE .. H.RUNNER,
                      args = { "--shared", "cache:1m", "--workers", "2" },
                      env = { PEER_PORT = tostring(p.tcp.port),
