@@ -162,9 +162,17 @@ end
 local function data_of (data, fname)
   if type(data) == "string" then return data end
   if type(data) == "table" then
-    local out = {}
-    flatten(data, out, fname, 1)
-    return concat(out)
+    -- the common case, an array of strings and integers (a driver's
+    -- request), is joined as it is
+    for i = 1, #data do
+      local v = data[i]
+      if type(v) ~= "string" and mtype(v) ~= "integer" then
+        local out = {}
+        flatten(data, out, fname, 1)
+        return concat(out)
+      end
+    end
+    return concat(data)
   end
   if data == nil then
     error(format("bad argument #1 to '%s' (string, number, boolean, nil, " ..
@@ -316,8 +324,12 @@ local function receive_line (self)
   while true do
     local nl = find(self.buf, "\n", self.pos, true)
     if nl then
-      local line = sub(self.buf, self.pos, nl - 1)
+      local pos = self.pos
+      local last = nl - 1
+      if byte(self.buf, last) == 13 and last >= pos then last = last - 1 end
+      local line = sub(self.buf, pos, last)
       self.pos = nl + 1
+      -- ngx drops every \r of a line, not only the last
       if find(line, "\r", 1, true) then line = gsub(line, "\r", "") end
       return line
     end
