@@ -177,16 +177,22 @@ H.for_models(function (model)
                       "connection refused", n = 5 }, res)
       end)
 
-      it("says sslhandshake and other methods are not supported", function ()
+      it("says sslhandshake and other methods are not supported; takes any timeout",
+         function ()
         local res = ask [[
           local s = ngx.socket.tcp()
           local a, aerr = s:sslhandshake()
           local ok, err = pcall(function () return s:bind("127.0.0.1") end)
-          return a, aerr, ok, err ]]
+          s:settimeout({})
+          local c = s:connect("127.0.0.1", PEER)
+          s:close()
+          return a, aerr, ok, err, c ]]
         assert.is_nil(res[1])
         assert.matches("not supported by luasrv yet", res[2])
         assert.is_false(res[3])
         assert.matches("tcpsock:bind is not supported by luasrv", res[4])
+        -- a timeout that is not a number is the default, as ngx reads it
+        assert.equals(1, res[5])
       end)
     end)
 

@@ -126,12 +126,17 @@ local function secs (ms)
   return ms / 1000
 end
 
+--[[ A timeout argument as ngx reads it (lua_tonumber): a number, or a
+string of one; anything else is 0, the default, without an error (a
+driver that passes the wrong argument gets the default timeout in
+OpenResty, so it does here). Returns ms, or false for the default.
+]]
 local function check_ms (ms, n, fname)
-  if ms ~= nil and type(ms) ~= "number" then
-    error(format("bad argument #%d to '%s' (number expected, got %s)", n,
-                 fname, type(ms)), 3)
+  ms = tonumber(ms)
+  if ms and ms >= 2^31 then
+    error(format("bad argument #%d to '%s' (bad timeout value)", n, fname), 3)
   end
-  return ms
+  return ms and ms > 0 and ms or false
 end
 
 -- the text of a value ngx sends: LuaJIT's number format, ngx's booleans
@@ -474,22 +479,21 @@ end
 
 
 function tcp:settimeout (ms)
-  check_ms(ms, 1, "settimeout")
-  self.ct, self.st, self.rt = ms or false, ms or false, ms or false
+  ms = check_ms(ms, 1, "settimeout")
+  self.ct, self.st, self.rt = ms, ms, ms
 end
 
 
 function tcp:settimeouts (c, s, r)
-  check_ms(c, 1, "settimeouts")
-  check_ms(s, 2, "settimeouts")
-  check_ms(r, 3, "settimeouts")
-  self.ct, self.st, self.rt = c or false, s or false, r or false
+  self.ct = check_ms(c, 1, "settimeouts")
+  self.st = check_ms(s, 2, "settimeouts")
+  self.rt = check_ms(r, 3, "settimeouts")
 end
 
 
 -- tcpsock:setkeepalive([timeout_ms [, size]]) -> 1 | nil, err
 function tcp:setkeepalive (ms, size)
-  check_ms(ms, 1, "setkeepalive")
+  if ms ~= nil then ms = check_ms(ms, 1, "setkeepalive") or 0 end
   local c = self.c
   if not c then return nil, "closed" end
   if self.req then return nil, "not supported on the request's socket" end
@@ -606,9 +610,8 @@ end
 
 
 function udp:settimeout (ms)
-  check_ms(ms, 1, "settimeout")
-  self.rt = ms or false
-  if self.c then self.c:settimeout(secs(ms)) end
+  self.rt = check_ms(ms, 1, "settimeout")
+  if self.c then self.c:settimeout(secs(self.rt or nil)) end
 end
 
 
