@@ -90,7 +90,7 @@ for _, model in ipairs(H.models) do
         assert.same({ "OK", cl.master, n = 2 }, N.ask(srv, "return write()"))
         local t0 = H.T.now()
         os.execute("kill -9 " .. cl.mpid)
-        local failed, total, window, last = 0, 0, nil, nil
+        local failed, total, window, last, errs = 0, 0, nil, nil, {}
         while H.T.now() - t0 < 20 * H.scale do
           last = N.ask(srv, "return write()")  -- raises if no reply
           total = total + 1
@@ -99,13 +99,16 @@ for _, model in ipairs(H.models) do
             break
           end
           failed = failed + 1
+          errs[tostring(last[2])] = true
           H.T.sleep(0.05)
         end
         assert.is_number(window, "no write reached the replica; last: " ..
                          tostring(last[1]) .. " " .. tostring(last[2]))
         if os.getenv("NGX_SPEC_VERBOSE") then
-          print(("%s: failover window %.2f s: %d of %d requests failed")
-                :format(model, window, failed, total))
+          local e = {}
+          for k in pairs(errs) do e[#e + 1] = k end
+          print(("%s: failover window %.2f s: %d of %d requests failed (%s)")
+                :format(model, window, failed, total, table.concat(e, "; ")))
         end
         -- and it stays there
         assert.same({ "OK", cl.replica, n = 2 }, N.ask(srv, "return write()"))
