@@ -256,6 +256,27 @@ local function take (self, n)
 end
 
 
+-- "tcp://HOST:PORT" and the pool name "HOST:PORT", made once per address
+-- (urls[host][port]; forgotten past URLS_MAX hosts)
+local urls, nhosts, URLS_MAX = {}, 0, 1024
+
+local function tcp_url (host, port)
+  local ports = urls[host]
+  if not ports then
+    if nhosts >= URLS_MAX then urls, nhosts = {}, 0 end
+    ports = {}
+    urls[host], nhosts = ports, nhosts + 1
+  end
+  local u = ports[port]
+  if u then return u[1], u[2] end
+  local h = host
+  if find(h, ":", 1, true) and byte(h, 1) ~= 91 then h = "[" .. h .. "]" end
+  u = { "tcp://" .. h .. ":" .. port, host .. ":" .. port }
+  ports[port] = u
+  return u[1], u[2]
+end
+
+
 -- tcpsock:connect(host, port [, opts]) | tcpsock:connect("unix:PATH" [, opts])
 function tcp:connect (host, port, opts)
   if type(host) ~= "string" then
@@ -271,10 +292,7 @@ function tcp:connect (host, port, opts)
       error("bad argument #2 to 'connect' (bad port number: " ..
             tostring(port) .. ")", 2)
     end
-    p = floor(p)
-    local h = host
-    if find(h, ":", 1, true) and byte(h, 1) ~= 91 then h = "[" .. h .. "]" end
-    url, pool = "tcp://" .. h .. ":" .. p, host .. ":" .. p
+    url, pool = tcp_url(host, floor(p))
   end
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #3 to 'connect' (table expected, got " ..
