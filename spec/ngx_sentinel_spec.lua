@@ -27,7 +27,9 @@ end
 local function start_cluster ()
   local dir = H.T.tmpdir()
   local master, replica = H.free_port(), H.free_port()
-  local redis = "redis-server --bind 127.0.0.1 --save '' --appendonly no --port "
+  -- --dir: a replica writes the master's snapshot to its directory
+  local redis = "redis-server --bind 127.0.0.1 --save '' --appendonly no " ..
+                "--dir " .. N.quote(dir) .. " --port "
   local mpid = N.daemon(redis .. master)
   N.wait_port(master)
   N.daemon(redis .. replica .. " --replicaof 127.0.0.1 " .. master)
@@ -46,7 +48,7 @@ local function start_cluster ()
             "sentinel down-after-milliseconds mymaster 500\n",
             "sentinel failover-timeout mymaster 3000\n")
     f:close()
-    N.daemon("redis-server " .. conf .. " --sentinel")
+    N.daemon("redis-server " .. conf .. " --sentinel --dir " .. N.quote(dir))
     sentinels[i] = port
   end
   -- every sentinel knows the replica and the two others
