@@ -107,7 +107,10 @@ static void sd_notify (const char *fmt, ...) {
   sun.sun_family = AF_UNIX;
   memcpy(sun.sun_path, path, plen);
   if (path[0] == '@') sun.sun_path[0] = '\0';
-  if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) return;
+  /* non-blocking: a notification never holds the master up when the
+  ** reader lags and its queue is full (the state is sent again later) */
+  if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+    return;
   if (sendto(fd, msg, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&sun,
              (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
     log_debug("sd_notify: %s", strerror(errno));
