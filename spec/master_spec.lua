@@ -135,4 +135,34 @@ H.for_models(function (model)
       end
     end)
   end)
+
+  describe("a master killed outright", function ()
+    it("its workers free the port at once and still answer their clients",
+       function ()
+      local port = H.free_port()
+      local addr = "127.0.0.1:" .. port
+      local old = H.start{ model = model, source = versioned("old"),
+                           args = { "--tcp", addr, "--grace", "20" } }
+      local held, first = hold(old)
+      assert.equals("old hello", first)
+      local workers = children(old.pid)
+      assert.equals(1, #workers)
+      H.defer(function () os.execute("kill -9 " .. workers[1] .. " 2>/dev/null") end)
+      os.execute("kill -9 " .. old.pid)
+      -- a new server binds the same port within a second (--grace is 20)
+      local new, why
+      local deadline = T.now() + 1 * H.scale
+      repeat
+        local ok, srv = pcall(H.start, { model = model, source = versioned("new"),
+                                         args = { "--tcp", addr } })
+        if ok then new = srv else why = srv; T.sleep(0.05) end
+      until new or T.now() > deadline
+      assert.truthy(new, why)
+      assert.equals("new x", ask(new, "x"))
+      -- the orphan goes on answering the client it had
+      assert(held:send("still\n"))
+      assert.equals("old still", held:receive())
+      held:close()
+    end)
+  end)
 end)

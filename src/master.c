@@ -165,6 +165,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
     exit(1);
   }
   w.ready_fd = ready_wfd;
+  w.master = master_pid;  /* its death makes the worker give the port up */
   if (m->metrics != NULL) w.mslot = &m->metrics[id];
   /* the handlers first, then unblock: a SIGTERM that came after the fork
   ** is pending, and must stop the worker gracefully, not kill it */
