@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -249,10 +250,25 @@ static void begin_stop (struct master *m, int code) {
 }
 
 
+/* A wildcard address is said in words: a bare --tcp PORT binds it. */
+static const char *reach (const struct listener *l) {
+  const struct sockaddr_in *in = (const struct sockaddr_in *)&l->addr.sa;
+  const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&l->addr.sa;
+  if (in->sin_family == AF_INET && in->sin_addr.s_addr == htonl(INADDR_ANY))
+    return " (every IPv4 interface)";
+  if (in6->sin6_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr))
+    return " (every IPv6 interface)";
+  return "";
+}
+
+
+/* The startup lines, once every worker serves; then the root warning. */
 static void announce (struct master *m) {
   m->announced = 1;
   for (int i = 0; i < m->nls; i++)
-    log_info("listening on %s", m->ls[i].name);
+    log_info("listening on %s%s", m->ls[i].name, reach(&m->ls[i]));
+  if (geteuid() == 0 && !m->cfg->setuser)
+    log_warn("warning: handlers run as root; --user USER drops that");
   sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
 }
 
@@ -643,8 +659,6 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
     sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
     return 1;
   }
-  if (geteuid() == 0 && !cfg->setuser)
-    log_warn("warning: handlers run as root; --user USER drops that");
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
   serve(&m);
   close(m.sfd);
