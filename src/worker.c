@@ -115,8 +115,8 @@ void worker_signals_install (struct worker *w) {
 ** the worker itself: a fork-model child's parent is the worker.
 */
 static void release_listeners (struct worker *w) {
-  if (w->master <= 0 || getpid() != w->pid || getppid() == w->master ||
-      atomic_exchange(&w->orphaned, 1) != 0)
+  if (w->master <= 0 || atomic_load(&w->orphaned) || getpid() != w->pid ||
+      getppid() == w->master || atomic_exchange(&w->orphaned, 1) != 0)
     return;
   for (int i = 0; i < w->nls; i++)
     if (w->ls[i].stream && w->ls[i].fd >= 0) shutdown(w->ls[i].fd, SHUT_RDWR);
@@ -128,13 +128,15 @@ static void release_listeners (struct worker *w) {
 void worker_stop (struct worker *w) {
   int expected = 0;
   double unset = 0.0;
-  release_listeners(w);  /* also when a stop (a reload) began already */
   /* The deadline before the flag: a thread that sees stopping reads
   ** cut_at next, and 0 there would make its wait endless. */
   atomic_compare_exchange_strong(&w->cut_at, &unset,
                                  monotonic_now() + w->cfg->grace);
-  if (!atomic_compare_exchange_strong(&w->stopping, &expected, 1)) return;
-  if (write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
+  if (atomic_compare_exchange_strong(&w->stopping, &expected, 1) &&
+      write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
+  /* after the flag, so the models no longer accept from what it shuts;
+  ** also when a stop (a reload) began already */
+  release_listeners(w);
 }
 
 
