@@ -29,6 +29,7 @@ BINDIR = $(PREFIX)/bin
 LUADIR = $(PREFIX)/share/lua/5.4
 DATADIR = $(PREFIX)/share/luasrv
 MANDIR = $(PREFIX)/share/man/man1
+DOCDIR = $(PREFIX)/share/doc/luasrv
 
 BUILD ?= build
 SRCS = $(wildcard src/*.c)
@@ -162,18 +163,25 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	bench/run $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
-# DESTDIR for packaging; Lua modules go where lua5.4 looks already.
+# DESTDIR for packaging; Lua modules go where lua5.4 looks already. The
+# docs keep their layout (README.md links to doc/ and bench/), and the man
+# page's paths follow PREFIX.
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv \
-	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR)
+	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR) \
+	  $(DESTDIR)$(DOCDIR)/doc $(DESTDIR)$(DOCDIR)/bench
 	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
 	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
 	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
-	install -m 644 doc/luasrv.1 $(DESTDIR)$(MANDIR)/luasrv.1
+	sed 's|/usr/local/|$(PREFIX)/|g' doc/luasrv.1 > $(DESTDIR)$(MANDIR)/luasrv.1
+	chmod 644 $(DESTDIR)$(MANDIR)/luasrv.1
+	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	install -m 644 doc/*.md $(DESTDIR)$(DOCDIR)/doc/
+	install -m 644 bench/README.md $(DESTDIR)$(DOCDIR)/bench/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
-	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR)
+	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
 
 clean:
 	rm -rf build build-asan build-tsan bench/build

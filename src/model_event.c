@@ -22,6 +22,7 @@
 
 #define ACCEPT_BATCH 64       /* accepts or datagrams per readiness event */
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
+#define TRIM_KEEP 16          /* ... of which kept through an idle spell */
 /*
 ** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
 ** the buffer is 2 MiB, but only the pages that datagrams reach become
@@ -52,6 +53,8 @@ struct eloop {
   char *dgram;                /* DGRAM_BATCH slots of DGRAM_MAX bytes */
   struct dgq dgq;             /* replies of the batch being run */
   struct smallpool small;     /* the state's allocator */
+  long served_seen;           /* w->served at the last service tick */
+  long trimmed_at;            /* w->served when last trimmed (trim_idle) */
 };
 
 
@@ -551,10 +554,40 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 }
 
 
+/*
+** Idle for a whole service tick after serving: gives back what the last
+** burst left pooled (coroutines past TRIM_KEEP, the small-block lists,
+** buffer blocks), collects, and returns the freed heap to the system.
+** Without it the worker's RSS stayed at its highest burst's: 21 MB after
+** 8,000 abandoned connections, 40 MB after seven such rounds.
+*/
+static void trim_idle (struct eloop *e) {
+  lua_State *L = lstate_L(e->x);
+  while (e->npool > TRIM_KEEP) {
+    struct task *t = e->pool;
+    e->pool = t->next;
+    e->npool--;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
+  }
+  lua_gc(L, LUA_GCCOLLECT);
+  smallpool_free(&e->small);
+  bufpool_free(&e->x->pool);
+  malloc_trim(0);
+  log_debug("idle: pools trimmed, %zu bytes of Lua heap", e->x->mem_used);
+}
+
+
 static void on_service (struct evloop *loop, struct timer *t) {
   struct eloop *e = t->data;
+  long served = atomic_load(&e->w->served);
   lstate_call_hook(e->x, "service_actions", 0);
   lconnect_sweep(e->x);  /* idle pooled connections past their time */
+  if (e->active == 0 && served == e->served_seen && served != e->trimmed_at) {
+    trim_idle(e);
+    e->trimmed_at = served;
+  }
+  e->served_seen = served;
   timer_start(loop, t, evloop_now(loop) + 0.5);
 }
 

@@ -1,0 +1,52 @@
+-- spec/memory_spec.lua: the event model gives back what a burst of
+-- connections left pooled once it is idle, so its RSS does not climb
+-- round after round (coroutines, small blocks, buffers, then malloc_trim).
+local H = require "helper"
+local T = H.T
+local socket = require "socket"
+
+local function rss (pid)
+  local f = io.open("/proc/" .. pid .. "/status")
+  if not f then return nil end
+  local kb = f:read("a"):match("VmRSS:%s*(%d+)")
+  f:close()
+  return tonumber(kb)
+end
+
+local ECHO = [[return { handle = function (req)
+  for line in req:lines() do req:write(line, "\n") end end }]]
+
+for _, model in ipairs(H.models) do
+  if model == "event" then
+    describe("model event", function ()
+      it("returns to its first burst's RSS after five bursts of 2,000 "
+         .. "abandoned connections", function ()
+        local srv = H.start{ model = model, source = ECHO,
+          args = { "--max-connections", "5000", "--log-level", "debug" } }
+        local worker = H.children(srv.pid)[1]
+        local first, last
+        for round = 1, 5 do
+          local held = {}
+          for i = 1, 2000 do
+            local c = assert(socket.connect("127.0.0.1", srv.tcp.port))
+            c:send("hello\n")
+            held[i] = c
+          end
+          held[#held]:settimeout(5)
+          assert.equals("hello", held[#held]:receive())
+          T.sleep(0.2)
+          first = first or rss(worker)
+          for _, c in ipairs(held) do c:close() end
+          -- idle for a whole service tick: the pools are trimmed
+          local n = round
+          assert.truthy(H.eventually(function ()
+            return H.count(srv:stderr(), "idle: pools trimmed", true) >= n
+          end, 5), srv:stderr():sub(-2000))
+          last = rss(worker)
+        end
+        assert.is_true(last <= first + 1024,
+          ("RSS %d kB after the fifth burst, %d kB at the first"):format(last, first))
+      end)
+    end)
+  end
+end
