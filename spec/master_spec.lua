@@ -44,6 +44,29 @@ local function hold (srv)
 end
 
 
+-- a held connection on the code `version`: a new generation serves as
+-- soon as it has loaded, and the one it replaces may still take a client
+-- until the master has retired it, so the answer says which one took it
+local function hold_on (srv, version)
+  local deadline = T.now() + 3 * H.scale
+  repeat
+    local c, r = hold(srv)
+    if r == version .. " hello" then return c end
+    c:close()
+    T.sleep(0.02)
+  until T.now() > deadline
+  error("no connection taken by " .. version)
+end
+
+
+-- once the master logged its n-th "reloaded" line
+local function reloaded (srv, script, n)
+  return eventually(function ()
+    return H.count(srv:stderr(), "reloaded " .. script, true) >= n
+  end, 3)
+end
+
+
 -- the reply of a new connection once it comes from `version`, within secs
 local function serves (srv, version, secs)
   return eventually(function ()
@@ -66,10 +89,11 @@ H.for_models(function (model)
                            args = { "--grace", "30" } }
       local long, first = hold(srv)
       assert.equals("v1 hello", first)
-      for _, v in ipairs{ "v2", "v3" } do
+      for i, v in ipairs{ "v2", "v3" } do
         writefile(script, versioned(v))
         assert.is_true(srv:signal("HUP"))
         assert.equals(v .. " x", serves(srv, v, 1))
+        assert.truthy(reloaded(srv, script, i), srv:stderr())
         -- the connection taken by the first code still talks to it
         assert(long:send("still\n"))
         assert.equals("v1 still", long:receive())
@@ -110,10 +134,11 @@ H.for_models(function (model)
       local held = {}
       for i = 1, 4 do  -- each generation keeps one connection: it drains
         notified()
-        held[i] = hold(srv)
+        held[i] = hold_on(srv, "v" .. (i - 1))
         writefile(script, versioned("v" .. i))
         assert.is_true(srv:signal("HUP"))
         assert.equals("v" .. i .. " x", serves(srv, "v" .. i, 1))
+        assert.truthy(reloaded(srv, script, i), srv:stderr())
       end
       assert.is_true(srv:signal("HUP"))
       local why = "reload refused: 4 older generations are still draining "
