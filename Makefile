@@ -156,10 +156,11 @@ bench: deps
 
 # DESTDIR for packaging; Lua modules go where lua5.4 looks already.
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv \
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv/http \
 	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR)
 	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
 	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
+	install -m 644 lua/luasrv/http/*.lua $(DESTDIR)$(LUADIR)/luasrv/http/
 	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
 	install -m 644 doc/luasrv.1 $(DESTDIR)$(MANDIR)/luasrv.1
 

@@ -1,5 +1,6 @@
 --[==[ luasrv.http -- HTTP/1.1 for luasrv handlers: a request parser, a
-response writer with keep-alive and pipelining, and a small router.
+response writer with keep-alive and pipelining; http.router() gives the
+router of luasrv.http.router (lua/luasrv/http/router.lua).
 
   local http = require "luasrv.http"
 
@@ -338,8 +339,9 @@ local function read_chunked (conn, opts)
   end
 end
 
-local function read_request (conn, opts, waiting)
-  -- the request line; a few empty lines before it are allowed (RFC 9112)
+-- The request line; a few empty lines before it are allowed (RFC 9112).
+-- Returns method, target and version ("1.0" or "1.1"), or fails.
+local function read_request_line (conn, opts, waiting)
   if waiting and opts.keepalive_timeout then
     conn:settimeout(opts.keepalive_timeout)
   end
@@ -366,13 +368,16 @@ local function read_request (conn, opts, waiting)
       return fail(#major == 1 and #minor == 1 and 505 or 400)
     end
   end
-  local version = minor == "0" and "1.0" or "1.1"   -- 1.2+ is read as 1.1
+  return method, target, minor == "0" and "1.0" or "1.1"  -- 1.2+ is 1.1
+end
 
-  -- the target: origin form ("/p?q"), absolute form or "*" (OPTIONS)
+-- The target: origin form ("/p?q"), absolute form or "*" (OPTIONS).
+-- Returns the path and the query (or nil), or fails.
+local function split_target (method, target)
   local path, query = target, nil
   local q = find(target, "?", 1, true)
   if q then path, query = sub(target, 1, q - 1), sub(target, q + 1) end
-  if find(path, "#", 1, true) or (query and find(query, "#", 1, true)) then
+  if find(target, "#", 1, true) then
     return fail(400)                 -- a fragment is never sent
   end
   if byte(path) ~= 47 then                    -- not "/...": 47 = "/"
@@ -382,7 +387,88 @@ local function read_request (conn, opts, waiting)
       return fail(400)
     end
   end
+  return path, query
+end
 
+-- Host, and whether the connection stays open after this request: sets
+-- r.keepalive; fails on a missing or repeated Host in HTTP/1.1.
+local function check_head (r, headers)
+  -- HTTP/1.1 needs exactly one Host (RFC 9112 3.2)
+  if r.version == "1.1" and (headers.host == nil or (r._multi and
+      r._multi.host)) then
+    return fail(400)
+  end
+  local connection = headers.connection
+  if connection then connection = lower(connection) end
+  if r.version == "1.1" then
+    r.keepalive = not (connection and has_token(connection, "close"))
+  else
+    r.keepalive = connection ~= nil and has_token(connection, "keep-alive")
+  end
+  return true
+end
+
+-- The Content-Length value: the length (a string of digits), or fails.
+-- "5, 5" (a repeated header) is fine when every value is the same.
+local function content_length (cl)
+  if not find(cl, "^%d+$") then
+    local first = match(cl, "^(%d+)")
+    if not first then return fail(400) end
+    for v in cl:gmatch("[^,]+") do
+      if trim(v) ~= first then return fail(400) end
+    end
+    cl = first
+  end
+  return match(cl, "^0*(%d+)$")
+end
+
+-- The framing and the body: chunked, or Content-Length bytes, or none.
+-- Sets r.body; returns true, or fails (r.unread when the rest of the body
+-- may still be coming).
+local function read_body (conn, r, headers, opts)
+  local te, cl = headers["transfer-encoding"], headers["content-length"]
+  local expect = headers.expect
+  if expect then
+    if lower(expect) ~= "100-continue" then return fail(417) end
+    expect = r.version == "1.1"
+  end
+  if te then
+    -- both framings at once is how requests are smuggled: refused
+    if cl or r.version == "1.0" then return fail(400) end
+    if lower(te) ~= "chunked" then return fail(501) end
+    if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
+    local body, st = read_chunked(conn, opts)
+    if not body then
+      r.unread = true   -- the rest of the body may still be coming
+      return nil, st
+    end
+    r.body = body
+  elseif cl then
+    local st
+    cl, st = content_length(cl)
+    if not cl then return nil, st end
+    if #cl > 15 or tonumber(cl) > opts.max_body then
+      r.unread = not expect
+      return fail(413)
+    end
+    local n = tonumber(cl)
+    if n > 0 then
+      if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
+      local body = conn:read(n)
+      if not body or #body < n then return nil end
+      r.body = body
+    end
+  end
+  return true
+end
+
+-- One request, phase by phase: the request line, the target, the header
+-- fields, the head's checks, the body.
+local function read_request (conn, opts, waiting)
+  local method, target, version = read_request_line(conn, opts, waiting)
+  if not method then return nil, target end
+  local path, query = split_target(method, target)
+  if not path then return nil, query end
   -- every field in the constructor: adding them later would grow the table
   local headers = {}
   local r = setmetatable({ method = method, target = target, path = path,
@@ -395,63 +481,9 @@ local function read_request (conn, opts, waiting)
   r.args = query and M.parse_query(query) or {}
   -- (headers gets its case-insensitive metatable at the end: until then,
   -- a missing header is a plain miss, not a call)
-
-  -- HTTP/1.1 needs exactly one Host (RFC 9112 3.2)
-  if version == "1.1" and (headers.host == nil or (r._multi and
-      r._multi.host)) then
-    return fail(400)
-  end
-
-  -- does the connection stay open after this request?
-  local connection = headers.connection
-  if connection then connection = lower(connection) end
-  if version == "1.1" then
-    r.keepalive = not (connection and has_token(connection, "close"))
-  else
-    r.keepalive = connection ~= nil and has_token(connection, "keep-alive")
-  end
-
-  -- the body: chunked, or Content-Length bytes, or none
-  local te, cl = headers["transfer-encoding"], headers["content-length"]
-  local expect = headers.expect
-  if expect then
-    if lower(expect) ~= "100-continue" then return fail(417) end
-    expect = version == "1.1"
-  end
-  if te then
-    -- both framings at once is how requests are smuggled: refused
-    if cl or version == "1.0" then return fail(400) end
-    if lower(te) ~= "chunked" then return fail(501) end
-    if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-    local body, st = read_chunked(conn, opts)
-    if not body then
-      r.unread = true   -- the rest of the body may still be coming
-      return nil, st, r
-    end
-    r.body = body
-  elseif cl then
-    if not find(cl, "^%d+$") then
-      -- "5, 5" (a repeated header) is fine when every value is the same
-      local first = match(cl, "^(%d+)")
-      if not first then return fail(400) end
-      for v in cl:gmatch("[^,]+") do
-        if trim(v) ~= first then return fail(400) end
-      end
-      cl = first
-    end
-    cl = match(cl, "^0*(%d+)$")
-    if #cl > 15 or tonumber(cl) > opts.max_body then
-      r.unread = not expect
-      return nil, 413, r
-    end
-    local n = tonumber(cl)
-    if n > 0 then
-      if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-      local body = conn:read(n)
-      if not body or #body < n then return nil end
-      r.body = body
-    end
-  end
+  ok, status = check_head(r, headers)
+  if ok then ok, status = read_body(conn, r, headers, opts) end
+  if not ok then return nil, status, r end
   setmetatable(headers, headers_mt)
   return r
 end
@@ -749,106 +781,9 @@ function M.json (value, status, headers)
 end
 
 
---[[ The router ]]
-
-local Router = {}
-Router.__index = Router
-
--- "/items/:id/*rest" -> "^/items/([^/]+)/(.*)$", { "id", "rest" }
-local function compile (path)
-  local names = {}
-  local pattern = gsub(path, "([^/]+)", function (seg)
-    local kind, name = match(seg, "^([:*])([%w_]+)$")
-    if kind then
-      names[#names + 1] = name
-      return kind == ":" and "([^/]+)" or "(.*)"
-    end
-    return (gsub(seg, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
-  end)
-  return "^" .. pattern .. "$", names
-end
-
+-- A router (luasrv.http.router): app:get(path, fn), ..., app:handler().
 function M.router (opts)
-  return setmetatable({ exact = {}, patterns = {}, opts = opts }, Router)
-end
-
--- Adds a route: method ("GET", ...; "*" for any) and a path, where
--- ":name" matches one segment and "*name" the rest of the path.
-function Router:route (method, path, fn)
-  assert(type(fn) == "function", "route: a function is expected")
-  if find(path, "[:*]") then
-    local pattern, names = compile(path)
-    self.patterns[#self.patterns + 1] = { method = method, path = path,
-      pattern = pattern, names = names, fn = fn }
-  else
-    local byMethod = self.exact[path] or {}
-    byMethod[method] = fn
-    self.exact[path] = byMethod
-  end
-  return self
-end
-
-for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
-  local method = m:upper()
-  Router[m] = function (self, path, fn) return self:route(method, path, fn) end
-end
-
-function Router:any (path, fn) return self:route("*", path, fn) end
-
--- the function for a method among those of a path; HEAD falls back to GET
-local function pick (byMethod, method)
-  return byMethod[method] or (method == "HEAD" and byMethod.GET)
-    or byMethod["*"]
-end
-
--- The allowed methods of a path, for 405's Allow header
-local function allowed (methods)
-  local list = {}
-  for m in pairs(methods) do list[#list + 1] = m end
-  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
-  table.sort(list)
-  return concat(list, ", ")
-end
-
--- Finds the route of r and runs it: 404 when no path matches, 405 (with
--- Allow) when the path matches but not the method.
-function Router:dispatch (r)
-  local method = r.method
-  local byMethod = self.exact[r.path]
-  local methods = {}     -- the methods the path has, for a 405
-  if byMethod then
-    local fn = pick(byMethod, method)
-    if fn then return fn(r) end
-    for m in pairs(byMethod) do methods[m] = true end
-  end
-  local path = r.path
-  for _, route in ipairs(self.patterns) do
-    local m = route.method
-    if m == method or m == "*" or (method == "HEAD" and m == "GET") then
-      local caps = { match(path, route.pattern) }
-      if caps[1] then
-        for i, name in ipairs(route.names) do
-          r.params[name] = M.unescape(caps[i])
-        end
-        return route.fn(r)
-      end
-    elseif not methods[m] and find(path, route.pattern) then
-      methods[m] = true
-    end
-  end
-  if next(methods) then
-    return 405, { ["Content-Type"] = "text/plain; charset=utf-8",
-      Allow = allowed(methods) }, "Method Not Allowed\n"
-  end
-  if self.not_found then return self.not_found(r) end
-  return 404, TEXT, "Not Found\n"
-end
-
--- The hooks table of a script served by this router.
-function Router:handler (opts)
-  local router = self
-  return M.handler(function (r) return router:dispatch(r) end,
-    opts or self.opts)
+  return require("luasrv.http.router").new(opts)
 end
 
 return M
