@@ -61,6 +61,7 @@ is incomplete.
 
 local cjson = require "cjson"
 local luasrv = require "luasrv"
+local now = luasrv.now
 
 local byte, char, find, format, gsub, lower, match, sub =
   string.byte, string.char, string.find, string.format, string.gsub,
@@ -80,6 +81,8 @@ M.defaults = {
   max_requests = 1000,       -- requests on one connection, then it closes
   keepalive_timeout = nil,   -- seconds to wait for the next request on a
                              -- kept-alive connection (nil: --timeout's)
+  header_timeout = 10,       -- seconds for a whole request head, else 408
+  body_timeout = 60,         -- seconds for a whole request body, else 408
   linger = 1,                -- seconds to drain a body left unread
   server = "luasrv",         -- the Server header (false: none)
 }
@@ -247,120 +250,150 @@ end
 
 
 --[[ Reading a request.
-read_request returns the request table; or nil and a status to answer
-(400, 413, ...) before closing; or nil alone when the connection has
-ended (EOF, timeout, or a read that failed): close without a word. ]]
+The reader keeps a Lua-side buffer over the connection: req:recv hands
+over what the core has buffered (up to 64 KiB) in one call, and what
+follows a head (a body, the next pipelined requests) stays in the buffer
+for the next phase. So a request whose head came in one segment costs
+one recv, and a batch of pipelined requests one recv for all of them.
+
+A head is parsed with plain string.find at positions (a C call costs the
+same for 5 bytes or 500; Lua's pattern matcher costs per byte). And heads
+repeat: a client sends the same request line and header lines again and
+again, so a parsed head is remembered, keyed by its bytes (heads without
+a body, up to 2 KiB, 256 of them per Lua state): the next identical head
+costs one table lookup instead of its parse.
+
+Each phase returns its values, or nil and a status to answer (400, 408,
+413, ...) before closing, or nil alone when the connection has ended
+(EOF, an idle timeout, or a read that failed): close without a word. ]]
+
+local RECV_MAX = 65536
+local HEAD_CACHE_MAX, HEAD_CACHE_SIZE = 2048, 256
 
 local function fail (status, r) return nil, status, r end
 
--- reads the header lines (or trailer lines) into headers; returns true,
--- or nil and a status (or nil alone when the connection is gone)
-local function read_fields (conn, opts, headers, r)
-  local n, size = 0, 0
-  local max_line, max_size, max_n = opts.max_header_line,
-    opts.max_header_size, opts.max_headers
+-- A reader over conn (anything with luasrv's recv, read, write and
+-- settimeout). idle is the timeout of a wait for a new request
+-- (keepalive_timeout, or nil: the connection's own).
+local function new_reader (conn, opts)
+  return { conn = conn, buf = "", pos = 1,
+    recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
+    idle = opts.keepalive_timeout, timeout = nil }
+end
+
+-- Sets the timeout of the next wait: what is left until deadline, or the
+-- idle timeout without one. The connection is only told when it changes.
+-- Returns false when the deadline has passed.
+local function set_wait (rd, deadline)
+  local t = rd.idle
+  if deadline then
+    t = deadline - now()
+    if t <= 0 then return false end
+  end
+  if t ~= rd.timeout then
+    rd.settimeout(rd.conn, t)
+    rd.timeout = t
+  end
+  return true
+end
+
+-- Appends what the connection has next to the buffer (waiting for it, up
+-- to deadline). Returns true, or nil and "timeout", the read's error, or
+-- nothing at EOF.
+local function fill (rd, deadline)
+  if not set_wait(rd, deadline) then return nil, "timeout" end
+  local data, err = rd.recv(rd.conn, RECV_MAX)
+  if not data then return nil, err end
+  local buf, pos = rd.buf, rd.pos
+  if pos <= #buf then data = sub(buf, pos) .. data end
+  rd.buf, rd.pos = data, 1
+  return true
+end
+
+-- How a failed wait ends a request: a timeout after some of it came is a
+-- 408, anything else closes without a word.
+local function lost (err, started)
+  if err == "timeout" and started then return fail(408) end
+  return nil
+end
+
+-- The position of the last byte of the head that starts at pos in buf
+-- (its lines up to an empty one), if it is all there. The usual CRLF end
+-- first (one memchr); the parse finds an earlier bare-LF end, if any.
+local function head_end (buf, pos)
+  local e = find(buf, "\r\n\r\n", pos, true)
+  if e then return e + 3 end
+  local _, e2 = find(buf, "\n\r?\n", pos)
+  return e2
+end
+
+-- Waits until the buffer holds a whole head from rd.pos; returns its end
+-- (head_end). Refuses a head that grows past max (431), or whose first
+-- line is longer than max_line (long: 414 for a request line). started:
+-- whether bytes of this request had come before (a timeout is then 408).
+local function wait_head (rd, deadline, max_line, long, max, started)
   while true do
-    local line, err = conn:read("l")
-    if not line then
-      if err == "line too long" then return fail(431) end
-      return nil
+    local buf, pos = rd.buf, rd.pos
+    local e = head_end(buf, pos)
+    if e then return e end
+    local have = #buf - pos + 1
+    if have > max_line + 1 then
+      local nl = find(buf, "\n", pos, true)
+      if not nl or nl - pos > max_line + 1 then return fail(long) end
     end
-    local len = #line
-    size = size + len + 1
-    if byte(line, len) == 13 then      -- "\r": not stripped (no new string)
-      if len == 1 then return true end
-      len = len - 1
-    elseif len == 0 then
-      return true
-    end
-    n = n + 1
-    if n > max_n or size > max_size or len > max_line then
-      return fail(431)
-    end
-    -- a token, the colon, the value: no space before the colon, no
-    -- folded lines, no CR or NUL in the value (all refused, RFC 9112)
-    local name, value = match(line, HEADER_LINE)
-    if not name then return fail(400) end
-    local b = byte(value, -1)
-    if b == 32 or b == 9 then value = trim(value) end
-    local key = lower(name)
-    local old = headers[key]
-    if old == nil then
-      headers[key] = value
-    else                       -- repeated: joined, and every value kept
-      headers[key] = old .. (key == "cookie" and "; " or ", ") .. value
-      if r then
-        r._multi = r._multi or {}
-        local list = r._multi[key]
-        if not list then
-          list = { old }
-          r._multi[key] = list
-        end
-        list[#list + 1] = value
-      end
-    end
+    if have > max then return fail(431) end
+    local ok, err = fill(rd, deadline)
+    if not ok then return lost(err, started or have > 0) end
+    started = true
   end
 end
 
--- a chunked body: the chunks joined, or nil and a status
-local function read_chunked (conn, opts)
-  local parts, total, max = {}, 0, opts.max_body
-  while true do      -- bounded: each chunk brings a byte, total <= max
-    local line, err = conn:read("l")
-    if not line then
-      if err == "line too long" then return fail(400) end
-      return nil
+-- A line from the buffer (without its "\n"; a "\r" stays), waiting for it
+-- up to deadline; nil and "line too long" past max bytes.
+local function read_line (rd, deadline, max)
+  while true do
+    local buf, pos = rd.buf, rd.pos
+    local e = find(buf, "\n", pos, true)
+    if e then
+      if e - pos > max then return nil, "line too long" end
+      rd.pos = e + 1
+      return sub(buf, pos, e - 1)
     end
-    if #line > opts.max_header_line then return fail(400) end
-    -- size [; extensions]: the extensions are ignored
-    local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
-    if not hex or (rest ~= "" and byte(rest) ~= 59) then   -- 59 = ";"
-      return fail(400)
-    end
-    hex = match(hex, "^0*(.*)$")
-    if #hex > 8 then return fail(413) end
-    local size = hex == "" and 0 or tonumber(hex, 16)
-    if size == 0 then
-      -- the trailer fields, read and dropped
-      local ok, status = read_fields(conn, opts, {}, nil)
-      if not ok then return nil, status end
-      return concat(parts)
-    end
-    total = total + size
-    if total > max then return fail(413) end
-    local data = conn:read(size)
-    if not data or #data < size then return nil end
-    parts[#parts + 1] = data
-    local crlf = conn:read("l")
-    if crlf ~= "" and crlf ~= "\r" then
-      if crlf == nil then return nil end
-      return fail(400)
-    end
+    if #buf - pos + 1 > max then return nil, "line too long" end
+    local ok, err = fill(rd, deadline)
+    if not ok then return nil, err end
   end
 end
 
--- The request line; a few empty lines before it are allowed (RFC 9112).
--- Returns method, target and version ("1.0" or "1.1"), or fails.
-local function read_request_line (conn, opts, waiting)
-  if waiting and opts.keepalive_timeout then
-    conn:settimeout(opts.keepalive_timeout)
+-- n bytes: from the buffer, and what it lacks in one read of the
+-- connection (waiting up to deadline). nil and the read's error when the
+-- connection ends first.
+local function read_bytes (rd, n, deadline)
+  local buf, pos = rd.buf, rd.pos
+  local have = #buf - pos + 1
+  if have >= n then
+    rd.pos = pos + n
+    return sub(buf, pos, pos + n - 1)
   end
-  local line, err
-  for _ = 1, 5 do                   -- up to 4 empty lines, then the line
-    line, err = conn:read("l")
-    if not line or (line ~= "" and line ~= "\r") then break end
-  end
-  if waiting and opts.keepalive_timeout then conn:settimeout(nil) end
-  if not line then
-    if err == "line too long" then return fail(414) end
-    return nil
-  end
-  if #line > opts.max_request_line then return fail(414) end
+  local part = have > 0 and sub(buf, pos) or ""
+  rd.buf, rd.pos = "", 1
+  if not set_wait(rd, deadline) then return nil, "timeout" end
+  local rest, err = rd.read(rd.conn, n - have)
+  if not rest or #rest < n - have then return nil, err end
+  return part .. rest
+end
+
+-- The request line at pos of the head s. Returns method, target, version
+-- ("1.0" or "1.1") and the position after the line; or fails.
+local function parse_request_line (s, pos, opts)
+  local e = find(s, "\n", pos, true)
+  if e - pos > opts.max_request_line then return fail(414) end
   -- the usual line first: "GET /path HTTP/1.1", printable ASCII
-  local method, target, major, minor =
-    match(line, "^(%u+) (/[!-~]*) HTTP/(1)%.([01])\r?$")
+  local method, target, minor = match(s,
+    "^(%u+) (/[!-~]*) HTTP/1%.([01])\r?\n", pos)
   if not method then
-    line = strip_cr(line)
+    local line = strip_cr(sub(s, pos, e - 1))
+    local major
     method, target, major, minor =
       match(line, "^([^%s%c]+) ([^%s%c]+) HTTP/(%d+)%.(%d+)$")
     if not method or find(method, NOT_TOKEN) then return fail(400) end
@@ -368,7 +401,7 @@ local function read_request_line (conn, opts, waiting)
       return fail(#major == 1 and #minor == 1 and 505 or 400)
     end
   end
-  return method, target, minor == "0" and "1.0" or "1.1"  -- 1.2+ is 1.1
+  return method, target, minor == "0" and "1.0" or "1.1", e + 1  -- 1.2+: 1.1
 end
 
 -- The target: origin form ("/p?q"), absolute form or "*" (OPTIONS).
@@ -390,20 +423,107 @@ local function split_target (method, target)
   return path, query
 end
 
+-- header names as sent -> their lower case, for the names already seen to
+-- be tokens (RFC 9110 5.6.2): a known name costs one lookup
+local field_keys, nkeys = {}, 0
+
+local function field_key (name)
+  local key = field_keys[name]
+  if key then return key end
+  if name == "" or find(name, NOT_TOKEN) then return nil end
+  key = lower(name)
+  if nkeys < 1000 then             -- bounded: names are the client's
+    field_keys[name], nkeys = key, nkeys + 1
+  end
+  return key
+end
+
+-- A field's value from i to j of s, without the spaces and tabs around it.
+local function field_value (s, i, j)
+  local b = byte(s, i)
+  while (b == 32 or b == 9) and i <= j do
+    i = i + 1
+    b = byte(s, i)
+  end
+  b = byte(s, j)
+  while (b == 32 or b == 9) and j >= i do
+    j = j - 1
+    b = byte(s, j)
+  end
+  return sub(s, i, j)
+end
+
+-- Adds a field to headers; a repeated one is joined, and every value
+-- kept in multi (made on the first need: returned).
+local function add_field (headers, multi, key, value)
+  local old = headers[key]
+  if old == nil then
+    headers[key] = value
+    return multi
+  end
+  headers[key] = old .. (key == "cookie" and "; " or ", ") .. value
+  multi = multi or {}
+  local list = multi[key]
+  if not list then
+    list = { old }
+    multi[key] = list
+  end
+  list[#list + 1] = value
+  return multi
+end
+
+-- The header lines (or trailer lines) of the head s from pos, into
+-- headers, up to the empty line. A token, the colon, the value: no space
+-- before the colon, no folded lines, no CR or NUL in the value (all
+-- refused, RFC 9112). Returns the position after the empty line and the
+-- repeated fields' values (or nil); or fails.
+local function parse_fields (s, pos, opts, headers)
+  local start, n, multi = pos, 0, nil
+  local max_line, max_size, max_n = opts.max_header_line,
+    opts.max_header_size, opts.max_headers
+  local nul = find(s, "\0", pos, true)
+  local cr = find(s, "\r", pos, true) or #s + 1   -- the next CR
+  while true do
+    local e = find(s, "\n", pos, true)   -- there: the head is whole
+    local last = e - 1            -- the line's last byte, CR aside
+    if cr == last then last = last - 1
+    elseif cr < last then return fail(400) end   -- a CR inside
+    if last < pos then            -- the empty line: the end
+      if nul and nul < e then return fail(400) end
+      return e + 1, multi
+    end
+    n = n + 1
+    if n > max_n or last - pos >= max_line or e - start > max_size then
+      return fail(431)
+    end
+    local c = find(s, ":", pos, true)
+    if not c or c > last then return fail(400) end
+    local key = field_key(sub(s, pos, c - 1))
+    if not key then return fail(400) end
+    multi = add_field(headers, multi, key, field_value(s, c + 1, last))
+    pos = e + 1
+    if cr < pos then cr = find(s, "\r", pos, true) or #s + 1 end
+  end
+end
+
 -- Host, and whether the connection stays open after this request: sets
 -- r.keepalive; fails on a missing or repeated Host in HTTP/1.1.
-local function check_head (r, headers)
+local function check_head (r, headers, multi)
   -- HTTP/1.1 needs exactly one Host (RFC 9112 3.2)
-  if r.version == "1.1" and (headers.host == nil or (r._multi and
-      r._multi.host)) then
+  if r.version == "1.1" and (headers.host == nil or (multi and
+      multi.host)) then
     return fail(400)
   end
   local connection = headers.connection
-  if connection then connection = lower(connection) end
-  if r.version == "1.1" then
-    r.keepalive = not (connection and has_token(connection, "close"))
-  else
-    r.keepalive = connection ~= nil and has_token(connection, "keep-alive")
+  if connection then
+    connection = lower(connection)
+    if r.version == "1.1" then
+      r.keepalive = not has_token(connection, "close")
+    else
+      r.keepalive = has_token(connection, "keep-alive")
+    end
+  elseif r.version ~= "1.1" then
+    r.keepalive = false
   end
   return true
 end
@@ -422,67 +542,239 @@ local function content_length (cl)
   return match(cl, "^0*(%d+)$")
 end
 
+-- The trailer fields after the last chunk, read and dropped.
+local function read_trailer (rd, opts, deadline)
+  while true do                   -- the usual case first: no trailer
+    local buf, pos = rd.buf, rd.pos
+    local e = find(buf, "\n", pos, true)
+    if e then
+      if e == pos or (e == pos + 1 and byte(buf, pos) == 13) then
+        rd.pos = e + 1
+        return true
+      end
+      break
+    end
+    if #buf - pos + 1 > opts.max_header_line then break end
+    local ok, err = fill(rd, deadline)
+    if not ok then return lost(err, true) end
+  end
+  local e, status = wait_head(rd, deadline, opts.max_header_line, 431,
+    opts.max_header_size, true)
+  if not e then return nil, status end
+  local pos = rd.pos
+  local stop
+  stop, status = parse_fields(sub(rd.buf, pos, e), 1, opts, {})
+  if not stop then return nil, status end
+  rd.pos = pos + stop - 1
+  return true
+end
+
+-- A chunked body: the chunks joined, or fails.
+local function read_chunked (rd, opts, deadline)
+  local parts, total, max = {}, 0, opts.max_body
+  while true do      -- bounded: each chunk brings a byte, total <= max
+    local line, err = read_line(rd, deadline, opts.max_header_line)
+    if not line then
+      if err == "line too long" then return fail(400) end
+      return lost(err, true)
+    end
+    -- size [; extensions]: the extensions are ignored
+    local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
+    if not hex or (rest ~= "" and byte(rest) ~= 59) then   -- 59 = ";"
+      return fail(400)
+    end
+    hex = match(hex, "^0*(.*)$")
+    if #hex > 8 then return fail(413) end
+    local size = hex == "" and 0 or tonumber(hex, 16)
+    if size == 0 then
+      local ok, status = read_trailer(rd, opts, deadline)
+      if not ok then return nil, status end
+      return concat(parts)
+    end
+    total = total + size
+    if total > max then return fail(413) end
+    local data
+    data, err = read_bytes(rd, size, deadline)
+    if not data then return lost(err, true) end
+    parts[#parts + 1] = data
+    local crlf
+    crlf, err = read_line(rd, deadline, 1)
+    if crlf ~= "" and crlf ~= "\r" then
+      if crlf == nil and err ~= "line too long" then
+        return lost(err, true)
+      end
+      return fail(400)
+    end
+  end
+end
+
+-- 100 Continue, to a client that waits for it before it sends the body
+local CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n"
+
 -- The framing and the body: chunked, or Content-Length bytes, or none.
 -- Sets r.body; returns true, or fails (r.unread when the rest of the body
--- may still be coming).
-local function read_body (conn, r, headers, opts)
-  local te, cl = headers["transfer-encoding"], headers["content-length"]
-  local expect = headers.expect
+-- may still be coming). The whole body must come within body_timeout.
+local function read_body (rd, r, headers, opts)
+  local te, cl, expect = headers["transfer-encoding"],
+    headers["content-length"], headers.expect
   if expect then
     if lower(expect) ~= "100-continue" then return fail(417) end
     expect = r.version == "1.1"
   end
+  if not (te or cl) then return true end
+  local deadline = opts.body_timeout
+  if deadline and deadline > 0 then deadline = now() + deadline
+  else deadline = nil end
+  local body, status
   if te then
     -- both framings at once is how requests are smuggled: refused
     if cl or r.version == "1.0" then return fail(400) end
     if lower(te) ~= "chunked" then return fail(501) end
-    if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-    local body, st = read_chunked(conn, opts)
+    if expect then r.req:write(CONTINUE) end
+    body, status = read_chunked(rd, opts, deadline)
     if not body then
       r.unread = true   -- the rest of the body may still be coming
-      return nil, st
+      return nil, status
     end
-    r.body = body
-  elseif cl then
-    local st
-    cl, st = content_length(cl)
-    if not cl then return nil, st end
+  else
+    cl, status = content_length(cl)
+    if not cl then return nil, status end
     if #cl > 15 or tonumber(cl) > opts.max_body then
       r.unread = not expect
       return fail(413)
     end
     local n = tonumber(cl)
-    if n > 0 then
-      if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-      local body = conn:read(n)
-      if not body or #body < n then return nil end
-      r.body = body
+    if n == 0 then return true end
+    if expect then r.req:write(CONTINUE) end
+    local err
+    body, err = read_bytes(rd, n, deadline)
+    if not body then
+      r.unread = true
+      return lost(err, true)
     end
   end
+  r.body = body
   return true
 end
 
--- One request, phase by phase: the request line, the target, the header
--- fields, the head's checks, the body.
-local function read_request (conn, opts, waiting)
-  local method, target, version = read_request_line(conn, opts, waiting)
+-- The Request metatable of a connection: the fields every request of it
+-- shares, and the defaults of the others, sit in its __index table (over
+-- Request), so a request is built with only its own fields.
+local function request_mt (conn, opts)
+  return { __index = setmetatable({ req = conn, _opts = opts, last = false,
+    unread = false, _multi = false, _started = false, keepalive = true,
+    body = "" }, Request) }
+end
+
+-- The parsed heads, by their bytes (see above), in opts._heads (the
+-- limits they were checked against are opts'): method, target, path,
+-- query (or false), version, keepalive, then the index of the last value
+-- and the keys and values. Only heads whose every rule could be checked
+-- at parse time: no body framing, no Expect, no repeated field.
+local function remember (opts, head, r, headers)
+  local heads = opts._heads
+  if heads.n >= HEAD_CACHE_SIZE then
+    heads = { n = 0 }
+    opts._heads = heads
+  end
+  local e = { r.method, r.target, r.path, r.query or false, r.version,
+    r.keepalive, 0 }
+  local n = 7
+  for k, v in pairs(headers) do
+    e[n + 1], e[n + 2] = k, v
+    n = n + 2
+  end
+  e[7] = n
+  heads[head] = e
+  heads.n = heads.n + 1
+end
+
+-- A request from a remembered head.
+local function recall (e, mt)
+  local headers = {}
+  for i = 8, e[7], 2 do headers[e[i]] = e[i + 1] end
+  local query = e[4] or nil
+  local r = setmetatable({ method = e[1], target = e[2], path = e[3],
+    query = query, version = e[5], headers = setmetatable(headers,
+    headers_mt), args = query and M.parse_query(query) or {},
+    params = {} }, mt)
+  if not e[6] then r.keepalive = false end
+  return r
+end
+
+-- The head s (whole, from the buffer at start), parsed: the request; or
+-- fails. Sets rd.pos after the head (which may end before s does, at a
+-- bare-LF empty line) and remembers the head when it can.
+local function parse_head (rd, s, start, opts, mt)
+  local method, target, version, pos = parse_request_line(s, 1, opts)
   if not method then return nil, target end
   local path, query = split_target(method, target)
   if not path then return nil, query end
-  -- every field in the constructor: adding them later would grow the table
   local headers = {}
   local r = setmetatable({ method = method, target = target, path = path,
-    query = query, args = false, version = version, headers = headers,
-    body = "", params = {}, keepalive = false, req = conn, _opts = opts,
-    last = false, unread = false, _started = false, _multi = false },
-    Request)
-  local ok, status = read_fields(conn, opts, headers, r)
-  if not ok then return nil, status end
+    query = query, version = version, headers = headers, args = false,
+    params = {} }, mt)
+  local stop, multi = parse_fields(s, pos, opts, headers)
+  if not stop then return nil, multi end
+  rd.pos = start + stop - 1
+  if multi then r._multi = multi end
   r.args = query and M.parse_query(query) or {}
   -- (headers gets its case-insensitive metatable at the end: until then,
   -- a missing header is a plain miss, not a call)
-  ok, status = check_head(r, headers)
-  if ok then ok, status = read_body(conn, r, headers, opts) end
+  local ok, status = check_head(r, headers, multi)
+  if not ok then return nil, status, r end
+  if stop > #s and not multi and #s <= HEAD_CACHE_MAX and
+      not (headers["transfer-encoding"] or headers["content-length"] or
+           headers.expect) then
+    remember(opts, s, r, headers)
+  end
+  return r, headers
+end
+
+-- One request, phase by phase: the whole head, its request line, target,
+-- header fields and checks (or the remembered parse of the same head),
+-- then the body. deadline: when the head must have come, for the
+-- connection's first request (header_timeout from the connection's
+-- start); later ones have keepalive_timeout for their first byte, then
+-- header_timeout for the rest of the head.
+local function read_request (rd, opts, mt, deadline)
+  -- up to 4 empty lines before the request line are allowed (RFC 9112)
+  local skipped = 0
+  while true do
+    local buf, pos = rd.buf, rd.pos
+    local b = byte(buf, pos)
+    if b == 10 or (b == 13 and byte(buf, pos + 1) == 10) then
+      skipped = skipped + 1
+      if skipped > 4 then return fail(400) end
+      rd.pos = pos + (b == 10 and 1 or 2)
+    elseif b and (b ~= 13 or pos < #buf) then
+      break
+    else                          -- nothing (or a lone CR) buffered: wait
+      local ok, err = fill(rd, deadline)
+      if not ok then return lost(err, b or skipped > 0) end
+    end
+  end
+  local buf, pos = rd.buf, rd.pos
+  local e = head_end(buf, pos)
+  if not e then
+    -- the head came in pieces: the rest within header_timeout
+    local t = opts.header_timeout
+    if not deadline and t and t > 0 then deadline = now() + t end
+    local status
+    e, status = wait_head(rd, deadline, opts.max_request_line, 414,
+      opts.max_request_line + opts.max_header_size + 2, true)
+    if not e then return nil, status end
+    buf, pos = rd.buf, rd.pos
+  end
+  local s = sub(buf, pos, e)
+  local cached = opts._heads[s]
+  if cached then
+    rd.pos = e + 1
+    return recall(cached, mt)
+  end
+  local r, headers, partial = parse_head(rd, s, pos, opts, mt)
+  if not r then return nil, headers, partial end
+  local ok, status = read_body(rd, r, headers, opts)
   if not ok then return nil, status, r end
   setmetatable(headers, headers_mt)
   return r
@@ -740,31 +1032,64 @@ local function options (opts)
   for k, v in pairs(M.defaults) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   o.server_line = o.server and "Server: " .. o.server .. "\r\n" or ""
+  o._heads = { n = 0 }
   return o
+end
+
+-- The deadline of a connection's first head, from now: nil for none.
+local function first_deadline (opts)
+  local t = opts.header_timeout
+  if t and t > 0 then return now() + t end
+  return nil
 end
 
 -- Serves HTTP on the luasrv request conn: reads requests and answers each
 -- with handler(r), in order, until the connection ends or must close.
 function M.serve (conn, handler, opts)
   opts = options(opts)
+  local rd, mt = new_reader(conn, opts), request_mt(conn, opts)
+  local deadline = first_deadline(opts)
   local max = opts.max_requests
   for n = 1, max do
-    local r, status, partial = read_request(conn, opts, n > 1)
+    local r, status, partial = read_request(rd, opts, mt, deadline)
+    deadline = nil
+    if rd.timeout ~= nil then     -- the handler runs with the server's
+      rd.settimeout(conn, nil)
+      rd.timeout = nil
+    end
     if not r then
       if status then send_error(conn, status, partial, opts) end
       return
     end
-    r.last = n == max
+    if n == max then r.last = true end
     if not respond(conn, r, handler, opts) then return end
   end
 end
 
--- Reads one request from conn (anything with luasrv's read, write and
--- settimeout): the request table; or nil and the status to answer (400,
--- 413, 414, 431, 501, 505) with the partial request; or nil alone when the
--- connection has ended.
+-- the reader of each connection read with M.read_request
+local readers = setmetatable({}, { __mode = "k" })
+
+-- Reads one request from conn (anything with luasrv's recv, read, write
+-- and settimeout): the request table; or nil and the status to answer
+-- (400, 408, 413, 414, 431, 501, 505) with the partial request; or nil
+-- alone when the connection has ended. What follows the request (the next
+-- pipelined ones) stays buffered for the next call with the same conn.
 function M.read_request (conn, opts)
-  return read_request(conn, options(opts), false)
+  opts = options(opts)
+  local rd = readers[conn]
+  local deadline
+  if not rd then
+    rd = new_reader(conn, opts)
+    rd.mt = request_mt(conn, opts)
+    readers[conn] = rd
+    deadline = first_deadline(opts)
+  end
+  local r, status, partial = read_request(rd, opts, rd.mt, deadline)
+  if rd.timeout ~= nil then
+    rd.settimeout(conn, nil)
+    rd.timeout = nil
+  end
+  return r, status, partial
 end
 
 -- The hooks table of a script whose every request runs handler(r).
