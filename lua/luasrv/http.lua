@@ -16,11 +16,19 @@ router of luasrv.http.router (lua/luasrv/http/router.lua).
   app:post("/echo", function (r) return 200, {}, r.body end)
   return app:handler()
 
-The parser is pure Lua on top of the connection's buffered reads: the C
-core finds the line ends (req:read("l")), so the request line and each
-header cost one call and one pattern match; a Content-Length body is one
-req:read(n); a chunked body is read("l") + read(n) per chunk. The whole
-body is read (up to max_body) before the handler runs.
+The parser is pure Lua over a buffer of its own (see "Reading a
+request" below): one req:recv per head, plain finds, and heads seen
+before recalled by their bytes. The whole body is read (up to max_body)
+before the handler runs.
+
+Deadlines: a request head must arrive whole within header_timeout (10 s;
+for the first request of a connection, counted from its start; for a
+later one, from its first byte, the wait for which is keepalive_timeout),
+and a body within body_timeout (60 s) of the end of its head. Past it the
+client gets 408 and the connection closes; a connection that sent
+nothing of a new request is closed without a word. So a slow client
+(slowloris) holds a sync worker, a fork child or a thread for at most
+header_timeout.
 
 What a handler gets, `r`:
   r.method    "GET", "POST", ... (case-sensitive, as sent)
