@@ -76,8 +76,11 @@ local byte, char, find, format, gsub, lower, match, sub =
   string.lower, string.match, string.sub
 local concat, tonumber, tostring, type = table.concat, tonumber, tostring,
   type
+local time = os.time
 
 local M = {}
+
+local JSON, TEXT     -- frozen headers tables (see fixed_head)
 
 -- Limits and settings; http.serve's opts override them one by one.
 M.defaults = {
@@ -286,7 +289,7 @@ local function fail (status, r) return nil, status, r end
 local function new_reader (conn, opts)
   return { conn = conn, buf = "", pos = 1,
     recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
-    idle = opts.keepalive_timeout, timeout = nil }
+    write = conn.write, idle = opts.keepalive_timeout, timeout = nil }
 end
 
 -- Sets the timeout of the next wait: what is left until deadline, or the
@@ -309,7 +312,9 @@ end
 -- to deadline). Returns true, or nil and "timeout", the read's error, or
 -- nothing at EOF.
 local function fill (rd, deadline)
-  if not set_wait(rd, deadline) then return nil, "timeout" end
+  if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
+    return nil, "timeout"
+  end
   local data, err = rd.recv(rd.conn, RECV_MAX)
   if not data then return nil, err end
   local buf, pos = rd.buf, rd.pos
@@ -665,13 +670,27 @@ local function read_body (rd, r, headers, opts)
   return true
 end
 
--- The Request metatable of a connection: the fields every request of it
--- shares, and the defaults of the others, sit in its __index table (over
--- Request), so a request is built with only its own fields.
+-- The Request metatable of a connection. The fields every request of it
+-- shares, and the defaults of the others, sit in a table behind __index
+-- (over Request); r.args and r.params are made on their first use. So a
+-- request is built with only its own fields: each costs in a constructor.
 local function request_mt (conn, opts)
-  return { __index = setmetatable({ req = conn, _opts = opts, last = false,
+  local shared = setmetatable({ req = conn, _opts = opts, last = false,
     unread = false, _multi = false, _started = false, keepalive = true,
-    body = "" }, Request) }
+    body = "" }, Request)
+  return { __index = function (r, k)
+    local v = shared[k]
+    if v ~= nil then return v end
+    if k == "args" then
+      local q = r.query
+      v = q and M.parse_query(q) or {}
+      r.args = v
+    elseif k == "params" then
+      v = {}
+      r.params = v
+    end
+    return v
+  end }
 end
 
 -- The parsed heads, by their bytes (see above), in opts._heads (the
@@ -701,13 +720,9 @@ end
 local function recall (e, mt)
   local headers = {}
   for i = 8, e[7], 2 do headers[e[i]] = e[i + 1] end
-  local query = e[4] or nil
-  local r = setmetatable({ method = e[1], target = e[2], path = e[3],
-    query = query, version = e[5], headers = setmetatable(headers,
-    headers_mt), args = query and M.parse_query(query) or {},
-    params = {} }, mt)
-  if not e[6] then r.keepalive = false end
-  return r
+  return setmetatable({ method = e[1], target = e[2], path = e[3],
+    query = e[4] or nil, version = e[5], keepalive = e[6],
+    headers = setmetatable(headers, headers_mt), _started = false }, mt)
 end
 
 -- The head s (whole, from the buffer at start), parsed: the request; or
@@ -720,13 +735,12 @@ local function parse_head (rd, s, start, opts, mt)
   if not path then return nil, query end
   local headers = {}
   local r = setmetatable({ method = method, target = target, path = path,
-    query = query, version = version, headers = headers, args = false,
-    params = {} }, mt)
+    query = query, version = version, headers = headers, keepalive = true,
+    _started = false }, mt)
   local stop, multi = parse_fields(s, pos, opts, headers)
   if not stop then return nil, multi end
   rd.pos = start + stop - 1
   if multi then r._multi = multi end
-  r.args = query and M.parse_query(query) or {}
   -- (headers gets its case-insensitive metatable at the end: until then,
   -- a missing header is a plain miss, not a call)
   local ok, status = check_head(r, headers, multi)
@@ -746,10 +760,26 @@ end
 -- start); later ones have keepalive_timeout for their first byte, then
 -- header_timeout for the rest of the head.
 local function read_request (rd, opts, mt, deadline)
+  if rd.pos > #rd.buf then      -- the usual case: wait for the next one
+    local ok, err = fill(rd, deadline)
+    if not ok then return lost(err, false) end
+  end
+  local buf, pos = rd.buf, rd.pos
+  local heads = opts._heads
+  -- the usual case: a whole head, seen before
+  local e = find(buf, "\r\n\r\n", pos, true)
+  if e then
+    e = e + 3
+    local cached = heads[sub(buf, pos, e)]
+    if cached then
+      rd.pos = e + 1
+      return recall(cached, mt)
+    end
+  end
   -- up to 4 empty lines before the request line are allowed (RFC 9112)
   local skipped = 0
   while true do
-    local buf, pos = rd.buf, rd.pos
+    buf, pos = rd.buf, rd.pos
     local b = byte(buf, pos)
     if b == 10 or (b == 13 and byte(buf, pos + 1) == 10) then
       skipped = skipped + 1
@@ -762,8 +792,7 @@ local function read_request (rd, opts, mt, deadline)
       if not ok then return lost(err, b or skipped > 0) end
     end
   end
-  local buf, pos = rd.buf, rd.pos
-  local e = head_end(buf, pos)
+  e = head_end(buf, pos)
   if not e then
     -- the head came in pieces: the rest within header_timeout
     local t = opts.header_timeout
@@ -775,7 +804,7 @@ local function read_request (rd, opts, mt, deadline)
     buf, pos = rd.buf, rd.pos
   end
   local s = sub(buf, pos, e)
-  local cached = opts._heads[s]
+  local cached = heads[s]
   if cached then
     rd.pos = e + 1
     return recall(cached, mt)
@@ -971,31 +1000,45 @@ local function traceback (err)
   return debug.traceback(tostring(err), 2)
 end
 
-local TEXT = { ["Content-Type"] = "text/plain; charset=utf-8" }
 
--- The head of a 200 text/plain answer that keeps the connection open, by
--- body length: what response_head(r, opts, 200, TEXT, "length", n) gives
--- an HTTP/1.1 keep-alive request, built once a second (the Date changes)
--- for at most 64 lengths. The common case of a handler returning a string.
-local function text_head (opts, length)
-  local date = date_header()
-  local heads = opts._text_heads
-  if not heads or heads.date ~= date then
-    heads = { date = date, n = 0 }
-    opts._text_heads = heads
+-- The headers tables of http.json and of a handler that returns a string
+-- alone: read-only, so that their header lines can be made once.
+local function frozen (t)
+  return setmetatable({}, { __index = t,
+    __newindex = function () error("this headers table is read-only", 2) end,
+    __pairs = function () return next, t, nil end })
+end
+JSON = frozen{ ["Content-Type"] = "application/json" }
+TEXT = frozen{ ["Content-Type"] = "text/plain; charset=utf-8" }
+local CONTENT_TYPE = { [JSON] = "Content-Type: application/json\r\n",
+  [TEXT] = "Content-Type: text/plain; charset=utf-8\r\n" }
+
+-- The head of a 200 answer with one of the frozen headers tables that
+-- keeps the connection open, by body length: what response_head gives an
+-- HTTP/1.1 keep-alive request, built once a second (the Date changes) for
+-- at most 64 lengths per table. The common case of a handler returning a
+-- string or http.json(value).
+local function fixed_head (opts, headers, length)
+  local heads = opts._fixed_heads
+  if heads.time ~= time() then
+    heads = { time = time(), date = date_header(), n = 0, [JSON] = {},
+      [TEXT] = {} }
+    opts._fixed_heads = heads
   end
-  local head = heads[length]
+  local date = heads.date
+  local byLength = heads[headers]
+  local head = byLength[length]
   if not head then
-    head = status_line(200) .. "Content-Type: text/plain; charset=utf-8\r\n"
-      .. date .. opts.server_line .. "Content-Length: " .. length
-      .. "\r\n\r\n"
-    if heads.n < 64 then heads[length], heads.n = head, heads.n + 1 end
+    head = status_line(200) .. CONTENT_TYPE[headers] .. date ..
+      opts.server_line .. "Content-Length: " .. length .. "\r\n\r\n"
+    if heads.n < 128 then byLength[length], heads.n = head, heads.n + 1 end
   end
   return head
 end
 
--- runs the handler for r and writes its response; whether to keep alive
-local function respond (conn, r, handler, opts)
+-- runs the handler for r and writes its response; whether to keep alive.
+-- last: whether r is the last request the connection may carry.
+local function respond (conn, r, handler, opts, write, last)
   local ok, status, headers, body = xpcall(handler, traceback, r)
   if not ok then
     luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
@@ -1008,17 +1051,18 @@ local function respond (conn, r, handler, opts)
   end
   if r._started then return finish_stream(conn, r) end
   if status == nil then return send_response(conn, r, opts, 200, nil, "") end
-  if type(status) == "string" then
-    if r.keepalive and not r.last and r.version == "1.1"
-        and r.method ~= "HEAD" and status ~= "" then
-      conn:write(text_head(opts, #status), status)
-      return true
-    end
-    return send_response(conn, r, opts, 200, TEXT, status)
-  end
-  if type(body) ~= "string" and body ~= nil then
+  local kind = type(status)
+  if kind == "string" then body, headers, status = status, TEXT, 200
+  elseif kind == "number" and type(body) ~= "string" and body ~= nil then
     if type(body) == "table" then body = concat(body)
     else body = tostring(body) end
+  end
+  -- the usual answer: 200, a frozen headers table, a kept-alive HTTP/1.1
+  if status == 200 and CONTENT_TYPE[headers] and body and body ~= "" and
+      r.keepalive and not last and r.version == "1.1" and
+      r.method ~= "HEAD" then
+    write(conn, fixed_head(opts, headers, #body), body)
+    return true
   end
   local sent
   ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
@@ -1041,6 +1085,7 @@ local function options (opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   o.server_line = o.server and "Server: " .. o.server .. "\r\n" or ""
   o._heads = { n = 0 }
+  o._fixed_heads = { time = false }
   return o
 end
 
@@ -1070,7 +1115,9 @@ function M.serve (conn, handler, opts)
       return
     end
     if n == max then r.last = true end
-    if not respond(conn, r, handler, opts) then return end
+    if not respond(conn, r, handler, opts, rd.write, n == max) then
+      return
+    end
   end
 end
 
@@ -1108,8 +1155,9 @@ end
 
 -- A JSON response: status (200), headers plus the Content-Type.
 function M.json (value, status, headers)
+  if not headers then return status or 200, JSON, cjson.encode(value) end
   local h = { ["Content-Type"] = "application/json" }
-  if headers then for k, v in pairs(headers) do h[k] = v end end
+  for k, v in pairs(headers) do h[k] = v end
   return status or 200, h, cjson.encode(value)
 end
 

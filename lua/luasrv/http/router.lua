@@ -110,7 +110,7 @@ function Router:dispatch (r)
   local byMethod = self.exact[r.path]
   local methods = nil    -- the methods the path has, for a 405
   if byMethod then
-    local fn = pick(byMethod, r.method)
+    local fn = byMethod[r.method] or pick(byMethod, r.method)
     if fn then return fn(r) end
     methods = {}
     for m in pairs(byMethod) do methods[m] = true end
@@ -130,9 +130,13 @@ end
 
 -- The hooks table of a script served by this router.
 function Router:handler (opts)
-  local router = self
-  return http.handler(function (r) return router:dispatch(r) end,
-    opts or self.opts)
+  local router, exact, dispatch = self, self.exact, self.dispatch
+  return http.handler(function (r)
+    local byMethod = exact[r.path]       -- the usual case, inline
+    local fn = byMethod and byMethod[r.method]
+    if fn then return fn(r) end
+    return dispatch(router, r)
+  end, opts or self.opts)
 end
 
 return M
