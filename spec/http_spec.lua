@@ -278,6 +278,35 @@ H.for_models(function (model)
       assert.equals("a, b", cjson.decode(b)["x-r"])
     end)
 
+    it("answers a head seen before as the first time", function ()
+      -- twice each, on new connections: the second is a remembered head
+      for _ = 1, 2 do
+        local c = connect(srv)
+        c:send("GET /items/7?x=1&x=2 HTTP/1.1\r\nHost: x\r\n" ..
+          "Connection: close\r\n\r\n")
+        local s, h, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals("close", h.connection)
+        assert.same({ id = 7, name = "item 7", query = { x = { "1", "2" } } },
+          cjson.decode(b))
+        assert.is_true(closed(c))
+      end
+      for _ = 1, 2 do
+        local c = connect(srv)
+        c:send("GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" ..
+          "HEAD /hello HTTP/1.0\r\n\r\n")
+        local s, h, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals("keep-alive", h.connection)
+        assert.equals("hello\n", b)
+        s, h = read_response(c, true)
+        assert.equals(200, s)
+        assert.equals("close", h.connection)
+        assert.equals("6", h["content-length"])
+        assert.is_true(closed(c))
+      end
+    end)
+
     it("refuses a CR or NUL inside a header and five empty lines", function ()
       for _, bad in ipairs{
         "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",

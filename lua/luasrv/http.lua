@@ -670,15 +670,42 @@ local function read_body (rd, r, headers, opts)
   return true
 end
 
+-- A request from a remembered head (below) holds only the head's entry,
+-- _e: its fields are read from the entry (its headers table is made on
+-- first use and kept in the request). The index of each in an entry:
+local ENTRY = { method = 1, target = 2, path = 3, query = 4, version = 5,
+  keepalive = 6 }
+
+-- The headers table of a request from its entry e, on first use: the
+-- request's own, made from e's keys and values.
+local function entry_headers (r, e)
+  local h = {}
+  for j = 8, e[7], 2 do h[e[j]] = e[j + 1] end
+  setmetatable(h, headers_mt)
+  r.headers = h
+  return h
+end
+
 -- The Request metatable of a connection. The fields every request of it
 -- shares, and the defaults of the others, sit in a table behind __index
--- (over Request); r.args and r.params are made on their first use. So a
--- request is built with only its own fields: each costs in a constructor.
+-- (over Request); r.args and r.params are made on their first use, and a
+-- remembered head's fields too. So a request is built with only its own
+-- fields: each costs in a constructor.
 local function request_mt (conn, opts)
   local shared = setmetatable({ req = conn, _opts = opts, last = false,
     unread = false, _multi = false, _started = false, keepalive = true,
-    body = "" }, Request)
+    body = "", _e = false }, Request)
   return { __index = function (r, k)
+    local e = r._e                  -- a field of every request: no loop
+    if e then
+      local i = ENTRY[k]
+      if i then                 -- read again from e each time: storing it
+        local v = e[i]          -- in r would grow r's table, dearer
+        if v == false and i == 4 then return nil end    -- no query
+        return v
+      end
+      if k == "headers" then return entry_headers(r, e) end
+    end
     local v = shared[k]
     if v ~= nil then return v end
     if k == "args" then
@@ -716,13 +743,9 @@ local function remember (opts, head, r, headers)
   heads.n = heads.n + 1
 end
 
--- A request from a remembered head.
+-- A request from a remembered head (its fields are made on first use).
 local function recall (e, mt)
-  local headers = {}
-  for i = 8, e[7], 2 do headers[e[i]] = e[i + 1] end
-  return setmetatable({ method = e[1], target = e[2], path = e[3],
-    query = e[4] or nil, version = e[5], keepalive = e[6],
-    headers = setmetatable(headers, headers_mt), _started = false }, mt)
+  return setmetatable({ _e = e, _started = false }, mt)
 end
 
 -- The head s (whole, from the buffer at start), parsed: the request; or
@@ -736,7 +759,7 @@ local function parse_head (rd, s, start, opts, mt)
   local headers = {}
   local r = setmetatable({ method = method, target = target, path = path,
     query = query, version = version, headers = headers, keepalive = true,
-    _started = false }, mt)
+    _started = false, _e = false }, mt)
   local stop, multi = parse_fields(s, pos, opts, headers)
   if not stop then return nil, multi end
   rd.pos = start + stop - 1
@@ -1036,19 +1059,10 @@ local function fixed_head (opts, headers, length)
   return head
 end
 
--- runs the handler for r and writes its response; whether to keep alive.
--- last: whether r is the last request the connection may carry.
-local function respond (conn, r, handler, opts, write, last)
-  local ok, status, headers, body = xpcall(handler, traceback, r)
-  if not ok then
-    luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
-      r.target, tostring(conn.client_address), status))
-    if r._started then
-      return false            -- cut: the client sees an unfinished body
-    end
-    return send_response(conn, r, opts, 500, TEXT,
-      "Internal Server Error\n")
-  end
+-- Writes the response to r from what its handler returned; whether to
+-- keep the connection open. last: whether r is the last request the
+-- connection may carry.
+local function respond (conn, r, opts, write, last, status, headers, body)
   if r._started then return finish_stream(conn, r) end
   if status == nil then return send_response(conn, r, opts, 200, nil, "") end
   local kind = type(status)
@@ -1058,20 +1072,68 @@ local function respond (conn, r, handler, opts, write, last)
     else body = tostring(body) end
   end
   -- the usual answer: 200, a frozen headers table, a kept-alive HTTP/1.1
-  if status == 200 and CONTENT_TYPE[headers] and body and body ~= "" and
-      r.keepalive and not last and r.version == "1.1" and
-      r.method ~= "HEAD" then
-    write(conn, fixed_head(opts, headers, #body), body)
+  local ctype = status == 200 and CONTENT_TYPE[headers]
+  local e = r._e
+  local keep, version, method
+  if e then keep, version, method = e[6], e[5], e[1]
+  else keep, version, method = r.keepalive, r.version, r.method end
+  if ctype and body and body ~= "" and keep and not last and
+      version == "1.1" and method ~= "HEAD" then
+    local heads, length = opts._fixed_heads, #body
+    if heads.time ~= time() then
+      heads = { time = time(), date = date_header(), n = 0, [JSON] = {},
+        [TEXT] = {} }
+      opts._fixed_heads = heads
+    end
+    local byLength = heads[headers]
+    local head = byLength[length]
+    if not head then
+      head = status_line(200) .. ctype .. heads.date .. opts.server_line ..
+        "Content-Length: " .. length .. "\r\n\r\n"
+      if heads.n < 128 then byLength[length], heads.n = head, heads.n + 1 end
+    end
+    write(conn, head, body)
     return true
   end
-  local sent
-  ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
+  local ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
   if not ok then     -- a bad status or header: the handler's mistake
     luasrv.log(("error handling %s %s: %s"):format(r.method, r.target,
       sent))
     return send_response(conn, r, opts, 500, TEXT, "Internal Server Error\n")
   end
   return sent
+end
+
+-- The requests of a connection, read and answered in order until the
+-- connection ends or must close. st holds the loop's state, so that after
+-- a handler raised (st.r is its request) serve can answer 500 and call
+-- this again to go on: one xpcall per connection, not one per request.
+local function serve_requests (st)
+  local conn, rd, mt, opts, handler = st.conn, st.rd, st.mt, st.opts,
+    st.handler
+  local write, max = rd.write, opts.max_requests
+  for n = st.n + 1, max do
+    st.n = n
+    local r, status, partial = read_request(rd, opts, mt, st.deadline)
+    st.deadline = nil
+    if rd.timeout ~= nil then     -- the handler runs with the server's
+      rd.settimeout(conn, nil)
+      rd.timeout = nil
+    end
+    if not r then
+      if status then send_error(conn, status, partial, opts) end
+      return
+    end
+    if n == max then r.last = true end
+    st.r = r
+    local headers, body
+    status, headers, body = handler(r)
+    st.r = false
+    if not respond(conn, r, opts, write, n == max, status, headers, body)
+    then
+      return
+    end
+  end
 end
 
 
@@ -1100,22 +1162,23 @@ end
 -- with handler(r), in order, until the connection ends or must close.
 function M.serve (conn, handler, opts)
   opts = options(opts)
-  local rd, mt = new_reader(conn, opts), request_mt(conn, opts)
-  local deadline = first_deadline(opts)
-  local max = opts.max_requests
-  for n = 1, max do
-    local r, status, partial = read_request(rd, opts, mt, deadline)
-    deadline = nil
-    if rd.timeout ~= nil then     -- the handler runs with the server's
-      rd.settimeout(conn, nil)
-      rd.timeout = nil
+  local rd = new_reader(conn, opts)
+  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts),
+    opts = opts, handler = handler, n = 0, r = false,
+    deadline = first_deadline(opts) }
+  while true do                   -- once more after each handler's error
+    local ok, err = xpcall(serve_requests, traceback, st)
+    if ok then return end
+    local r = st.r
+    if not r then error(err, 0) end       -- not the handler's
+    st.r = false
+    luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
+      r.target, tostring(conn.client_address), err))
+    if r._started then
+      return                  -- cut: the client sees an unfinished body
     end
-    if not r then
-      if status then send_error(conn, status, partial, opts) end
-      return
-    end
-    if n == max then r.last = true end
-    if not respond(conn, r, handler, opts, rd.write, n == max) then
+    if not send_response(conn, r, opts, 500, TEXT,
+        "Internal Server Error\n") or st.n >= opts.max_requests then
       return
     end
   end
