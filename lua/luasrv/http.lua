@@ -289,7 +289,8 @@ local function fail (status, r) return nil, status, r end
 local function new_reader (conn, opts)
   return { conn = conn, buf = "", pos = 1,
     recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
-    write = conn.write, idle = opts.keepalive_timeout, timeout = nil }
+    write = conn.write, idle = opts.keepalive_timeout, timeout = nil,
+    last = false, last_entry = false }
 end
 
 -- Sets the timeout of the next wait: what is left until deadline, or the
@@ -788,14 +789,20 @@ local function read_request (rd, opts, mt, deadline)
     if not ok then return lost(err, false) end
   end
   local buf, pos = rd.buf, rd.pos
+  -- the usual case: the connection's last head again, alone in what came
+  -- (one string comparison); or a whole head seen before
+  if buf == rd.last and pos == 1 then
+    rd.pos = #buf + 1
+    return recall(rd.last_entry, mt)
+  end
   local heads = opts._heads
-  -- the usual case: a whole head, seen before
   local e = find(buf, "\r\n\r\n", pos, true)
   if e then
     e = e + 3
     local cached = heads[sub(buf, pos, e)]
     if cached then
       rd.pos = e + 1
+      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
       return recall(cached, mt)
     end
   end
@@ -830,6 +837,7 @@ local function read_request (rd, opts, mt, deadline)
   local cached = heads[s]
   if cached then
     rd.pos = e + 1
+    if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
     return recall(cached, mt)
   end
   local r, headers, partial = parse_head(rd, s, pos, opts, mt)
@@ -1198,9 +1206,11 @@ function M.read_request (conn, opts)
   local deadline
   if not rd then
     rd = new_reader(conn, opts)
-    rd.mt = request_mt(conn, opts)
     readers[conn] = rd
     deadline = first_deadline(opts)
+  end
+  if rd.opts ~= opts then       -- heads are checked against opts' limits
+    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts), false
   end
   local r, status, partial = read_request(rd, opts, rd.mt, deadline)
   if rd.timeout ~= nil then
