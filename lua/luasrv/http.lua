@@ -744,9 +744,11 @@ local function remember (opts, head, r, headers)
   heads.n = heads.n + 1
 end
 
--- A request from a remembered head (its fields are made on first use).
+-- A request from a remembered head (its other fields are made on first
+-- use; the router reads these two).
 local function recall (e, mt)
-  return setmetatable({ _e = e, _started = false }, mt)
+  return setmetatable({ _e = e, _started = false, method = e[1],
+    path = e[3] }, mt)
 end
 
 -- The head s (whole, from the buffer at start), parsed: the request; or
@@ -784,16 +786,27 @@ end
 -- start); later ones have keepalive_timeout for their first byte, then
 -- header_timeout for the rest of the head.
 local function read_request (rd, opts, mt, deadline)
-  if rd.pos > #rd.buf then      -- the usual case: wait for the next one
-    local ok, err = fill(rd, deadline)
-    if not ok then return lost(err, false) end
-  end
   local buf, pos = rd.buf, rd.pos
+  if pos > #buf then            -- the usual case: wait for the next one
+    if deadline or rd.timeout ~= rd.idle then
+      local ok, err = fill(rd, deadline)
+      if not ok then return lost(err, false) end
+      buf, pos = rd.buf, rd.pos
+    else                        -- (fill, inline)
+      local err
+      buf, err = rd.recv(rd.conn, RECV_MAX)
+      if not buf then return lost(err, false) end
+      pos = 1
+      rd.buf, rd.pos = buf, 1
+    end
+  end
   -- the usual case: the connection's last head again, alone in what came
   -- (one string comparison); or a whole head seen before
   if buf == rd.last and pos == 1 then
     rd.pos = #buf + 1
-    return recall(rd.last_entry, mt)
+    local e = rd.last_entry
+    return setmetatable({ _e = e, _started = false, method = e[1],
+      path = e[3] }, mt)          -- (recall, inline)
   end
   local heads = opts._heads
   local e = find(buf, "\r\n\r\n", pos, true)
