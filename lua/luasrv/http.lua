@@ -454,10 +454,14 @@ end
 
 -- A field's value from i to j of s, without the spaces and tabs around it.
 local function field_value (s, i, j)
-  local b = byte(s, i)
-  while (b == 32 or b == 9) and i <= j do
+  local b, b2 = byte(s, i, i + 1)
+  if b == 32 and b2 ~= 32 and b2 ~= 9 then    -- the usual one space
     i = i + 1
-    b = byte(s, i)
+  else
+    while (b == 32 or b == 9) and i <= j do
+      i = i + 1
+      b = byte(s, i)
+    end
   end
   b = byte(s, j)
   while (b == 32 or b == 9) and j >= i do
@@ -810,9 +814,11 @@ local function read_request (rd, opts, mt, deadline)
   end
   local heads = opts._heads
   local e = find(buf, "\r\n\r\n", pos, true)
+  local s, spos                 -- the head tried, and where it starts
   if e then
     e = e + 3
-    local cached = heads[sub(buf, pos, e)]
+    s, spos = sub(buf, pos, e), pos
+    local cached = heads[s]
     if cached then
       rd.pos = e + 1
       if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
@@ -846,12 +852,14 @@ local function read_request (rd, opts, mt, deadline)
     if not e then return nil, status end
     buf, pos = rd.buf, rd.pos
   end
-  local s = sub(buf, pos, e)
-  local cached = heads[s]
-  if cached then
-    rd.pos = e + 1
-    if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
-    return recall(cached, mt)
+  if spos ~= pos or buf ~= rd.buf then    -- not the head tried above
+    s = sub(buf, pos, e)
+    local cached = heads[s]
+    if cached then
+      rd.pos = e + 1
+      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+      return recall(cached, mt)
+    end
   end
   local r, headers, partial = parse_head(rd, s, pos, opts, mt)
   if not r then return nil, headers, partial end
