@@ -276,6 +276,13 @@ H.for_models(function (model)
       s, _, b = read_response(c)
       assert.equals(200, s)
       assert.equals("a, b", cjson.decode(b)["x-r"])
+      -- empty lines alone in a segment, the request in the next one
+      c:send("\r\n\r\n")
+      require("socket").sleep(0.05)
+      c:send("GET /headers HTTP/1.1\r\nHost: x\r\nX-E: e\r\n\r\n")
+      s, _, b = read_response(c)
+      assert.equals(200, s)
+      assert.equals("e", cjson.decode(b)["x-e"])
     end)
 
     it("answers a head seen before as the first time", function ()

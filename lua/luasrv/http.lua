@@ -783,15 +783,74 @@ local function parse_head (rd, s, start, opts, mt)
   return r, headers
 end
 
--- One request, phase by phase: the whole head, its request line, target,
--- header fields and checks (or the remembered parse of the same head),
--- then the body. deadline: when the head must have come, for the
+-- Skips up to 4 empty lines before a request line (RFC 9112), waiting for
+-- more when the buffer holds nothing else. Returns true, or fails.
+local function skip_empty_lines (rd, deadline)
+  local skipped = 0
+  while true do
+    local buf, pos = rd.buf, rd.pos
+    local b = byte(buf, pos)
+    if b == 10 or (b == 13 and byte(buf, pos + 1) == 10) then
+      skipped = skipped + 1
+      if skipped > 4 then return fail(400) end
+      rd.pos = pos + (b == 10 and 1 or 2)
+    elseif b and (b ~= 13 or pos < #buf) then
+      return true
+    else                          -- nothing (or a lone CR) buffered: wait
+      local ok, err = fill(rd, deadline)
+      if not ok then return lost(err, b or skipped > 0) end
+    end
+  end
+end
+
+-- A request whose head is not the one just looked up (tried: the head
+-- string cut from tried_buf at tried_pos, or nil): the empty lines before
+-- it, the rest of the head (within header_timeout), its parse (or the
+-- remembered one), then the body.
+local function read_new_head (rd, opts, mt, deadline, tried, tried_buf,
+                              tried_pos)
+  local ok, status = skip_empty_lines(rd, deadline)
+  if not ok then return nil, status end
+  local buf, pos = rd.buf, rd.pos
+  local e = head_end(buf, pos)
+  if not e then
+    -- the head came in pieces: the rest within header_timeout
+    local t = opts.header_timeout
+    if not deadline and t and t > 0 then deadline = now() + t end
+    e, status = wait_head(rd, deadline, opts.max_request_line, 414,
+      opts.max_request_line + opts.max_header_size + 2, true)
+    if not e then return nil, status end
+    buf, pos = rd.buf, rd.pos
+  end
+  local s = tried
+  if tried_pos ~= pos or tried_buf ~= buf then
+    s = sub(buf, pos, e)
+    local cached = opts._heads[s]
+    if cached then
+      rd.pos = e + 1
+      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+      return recall(cached, mt)
+    end
+  end
+  local r, headers, partial = parse_head(rd, s, pos, opts, mt)
+  if not r then return nil, headers, partial end
+  ok, status = read_body(rd, r, headers, opts)
+  if not ok then return nil, status, r end
+  setmetatable(headers, headers_mt)
+  return r
+end
+
+-- One request: the request; or nil and a status to answer (with the
+-- partial request); or nil. The usual case first, inline: wait for what
+-- comes next, and find in it the connection's last head again (one string
+-- comparison) or a head seen before (one lookup). Anything else is
+-- read_new_head's. deadline: when the head must have come, for the
 -- connection's first request (header_timeout from the connection's
 -- start); later ones have keepalive_timeout for their first byte, then
 -- header_timeout for the rest of the head.
 local function read_request (rd, opts, mt, deadline)
   local buf, pos = rd.buf, rd.pos
-  if pos > #buf then            -- the usual case: wait for the next one
+  if pos > #buf then
     if deadline or rd.timeout ~= rd.idle then
       local ok, err = fill(rd, deadline)
       if not ok then return lost(err, false) end
@@ -804,69 +863,23 @@ local function read_request (rd, opts, mt, deadline)
       rd.buf, rd.pos = buf, 1
     end
   end
-  -- the usual case: the connection's last head again, alone in what came
-  -- (one string comparison); or a whole head seen before
   if buf == rd.last and pos == 1 then
     rd.pos = #buf + 1
     local e = rd.last_entry
     return setmetatable({ _e = e, _started = false, method = e[1],
       path = e[3] }, mt)          -- (recall, inline)
   end
-  local heads = opts._heads
   local e = find(buf, "\r\n\r\n", pos, true)
-  local s, spos                 -- the head tried, and where it starts
-  if e then
-    e = e + 3
-    s, spos = sub(buf, pos, e), pos
-    local cached = heads[s]
-    if cached then
-      rd.pos = e + 1
-      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
-      return recall(cached, mt)
-    end
+  if not e then return read_new_head(rd, opts, mt, deadline) end
+  e = e + 3
+  local s = sub(buf, pos, e)
+  local cached = opts._heads[s]
+  if not cached then
+    return read_new_head(rd, opts, mt, deadline, s, buf, pos)
   end
-  -- up to 4 empty lines before the request line are allowed (RFC 9112)
-  local skipped = 0
-  while true do
-    buf, pos = rd.buf, rd.pos
-    local b = byte(buf, pos)
-    if b == 10 or (b == 13 and byte(buf, pos + 1) == 10) then
-      skipped = skipped + 1
-      if skipped > 4 then return fail(400) end
-      rd.pos = pos + (b == 10 and 1 or 2)
-    elseif b and (b ~= 13 or pos < #buf) then
-      break
-    else                          -- nothing (or a lone CR) buffered: wait
-      local ok, err = fill(rd, deadline)
-      if not ok then return lost(err, b or skipped > 0) end
-    end
-  end
-  e = head_end(buf, pos)
-  if not e then
-    -- the head came in pieces: the rest within header_timeout
-    local t = opts.header_timeout
-    if not deadline and t and t > 0 then deadline = now() + t end
-    local status
-    e, status = wait_head(rd, deadline, opts.max_request_line, 414,
-      opts.max_request_line + opts.max_header_size + 2, true)
-    if not e then return nil, status end
-    buf, pos = rd.buf, rd.pos
-  end
-  if spos ~= pos or buf ~= rd.buf then    -- not the head tried above
-    s = sub(buf, pos, e)
-    local cached = heads[s]
-    if cached then
-      rd.pos = e + 1
-      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
-      return recall(cached, mt)
-    end
-  end
-  local r, headers, partial = parse_head(rd, s, pos, opts, mt)
-  if not r then return nil, headers, partial end
-  local ok, status = read_body(rd, r, headers, opts)
-  if not ok then return nil, status, r end
-  setmetatable(headers, headers_mt)
-  return r
+  rd.pos = e + 1
+  if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+  return recall(cached, mt)
 end
 
 
