@@ -28,7 +28,7 @@ and a body within body_timeout (60 s) of the end of its head. Past it the
 client gets 408 and the connection closes; a connection that sent
 nothing of a new request is closed without a word. So a slow client
 (slowloris) holds a sync worker, a fork child or a thread for at most
-header_timeout.
+header_timeout once its request has begun.
 
 What a handler gets, `r`:
   r.method    "GET", "POST", ... (case-sensitive, as sent)
@@ -44,14 +44,17 @@ What a handler gets, `r`:
   r:header_values(name)  every value of a header, in order (a list)
   r.body      the request body ("" when there is none)
   r.params    the router's captures (":id" -> r.params.id, decoded)
-  r.req       the luasrv request (r.req.client_address, r.req.server)
+  r.req       the luasrv request (r.req.client_address, r.req.server);
+              do not read from it: the module reads ahead (pipelined
+              requests) into a buffer of its own
 
 What a handler returns:
   status, headers, body   body a string (or nil); headers a table whose
                           values are strings, numbers or lists of strings
                           (one header line each)
   body                    a string alone: 200, text/plain; charset=utf-8
-  http.json(value [, status [, headers]])  a JSON response
+  http.json(value [, status [, headers]])  a JSON response (without
+                          headers, its headers table is read-only)
   nothing                 200 with an empty body, unless it streamed
 
 Streaming: r:start(status, headers) then r:write(...) as often as needed
