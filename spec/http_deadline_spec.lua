@@ -113,6 +113,20 @@ H.for_models(function (model)
       end
     end)
 
+    it("answers 408 to a later request's head trickled past" ..
+       " header_timeout", function ()
+      local srv = start(model)
+      local c = connect(srv)
+      c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n")
+      local got408 = trickle({ c }, "X-Slow: 1\r\n", function ()
+        status_of(c)                        -- collects what came in c.got
+        return c.got:find("HTTP/1.1 408 ", 1, true) ~= nil
+      end)
+      assert.is_true(got408, "no 408 after the first answer: " ..
+        tostring(c.got))
+      assert.matches("^HTTP/1%.1 200 OK\r\n", c.got)
+    end)
+
     it("answers 408 to a body trickled past body_timeout", function ()
       local srv = start(model)
       for _, head in ipairs{

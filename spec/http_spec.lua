@@ -314,6 +314,17 @@ H.for_models(function (model)
       end
     end)
 
+    it("answers many different heads, past what it remembers", function ()
+      local c = connect(srv)
+      for i = 1, 600 do         -- more than the 256 heads remembered
+        c:send(("GET /items/%d HTTP/1.1\r\nHost: x\r\nX-N: %d\r\n\r\n")
+          :format(i % 300, i))
+        local s, _, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals(i % 300, cjson.decode(b).id)
+      end
+    end)
+
     it("refuses a CR or NUL inside a header and five empty lines", function ()
       for _, bad in ipairs{
         "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
