@@ -263,3 +263,38 @@ describe("the Debian package", function ()
     end
   end)
 end)
+
+
+-- What the docs show of the package is what it ships (runs anywhere).
+describe("the package's docs", function ()
+  local function blocks (page, lang)
+    local t = {}
+    for body in assert(readfile(page)):gmatch("\n```" .. lang .. "\n(.-\n)```") do
+      t[#t + 1] = body
+    end
+    return t
+  end
+
+  it("doc/deploy.md shows the template and socket units verbatim", function ()
+    local shown = {}
+    for _, b in ipairs(blocks("doc/deploy.md", "ini")) do
+      local unit = b:match("^# (luasrv@%.%a+) %-%-")
+      if unit then shown[unit] = b end
+    end
+    for _, unit in ipairs { "luasrv@.service", "luasrv@.socket" } do
+      assert.equals(readfile("contrib/systemd/" .. unit), shown[unit])
+    end
+  end)
+
+  it("doc/operations.md shows the settings of example.conf", function ()
+    local example = {}
+    for _, line in ipairs(lines_of(assert(readfile("contrib/systemd/example.conf")))) do
+      if not line:match("^#") then example[#example + 1] = line end
+    end
+    local found = false
+    for _, b in ipairs(blocks("doc/operations.md", "ini")) do
+      if b == table.concat(example, "\n") .. "\n" then found = true end
+    end
+    assert.is_true(found, table.concat(example, "\n"))
+  end)
+end)
