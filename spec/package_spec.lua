@@ -205,6 +205,18 @@ describe("the Debian package", function ()
       assert(ok, out .. select(2, sh("journalctl -n 20 -u luasrv@" .. name)))
       ok, out = sh("systemctl is-active luasrv@" .. name)
       assert(ok, out)
+      -- not as root: the user systemd makes (DynamicUser=)
+      local _, pid = sh("systemctl show -p MainPID --value luasrv@" .. name)
+      local status = readfile("/proc/" .. tonumber(pid) .. "/status") or ""
+      local uid = status:match("\nUid:%s+(%d+)")
+      assert.is_truthy(uid and uid ~= "0", status)
+      -- reload is SIGHUP, and systemd hears when it is done
+      ok, out = sh("systemctl reload luasrv@" .. name)
+      assert(ok, out)
+      assert.is_truthy(H.eventually(function ()
+        return select(2, sh("systemctl show -p StatusText --value luasrv@" ..
+                            name)) == "serving (reloaded)\n"
+      end, 5))
     else
       -- no systemd here: what the unit's ExecStart runs
       local bin = T.bin
