@@ -1,8 +1,10 @@
 # luasrv -- a socket server in C that runs request handlers written in Lua 5.4.
 #
 #   make            build build/luasrv
-#   make run        install what is missing, build, serve scripts/echo.lua
-#   make test       install, build, run the C unit tests and every spec
+#   make run        install what building and running need, build, serve
+#                   scripts/echo.lua on 127.0.0.1:$(PORT)
+#   make test       install the test tools too, build, run the C unit tests
+#                   and every spec
 #   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
 #   make bench      the benchmark (see bench/README.md)
 #   make deb        the Debian package, build/deb/luasrv_VERSION_ARCH.deb
@@ -38,21 +40,27 @@ PURE = address acl buf evloop log cli persource proxy shdict
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
-# Debian packages: to build, to run the specs, to run the handlers.
+# Debian packages: to build; to run the shipped handlers (their JSON);
+# to run the specs. Only make test installs the last: some are services
+# (redis-server, haproxy) that Debian starts, and they take their ports.
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
-DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy
+DEPS_RUN = lua-cjson
+DEPS_TEST = lua5.4 lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
 DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy wrk nginx libnginx-mod-http-lua
 
-.PHONY: all deps run test test-asan check-specs unit bench clean install uninstall
+.PHONY: all deps deps-run run test test-asan check-specs unit bench clean install uninstall
 
 all: $(BUILD)/luasrv
 
+deps-run:
+	@tools/install-deps $(DEPS_BUILD) $(DEPS_RUN)
+
 deps:
-	@tools/install-deps $(DEPS_BUILD) $(DEPS_TEST)
+	@tools/install-deps $(DEPS_BUILD) $(DEPS_RUN) $(DEPS_TEST)
 
 $(BUILD)/luasrv: $(OBJS)
 	$(CC) $(SANITIZE_FLAGS) -o $@ $(OBJS) $(LDLIBS_ALL)
@@ -92,7 +100,7 @@ $(BUILD)/luadir: FORCE | $(BUILD)
 	@echo '$(LUADIR)' | cmp -s - $@ 2>/dev/null || echo '$(LUADIR)' > $@
 $(BUILD)/script.o: $(BUILD)/luadir
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/luasrv scripts/echo.lua --tcp 127.0.0.1:$(PORT)
 
@@ -192,7 +200,7 @@ deb:
 	lintian --fail-on error $(DEBDIR)/luasrv_*.deb
 
 clean:
-	rm -rf build build-asan bench/build
+	rm -rf build build-asan build-tsan bench/build
 
 -include $(OBJS:.o=.d)
 

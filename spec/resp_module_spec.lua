@@ -153,6 +153,7 @@ local resp = require "luasrv.resp"
 return { handle = function (req)
   resp.serve(req, function (argv, n)
     if argv[1] == "QUIT" then return resp.OK, "quit" end
+    if argv[1] == "RAISE" then error("command failed: " .. argv[2]) end
     local words = {}
     for i = 1, n do
       local w = argv[i]
@@ -214,6 +215,16 @@ H.for_models(function (model)
         local got = read_reply(c)
         assert.same(want[i], got, i)
       end
+    end)
+
+    it("sends the replies before a command that raises, then ends",
+    function ()
+      local c = srv:connect()
+      c:send(frame("A") .. frame("B") .. frame("RAISE", "x") .. frame("C"))
+      assert.same({ "A" }, read_reply(c))
+      assert.same({ "B" }, read_reply(c))
+      assert.same({ nil, "closed" }, { c:receive() })
+      assert.truthy(srv:wait_stderr("command failed: x", 3, true))
     end)
 
     it("takes inline commands as telnet sends them", function ()

@@ -6,7 +6,7 @@
 --   return ratelimit.wrap({ handle = function (req) ... end },
 --                         { rate = 10, burst = 20, dict = "ratelimit" })
 --
---   luasrv app.lua --tcp :8080 --workers 4 --shared ratelimit:1m
+--   luasrv app.lua --tcp 127.0.0.1:8080 --workers 4 --shared ratelimit:1m
 --
 -- A client may make `burst` requests at once, then `rate` per second: the
 -- bucket holds `burst` tokens, refills at `rate` tokens a second, and each
@@ -32,7 +32,7 @@ function M.new (opts)
   assert(rate and rate > 0, "ratelimit: rate must be > 0")
   assert(burst and burst >= 1, "ratelimit: burst must be >= 1")
   local name = opts.dict or "ratelimit"
-  local dict = luasrv.shared[name]
+  local dict = rawget(luasrv.shared, name)  -- indexing would raise
   if not dict then
     error("ratelimit: no shared dictionary '" .. name .. "' (start the " ..
           "server with --shared " .. name .. ":1m)", 2)

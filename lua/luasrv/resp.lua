@@ -309,6 +309,13 @@ function M.serve (req, dispatch)
     nout, outlen = 0, 0
   end
 
+  -- a command raised: the replies before it still go out, then the
+  -- error goes on to the handler's error path (and the connection ends)
+  local function fail (e)
+    flush()
+    error(e, 0)
+  end
+
   -- buf from p with more of the request after it; nil, err
   local function more (p, missing)
     if nout > 0 then flush() end
@@ -337,7 +344,8 @@ function M.serve (req, dispatch)
           for i = 2, last_n do argv[i] = nil end
         end
         last_n = 1
-        local reply, quit = dispatch(argv, 1)
+        local ok, reply, quit = pcall(dispatch, argv, 1)
+        if not ok then fail(reply) end
         nout, outlen = nout + 1, outlen + #reply
         out[nout] = reply
         if quit == "quit" then break end
@@ -452,7 +460,8 @@ function M.serve (req, dispatch)
       if err then break end
     end
     if n > 0 then
-      local reply, quit = dispatch(words, n)
+      local ok, reply, quit = pcall(dispatch, words, n)
+      if not ok then fail(reply) end
       nout, outlen = nout + 1, outlen + #reply
       out[nout] = reply
       if quit == "quit" then break end
