@@ -312,3 +312,25 @@ describe("the package's docs", function ()
     assert.is_true(found, table.concat(example, "\n"))
   end)
 end)
+
+
+-- The sample units for a make install (/usr/local) are valid for the
+-- systemd here: every directive known, every value parsed.
+describe("contrib/systemd", function ()
+  local have = os.execute("command -v systemd-analyze >/dev/null") == true
+  local it_ = have and it or pending
+  it_("the sample units pass systemd-analyze verify", function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local bin = T.bin:match("^/") and T.bin or os.getenv("PWD") .. "/" .. T.bin
+    for _, unit in ipairs { "luasrv.service", "luasrv.socket" } do
+      local text = assert(readfile("contrib/systemd/" .. unit))
+      local f = assert(io.open(dir .. "/" .. unit, "w"))
+      f:write((text:gsub("/usr/local/bin/luasrv", bin)))
+      f:close()
+    end
+    local ok, out = sh("systemd-analyze verify " .. q(dir .. "/luasrv.service")
+                       .. " " .. q(dir .. "/luasrv.socket"))
+    assert(ok and out == "", out)
+  end)
+end)
