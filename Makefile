@@ -7,6 +7,7 @@
 #                   and every spec
 #   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
 #   make bench      the benchmark (see bench/README.md)
+#   make deb        the Debian package, build/deb/luasrv_VERSION_ARCH.deb
 #   make clean
 
 CC ?= gcc
@@ -185,6 +186,21 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
 	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+
+# make deb: the Debian package, built by debhelper from debian/ in a copy
+# of the tree (dpkg-buildpackage writes beside the source): the result is
+# $(DEBDIR)/luasrv_VERSION_ARCH.deb, checked by lintian.
+DEPS_DEB = build-essential dpkg-dev debhelper lintian pkg-config liblua5.4-dev
+DEBDIR ?= $(BUILD)/deb
+DEB_TREE = Makefile README.md bench/README.md contrib debian doc \
+           fuzz/fuzz.mk lua scripts spec/c src
+.PHONY: deb
+deb:
+	@tools/install-deps $(DEPS_DEB)
+	rm -rf $(DEBDIR) && mkdir -p $(DEBDIR)/luasrv
+	tar -cf - $(DEB_TREE) | tar -xf - -C $(DEBDIR)/luasrv
+	cd $(DEBDIR)/luasrv && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(DEBDIR)/luasrv_*.deb
 
 clean:
 	rm -rf build build-asan build-tsan bench/build
