@@ -63,10 +63,11 @@ static int activation_fds (void) {
 ** names a socket systemd passed uses it instead of binding; with no
 ** listener option, every passed socket is served as it is.
 */
-static int open_listeners (const struct config *cfg, struct listener *ls) {
+static int open_listeners (struct config *cfg, struct listener *ls) {
   struct listen_opts o = {cfg->backlog, cfg->reuse_port, cfg->unix_mode};
   char err[512];
   int nfds = activation_fds(), used[CLI_MAX_LISTEN] = {0}, n = 0;
+  cfg->activated = nfds > 0;
   for (int i = 0; i < cfg->nlisten; i++, n++) {
     struct address a;
     int j = 0, rc;
@@ -189,6 +190,9 @@ int main (int argc, char **argv) {
     case CLI_USAGE:
       fprintf(stderr, "luasrv: %s\n%s", err, cli_usage_text());
       return 2;
+    case CLI_CONFIG:  /* FILE:LINE says enough: no usage text */
+      fprintf(stderr, "luasrv: %s\n", err);
+      return 2;
     case CLI_RUN: break;
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
@@ -213,7 +217,7 @@ int main (int argc, char **argv) {
   if (cfg.user != NULL && (resolve_user(&cfg) < 0 ||
                            chown_sockets(&cfg, ls, nls) < 0))
     goto out;
-  rc = master_run(&cfg, ls, nls);
+  rc = master_run(&cfg, ls, &nls);
 out:
   if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
   for (int i = 0; i < nls; i++) listener_close(&ls[i]);

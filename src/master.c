@@ -61,9 +61,14 @@ struct wproc {
 };
 
 struct master {
-  const struct config *cfg;
-  struct listener *ls;
+  struct config *cfg;         /* the serving generation's */
+  struct config *initial;     /* the start's (main's): never freed */
+  struct config *next_cfg;    /* a reload's, while it starts; else NULL */
+  struct listener *ls;        /* the serving generation's listeners */
   int nls;
+  int *nls_out;               /* main's count of ls */
+  struct listener next_ls[CLI_MAX_LISTEN];  /* a reload's */
+  int next_nls;
   int sfd;                    /* signalfd */
   sigset_t oldmask;
   struct wproc *procs;        /* the serving generation, the next and
@@ -142,26 +147,52 @@ static void close_master_fds (struct master *m) {
 }
 
 
-/* Runs in the child: becomes worker id and never returns. */
-static void run_worker (struct master *m, int id, int ready_wfd,
+static int holds (const struct listener *ls, int n, int fd) {
+  for (int i = 0; i < n; i++)
+    if (ls[i].fd == fd) return 1;
+  return 0;
+}
+
+
+/*
+** A worker keeps its own generation's listeners only: a listener that a
+** reload removes (or adds) must not stay open in a worker that never
+** accepts on it.
+*/
+static void close_other_listeners (struct master *m, const struct listener *ls,
+                                   int nls) {
+  for (int i = 0; i < m->nls; i++)
+    if (!holds(ls, nls, m->ls[i].fd)) close(m->ls[i].fd);
+  if (m->next_cfg != NULL)
+    for (int i = 0; i < m->next_nls; i++)
+      if (!holds(ls, nls, m->next_ls[i].fd)) close(m->next_ls[i].fd);
+}
+
+
+/* Runs in the child: becomes worker id of generation gen; never returns. */
+static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
                         pid_t master_pid) {
   struct worker w;
-  int rc;
+  int next = m->next_cfg != NULL && gen == m->next_gen;
+  const struct config *cfg = next ? m->next_cfg : m->cfg;
+  struct listener *ls = next ? m->next_ls : m->ls;
+  int nls = next ? m->next_nls : m->nls, rc;
   /* A master killed outright must not leave workers serving alone. */
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != master_pid) _exit(1);
   close_master_fds(m);
+  close_other_listeners(m, ls, nls);
   if (m->mls.fd >= 0) close(m->mls.fd);
   unsetenv("NOTIFY_SOCKET");  /* the master speaks for the server */
-  if (m->cfg->setuser) {
-    gid_t gid = (gid_t)m->cfg->gid;
+  if (cfg->setuser) {
+    gid_t gid = (gid_t)cfg->gid;
     if (setgroups(1, &gid) < 0 || setgid(gid) < 0 ||
-        setuid((uid_t)m->cfg->uid) < 0) {
-      log_error("error: --user %s: %s", m->cfg->user, strerror(errno));
+        setuid((uid_t)cfg->uid) < 0) {
+      log_error("error: --user %s: %s", cfg->user, strerror(errno));
       exit(1);
     }
   }
-  if (worker_init(&w, m->cfg, m->ls, m->nls, id) < 0) {
+  if (worker_init(&w, cfg, ls, nls, id) < 0) {
     log_error("error: worker %d: cannot create pipes", id);
     exit(1);
   }
@@ -205,7 +236,7 @@ static struct wproc *spawn (struct master *m, int id, unsigned gen) {
   }
   if (pid == 0) {
     close(fds[0]);
-    run_worker(m, id, fds[1], self);
+    run_worker(m, id, gen, fds[1], self);
   }
   close(fds[1]);
   memset(p, 0, sizeof *p);
@@ -276,11 +307,69 @@ static void announce (struct master *m) {
 static void reload (struct master *m);
 
 
+static void free_config (struct master *m, struct config *c) {
+  if (c == NULL || c == m->initial || c == m->cfg) return;
+  cli_free(c);
+  free(c);
+}
+
+
+/*
+** The reload's listeners that the serving generation does not share are
+** closed: from ls when the reload took over, from next_ls when it failed.
+*/
+static void close_unshared (struct listener *ls, int n,
+                            const struct listener *keep, int nkeep) {
+  for (int i = 0; i < n; i++)
+    if (!holds(keep, nkeep, ls[i].fd)) {
+      log_info("closed %s", ls[i].name);
+      listener_close(&ls[i]);
+    }
+}
+
+
+/* The reload's configuration and listeners become the serving ones. */
+static void take_next_config (struct master *m) {
+  struct config *old = m->cfg;
+  if (m->next_cfg == NULL) return;
+  if (m->next_cfg != old) {
+    close_unshared(m->ls, m->nls, m->next_ls, m->next_nls);
+    for (int i = 0; i < m->next_nls; i++)
+      if (!holds(m->ls, m->nls, m->next_ls[i].fd))
+        log_info("listening on %s%s", m->next_ls[i].name, reach(&m->next_ls[i]));
+    memcpy(m->ls, m->next_ls, (size_t)m->next_nls * sizeof *m->ls);
+    m->nls = *m->nls_out = m->next_nls;
+    m->cfg = m->next_cfg;
+    log_setup((enum log_level)m->cfg->log_level, m->cfg->log_json);
+    free_config(m, old);
+  }
+  m->next_cfg = NULL;
+}
+
+
+static void drop_next_config (struct master *m) {
+  if (m->next_cfg == NULL) return;
+  if (m->next_cfg != m->cfg) {
+    close_unshared(m->next_ls, m->next_nls, m->ls, m->nls);
+    free_config(m, m->next_cfg);
+  }
+  m->next_cfg = NULL;
+}
+
+
 /* The reload that was asked for while one started runs now. */
 static void reload_queued (struct master *m) {
   if (!m->reload_again) return;
   m->reload_again = 0;
   reload(m);
+}
+
+
+/* A reload that could not start a generation: the old one goes on. */
+static void reload_failed_early (const char *why) {
+  log_error("reload failed: the old code keeps serving (%s)", why);
+  sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving (%s)",
+            why);
 }
 
 
@@ -294,6 +383,7 @@ static void gen_ready (struct master *m, unsigned gen) {
   signal_gen(m, m->gen, SIGTERM);
   m->gen = gen;
   m->next_gen = 0;
+  take_next_config(m);
   log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
            m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
   sd_notify("READY=1\nSTATUS=serving (reloaded)");
@@ -308,6 +398,7 @@ static void reload_failed (struct master *m, const char *why) {
             why);
   signal_gen(m, m->next_gen, SIGTERM);
   m->next_gen = 0;
+  drop_next_config(m);
   reload_queued(m);
 }
 
@@ -423,6 +514,91 @@ static int count_draining (struct master *m) {
 }
 
 
+static void restart_needed (const char *name, void *ud) {
+  struct master *m = ud;
+  log_warn("--%s changed in %s: needs a restart", name, m->cfg->config);
+}
+
+
+/* Is the listener spec ls[i] of old the one nc's j names? */
+static int same_listener (const struct config *old, int i,
+                          const struct config *nc, int j) {
+  return i < old->nlisten && old->listen[i].tr == nc->listen[j].tr &&
+         strcmp(old->listen[i].text, nc->listen[j].text) == 0;
+}
+
+
+/*
+** The reload's listeners: the serving ones it still names (the same
+** sockets: not one queued client is lost), new ones opened. -1 when one
+** cannot open (the reason logged; the old ones go on).
+*/
+static int next_listeners (struct master *m, const struct config *nc) {
+  struct listen_opts o = {nc->backlog, nc->reuse_port, nc->unix_mode};
+  int used[CLI_MAX_LISTEN] = {0};
+  char err[512];
+  m->next_nls = 0;
+  if (nc->nlisten == 0) {  /* systemd's sockets, as they are */
+    memcpy(m->next_ls, m->ls, (size_t)m->nls * sizeof *m->ls);
+    m->next_nls = m->nls;
+    return 0;
+  }
+  for (int j = 0; j < nc->nlisten; j++) {
+    struct address a;
+    int i = 0;
+    while (i < m->nls && (used[i] || !same_listener(m->cfg, i, nc, j))) i++;
+    if (i < m->nls) {
+      used[i] = 1;
+      m->next_ls[m->next_nls++] = m->ls[i];
+      continue;
+    }
+    if (address_parse(nc->listen[j].tr, nc->listen[j].text, &a, err,
+                      sizeof err) < 0 ||
+        listener_open(&m->next_ls[m->next_nls], &a, &o, err, sizeof err) < 0) {
+      reload_failed_early(err);
+      close_unshared(m->next_ls, m->next_nls, m->ls, m->nls);
+      return -1;
+    }
+    m->next_nls++;
+  }
+  return 0;
+}
+
+
+/*
+** The configuration a reload starts: the file read again with --config
+** (what only a restart can change is logged and kept), else the same.
+*/
+static int next_config (struct master *m) {
+  struct config *nc;
+  char err[512];
+  if (m->cfg->config == NULL) {  /* the same options and listeners */
+    memcpy(m->next_ls, m->ls, (size_t)m->nls * sizeof *m->ls);
+    m->next_nls = m->nls;
+    m->next_cfg = m->cfg;
+    return 0;
+  }
+  if ((nc = malloc(sizeof *nc)) == NULL) {
+    reload_failed_early("out of memory");
+    return -1;
+  }
+  if (cli_reparse(m->cfg, nc, err, sizeof err) != CLI_RUN) {
+    reload_failed_early(err);
+    cli_free(nc);
+    free(nc);
+    return -1;
+  }
+  cli_keep_restart_options(m->cfg, nc, restart_needed, m);
+  if (next_listeners(m, nc) < 0) {
+    cli_free(nc);
+    free(nc);
+    return -1;
+  }
+  m->next_cfg = nc;
+  return 0;
+}
+
+
 /*
 ** SIGHUP. A reload asked for while one starts runs when that one is done
 ** (the script may have changed again). With MAX_DRAINING generations
@@ -447,6 +623,7 @@ static void reload (struct master *m) {
     sd_notify("READY=1\nSTATUS=%s", why);
     return;
   }
+  if (next_config(m) < 0) return;
   m->next_gen = ++m->last_gen;  /* never a failed generation's number */
   if (spawn(m, 1, m->next_gen) == NULL)
     reload_failed(m, "cannot start its first worker");
@@ -623,13 +800,14 @@ static void serve (struct master *m) {
 }
 
 
-int master_run (const struct config *cfg, struct listener *ls, int nls) {
-  struct master m;
+int master_run (struct config *cfg, struct listener *ls, int *nls) {
+  static struct master m;
   sigset_t set;
   memset(&m, 0, sizeof m);
-  m.cfg = cfg;
+  m.cfg = m.initial = cfg;
   m.ls = ls;
-  m.nls = nls;
+  m.nls = *nls;
+  m.nls_out = nls;
   m.gen = m.last_gen = 1;
   if (cfg->workers > MAX_WORKERS) {
     log_error("error: --workers: at most %d", MAX_WORKERS);
@@ -667,6 +845,11 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
   free(m.procs);
   listener_close(&m.mls);
   metrics_free(m.metrics, cfg->workers);
+  drop_next_config(&m);
+  if (m.cfg != m.initial) {
+    cli_free(m.cfg);
+    free(m.cfg);
+  }
   sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
   return m.exit_code;
 }
