@@ -79,6 +79,8 @@ struct master {
   unsigned last_gen;          /* the newest number given */
   int announced;              /* startup lines printed */
   int stopping;
+  int draining;               /* --drain-delay: /readyz says 503 until */
+  double drain_until;         /* then the stop begins */
   int exit_code;
   int sigints;
   int reload_again;           /* a SIGHUP came while a reload was starting */
@@ -606,7 +608,7 @@ static int next_config (struct master *m) {
 */
 static void reload (struct master *m) {
   int draining;
-  if (m->stopping) return;
+  if (m->stopping || m->draining) return;
   if (m->next_gen != 0) {
     log_info("SIGHUP: a reload is starting; reloading again once it is done");
     m->reload_again = 1;
@@ -630,6 +632,24 @@ static void reload (struct master *m) {
 }
 
 
+/*
+** SIGTERM. With --drain-delay, /readyz answers 503 for that long first,
+** while every worker still serves: a load balancer that probes it stops
+** sending before the listeners close. A second SIGTERM stops at once.
+*/
+static void drain (struct master *m) {
+  if (m->cfg->drain_delay <= 0 || m->draining || m->stopping) {
+    begin_stop(m, 0);
+    return;
+  }
+  m->draining = 1;
+  m->drain_until = monotonic_now() + m->cfg->drain_delay;
+  log_info("SIGTERM: draining: /readyz answers 503; stopping in %g s",
+           m->cfg->drain_delay);
+  sd_notify("STOPPING=1\nSTATUS=draining");
+}
+
+
 /* Returns non-zero when the master must leave at once (second ^C). */
 static int on_signals (struct master *m) {
   struct signalfd_siginfo si;
@@ -641,7 +661,7 @@ static int on_signals (struct master *m) {
         if (m->sigints++ > 0) return 1;
         begin_stop(m, 0);
         break;
-      default: begin_stop(m, 0); break;  /* SIGTERM */
+      default: drain(m); break;  /* SIGTERM */
     }
   }
   return 0;
@@ -668,6 +688,8 @@ static int next_wait_ms (struct master *m) {
     if (m->respawn_at[id] > 0 && (until == 0 || m->respawn_at[id] < until))
       until = m->respawn_at[id];
   if (m->stopping && (until == 0 || m->kill_at < until)) until = m->kill_at;
+  if (m->draining && !m->stopping && (until == 0 || m->drain_until < until))
+    until = m->drain_until;
   if (until == 0) return -1;
   return until <= now ? 0 : (int)ceil((until - now) * 1000.0);
 }
@@ -684,12 +706,123 @@ static int alive (struct master *m) {
 
 #define METRICS_WAIT_MS 200   /* for a scraper's request line */
 
+/* Sends the whole of p[0..n), briefly: a scraper that stalls is dropped. */
+static int send_all (int fd, const char *p, size_t n) {
+  struct pollfd pf = {fd, POLLOUT, 0};
+  while (n > 0 && poll(&pf, 1, METRICS_WAIT_MS) > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+    if (w <= 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return n == 0 ? 0 : -1;
+}
+
+
+static void respond (int fd, const char *status, const char *type,
+                     const char *body, size_t len) {
+  char head[256];
+  int hl = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: %s\r\n"
+                    "Content-Length: %zu\r\nCache-Control: no-store\r\n"
+                    "Connection: close\r\n\r\n", status, type, len);
+  if (send_all(fd, head, (size_t)hl) == 0) send_all(fd, body, len);
+}
+
+
+/* Workers alive that serve, in any generation. */
+static int serving_workers (struct master *m) {
+  int n = 0;
+  for (int i = 0; i < m->nprocs; i++)
+    n += m->procs[i].pid != 0 && m->procs[i].ready;
+  return n;
+}
+
+
+static const char *master_state (struct master *m) {
+  if (m->stopping) return "stopping";
+  if (m->draining) return "draining";
+  if (m->next_gen != 0) return "reloading";
+  return m->announced ? "serving" : "starting";
+}
+
+
 /*
-** Answers one scraper: reads its request (briefly: the master must not
-** be held up by a slow client) and sends every worker's counters.
+** /readyz: every worker of the serving generation serves and the server
+** is neither draining (--drain-delay) nor stopping. The reason otherwise.
+*/
+static int ready (struct master *m, char *why, size_t len) {
+  int n = count_gen(m, m->gen, 1);
+  if (m->stopping || m->draining) {
+    snprintf(why, len, "%s\n", master_state(m));
+    return 0;
+  }
+  if (n < m->cfg->workers) {
+    snprintf(why, len, "%d of %d workers serve\n", n, m->cfg->workers);
+    return 0;
+  }
+  snprintf(why, len, "ready\n");
+  return 1;
+}
+
+
+static const char *worker_state (struct master *m, const struct wproc *p) {
+  if (p->retiring || p->gen != m->gen) return p->gen == m->next_gen ?
+      (p->ready ? "serving" : "starting") : "draining";
+  return p->ready ? "serving" : "starting";
+}
+
+
+#define LOADC(field) atomic_load_explicit(&(field), memory_order_relaxed)
+
+/* /status: the master, its workers and their counters, in JSON. */
+static long status_json (struct master *m, char *buf, size_t cap) {
+  size_t n = 0;
+  unsigned long conns = 0, reqs = 0;
+  int first = 1;
+#define PUT(...) do { int k_ = snprintf(buf + n, n < cap ? cap - n : 0, \
+                                        __VA_ARGS__); \
+                      if (k_ < 0 || (size_t)k_ >= cap - n) return -1; \
+                      n += (size_t)k_; } while (0)
+  PUT("{\"pid\":%d,\"state\":\"%s\",\"generation\":%u,\"model\":\"%s\","
+      "\"workers\":[", (int)getpid(), master_state(m), m->gen,
+      model_name(m->cfg->model));
+  for (int i = 0; i < m->nprocs; i++) {
+    const struct wproc *p = &m->procs[i];
+    const struct mslot *sl = &m->metrics[p->id];
+    if (p->pid == 0) continue;
+    PUT("%s{\"id\":%d,\"pid\":%d,\"generation\":%u,\"state\":\"%s\","
+        "\"connections\":%lu,\"requests\":%lu}", first ? "" : ",", p->id,
+        (int)p->pid, p->gen, worker_state(m, p), LOADC(sl->conn_open),
+        LOADC(sl->requests));
+    first = 0;
+  }
+  for (int id = 1; id <= m->cfg->workers; id++) {
+    conns += LOADC(m->metrics[id].conn_open);
+    reqs += LOADC(m->metrics[id].requests);
+  }
+  PUT("],\"connections\":%lu,\"requests\":%lu}\n", conns, reqs);
+#undef PUT
+  return (long)n;
+}
+
+
+/* The request line's path: "GET /readyz HTTP/1.1" gives "/readyz". */
+static void request_path (const char *req, char *path, size_t len) {
+  const char *sp = strchr(req, ' '), *end;
+  path[0] = '\0';
+  if (sp == NULL) return;
+  end = sp + 1 + strcspn(sp + 1, " ?\r\n");
+  snprintf(path, len, "%.*s", (int)(end - sp - 1), sp + 1);
+}
+
+
+/*
+** Answers one client of the --metrics listener: reads its request
+** (briefly: the master must not be held up by a slow client) and
+** answers /metrics, /healthz, /readyz or /status.
 */
 static void serve_metrics (struct master *m) {
-  char req[2048], *body;
+  char req[2048], path[256], small[128], *body;
   size_t got = 0, cap = 65536;
   long len;
   int fd = accept4(m->mls.fd, NULL, NULL, SOCK_CLOEXEC);
@@ -705,28 +838,34 @@ static void serve_metrics (struct master *m) {
         got == sizeof req - 1)
       break;
   }
-  while ((body = malloc(cap)) != NULL &&
-         (len = metrics_format(m->metrics, m->cfg->workers, body, cap)) < 0) {
-    free(body);
-    cap *= 2;
+  req[got] = '\0';
+  request_path(req, path, sizeof path);
+  if (strcmp(path, "/healthz") == 0) {
+    int ok = serving_workers(m) > 0;
+    respond(fd, ok ? "200 OK" : "503 Service Unavailable", "text/plain",
+            ok ? "ok\n" : "no worker serves\n", ok ? 3 : 17);
   }
-  if (body != NULL) {
-    char head[160];
-    int hl = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: "
-                      "text/plain; version=0.0.4\r\nContent-Length: %ld\r\n"
-                      "Connection: close\r\n\r\n", len);
-    struct pollfd p = {fd, POLLOUT, 0};
-    const char *parts[2] = {head, body};
-    size_t lens[2] = {(size_t)hl, (size_t)len};
-    for (int i = 0; i < 2; i++) {
-      size_t off = 0;
-      while (off < lens[i] && poll(&p, 1, METRICS_WAIT_MS) > 0) {
-        ssize_t n = send(fd, parts[i] + off, lens[i] - off, MSG_NOSIGNAL);
-        if (n <= 0) break;
-        off += (size_t)n;
-      }
+  else if (strcmp(path, "/readyz") == 0) {
+    int ok = ready(m, small, sizeof small);
+    respond(fd, ok ? "200 OK" : "503 Service Unavailable", "text/plain",
+            small, strlen(small));
+  }
+  else if (strcmp(path, "/metrics") == 0 || strcmp(path, "/status") == 0) {
+    int json = path[1] == 's';
+    while ((body = malloc(cap)) != NULL &&
+           (len = json ? status_json(m, body, cap) :
+                  metrics_format(m->metrics, m->cfg->workers, body, cap)) < 0) {
+      free(body);
+      cap *= 2;
     }
+    if (body != NULL)
+      respond(fd, "200 OK", json ? "application/json" :
+              "text/plain; version=0.0.4", body, (size_t)len);
     free(body);
+  }
+  else {
+    static const char hint[] = "try /metrics, /healthz, /readyz or /status\n";
+    respond(fd, "404 Not Found", "text/plain", hint, sizeof hint - 1);
   }
   close(fd);
 }
@@ -787,6 +926,8 @@ static void serve (struct master *m) {
       break;
     }
     respawn_due(m);
+    if (m->draining && !m->stopping && monotonic_now() >= m->drain_until)
+      begin_stop(m, 0);
     if (m->stopping && monotonic_now() >= m->kill_at && alive(m)) {
       log_warn("workers still running after the grace period: killing them");
       signal_gen(m, 0, SIGKILL);
