@@ -196,6 +196,11 @@ int main (int argc, char **argv) {
     case CLI_RUN: break;
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
+  if (cfg.log_file != NULL && (rc = log_open(cfg.log_file)) < 0) {
+    log_error("error: --log-file %s: %s", cfg.log_file, strerror(-rc));
+    return 1;
+  }
+  rc = 1;
   /* --shared: mapped before any fork, so every worker, generation and
   ** child shares it (data survives reloads and worker crashes) */
   for (int i = 0; i < cfg.nshared; i++)
@@ -217,6 +222,7 @@ int main (int argc, char **argv) {
   if (cfg.user != NULL && (resolve_user(&cfg) < 0 ||
                            chown_sockets(&cfg, ls, nls) < 0))
     goto out;
+  if (cfg.setuser) log_owner((int)cfg.uid, (int)cfg.gid);
   rc = master_run(&cfg, ls, &nls);
 out:
   if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */

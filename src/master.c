@@ -330,6 +330,29 @@ static void close_unshared (struct listener *ls, int n,
 }
 
 
+/* A reload that names another --log-file: the master writes there now. */
+static void reopen_changed_log (const struct config *old,
+                                const struct config *nc) {
+  int rc;
+  if (nc->log_file == NULL || (old->log_file != NULL &&
+                               strcmp(old->log_file, nc->log_file) == 0))
+    return;
+  if ((rc = log_open(nc->log_file)) < 0)
+    log_error("error: --log-file %s: %s; logging on where it was",
+              nc->log_file, strerror(-rc));
+}
+
+
+/* SIGUSR1: the master's log first, then every worker's. */
+static void reopen_logs (struct master *m) {
+  int rc = log_reopen();
+  if (rc < 0) log_error("SIGUSR1: cannot reopen %s: %s; logging on there",
+                        log_file(), strerror(-rc));
+  else if (log_file() != NULL) log_info("SIGUSR1: reopened %s", log_file());
+  signal_gen(m, 0, SIGUSR1);
+}
+
+
 /* The reload's configuration and listeners become the serving ones. */
 static void take_next_config (struct master *m) {
   struct config *old = m->cfg;
@@ -343,6 +366,7 @@ static void take_next_config (struct master *m) {
     m->nls = *m->nls_out = m->next_nls;
     m->cfg = m->next_cfg;
     log_setup((enum log_level)m->cfg->log_level, m->cfg->log_json);
+    reopen_changed_log(old, m->cfg);
     free_config(m, old);
   }
   m->next_cfg = NULL;
@@ -657,6 +681,7 @@ static int on_signals (struct master *m) {
     switch (si.ssi_signo) {
       case SIGCHLD: reap(m); break;
       case SIGHUP: reload(m); break;
+      case SIGUSR1: reopen_logs(m); break;
       case SIGINT:
         if (m->sigints++ > 0) return 1;
         begin_stop(m, 0);
@@ -965,6 +990,7 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
   sigprocmask(SIG_BLOCK, &set, &m.oldmask);
   if ((m.sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
     log_error("error: signalfd: %s", strerror(errno));
