@@ -879,7 +879,8 @@ static void serve_metrics (struct master *m) {
     int json = path[1] == 's';
     while ((body = malloc(cap)) != NULL &&
            (len = json ? status_json(m, body, cap) :
-                  metrics_format(m->metrics, m->cfg->workers, body, cap)) < 0) {
+                  metrics_format(m->metrics, m->cfg->workers, m->ls, m->nls,
+                                 body, cap)) < 0) {
       free(body);
       cap *= 2;
     }
