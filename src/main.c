@@ -59,13 +59,40 @@ static int activation_fds (void) {
 
 
 /*
+** Does passed socket fd serve listener option a? The same transport and
+** address; a port 0 option (any free port) takes the passed socket's, so
+** an upgraded binary (SIGUSR2) keeps the port its predecessor was given.
+*/
+static int passed_matches (int fd, const struct address *a) {
+  struct address any = *a;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  struct sockaddr_in *in = (struct sockaddr_in *)&any.sa;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&any.sa;
+  if (listener_matches(fd, a)) return 1;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0 ||
+      sa.ss_family != any.sa.ss_family)
+    return 0;
+  if (sa.ss_family == AF_INET && in->sin_port == 0)
+    in->sin_port = ((struct sockaddr_in *)&sa)->sin_port;
+  else if (sa.ss_family == AF_INET6 && in6->sin6_port == 0)
+    in6->sin6_port = ((struct sockaddr_in6 *)&sa)->sin6_port;
+  else return 0;
+  return listener_matches(fd, &any);
+}
+
+
+/*
 ** Opens the listeners; returns how many, or -1. A listener option that
-** names a socket systemd passed uses it instead of binding; with no
-** listener option, every passed socket is served as it is.
+** names a socket systemd (or the binary before this one, on SIGUSR2)
+** passed uses it instead of binding; with no listener option, every
+** passed socket is served as it is. A Unix socket file an upgrade passed
+** is this server's to remove at exit; systemd's stays systemd's.
 */
 static int open_listeners (struct config *cfg, struct listener *ls) {
   struct listen_opts o = {cfg->backlog, cfg->reuse_port, cfg->unix_mode};
   char err[512];
+  int upgrade = getenv("LUASRV_UPGRADE_FD") != NULL;
   int nfds = activation_fds(), used[CLI_MAX_LISTEN] = {0}, n = 0;
   cfg->activated = nfds > 0;
   for (int i = 0; i < cfg->nlisten; i++, n++) {
@@ -74,10 +101,11 @@ static int open_listeners (struct config *cfg, struct listener *ls) {
     if (address_parse(cfg->listen[i].tr, cfg->listen[i].text, &a, err,
                       sizeof err) < 0)
       goto fail;
-    while (j < nfds && (used[j] || !listener_matches(3 + j, &a))) j++;
+    while (j < nfds && (used[j] || !passed_matches(3 + j, &a))) j++;
     if (j < nfds) {
       used[j] = 1;
       rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
+      if (rc == 0 && upgrade) ls[i].created_path = a.tr == TR_UNIX;
     }
     else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
     if (rc < 0) goto fail;
@@ -225,7 +253,9 @@ int main (int argc, char **argv) {
   if (cfg.setuser) log_owner((int)cfg.uid, (int)cfg.gid);
   rc = master_run(&cfg, ls, &nls);
 out:
-  if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
+  /* never another server's: after an upgrade, the pid file is the new
+  ** binary's (master.c clears cfg.pidfile then) */
+  if (wrote_pid && cfg.pidfile != NULL) unlink(cfg.pidfile);
   for (int i = 0; i < nls; i++) listener_close(&ls[i]);
   return rc;
 }

@@ -89,6 +89,13 @@ struct master {
   double backoff[MAX_WORKERS + 1];
   struct mslot *metrics;      /* --metrics: slots 1..workers, shared */
   struct listener mls;        /* --metrics listener; fd -1 when none */
+  /* SIGUSR2, the binary upgrade (see upgrade()): */
+  char exe[4096];             /* this binary's path, resolved at start */
+  pid_t up_pid;               /* the new master while it starts; 0: none */
+  int up_fd;                  /* its "serving" pipe's read end, or -1 */
+  double up_until;            /* it must serve by then */
+  int upgraded;               /* it serves: this master drains and exits */
+  int tell_fd;                /* we are the new one: the old one's pipe */
 };
 
 
@@ -144,6 +151,8 @@ static const char *signame (int sig) {
 
 static void close_master_fds (struct master *m) {
   close(m->sfd);
+  if (m->up_fd >= 0) close(m->up_fd);
+  if (m->tell_fd >= 0) close(m->tell_fd);
   for (int i = 0; i < m->nprocs; i++)
     if (m->procs[i].ready_fd >= 0) close(m->procs[i].ready_fd);
 }
@@ -278,7 +287,7 @@ static void begin_stop (struct master *m, int code) {
   m->stopping = 1;
   m->exit_code = code;
   m->kill_at = monotonic_now() + m->cfg->grace + KILL_SLACK;
-  sd_notify("STOPPING=1");
+  if (!m->upgraded) sd_notify("STOPPING=1");  /* else: the new one's unit */
   signal_gen(m, 0, SIGTERM);
 }
 
@@ -303,10 +312,18 @@ static void announce (struct master *m) {
   if (geteuid() == 0 && !m->cfg->setuser)
     log_warn("warning: handlers run as root; --user USER drops that");
   sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
+  if (m->tell_fd >= 0) {  /* an upgrade: the old master may leave now */
+    if (write(m->tell_fd, "r", 1) < 0)
+      log_warn("upgrade: cannot tell the old master: %s", strerror(errno));
+    close(m->tell_fd);
+    m->tell_fd = -1;
+  }
 }
 
 
 static void reload (struct master *m);
+static int upgrade_exited (struct master *m, pid_t pid, int status);
+static void upgrade (struct master *m);
 
 
 static void free_config (struct master *m, struct config *c) {
@@ -515,6 +532,7 @@ static void reap (struct master *m) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    if (upgrade_exited(m, pid, status)) continue;
     for (int i = 0; i < m->nprocs; i++) {
       if (m->procs[i].pid == pid) {
         on_exit_status(m, &m->procs[i], status);
@@ -682,6 +700,7 @@ static int on_signals (struct master *m) {
       case SIGCHLD: reap(m); break;
       case SIGHUP: reload(m); break;
       case SIGUSR1: reopen_logs(m); break;
+      case SIGUSR2: upgrade(m); break;
       case SIGINT:
         if (m->sigints++ > 0) return 1;
         begin_stop(m, 0);
@@ -715,6 +734,8 @@ static int next_wait_ms (struct master *m) {
   if (m->stopping && (until == 0 || m->kill_at < until)) until = m->kill_at;
   if (m->draining && !m->stopping && (until == 0 || m->drain_until < until))
     until = m->drain_until;
+  if (m->up_pid != 0 && (until == 0 || m->up_until < until))
+    until = m->up_until;
   if (until == 0) return -1;
   return until <= now ? 0 : (int)ceil((until - now) * 1000.0);
 }
@@ -726,6 +747,205 @@ static int alive (struct master *m) {
   return 0;
 }
 
+
+
+/* {====================================================== SIGUSR2 */
+
+/*
+** The binary upgrade, as nginx does it: the master forks and execs the
+** binary now at its own path (resolved at start: a package manager
+** replaces the file) with the same arguments, passing every listening
+** socket, the --metrics one included, the way systemd would (LISTEN_FDS
+** from descriptor 3; LUASRV_METRICS_FD). Both generations accept on the
+** same sockets meanwhile, so no client is refused. Once the new master's
+** workers all serve, it writes a byte to LUASRV_UPGRADE_FD and this
+** master drains and exits; if it exits first, or does not serve within
+** UPGRADE_WAIT, this one goes on serving and says why. The pid file is
+** renamed PIDFILE.oldbin meanwhile and systemd is told the new MAINPID.
+*/
+#define UPGRADE_WAIT 60.0
+
+
+static void oldbin_name (const struct master *m, char *out, size_t len) {
+  snprintf(out, len, "%s.oldbin", m->initial->pidfile);
+}
+
+
+/* In the child: the sockets at 3.., the environment, then exec. */
+static void exec_new_binary (struct master *m, int wfd) {
+  int fds[CLI_MAX_LISTEN + 2], n = 0, nls = m->nls;
+  char num[32];
+  sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+  signal(SIGPIPE, SIG_DFL);
+  for (int i = 0; i < m->nls; i++) fds[n++] = m->ls[i].fd;
+  if (m->mls.fd >= 0) fds[n++] = m->mls.fd;
+  fds[n++] = wfd;
+  /* copies above the range first: dup2 onto 3.. must not close a source */
+  for (int i = 0; i < n; i++)
+    if ((fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + n)) < 0) _exit(127);
+  for (int i = 0; i < n; i++)
+    if (dup2(fds[i], 3 + i) < 0) _exit(127);  /* dup2 clears CLOEXEC */
+  snprintf(num, sizeof num, "%d", nls);
+  setenv("LISTEN_FDS", num, 1);
+  snprintf(num, sizeof num, "%d", (int)getpid());
+  setenv("LISTEN_PID", num, 1);
+  unsetenv("LISTEN_FDNAMES");
+  if (m->mls.fd >= 0) {
+    snprintf(num, sizeof num, "%d", 3 + nls);
+    setenv("LUASRV_METRICS_FD", num, 1);
+  }
+  snprintf(num, sizeof num, "%d", 3 + n - 1);
+  setenv("LUASRV_UPGRADE_FD", num, 1);
+  execv(m->exe, m->initial->argv);
+  log_error("upgrade: cannot run %s: %s", m->exe, strerror(errno));
+  _exit(127);
+}
+
+
+static void upgrade_failed (struct master *m, const char *why) {
+  log_error("upgrade failed: %s; the old binary keeps serving", why);
+  sd_notify("READY=1\nSTATUS=upgrade failed: %s; the old binary keeps "
+            "serving", why);
+  if (m->up_fd >= 0) close(m->up_fd);
+  m->up_fd = -1;
+  m->up_pid = 0;
+  if (m->initial->pidfile != NULL) {
+    char old[4200];
+    oldbin_name(m, old, sizeof old);
+    if (rename(old, m->initial->pidfile) < 0)
+      log_warn("upgrade: cannot rename %s back: %s", old, strerror(errno));
+  }
+}
+
+
+/* The new master serves: this one hands over and drains. */
+static void upgrade_done (struct master *m) {
+  pid_t pid = m->up_pid;
+  log_info("upgrade: the new binary (pid %d) serves; this master (pid %d) "
+           "drains and exits", (int)pid, (int)getpid());
+  sd_notify("MAINPID=%d\nREADY=1\nSTATUS=upgraded: pid %d serves", (int)pid,
+            (int)pid);
+  close(m->up_fd);
+  m->up_fd = -1;
+  m->up_pid = 0;
+  m->upgraded = 1;
+  for (int i = 0; i < m->nls; i++)  /* the socket files are its now */
+    m->ls[i].created_path = 0;
+  if (m->initial->pidfile != NULL) {
+    char old[4200];
+    oldbin_name(m, old, sizeof old);
+    unlink(old);
+    m->initial->pidfile = NULL;  /* main leaves the new one's alone */
+  }
+  begin_stop(m, 0);
+}
+
+
+static void upgrade (struct master *m) {
+  int fds[2];
+  pid_t pid;
+  if (m->stopping || m->draining || m->upgraded) return;
+  if (m->up_pid != 0) {
+    log_warn("SIGUSR2: an upgrade is starting already (pid %d)",
+             (int)m->up_pid);
+    return;
+  }
+  if (m->exe[0] == '\0') {
+    log_error("SIGUSR2: cannot upgrade: this binary's path is unknown");
+    return;
+  }
+  if (pipe2(fds, O_CLOEXEC) < 0) {
+    log_error("SIGUSR2: cannot upgrade: %s", strerror(errno));
+    return;
+  }
+  if (m->initial->pidfile != NULL) {
+    char old[4200];
+    oldbin_name(m, old, sizeof old);
+    if (rename(m->initial->pidfile, old) < 0)
+      log_warn("upgrade: cannot rename %s: %s", m->initial->pidfile,
+               strerror(errno));
+  }
+  log_info("SIGUSR2: upgrading: starting %s on the same sockets", m->exe);
+  if ((pid = fork()) == 0) exec_new_binary(m, fds[1]);
+  close(fds[1]);
+  m->up_fd = fds[0];
+  m->up_pid = pid;
+  m->up_until = monotonic_now() + UPGRADE_WAIT;
+  if (pid < 0) {
+    char why[128];
+    snprintf(why, sizeof why, "cannot fork: %s", strerror(errno));
+    upgrade_failed(m, why);
+  }
+}
+
+
+/* Its pipe is readable: a byte (it serves) or the end (it is leaving). */
+static void on_upgrade_fd (struct master *m) {
+  char c;
+  ssize_t n = read(m->up_fd, &c, 1);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n == 1) {
+    upgrade_done(m);
+    return;
+  }
+  close(m->up_fd);  /* its exit status, reaped, says why */
+  m->up_fd = -1;
+}
+
+
+/* The new master exited (reaped): before it served, the upgrade failed. */
+static int upgrade_exited (struct master *m, pid_t pid, int status) {
+  char how[64], why[4300];
+  if (pid != m->up_pid || m->up_pid == 0) return 0;
+  if (m->up_fd >= 0) {  /* it may have written before it exited */
+    struct pollfd p = {m->up_fd, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) {
+      on_upgrade_fd(m);
+      if (m->upgraded) return 1;
+    }
+  }
+  if (WIFSIGNALED(status))
+    snprintf(how, sizeof how, "was killed by signal %d (SIG%s)",
+             WTERMSIG(status), signame(WTERMSIG(status)));
+  else snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+  snprintf(why, sizeof why, "the new binary %s (pid %d) %s before it served",
+           m->exe, (int)pid, how);
+  upgrade_failed(m, why);
+  return 1;
+}
+
+
+static void upgrade_timeout (struct master *m) {
+  char why[128];
+  if (m->up_pid == 0 || monotonic_now() < m->up_until) return;
+  kill(m->up_pid, SIGTERM);
+  snprintf(why, sizeof why, "the new binary (pid %d) did not serve within "
+           "%.0f s; it was sent SIGTERM", (int)m->up_pid, UPGRADE_WAIT);
+  m->up_pid = 0;  /* its exit, reaped later, is no news */
+  upgrade_failed(m, why);
+}
+
+
+/*
+** This binary's path, for SIGUSR2: /proc/self/exe now, while it still
+** names the file we run (after a replacement it reads "... (deleted)").
+*/
+static void resolve_exe (struct master *m) {
+  ssize_t n = readlink("/proc/self/exe", m->exe, sizeof m->exe - 1);
+  m->exe[n > 0 ? n : 0] = '\0';
+}
+
+
+/* We are the new binary of an upgrade: the old master's pipe. */
+static void upgrade_env (struct master *m) {
+  const char *fd = getenv("LUASRV_UPGRADE_FD");
+  m->tell_fd = fd != NULL ? atoi(fd) : -1;
+  if (m->tell_fd >= 0) fcntl(m->tell_fd, F_SETFD, FD_CLOEXEC);
+  if (m->tell_fd < 3) m->tell_fd = -1;
+  unsetenv("LUASRV_UPGRADE_FD");
+}
+
+/* }====================================================== */
 
 /* {====================================================== --metrics */
 
@@ -901,10 +1121,23 @@ static int open_metrics (struct master *m) {
   struct listen_opts o = {16, 0, -1};
   struct address a;
   char err[512];
+  const char *passed = getenv("LUASRV_METRICS_FD");
+  int pfd = passed != NULL ? atoi(passed) : -1;
+  unsetenv("LUASRV_METRICS_FD");
   m->mls.fd = -1;
-  if (m->cfg->metrics == NULL) return 0;
-  if (address_parse(TR_TCP, m->cfg->metrics, &a, err, sizeof err) < 0 ||
-      listener_open(&m->mls, &a, &o, err, sizeof err) < 0) {
+  if (m->cfg->metrics == NULL || address_parse(TR_TCP, m->cfg->metrics, &a,
+                                               err, sizeof err) < 0) {
+    if (pfd >= 3) close(pfd);
+    if (m->cfg->metrics == NULL) return 0;
+    log_error("error: --metrics: %s", err);
+    return -1;
+  }
+  /* an upgrade passed the old binary's socket: the port stays bound */
+  if (pfd >= 3 && listener_adopt(&m->mls, pfd, err, sizeof err) < 0) {
+    close(pfd);
+    m->mls.fd = -1;
+  }
+  if (m->mls.fd < 0 && listener_open(&m->mls, &a, &o, err, sizeof err) < 0) {
     log_error("error: --metrics: %s", err);
     return -1;
   }
@@ -920,8 +1153,8 @@ static int open_metrics (struct master *m) {
 
 
 static void serve (struct master *m) {
-  struct pollfd *pf = calloc((size_t)m->nprocs + 2, sizeof *pf);
-  struct wproc **owner = calloc((size_t)m->nprocs + 2, sizeof *owner);
+  struct pollfd *pf = calloc((size_t)m->nprocs + 3, sizeof *pf);
+  struct wproc **owner = calloc((size_t)m->nprocs + 3, sizeof *owner);
   if (pf == NULL || owner == NULL) {
     log_error("error: out of memory");
     signal_gen(m, 0, SIGKILL);
@@ -929,11 +1162,13 @@ static void serve (struct master *m) {
     m->stopping = 1;
   }
   while (pf != NULL && owner != NULL && (alive(m) || !m->stopping)) {
-    int n = 2;
+    int n = 3;
     pf[0].fd = m->sfd;
     pf[0].events = POLLIN;
     pf[1].fd = m->mls.fd;  /* -1 without --metrics: poll skips it */
     pf[1].events = POLLIN;
+    pf[2].fd = m->up_fd;   /* -1 unless an upgrade starts */
+    pf[2].events = POLLIN;
     for (int i = 0; i < m->nprocs; i++) {
       if (m->procs[i].pid != 0 && m->procs[i].ready_fd >= 0) {
         pf[n].fd = m->procs[i].ready_fd;
@@ -942,10 +1177,12 @@ static void serve (struct master *m) {
       }
     }
     if (poll(pf, (nfds_t)n, next_wait_ms(m)) < 0 && errno != EINTR) break;
-    for (int i = 2; i < n; i++)
+    for (int i = 3; i < n; i++)
       if (pf[i].revents != 0 && owner[i]->ready_fd == pf[i].fd)
         on_ready(m, owner[i]);
     if (pf[1].revents != 0) serve_metrics(m);
+    if (pf[2].revents != 0 && m->up_fd == pf[2].fd) on_upgrade_fd(m);
+    upgrade_timeout(m);
     if (pf[0].revents != 0 && on_signals(m)) {  /* a second ^C */
       signal_gen(m, 0, SIGKILL);
       m->exit_code = 130;
@@ -975,6 +1212,9 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   m.ls = ls;
   m.nls = *nls;
   m.nls_out = nls;
+  m.up_fd = -1;
+  resolve_exe(&m);
+  upgrade_env(&m);
   m.gen = m.last_gen = 1;
   if (cfg->workers > MAX_WORKERS) {
     log_error("error: --workers: at most %d", MAX_WORKERS);
@@ -992,6 +1232,7 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGUSR2);
   sigprocmask(SIG_BLOCK, &set, &m.oldmask);
   if ((m.sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
     log_error("error: signalfd: %s", strerror(errno));
