@@ -82,9 +82,11 @@ H.for_models(function (model)
     local dir = T.tmpdir()
     H.defer(function () T.rmrf(dir) end)
     local bin, original = private_binary(dir)
-    local pidfile = dir .. "/luasrv.pid"
+    local pidfile, admin, mport = dir .. "/luasrv.pid", dir .. "/admin.sock",
+                                  H.free_port()
     local srv = H.start{ model = model, script = H.fixture("echo.lua"),
-      args = { "--workers", "2", "--pidfile", pidfile, "--grace", "30" } }
+      args = { "--workers", "2", "--pidfile", pidfile, "--grace", "30",
+               "--admin", admin, "--metrics", "127.0.0.1:" .. mport } }
     local port, old = srv.listeners[1].port, srv.pid
     local new_pid
     H.defer(function ()
@@ -120,6 +122,14 @@ H.for_models(function (model)
                                     .. ") serves", 1, true), srv:stderr())
     assert.is_nil(readfile(pidfile .. ".oldbin"))
     assert.is_true(alive(new_pid))
+    -- the console's and the metrics' sockets were passed on too
+    local code, out = T.run{ "ctl", admin, "status" }
+    assert.equals(0, code)
+    assert.equals(new_pid, tonumber(out:match('^{"pid":(%d+)')))
+    local p = io.popen("curl -s --max-time 5 http://127.0.0.1:" .. mport
+                       .. "/healthz")
+    assert.equals("ok\n", p:read("a"))
+    p:close()
     -- the held connection is still answered by the old worker; once it
     -- leaves, the old master exits
     assert(held:send("after\n"))
@@ -136,6 +146,7 @@ H.for_models(function (model)
     assert.truthy(H.eventually(function () return not alive(new_pid) end, 10))
     new_pid = nil
     assert.is_nil(readfile(pidfile))
+    assert.is_false(H.exists(admin))
   end)
 end)
 

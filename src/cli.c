@@ -16,6 +16,7 @@ static const char usage_text[] =
 "usage: luasrv SCRIPT [OPTIONS]\n"
 "       luasrv --config FILE [SCRIPT] [OPTIONS]\n"
 "       luasrv --check SCRIPT | --check --config FILE\n"
+"       luasrv ctl SOCKET status|workers|reload|drain\n"
 "       luasrv --help | --version\n"
 "\n"
 "Listeners (repeatable, at least one):\n"
@@ -51,6 +52,8 @@ static const char usage_text[] =
 "                         the command line overrides it; SIGHUP re-reads it\n"
 "  --log-file FILE        the error log (and --access-log lines) go to FILE,\n"
 "                         not stderr; SIGUSR1 reopens it (log rotation)\n"
+"  --admin PATH           a Unix socket (mode 0600) for \"luasrv ctl PATH ...\":\n"
+"                         whoever can open it controls the server\n"
 "  --drain-delay SECS     on SIGTERM, answer 503 on /readyz for SECS before\n"
 "                         the workers stop (default 0)\n"
 "  --reuse-port           set SO_REUSEPORT on inet listeners\n"
@@ -119,6 +122,7 @@ static const struct option options[] = {
   {"quiet", K_QUIET, F(log_level), 0, 0, 0, R_YES},
   {"log-file", K_STR, F(log_file), 0, 0, 0, R_YES},
   {"drain-delay", K_SECS, F(drain_delay), 0, 0, 0, R_YES},
+  {"admin", K_STR, F(admin), 0, 0, 0, R_RESTART},
   {"config", K_CONFIG, F(config), 0, 0, 0, R_NEVER},
   {"check", K_FLAG, F(check), 0, 0, 0, R_NEVER},
 };

@@ -61,6 +61,7 @@ struct config {
   int log_level;              /* enum log_level */
   const char *log_file;       /* --log-file: the error log; NULL: stderr */
   double drain_delay;         /* --drain-delay: /readyz 503 before a stop */
+  const char *admin;          /* --admin PATH: the console's socket */
   const char *config;         /* --config FILE, or NULL */
   char *config_text;          /* its text: the file's strings point into it */
   int activated;              /* main: systemd passed the listeners */

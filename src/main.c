@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ctl.h"
 #include "listener.h"
 #include "log.h"
 #include "master.h"
@@ -213,6 +214,8 @@ int main (int argc, char **argv) {
   static struct listener ls[CLI_MAX_LISTEN];
   char err[512];
   int rc = 1, wrote_pid = 0, nls = 0;
+  if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
+    return ctl_main(argc - 1, argv + 1);
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {
     case CLI_EXIT_OK: return 0;
     case CLI_USAGE:

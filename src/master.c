@@ -96,6 +96,9 @@ struct master {
   double up_until;            /* it must serve by then */
   int upgraded;               /* it serves: this master drains and exits */
   int tell_fd;                /* we are the new one: the old one's pipe */
+  /* --admin, the console (see serve_admin()): */
+  struct listener als;        /* its Unix socket; fd -1 when none */
+  int admin_wait;             /* a "reload" client waiting; -1: none */
 };
 
 
@@ -194,6 +197,8 @@ static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
   close_master_fds(m);
   close_other_listeners(m, ls, nls);
   if (m->mls.fd >= 0) close(m->mls.fd);
+  if (m->als.fd >= 0) close(m->als.fd);
+  if (m->admin_wait >= 0) close(m->admin_wait);
   unsetenv("NOTIFY_SOCKET");  /* the master speaks for the server */
   if (cfg->setuser) {
     gid_t gid = (gid_t)cfg->gid;
@@ -409,7 +414,10 @@ static void reload_queued (struct master *m) {
 
 
 /* A reload that could not start a generation: the old one goes on. */
-static void reload_failed_early (const char *why) {
+static void admin_reloaded (struct master *m, const char *why);
+
+static void reload_failed_early (struct master *m, const char *why) {
+  admin_reloaded(m, why);
   log_error("reload failed: the old code keeps serving (%s)", why);
   sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving (%s)",
             why);
@@ -429,6 +437,7 @@ static void gen_ready (struct master *m, unsigned gen) {
   take_next_config(m);
   log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
            m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
+  admin_reloaded(m, NULL);
   sd_notify("READY=1\nSTATUS=serving (reloaded)");
   reload_queued(m);
 }
@@ -436,6 +445,7 @@ static void gen_ready (struct master *m, unsigned gen) {
 
 /* The new generation cannot serve: why says so, the old one goes on. */
 static void reload_failed (struct master *m, const char *why) {
+  admin_reloaded(m, why);
   log_error("reload failed: the old code keeps serving (%s)", why);
   sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving (%s)",
             why);
@@ -599,7 +609,7 @@ static int next_listeners (struct master *m, const struct config *nc) {
     if (address_parse(nc->listen[j].tr, nc->listen[j].text, &a, err,
                       sizeof err) < 0 ||
         listener_open(&m->next_ls[m->next_nls], &a, &o, err, sizeof err) < 0) {
-      reload_failed_early(err);
+      reload_failed_early(m, err);
       close_unshared(m->next_ls, m->next_nls, m->ls, m->nls);
       return -1;
     }
@@ -623,11 +633,11 @@ static int next_config (struct master *m) {
     return 0;
   }
   if ((nc = malloc(sizeof *nc)) == NULL) {
-    reload_failed_early("out of memory");
+    reload_failed_early(m, "out of memory");
     return -1;
   }
   if (cli_reparse(m->cfg, nc, err, sizeof err) != CLI_RUN) {
-    reload_failed_early(err);
+    reload_failed_early(m, err);
     cli_free(nc);
     free(nc);
     return -1;
@@ -663,6 +673,7 @@ static void reload (struct master *m) {
     snprintf(why, sizeof why, "reload refused: %d older generations are "
              "still draining (at most %d); the current code keeps serving",
              draining, MAX_DRAINING);
+    admin_reloaded(m, why);
     log_error("%s", why);
     sd_notify("READY=1\nSTATUS=%s", why);
     return;
@@ -773,12 +784,13 @@ static void oldbin_name (const struct master *m, char *out, size_t len) {
 
 /* In the child: the sockets at 3.., the environment, then exec. */
 static void exec_new_binary (struct master *m, int wfd) {
-  int fds[CLI_MAX_LISTEN + 2], n = 0, nls = m->nls;
+  int fds[CLI_MAX_LISTEN + 3], n = 0, nls = m->nls;
   char num[32];
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   signal(SIGPIPE, SIG_DFL);
   for (int i = 0; i < m->nls; i++) fds[n++] = m->ls[i].fd;
   if (m->mls.fd >= 0) fds[n++] = m->mls.fd;
+  if (m->als.fd >= 0) fds[n++] = m->als.fd;
   fds[n++] = wfd;
   /* copies above the range first: dup2 onto 3.. must not close a source */
   for (int i = 0; i < n; i++)
@@ -793,6 +805,10 @@ static void exec_new_binary (struct master *m, int wfd) {
   if (m->mls.fd >= 0) {
     snprintf(num, sizeof num, "%d", 3 + nls);
     setenv("LUASRV_METRICS_FD", num, 1);
+  }
+  if (m->als.fd >= 0) {
+    snprintf(num, sizeof num, "%d", 3 + nls + (m->mls.fd >= 0));
+    setenv("LUASRV_ADMIN_FD", num, 1);
   }
   snprintf(num, sizeof num, "%d", 3 + n - 1);
   setenv("LUASRV_UPGRADE_FD", num, 1);
@@ -831,6 +847,11 @@ static void upgrade_done (struct master *m) {
   m->upgraded = 1;
   for (int i = 0; i < m->nls; i++)  /* the socket files are its now */
     m->ls[i].created_path = 0;
+  /* the console and /readyz are the new master's alone: a draining one
+  ** answering "stopping" would turn a load balancer away */
+  m->als.created_path = 0;
+  listener_close(&m->als);
+  listener_close(&m->mls);
   if (m->initial->pidfile != NULL) {
     char old[4200];
     oldbin_name(m, old, sizeof old);
@@ -1141,10 +1162,6 @@ static int open_metrics (struct master *m) {
     log_error("error: --metrics: %s", err);
     return -1;
   }
-  if ((m->metrics = metrics_new(m->cfg->workers)) == NULL) {
-    log_error("error: --metrics: %s", strerror(errno));
-    return -1;
-  }
   log_info("metrics on http://%s/metrics", m->mls.name + strlen("tcp://"));
   return 0;
 }
@@ -1152,9 +1169,158 @@ static int open_metrics (struct master *m) {
 /* }====================================================== */
 
 
+
+/* {====================================================== --admin */
+
+/*
+** The console: one command per connection on a Unix socket (mode 0600:
+** whoever can open it controls the server, as with the signals), read
+** briefly like a scraper's request, answered from the master's own
+** state. "reload" answers once the new workers serve or the reload
+** failed: the client is kept until then (one at a time).
+*/
+
+#define ADMIN_UNKNOWN "(try status, workers, reload or drain)"
+
+static void admin_reply (int fd, const char *text, size_t len) {
+  send_all(fd, text, len);
+  close(fd);
+}
+
+
+/* A reload ended: NULL when it serves, else why not; tells the waiter. */
+static void admin_reloaded (struct master *m, const char *why) {
+  char msg[512];
+  int n;
+  if (m->admin_wait < 0) return;
+  if (why == NULL)
+    n = snprintf(msg, sizeof msg, "reloaded %s: %d worker%s serve the new "
+                 "code\n", m->cfg->script, m->cfg->workers,
+                 m->cfg->workers == 1 ? "" : "s");
+  else n = snprintf(msg, sizeof msg, "error: reload failed: %s\n", why);
+  admin_reply(m->admin_wait, msg, n < (int)sizeof msg ? (size_t)n :
+              sizeof msg - 1);
+  m->admin_wait = -1;
+}
+
+
+/* "workers": a line per worker process. */
+static long workers_text (struct master *m, char *buf, size_t cap) {
+  size_t n = 0;
+  int k = snprintf(buf, cap, "%-4s %-8s %-4s %-9s %11s %10s\n", "ID", "PID",
+                   "GEN", "STATE", "CONNECTIONS", "REQUESTS");
+  if (k < 0 || (size_t)k >= cap) return -1;
+  n = (size_t)k;
+  for (int i = 0; i < m->nprocs; i++) {
+    const struct wproc *p = &m->procs[i];
+    const struct mslot *sl = &m->metrics[p->id];
+    if (p->pid == 0) continue;
+    k = snprintf(buf + n, cap - n, "%-4d %-8d %-4u %-9s %11lu %10lu\n", p->id,
+                 (int)p->pid, p->gen, worker_state(m, p),
+                 LOADC(sl->conn_open), LOADC(sl->requests));
+    if (k < 0 || (size_t)k >= cap - n) return -1;
+    n += (size_t)k;
+  }
+  return (long)n;
+}
+
+
+static void admin_command (struct master *m, int fd, const char *cmd) {
+  char buf[65536];
+  long len;
+  if (strcmp(cmd, "status") == 0 || strcmp(cmd, "workers") == 0) {
+    len = cmd[0] == 's' ? status_json(m, buf, sizeof buf) :
+                          workers_text(m, buf, sizeof buf);
+    if (len < 0) len = snprintf(buf, sizeof buf, "error: too many workers "
+                                "to list\n");
+    admin_reply(fd, buf, (size_t)len);
+  }
+  else if (strcmp(cmd, "reload") == 0) {
+    if (m->admin_wait >= 0) {
+      len = snprintf(buf, sizeof buf, "error: another ctl waits for a "
+                     "reload already\n");
+      admin_reply(fd, buf, (size_t)len);
+      return;
+    }
+    if (m->stopping || m->draining) {
+      len = snprintf(buf, sizeof buf, "error: the server is stopping\n");
+      admin_reply(fd, buf, (size_t)len);
+      return;
+    }
+    m->admin_wait = fd;  /* answered by admin_reloaded */
+    reload(m);
+  }
+  else if (strcmp(cmd, "drain") == 0) {
+    if (m->cfg->drain_delay > 0 && !m->draining && !m->stopping)
+      len = snprintf(buf, sizeof buf, "draining: /readyz answers 503; "
+                     "stopping in %g s\n", m->cfg->drain_delay);
+    else len = snprintf(buf, sizeof buf, "stopping: in-flight requests get "
+                        "%g s\n", m->cfg->grace);
+    admin_reply(fd, buf, (size_t)len);
+    drain(m);
+  }
+  else {
+    len = snprintf(buf, sizeof buf, "error: unknown command '%.64s' "
+                   ADMIN_UNKNOWN "\n", cmd);
+    admin_reply(fd, buf, (size_t)len);
+  }
+}
+
+
+static void serve_admin (struct master *m) {
+  char req[512];
+  size_t got = 0;
+  int fd = accept4(m->als.fd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    ssize_t n;
+    if (poll(&p, 1, METRICS_WAIT_MS) <= 0) break;
+    if ((n = read(fd, req + got, sizeof req - 1 - got)) <= 0) break;
+    got += (size_t)n;
+    req[got] = '\0';
+    if (memchr(req, '\n', got) != NULL || got == sizeof req - 1) break;
+  }
+  req[got] = '\0';
+  req[strcspn(req, "\r\n")] = '\0';
+  admin_command(m, fd, req);
+}
+
+
+static int open_admin (struct master *m) {
+  struct listen_opts o = {16, 0, 0600};
+  struct address a;
+  char err[512];
+  const char *passed = getenv("LUASRV_ADMIN_FD");
+  int pfd = passed != NULL ? atoi(passed) : -1;
+  unsetenv("LUASRV_ADMIN_FD");
+  m->als.fd = -1;
+  m->admin_wait = -1;
+  if (m->cfg->admin == NULL) {
+    if (pfd >= 3) close(pfd);
+    return 0;
+  }
+  if (address_parse(TR_UNIX, m->cfg->admin, &a, err, sizeof err) < 0) {
+    log_error("error: --admin: %s", err);
+    return -1;
+  }
+  /* an upgrade passed the old binary's socket: the file is ours now */
+  if (pfd >= 3 && listener_adopt(&m->als, pfd, err, sizeof err) == 0)
+    m->als.created_path = 1;
+  else if (pfd >= 3) close(pfd);
+  if (m->als.fd < 0 && listener_open(&m->als, &a, &o, err, sizeof err) < 0) {
+    log_error("error: --admin: %s", err);
+    return -1;
+  }
+  log_info("admin console on %s", m->als.name);
+  return 0;
+}
+
+/* }====================================================== */
+
 static void serve (struct master *m) {
-  struct pollfd *pf = calloc((size_t)m->nprocs + 3, sizeof *pf);
-  struct wproc **owner = calloc((size_t)m->nprocs + 3, sizeof *owner);
+  struct pollfd *pf = calloc((size_t)m->nprocs + 4, sizeof *pf);
+  struct wproc **owner = calloc((size_t)m->nprocs + 4, sizeof *owner);
   if (pf == NULL || owner == NULL) {
     log_error("error: out of memory");
     signal_gen(m, 0, SIGKILL);
@@ -1162,7 +1328,9 @@ static void serve (struct master *m) {
     m->stopping = 1;
   }
   while (pf != NULL && owner != NULL && (alive(m) || !m->stopping)) {
-    int n = 3;
+    int n = 4;
+    pf[3].fd = m->als.fd;  /* -1 without --admin */
+    pf[3].events = POLLIN;
     pf[0].fd = m->sfd;
     pf[0].events = POLLIN;
     pf[1].fd = m->mls.fd;  /* -1 without --metrics: poll skips it */
@@ -1177,11 +1345,12 @@ static void serve (struct master *m) {
       }
     }
     if (poll(pf, (nfds_t)n, next_wait_ms(m)) < 0 && errno != EINTR) break;
-    for (int i = 3; i < n; i++)
+    for (int i = 4; i < n; i++)
       if (pf[i].revents != 0 && owner[i]->ready_fd == pf[i].fd)
         on_ready(m, owner[i]);
     if (pf[1].revents != 0) serve_metrics(m);
     if (pf[2].revents != 0 && m->up_fd == pf[2].fd) on_upgrade_fd(m);
+    if (pf[3].revents != 0) serve_admin(m);
     upgrade_timeout(m);
     if (pf[0].revents != 0 && on_signals(m)) {  /* a second ^C */
       signal_gen(m, 0, SIGKILL);
@@ -1239,7 +1408,15 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
     free(m.procs);
     return 1;
   }
-  if (open_metrics(&m) < 0) {
+  if ((cfg->metrics != NULL || cfg->admin != NULL) &&
+      (m.metrics = metrics_new(cfg->workers)) == NULL) {
+    log_error("error: --metrics: %s", strerror(errno));
+    close(m.sfd);
+    free(m.procs);
+    return 1;
+  }
+  if (open_metrics(&m) < 0 || open_admin(&m) < 0) {
+    listener_close(&m.als);
     close(m.sfd);
     free(m.procs);
     listener_close(&m.mls);
@@ -1253,6 +1430,8 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
     if (m.procs[i].ready_fd >= 0) close(m.procs[i].ready_fd);
   free(m.procs);
   listener_close(&m.mls);
+  listener_close(&m.als);
+  if (m.admin_wait >= 0) close(m.admin_wait);
   metrics_free(m.metrics, cfg->workers);
   drop_next_config(&m);
   if (m.cfg != m.initial) {
