@@ -94,6 +94,56 @@ H.for_models(function (model)
 end)
 
 
+describe("luasrv ctl shared", function ()
+  it("lists the dictionaries, a dictionary's keys and a key's value",
+     function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock = dir .. "/admin.sock"
+    local srv = H.start{ args = { "--admin", sock, "--shared", "cache:64k",
+                                  "--shared", "hits:16k" }, source = [[
+local cache = require("luasrv").shared.cache
+return { handle = function (req)
+  req:read("l")
+  cache:set("name", "a \"b\"\n")
+  cache:set("n", 42)
+  cache:set("pi", 3.5, 60)
+  cache:set("yes", true)
+  req:write("done\n")
+end }]] }
+    local c = srv:connect()
+    c:settimeout(5)
+    c:send("x\n")
+    assert.equals("done", c:receive())
+    c:close()
+    local code, out = ctl(sock, "shared")
+    assert.equals(0, code)
+    local lines = H.lines(out)
+    assert.matches("^NAME +BYTES +FREE +KEYS$", lines[1])
+    assert.matches("^cache +%d+ +%d+ +4$", lines[2])
+    assert.matches("^hits +%d+ +%d+ +0$", lines[3])
+    code, out = ctl(sock, "shared", "cache")
+    assert.equals(0, code)
+    local keys = H.lines(out)
+    table.sort(keys)
+    assert.same({ '"n"', '"name"', '"pi"', '"yes"' }, keys)
+    assert.equals('"a \\"b\\"\\010"\n', select(2, ctl(sock, "shared", "cache",
+                                                       "name")))
+    assert.equals("42\n", select(2, ctl(sock, "shared", "cache", "n")))
+    assert.matches("^3%.5 %(expires in %d+%.%d+ s%)\n$",
+                   select(2, ctl(sock, "shared", "cache", "pi")))
+    assert.equals("true\n", select(2, ctl(sock, "shared", "cache", "yes")))
+    local err
+    code, _, err = ctl(sock, "shared", "cache", "nope")
+    assert.equals(1, code)
+    assert.equals("luasrv: error: cache: no such key\n", err)
+    code, _, err = ctl(sock, "shared", "other")
+    assert.equals(1, code)
+    assert.matches("no dictionary 'other'", err, 1, true)
+  end)
+end)
+
+
 describe("luasrv ctl", function ()
   it("a socket nobody serves: exit 1 and why; no command: usage, exit 2",
      function ()

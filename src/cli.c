@@ -16,7 +16,7 @@ static const char usage_text[] =
 "usage: luasrv SCRIPT [OPTIONS]\n"
 "       luasrv --config FILE [SCRIPT] [OPTIONS]\n"
 "       luasrv --check SCRIPT | --check --config FILE\n"
-"       luasrv ctl SOCKET status|workers|reload|drain\n"
+"       luasrv ctl SOCKET status|workers|shared [NAME [KEY]]|reload|drain\n"
 "       luasrv --help | --version\n"
 "\n"
 "Listeners (repeatable, at least one):\n"

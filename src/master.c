@@ -38,6 +38,7 @@
 #include "log.h"
 #include "master.h"
 #include "metrics.h"
+#include "shdict.h"
 #include "worker.h"
 
 #define MAX_WORKERS 1024
@@ -1180,7 +1181,7 @@ static int open_metrics (struct master *m) {
 ** failed: the client is kept until then (one at a time).
 */
 
-#define ADMIN_UNKNOWN "(try status, workers, reload or drain)"
+#define ADMIN_UNKNOWN "(try status, workers, shared, reload or drain)"
 
 static void admin_reply (int fd, const char *text, size_t len) {
   send_all(fd, text, len);
@@ -1225,6 +1226,123 @@ static long workers_text (struct master *m, char *buf, size_t cap) {
 }
 
 
+
+/* A string as a Lua literal: quoted, unprintable bytes as \ddd. */
+static size_t quote (char *out, size_t cap, const char *s, size_t n) {
+  size_t j = 0;
+  if (cap < 8) return 0;
+  out[j++] = '"';
+  for (size_t i = 0; i < n && j + 6 < cap; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') {
+      out[j++] = '\\';
+      out[j++] = (char)c;
+    }
+    else if (c < 0x20 || c >= 0x7f) j += (size_t)snprintf(out + j, cap - j,
+                                                          "\\%03u", c);
+    else out[j++] = (char)c;
+  }
+  out[j++] = '"';
+  out[j] = '\0';
+  return j;
+}
+
+
+struct keylist {
+  char *buf;
+  size_t cap, len;
+  int n;
+};
+
+
+static int add_key (void *ud, const char *key, size_t klen) {
+  struct keylist *k = ud;
+  size_t room = k->cap - k->len;
+  if (room < 16) return 1;
+  k->len += quote(k->buf + k->len, room - 1, key, klen);
+  k->buf[k->len++] = '\n';
+  k->n++;
+  return 0;
+}
+
+
+#define SHARED_MAX_KEYS 1000
+
+/*
+** "shared": the dictionaries; "shared NAME": its keys (most recently used
+** first, at most SHARED_MAX_KEYS); "shared NAME KEY": the value (a Lua
+** literal) and the time it has left. Read from the master's own mapping.
+*/
+static long shared_text (const char *args, char *buf, size_t cap) {
+  char name[SHD_MAX_NAME + 1];
+  const char *key;
+  size_t nl = strcspn(args, " ");
+  struct shdict *d;
+  long n = 0;
+  if (*args == '\0') {
+    n = snprintf(buf, cap, "%-20s %12s %12s %8s\n", "NAME", "BYTES", "FREE",
+                 "KEYS");
+    for (int i = 0; i < shdict_ndicts() && n >= 0 && (size_t)n < cap; i++) {
+      struct shdict *di = shdict_at(i);
+      n += snprintf(buf + n, cap - (size_t)n, "%-20s %12zu %12zu %8zu\n",
+                    shdict_name_at(i), shdict_capacity(di),
+                    shdict_free_space(di), shdict_count(di));
+    }
+    return n >= 0 && (size_t)n < cap ? n : -1;
+  }
+  snprintf(name, sizeof name, "%.*s", (int)nl, args);
+  if (nl > SHD_MAX_NAME || (d = shdict_lookup(name)) == NULL)
+    return snprintf(buf, cap, "error: no dictionary '%.64s' (--shared "
+                    "NAME:SIZE defines one)\n", name);
+  key = args[nl] == ' ' ? args + nl + 1 : NULL;
+  if (key == NULL) {
+    struct keylist k = {buf, cap - 64, 0, 0};
+    size_t count = shdict_count(d);
+    shdict_keys(d, SHARED_MAX_KEYS, add_key, &k);
+    n = (long)k.len;
+    if (count > (size_t)k.n)  /* expired ones, or past the list's end */
+      n += snprintf(buf + n, cap - (size_t)n, "(%d listed, %zu held)\n", k.n,
+                    count);
+    return n;
+  }
+  {
+    struct shd_val v;
+    double ttl = 0;
+    char *val = malloc(cap);
+    int rc;
+    if (val == NULL) return snprintf(buf, cap, "error: out of memory\n");
+    rc = shdict_get(d, key, strlen(key), &v, val, cap);
+    if (rc == SHD_AGAIN) {
+      free(val);
+      return snprintf(buf, cap, "error: the value is %zu bytes, too big to "
+                      "show\n", v.len);
+    }
+    if (rc != SHD_OK) {
+      free(val);
+      return snprintf(buf, cap, "error: %.64s: %s\n", name,
+                      rc == SHD_NOTFOUND ? "no such key" : shdict_strerror(rc));
+    }
+    if (v.type == SHD_STR) {
+      char *q = malloc(cap);
+      if (q == NULL) n = snprintf(buf, cap, "error: out of memory\n");
+      else {
+        quote(q, cap - 64, v.s, v.len);
+        n = snprintf(buf, cap, "%s", q);
+        free(q);
+      }
+    }
+    else if (v.type == SHD_INT) n = snprintf(buf, cap, "%lld", (long long)v.i);
+    else if (v.type == SHD_NUM) n = snprintf(buf, cap, "%.17g", v.n);
+    else n = snprintf(buf, cap, "%s", v.b ? "true" : "false");
+    free(val);
+    if (n >= 0 && (size_t)n < cap - 48 &&
+        shdict_ttl(d, key, strlen(key), &ttl) == SHD_OK && ttl > 0)
+      n += snprintf(buf + n, cap - (size_t)n, " (expires in %.3f s)", ttl);
+    if (n >= 0 && (size_t)n < cap - 1) buf[n++] = '\n';
+    return n;
+  }
+}
+
 static void admin_command (struct master *m, int fd, const char *cmd) {
   char buf[65536];
   long len;
@@ -1249,6 +1367,11 @@ static void admin_command (struct master *m, int fd, const char *cmd) {
     }
     m->admin_wait = fd;  /* answered by admin_reloaded */
     reload(m);
+  }
+  else if (strcmp(cmd, "shared") == 0 || strncmp(cmd, "shared ", 7) == 0) {
+    len = shared_text(cmd[6] == ' ' ? cmd + 7 : "", buf, sizeof buf);
+    if (len < 0 || (size_t)len >= sizeof buf) len = (long)strlen(buf);
+    admin_reply(fd, buf, (size_t)len);
   }
   else if (strcmp(cmd, "drain") == 0) {
     if (m->cfg->drain_delay > 0 && !m->draining && !m->stopping)
