@@ -436,8 +436,8 @@ static void gen_ready (struct master *m, unsigned gen) {
   m->gen = gen;
   m->next_gen = 0;
   take_next_config(m);
-  log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
-           m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
+  log_info("reloaded %s: %d worker%s the new code", m->cfg->script,
+           m->cfg->workers, m->cfg->workers == 1 ? " serves" : "s serve");
   admin_reloaded(m, NULL);
   sd_notify("READY=1\nSTATUS=serving (reloaded)");
   reload_queued(m);
@@ -1195,9 +1195,9 @@ static void admin_reloaded (struct master *m, const char *why) {
   int n;
   if (m->admin_wait < 0) return;
   if (why == NULL)
-    n = snprintf(msg, sizeof msg, "reloaded %s: %d worker%s serve the new "
-                 "code\n", m->cfg->script, m->cfg->workers,
-                 m->cfg->workers == 1 ? "" : "s");
+    n = snprintf(msg, sizeof msg, "reloaded %s: %d worker%s the new code\n",
+                 m->cfg->script, m->cfg->workers,
+                 m->cfg->workers == 1 ? " serves" : "s serve");
   else n = snprintf(msg, sizeof msg, "error: reload failed: %s\n", why);
   admin_reply(m->admin_wait, msg, n < (int)sizeof msg ? (size_t)n :
               sizeof msg - 1);
