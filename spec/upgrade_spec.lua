@@ -180,6 +180,12 @@ describe("SIGUSR2", function ()
     assert.truthy(srv:wait_stderr("exited with status 127 before it served",
                                   10, true), srv:stderr())
     assert.truthy(request(port, 99))
+    -- a worker given SIGUSR2 (pkill -USR2 luasrv) is not killed by it
+    local worker = H.children(srv.pid)[1]
+    os.execute("kill -USR2 " .. worker)
+    assert.truthy(request(port, 100))
+    assert.same({ worker }, H.children(srv.pid))
+    assert.falsy(srv:stderr():find("killed by signal", 1, true), srv:stderr())
     assert.equals(0, srv:stop())
   end)
 end)

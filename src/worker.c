@@ -30,6 +30,7 @@ static int sig_stop_wfd = -1, sig_wake_wfd = -1;
 
 static void on_signal (int signo) {
   int saved = errno;
+  if (signo == SIGUSR2) return;  /* the master's upgrade: not ours */
   /* a second ^C: leave now (the master removes the socket files) */
   if (signo == SIGINT && sig_ints++ > 0) _exit(130);
   if (signo == SIGUSR1) sig_reopen = 1;
@@ -105,6 +106,8 @@ void worker_signals_install (struct worker *w) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGUSR1, &sa, NULL);
+  /* a handler, not SIG_IGN: a program a handler runs gets the default */
+  sigaction(SIGUSR2, &sa, NULL);
   signal(SIGHUP, SIG_IGN);  /* the master reloads (master.c) */
   signal(SIGPIPE, SIG_IGN);
 }
