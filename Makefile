@@ -167,11 +167,12 @@ bench: deps
 # docs keep their layout (README.md links to doc/ and bench/), and the man
 # page's paths follow PREFIX.
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv \
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv/http \
 	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR) \
 	  $(DESTDIR)$(DOCDIR)/doc $(DESTDIR)$(DOCDIR)/bench
 	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
 	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
+	install -m 644 lua/luasrv/http/*.lua $(DESTDIR)$(LUADIR)/luasrv/http/
 	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
 	sed 's|/usr/local/|$(PREFIX)/|g' doc/luasrv.1 > $(DESTDIR)$(MANDIR)/luasrv.1
 	chmod 644 $(DESTDIR)$(MANDIR)/luasrv.1

@@ -3,7 +3,7 @@
 -- Datagram listeners (udp, unixgram): each datagram comes back whole.
 --
 --   luasrv scripts/echo.lua --tcp 127.0.0.1:9999
---   printf 'hello\n' | nc -q1 127.0.0.1 9999
+--   printf 'hello\n' | tools/lsend tcp://127.0.0.1:9999
 local echo = {}
 
 function echo.handle(req)

@@ -6,7 +6,7 @@
 --
 --   luasrv scripts/ratelimit.lua --tcp 127.0.0.1:9999 --workers 2 \
 --     --shared ratelimit:1m
---   for i in $(seq 8); do echo hi | nc -q1 127.0.0.1 9999; done
+--   for i in $(seq 8); do echo hi | tools/lsend tcp://127.0.0.1:9999; done
 --   # 5 times "hi", then "rate limited" until a token is back
 --
 -- Environment: LUASRV_RATE (tokens a second, default 1), LUASRV_BURST

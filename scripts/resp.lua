@@ -1,6 +1,6 @@
 -- resp.lua -- a small Redis-compatible server speaking RESP2.
 --
---   luasrv scripts/resp.lua --tcp 127.0.0.1:6379 --timeout 0
+--   luasrv scripts/resp.lua --tcp 127.0.0.1:7379 --timeout 0
 --   redis-cli -p 6379 set greeting hello     # OK
 --   redis-cli -p 6379 get greeting           # hello
 --

@@ -249,6 +249,96 @@ H.for_models(function (model)
       end
     end)
 
+    it("parses bare LF, empty lines first, a head in pieces, odd spacing",
+       function ()
+      local c = connect(srv)
+      -- bare LF line ends, after two empty lines
+      c:send("\r\n\nGET /headers HTTP/1.1\nHost: x\nX-A:  spaced \t\n\n")
+      local s, _, b = read_response(c)
+      assert.equals(200, s)
+      local h = cjson.decode(b)
+      assert.equals("spaced", h["x-a"])
+      -- the same head twice (the second one is remembered), then one
+      -- that differs by a byte: each gets its own headers
+      for _, v in ipairs{ "1", "1", "2" } do
+        c:send("GET /headers HTTP/1.1\r\nHost: x\r\nX-V: " .. v ..
+          "\r\n\r\n")
+        s, _, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals(v, cjson.decode(b)["x-v"])
+      end
+      -- a head in pieces, a repeated header in it
+      for _, piece in ipairs{ "GET /head", "ers HTTP/1.1\r\nHo", "st: x\r",
+          "\nX-R: a\r\nX-R: b\r\n", "\r\n" } do
+        c:send(piece)
+        require("socket").sleep(0.02)
+      end
+      s, _, b = read_response(c)
+      assert.equals(200, s)
+      assert.equals("a, b", cjson.decode(b)["x-r"])
+      -- empty lines alone in a segment, the request in the next one
+      c:send("\r\n\r\n")
+      require("socket").sleep(0.05)
+      c:send("GET /headers HTTP/1.1\r\nHost: x\r\nX-E: e\r\n\r\n")
+      s, _, b = read_response(c)
+      assert.equals(200, s)
+      assert.equals("e", cjson.decode(b)["x-e"])
+    end)
+
+    it("answers a head seen before as the first time", function ()
+      -- twice each, on new connections: the second is a remembered head
+      for _ = 1, 2 do
+        local c = connect(srv)
+        c:send("GET /items/7?x=1&x=2 HTTP/1.1\r\nHost: x\r\n" ..
+          "Connection: close\r\n\r\n")
+        local s, h, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals("close", h.connection)
+        assert.same({ id = 7, name = "item 7", query = { x = { "1", "2" } } },
+          cjson.decode(b))
+        assert.is_true(closed(c))
+      end
+      for _ = 1, 2 do
+        local c = connect(srv)
+        c:send("GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" ..
+          "HEAD /hello HTTP/1.0\r\n\r\n")
+        local s, h, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals("keep-alive", h.connection)
+        assert.equals("hello\n", b)
+        s, h = read_response(c, true)
+        assert.equals(200, s)
+        assert.equals("close", h.connection)
+        assert.equals("6", h["content-length"])
+        assert.is_true(closed(c))
+      end
+    end)
+
+    it("answers many different heads, past what it remembers", function ()
+      local c = connect(srv)
+      for i = 1, 600 do         -- more than the 256 heads remembered
+        c:send(("GET /items/%d HTTP/1.1\r\nHost: x\r\nX-N: %d\r\n\r\n")
+          :format(i % 300, i))
+        local s, _, b = read_response(c)
+        assert.equals(200, s)
+        assert.equals(i % 300, cjson.decode(b).id)
+      end
+    end)
+
+    it("refuses a CR or NUL inside a header and five empty lines", function ()
+      for _, bad in ipairs{
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\n X-Folded: a\r\n\r\n",
+        "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+      } do
+        local c = connect(srv)
+        c:send(bad)
+        assert.equals(400, (read_response(c)), bad)
+        assert.is_true(closed(c), bad)
+      end
+    end)
+
     it("answers pipelined requests in order", function ()
       local c = connect(srv)
       c:send("GET /items/1 HTTP/1.1\r\nHost: x\r\n\r\n" ..

@@ -1,5 +1,6 @@
 --[==[ luasrv.http -- HTTP/1.1 for luasrv handlers: a request parser, a
-response writer with keep-alive and pipelining, and a small router.
+response writer with keep-alive and pipelining; http.router() gives the
+router of luasrv.http.router (lua/luasrv/http/router.lua).
 
   local http = require "luasrv.http"
 
@@ -15,11 +16,19 @@ response writer with keep-alive and pipelining, and a small router.
   app:post("/echo", function (r) return 200, {}, r.body end)
   return app:handler()
 
-The parser is pure Lua on top of the connection's buffered reads: the C
-core finds the line ends (req:read("l")), so the request line and each
-header cost one call and one pattern match; a Content-Length body is one
-req:read(n); a chunked body is read("l") + read(n) per chunk. The whole
-body is read (up to max_body) before the handler runs.
+The parser is pure Lua over a buffer of its own (see "Reading a
+request" below): one req:recv per head, plain finds, and heads seen
+before recalled by their bytes. The whole body is read (up to max_body)
+before the handler runs.
+
+Deadlines: a request head must arrive whole within header_timeout (10 s;
+for the first request of a connection, counted from its start; for a
+later one, from its first byte, the wait for which is keepalive_timeout),
+and a body within body_timeout (60 s) of the end of its head. Past it the
+client gets 408 and the connection closes; a connection that sent
+nothing of a new request is closed without a word. So a slow client
+(slowloris) holds a sync worker, a fork child or a thread for at most
+header_timeout once its request has begun.
 
 What a handler gets, `r`:
   r.method    "GET", "POST", ... (case-sensitive, as sent)
@@ -35,14 +44,17 @@ What a handler gets, `r`:
   r:header_values(name)  every value of a header, in order (a list)
   r.body      the request body ("" when there is none)
   r.params    the router's captures (":id" -> r.params.id, decoded)
-  r.req       the luasrv request (r.req.client_address, r.req.server)
+  r.req       the luasrv request (r.req.client_address, r.req.server);
+              do not read from it: the module reads ahead (pipelined
+              requests) into a buffer of its own
 
 What a handler returns:
   status, headers, body   body a string (or nil); headers a table whose
                           values are strings, numbers or lists of strings
                           (one header line each)
   body                    a string alone: 200, text/plain; charset=utf-8
-  http.json(value [, status [, headers]])  a JSON response
+  http.json(value [, status [, headers]])  a JSON response (without
+                          headers, its headers table is read-only)
   nothing                 200 with an empty body, unless it streamed
 
 Streaming: r:start(status, headers) then r:write(...) as often as needed
@@ -60,14 +72,18 @@ is incomplete.
 
 local cjson = require "cjson"
 local luasrv = require "luasrv"
+local now = luasrv.now
 
 local byte, char, find, format, gsub, lower, match, sub =
   string.byte, string.char, string.find, string.format, string.gsub,
   string.lower, string.match, string.sub
 local concat, tonumber, tostring, type = table.concat, tonumber, tostring,
   type
+local time = os.time
 
 local M = {}
+
+local JSON, TEXT     -- frozen headers tables (see fixed_head)
 
 -- Limits and settings; http.serve's opts override them one by one.
 M.defaults = {
@@ -79,6 +95,8 @@ M.defaults = {
   max_requests = 1000,       -- requests on one connection, then it closes
   keepalive_timeout = nil,   -- seconds to wait for the next request on a
                              -- kept-alive connection (nil: --timeout's)
+  header_timeout = 10,       -- seconds for a whole request head, else 408
+  body_timeout = 60,         -- seconds for a whole request body, else 408
   linger = 1,                -- seconds to drain a body left unread
   server = "luasrv",         -- the Server header (false: none)
 }
@@ -246,119 +264,153 @@ end
 
 
 --[[ Reading a request.
-read_request returns the request table; or nil and a status to answer
-(400, 413, ...) before closing; or nil alone when the connection has
-ended (EOF, timeout, or a read that failed): close without a word. ]]
+The reader keeps a Lua-side buffer over the connection: req:recv hands
+over what the core has buffered (up to 64 KiB) in one call, and what
+follows a head (a body, the next pipelined requests) stays in the buffer
+for the next phase. So a request whose head came in one segment costs
+one recv, and a batch of pipelined requests one recv for all of them.
+
+A head is parsed with plain string.find at positions (a C call costs the
+same for 5 bytes or 500; Lua's pattern matcher costs per byte). And heads
+repeat: a client sends the same request line and header lines again and
+again, so a parsed head is remembered, keyed by its bytes (heads without
+a body, up to 2 KiB, 256 of them per Lua state): the next identical head
+costs one table lookup instead of its parse.
+
+Each phase returns its values, or nil and a status to answer (400, 408,
+413, ...) before closing, or nil alone when the connection has ended
+(EOF, an idle timeout, or a read that failed): close without a word. ]]
+
+local RECV_MAX = 65536
+local HEAD_CACHE_MAX, HEAD_CACHE_SIZE = 2048, 256
 
 local function fail (status, r) return nil, status, r end
 
--- reads the header lines (or trailer lines) into headers; returns true,
--- or nil and a status (or nil alone when the connection is gone)
-local function read_fields (conn, opts, headers, r)
-  local n, size = 0, 0
-  local max_line, max_size, max_n = opts.max_header_line,
-    opts.max_header_size, opts.max_headers
+-- A reader over conn (anything with luasrv's recv, read, write and
+-- settimeout). idle is the timeout of a wait for a new request
+-- (keepalive_timeout, or nil: the connection's own).
+local function new_reader (conn, opts)
+  return { conn = conn, buf = "", pos = 1,
+    recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
+    write = conn.write, idle = opts.keepalive_timeout, timeout = nil,
+    last = false, last_entry = false }
+end
+
+-- Sets the timeout of the next wait: what is left until deadline, or the
+-- idle timeout without one. The connection is only told when it changes.
+-- Returns false when the deadline has passed.
+local function set_wait (rd, deadline)
+  local t = rd.idle
+  if deadline then
+    t = deadline - now()
+    if t <= 0 then return false end
+  end
+  if t ~= rd.timeout then
+    rd.settimeout(rd.conn, t)
+    rd.timeout = t
+  end
+  return true
+end
+
+-- Appends what the connection has next to the buffer (waiting for it, up
+-- to deadline). Returns true, or nil and "timeout", the read's error, or
+-- nothing at EOF.
+local function fill (rd, deadline)
+  if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
+    return nil, "timeout"
+  end
+  local data, err = rd.recv(rd.conn, RECV_MAX)
+  if not data then return nil, err end
+  local buf, pos = rd.buf, rd.pos
+  if pos <= #buf then data = sub(buf, pos) .. data end
+  rd.buf, rd.pos = data, 1
+  return true
+end
+
+-- How a failed wait ends a request: a timeout after some of it came is a
+-- 408, anything else closes without a word.
+local function lost (err, started)
+  if err == "timeout" and started then return fail(408) end
+  return nil
+end
+
+-- The position of the last byte of the head that starts at pos in buf
+-- (its lines up to an empty one), if it is all there. The usual CRLF end
+-- first (one memchr); the parse finds an earlier bare-LF end, if any.
+local function head_end (buf, pos)
+  local e = find(buf, "\r\n\r\n", pos, true)
+  if e then return e + 3 end
+  local _, e2 = find(buf, "\n\r?\n", pos)
+  return e2
+end
+
+-- Waits until the buffer holds a whole head from rd.pos; returns its end
+-- (head_end). Refuses a head that grows past max (431), or whose first
+-- line is longer than max_line (long: 414 for a request line). started:
+-- whether bytes of this request had come before (a timeout is then 408).
+local function wait_head (rd, deadline, max_line, long, max, started)
   while true do
-    local line, err = conn:read("l")
-    if not line then
-      if err == "line too long" then return fail(431) end
-      return nil
+    local buf, pos = rd.buf, rd.pos
+    local e = head_end(buf, pos)
+    if e then return e end
+    local have = #buf - pos + 1
+    if have > max_line + 1 then
+      local nl = find(buf, "\n", pos, true)
+      if not nl or nl - pos > max_line + 1 then return fail(long) end
     end
-    local len = #line
-    size = size + len + 1
-    if byte(line, len) == 13 then      -- "\r": not stripped (no new string)
-      if len == 1 then return true end
-      len = len - 1
-    elseif len == 0 then
-      return true
-    end
-    n = n + 1
-    if n > max_n or size > max_size or len > max_line then
-      return fail(431)
-    end
-    -- a token, the colon, the value: no space before the colon, no
-    -- folded lines, no CR or NUL in the value (all refused, RFC 9112)
-    local name, value = match(line, HEADER_LINE)
-    if not name then return fail(400) end
-    local b = byte(value, -1)
-    if b == 32 or b == 9 then value = trim(value) end
-    local key = lower(name)
-    local old = headers[key]
-    if old == nil then
-      headers[key] = value
-    else                       -- repeated: joined, and every value kept
-      headers[key] = old .. (key == "cookie" and "; " or ", ") .. value
-      if r then
-        r._multi = r._multi or {}
-        local list = r._multi[key]
-        if not list then
-          list = { old }
-          r._multi[key] = list
-        end
-        list[#list + 1] = value
-      end
-    end
+    if have > max then return fail(431) end
+    local ok, err = fill(rd, deadline)
+    if not ok then return lost(err, started or have > 0) end
+    started = true
   end
 end
 
--- a chunked body: the chunks joined, or nil and a status
-local function read_chunked (conn, opts)
-  local parts, total, max = {}, 0, opts.max_body
-  while true do      -- bounded: each chunk brings a byte, total <= max
-    local line, err = conn:read("l")
-    if not line then
-      if err == "line too long" then return fail(400) end
-      return nil
+-- A line from the buffer (without its "\n"; a "\r" stays), waiting for it
+-- up to deadline; nil and "line too long" past max bytes.
+local function read_line (rd, deadline, max)
+  while true do
+    local buf, pos = rd.buf, rd.pos
+    local e = find(buf, "\n", pos, true)
+    if e then
+      if e - pos > max then return nil, "line too long" end
+      rd.pos = e + 1
+      return sub(buf, pos, e - 1)
     end
-    if #line > opts.max_header_line then return fail(400) end
-    -- size [; extensions]: the extensions are ignored
-    local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
-    if not hex or (rest ~= "" and byte(rest) ~= 59) then   -- 59 = ";"
-      return fail(400)
-    end
-    hex = match(hex, "^0*(.*)$")
-    if #hex > 8 then return fail(413) end
-    local size = hex == "" and 0 or tonumber(hex, 16)
-    if size == 0 then
-      -- the trailer fields, read and dropped
-      local ok, status = read_fields(conn, opts, {}, nil)
-      if not ok then return nil, status end
-      return concat(parts)
-    end
-    total = total + size
-    if total > max then return fail(413) end
-    local data = conn:read(size)
-    if not data or #data < size then return nil end
-    parts[#parts + 1] = data
-    local crlf = conn:read("l")
-    if crlf ~= "" and crlf ~= "\r" then
-      if crlf == nil then return nil end
-      return fail(400)
-    end
+    if #buf - pos + 1 > max then return nil, "line too long" end
+    local ok, err = fill(rd, deadline)
+    if not ok then return nil, err end
   end
 end
 
-local function read_request (conn, opts, waiting)
-  -- the request line; a few empty lines before it are allowed (RFC 9112)
-  if waiting and opts.keepalive_timeout then
-    conn:settimeout(opts.keepalive_timeout)
+-- n bytes: from the buffer, and what it lacks in one read of the
+-- connection (waiting up to deadline). nil and the read's error when the
+-- connection ends first.
+local function read_bytes (rd, n, deadline)
+  local buf, pos = rd.buf, rd.pos
+  local have = #buf - pos + 1
+  if have >= n then
+    rd.pos = pos + n
+    return sub(buf, pos, pos + n - 1)
   end
-  local line, err
-  for _ = 1, 5 do                   -- up to 4 empty lines, then the line
-    line, err = conn:read("l")
-    if not line or (line ~= "" and line ~= "\r") then break end
-  end
-  if waiting and opts.keepalive_timeout then conn:settimeout(nil) end
-  if not line then
-    if err == "line too long" then return fail(414) end
-    return nil
-  end
-  if #line > opts.max_request_line then return fail(414) end
+  local part = have > 0 and sub(buf, pos) or ""
+  rd.buf, rd.pos = "", 1
+  if not set_wait(rd, deadline) then return nil, "timeout" end
+  local rest, err = rd.read(rd.conn, n - have)
+  if not rest or #rest < n - have then return nil, err end
+  return part .. rest
+end
+
+-- The request line at pos of the head s. Returns method, target, version
+-- ("1.0" or "1.1") and the position after the line; or fails.
+local function parse_request_line (s, pos, opts)
+  local e = find(s, "\n", pos, true)
+  if e - pos > opts.max_request_line then return fail(414) end
   -- the usual line first: "GET /path HTTP/1.1", printable ASCII
-  local method, target, major, minor =
-    match(line, "^(%u+) (/[!-~]*) HTTP/(1)%.([01])\r?$")
+  local method, target, minor = match(s,
+    "^(%u+) (/[!-~]*) HTTP/1%.([01])\r?\n", pos)
   if not method then
-    line = strip_cr(line)
+    local line = strip_cr(sub(s, pos, e - 1))
+    local major
     method, target, major, minor =
       match(line, "^([^%s%c]+) ([^%s%c]+) HTTP/(%d+)%.(%d+)$")
     if not method or find(method, NOT_TOKEN) then return fail(400) end
@@ -366,13 +418,16 @@ local function read_request (conn, opts, waiting)
       return fail(#major == 1 and #minor == 1 and 505 or 400)
     end
   end
-  local version = minor == "0" and "1.0" or "1.1"   -- 1.2+ is read as 1.1
+  return method, target, minor == "0" and "1.0" or "1.1", e + 1  -- 1.2+: 1.1
+end
 
-  -- the target: origin form ("/p?q"), absolute form or "*" (OPTIONS)
+-- The target: origin form ("/p?q"), absolute form or "*" (OPTIONS).
+-- Returns the path and the query (or nil), or fails.
+local function split_target (method, target)
   local path, query = target, nil
   local q = find(target, "?", 1, true)
   if q then path, query = sub(target, 1, q - 1), sub(target, q + 1) end
-  if find(path, "#", 1, true) or (query and find(query, "#", 1, true)) then
+  if find(target, "#", 1, true) then
     return fail(400)                 -- a fragment is never sent
   end
   if byte(path) ~= 47 then                    -- not "/...": 47 = "/"
@@ -382,78 +437,452 @@ local function read_request (conn, opts, waiting)
       return fail(400)
     end
   end
+  return path, query
+end
 
-  -- every field in the constructor: adding them later would grow the table
-  local headers = {}
-  local r = setmetatable({ method = method, target = target, path = path,
-    query = query, args = false, version = version, headers = headers,
-    body = "", params = {}, keepalive = false, req = conn, _opts = opts,
-    last = false, unread = false, _started = false, _multi = false },
-    Request)
-  local ok, status = read_fields(conn, opts, headers, r)
-  if not ok then return nil, status end
-  r.args = query and M.parse_query(query) or {}
-  -- (headers gets its case-insensitive metatable at the end: until then,
-  -- a missing header is a plain miss, not a call)
+-- header names as sent -> their lower case, for the names already seen to
+-- be tokens (RFC 9110 5.6.2): a known name costs one lookup
+local field_keys, nkeys = {}, 0
 
+local function field_key (name)
+  local key = field_keys[name]
+  if key then return key end
+  if name == "" or find(name, NOT_TOKEN) then return nil end
+  key = lower(name)
+  if nkeys < 1000 then             -- bounded: names are the client's
+    field_keys[name], nkeys = key, nkeys + 1
+  end
+  return key
+end
+
+-- A field's value from i to j of s, without the spaces and tabs around it.
+local function field_value (s, i, j)
+  local b, b2 = byte(s, i, i + 1)
+  if b == 32 and b2 ~= 32 and b2 ~= 9 then    -- the usual one space
+    i = i + 1
+  else
+    while (b == 32 or b == 9) and i <= j do
+      i = i + 1
+      b = byte(s, i)
+    end
+  end
+  b = byte(s, j)
+  while (b == 32 or b == 9) and j >= i do
+    j = j - 1
+    b = byte(s, j)
+  end
+  return sub(s, i, j)
+end
+
+-- Adds a field to headers; a repeated one is joined, and every value
+-- kept in multi (made on the first need: returned).
+local function add_field (headers, multi, key, value)
+  local old = headers[key]
+  if old == nil then
+    headers[key] = value
+    return multi
+  end
+  headers[key] = old .. (key == "cookie" and "; " or ", ") .. value
+  multi = multi or {}
+  local list = multi[key]
+  if not list then
+    list = { old }
+    multi[key] = list
+  end
+  list[#list + 1] = value
+  return multi
+end
+
+-- The header lines (or trailer lines) of the head s from pos, into
+-- headers, up to the empty line. A token, the colon, the value: no space
+-- before the colon, no folded lines, no CR or NUL in the value (all
+-- refused, RFC 9112). Returns the position after the empty line and the
+-- repeated fields' values (or nil); or fails.
+local function parse_fields (s, pos, opts, headers)
+  local start, n, multi = pos, 0, nil
+  local max_line, max_size, max_n = opts.max_header_line,
+    opts.max_header_size, opts.max_headers
+  local nul = find(s, "\0", pos, true)
+  local cr = find(s, "\r", pos, true) or #s + 1   -- the next CR
+  while true do
+    local e = find(s, "\n", pos, true)   -- there: the head is whole
+    local last = e - 1            -- the line's last byte, CR aside
+    if cr == last then last = last - 1
+    elseif cr < last then return fail(400) end   -- a CR inside
+    if last < pos then            -- the empty line: the end
+      if nul and nul < e then return fail(400) end
+      return e + 1, multi
+    end
+    n = n + 1
+    if n > max_n or last - pos >= max_line or e - start > max_size then
+      return fail(431)
+    end
+    local c = find(s, ":", pos, true)
+    if not c or c > last then return fail(400) end
+    local key = field_key(sub(s, pos, c - 1))
+    if not key then return fail(400) end
+    multi = add_field(headers, multi, key, field_value(s, c + 1, last))
+    pos = e + 1
+    if cr < pos then cr = find(s, "\r", pos, true) or #s + 1 end
+  end
+end
+
+-- Host, and whether the connection stays open after this request: sets
+-- r.keepalive; fails on a missing or repeated Host in HTTP/1.1.
+local function check_head (r, headers, multi)
   -- HTTP/1.1 needs exactly one Host (RFC 9112 3.2)
-  if version == "1.1" and (headers.host == nil or (r._multi and
-      r._multi.host)) then
+  if r.version == "1.1" and (headers.host == nil or (multi and
+      multi.host)) then
     return fail(400)
   end
-
-  -- does the connection stay open after this request?
   local connection = headers.connection
-  if connection then connection = lower(connection) end
-  if version == "1.1" then
-    r.keepalive = not (connection and has_token(connection, "close"))
-  else
-    r.keepalive = connection ~= nil and has_token(connection, "keep-alive")
+  if connection then
+    connection = lower(connection)
+    if r.version == "1.1" then
+      r.keepalive = not has_token(connection, "close")
+    else
+      r.keepalive = has_token(connection, "keep-alive")
+    end
+  elseif r.version ~= "1.1" then
+    r.keepalive = false
   end
+  return true
+end
 
-  -- the body: chunked, or Content-Length bytes, or none
-  local te, cl = headers["transfer-encoding"], headers["content-length"]
-  local expect = headers.expect
+-- The Content-Length value: the length (a string of digits), or fails.
+-- "5, 5" (a repeated header) is fine when every value is the same.
+local function content_length (cl)
+  if not find(cl, "^%d+$") then
+    local first = match(cl, "^(%d+)")
+    if not first then return fail(400) end
+    for v in cl:gmatch("[^,]+") do
+      if trim(v) ~= first then return fail(400) end
+    end
+    cl = first
+  end
+  return match(cl, "^0*(%d+)$")
+end
+
+-- The trailer fields after the last chunk, read and dropped.
+local function read_trailer (rd, opts, deadline)
+  while true do                   -- the usual case first: no trailer
+    local buf, pos = rd.buf, rd.pos
+    local e = find(buf, "\n", pos, true)
+    if e then
+      if e == pos or (e == pos + 1 and byte(buf, pos) == 13) then
+        rd.pos = e + 1
+        return true
+      end
+      break
+    end
+    if #buf - pos + 1 > opts.max_header_line then break end
+    local ok, err = fill(rd, deadline)
+    if not ok then return lost(err, true) end
+  end
+  local e, status = wait_head(rd, deadline, opts.max_header_line, 431,
+    opts.max_header_size, true)
+  if not e then return nil, status end
+  local pos = rd.pos
+  local stop
+  stop, status = parse_fields(sub(rd.buf, pos, e), 1, opts, {})
+  if not stop then return nil, status end
+  rd.pos = pos + stop - 1
+  return true
+end
+
+-- A chunked body: the chunks joined, or fails.
+local function read_chunked (rd, opts, deadline)
+  local parts, total, max = {}, 0, opts.max_body
+  while true do      -- bounded: each chunk brings a byte, total <= max
+    local line, err = read_line(rd, deadline, opts.max_header_line)
+    if not line then
+      if err == "line too long" then return fail(400) end
+      return lost(err, true)
+    end
+    -- size [; extensions]: the extensions are ignored
+    local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
+    if not hex or (rest ~= "" and byte(rest) ~= 59) then   -- 59 = ";"
+      return fail(400)
+    end
+    hex = match(hex, "^0*(.*)$")
+    if #hex > 8 then return fail(413) end
+    local size = hex == "" and 0 or tonumber(hex, 16)
+    if size == 0 then
+      local ok, status = read_trailer(rd, opts, deadline)
+      if not ok then return nil, status end
+      return concat(parts)
+    end
+    total = total + size
+    if total > max then return fail(413) end
+    local data
+    data, err = read_bytes(rd, size, deadline)
+    if not data then return lost(err, true) end
+    parts[#parts + 1] = data
+    local crlf
+    crlf, err = read_line(rd, deadline, 1)
+    if crlf ~= "" and crlf ~= "\r" then
+      if crlf == nil and err ~= "line too long" then
+        return lost(err, true)
+      end
+      return fail(400)
+    end
+  end
+end
+
+-- 100 Continue, to a client that waits for it before it sends the body
+local CONTINUE = "HTTP/1.1 100 Continue\r\n\r\n"
+
+-- The framing and the body: chunked, or Content-Length bytes, or none.
+-- Sets r.body; returns true, or fails (r.unread when the rest of the body
+-- may still be coming). The whole body must come within body_timeout.
+local function read_body (rd, r, headers, opts)
+  local te, cl, expect = headers["transfer-encoding"],
+    headers["content-length"], headers.expect
   if expect then
     if lower(expect) ~= "100-continue" then return fail(417) end
-    expect = version == "1.1"
+    expect = r.version == "1.1"
   end
+  if not (te or cl) then return true end
+  local deadline = opts.body_timeout
+  if deadline and deadline > 0 then deadline = now() + deadline
+  else deadline = nil end
+  local body, status
   if te then
     -- both framings at once is how requests are smuggled: refused
-    if cl or version == "1.0" then return fail(400) end
+    if cl or r.version == "1.0" then return fail(400) end
     if lower(te) ~= "chunked" then return fail(501) end
-    if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-    local body, st = read_chunked(conn, opts)
+    if expect then r.req:write(CONTINUE) end
+    body, status = read_chunked(rd, opts, deadline)
     if not body then
       r.unread = true   -- the rest of the body may still be coming
-      return nil, st, r
+      return nil, status
     end
-    r.body = body
-  elseif cl then
-    if not find(cl, "^%d+$") then
-      -- "5, 5" (a repeated header) is fine when every value is the same
-      local first = match(cl, "^(%d+)")
-      if not first then return fail(400) end
-      for v in cl:gmatch("[^,]+") do
-        if trim(v) ~= first then return fail(400) end
-      end
-      cl = first
-    end
-    cl = match(cl, "^0*(%d+)$")
+  else
+    cl, status = content_length(cl)
+    if not cl then return nil, status end
     if #cl > 15 or tonumber(cl) > opts.max_body then
       r.unread = not expect
-      return nil, 413, r
+      return fail(413)
     end
     local n = tonumber(cl)
-    if n > 0 then
-      if expect then conn:write("HTTP/1.1 100 Continue\r\n\r\n") end
-      local body = conn:read(n)
-      if not body or #body < n then return nil end
-      r.body = body
+    if n == 0 then return true end
+    if expect then r.req:write(CONTINUE) end
+    local err
+    body, err = read_bytes(rd, n, deadline)
+    if not body then
+      r.unread = true
+      return lost(err, true)
     end
   end
+  r.body = body
+  return true
+end
+
+-- A request from a remembered head (below) holds only the head's entry,
+-- _e: its fields are read from the entry (its headers table is made on
+-- first use and kept in the request). The index of each in an entry:
+local ENTRY = { method = 1, target = 2, path = 3, query = 4, version = 5,
+  keepalive = 6 }
+
+-- The headers table of a request from its entry e, on first use: the
+-- request's own, made from e's keys and values.
+local function entry_headers (r, e)
+  local h = {}
+  for j = 8, e[7], 2 do h[e[j]] = e[j + 1] end
+  setmetatable(h, headers_mt)
+  r.headers = h
+  return h
+end
+
+-- The Request metatable of a connection. The fields every request of it
+-- shares, and the defaults of the others, sit in a table behind __index
+-- (over Request); r.args and r.params are made on their first use, and a
+-- remembered head's fields too. So a request is built with only its own
+-- fields: each costs in a constructor.
+local function request_mt (conn, opts)
+  local shared = setmetatable({ req = conn, _opts = opts, last = false,
+    unread = false, _multi = false, _started = false, keepalive = true,
+    body = "", _e = false }, Request)
+  return { __index = function (r, k)
+    local e = r._e                  -- a field of every request: no loop
+    if e then
+      local i = ENTRY[k]
+      if i then                 -- read again from e each time: storing it
+        local v = e[i]          -- in r would grow r's table, dearer
+        if v == false and i == 4 then return nil end    -- no query
+        return v
+      end
+      if k == "headers" then return entry_headers(r, e) end
+    end
+    local v = shared[k]
+    if v ~= nil then return v end
+    if k == "args" then
+      local q = r.query
+      v = q and M.parse_query(q) or {}
+      r.args = v
+    elseif k == "params" then
+      v = {}
+      r.params = v
+    end
+    return v
+  end }
+end
+
+-- The parsed heads, by their bytes (see above), in opts._heads (the
+-- limits they were checked against are opts'): method, target, path,
+-- query (or false), version, keepalive, then the index of the last value
+-- and the keys and values. Only heads whose every rule could be checked
+-- at parse time: no body framing, no Expect, no repeated field.
+local function remember (opts, head, r, headers)
+  local heads = opts._heads
+  if heads.n >= HEAD_CACHE_SIZE then
+    heads = { n = 0 }
+    opts._heads = heads
+  end
+  local e = { r.method, r.target, r.path, r.query or false, r.version,
+    r.keepalive, 0 }
+  local n = 7
+  for k, v in pairs(headers) do
+    e[n + 1], e[n + 2] = k, v
+    n = n + 2
+  end
+  e[7] = n
+  heads[head] = e
+  heads.n = heads.n + 1
+end
+
+-- A request from a remembered head (its other fields are made on first
+-- use; the router reads these two).
+local function recall (e, mt)
+  return setmetatable({ _e = e, _started = false, method = e[1],
+    path = e[3] }, mt)
+end
+
+-- The head s (whole, from the buffer at start), parsed: the request; or
+-- fails. Sets rd.pos after the head (which may end before s does, at a
+-- bare-LF empty line) and remembers the head when it can.
+local function parse_head (rd, s, start, opts, mt)
+  local method, target, version, pos = parse_request_line(s, 1, opts)
+  if not method then return nil, target end
+  local path, query = split_target(method, target)
+  if not path then return nil, query end
+  local headers = {}
+  local r = setmetatable({ method = method, target = target, path = path,
+    query = query, version = version, headers = headers, keepalive = true,
+    _started = false, _e = false }, mt)
+  local stop, multi = parse_fields(s, pos, opts, headers)
+  if not stop then return nil, multi end
+  rd.pos = start + stop - 1
+  if multi then r._multi = multi end
+  -- (headers gets its case-insensitive metatable at the end: until then,
+  -- a missing header is a plain miss, not a call)
+  local ok, status = check_head(r, headers, multi)
+  if not ok then return nil, status, r end
+  if stop > #s and not multi and #s <= HEAD_CACHE_MAX and
+      not (headers["transfer-encoding"] or headers["content-length"] or
+           headers.expect) then
+    remember(opts, s, r, headers)
+  end
+  return r, headers
+end
+
+-- Skips up to 4 empty lines before a request line (RFC 9112), waiting for
+-- more when the buffer holds nothing else. Returns true, or fails.
+local function skip_empty_lines (rd, deadline)
+  local skipped = 0
+  while true do
+    local buf, pos = rd.buf, rd.pos
+    local b = byte(buf, pos)
+    if b == 10 or (b == 13 and byte(buf, pos + 1) == 10) then
+      skipped = skipped + 1
+      if skipped > 4 then return fail(400) end
+      rd.pos = pos + (b == 10 and 1 or 2)
+    elseif b and (b ~= 13 or pos < #buf) then
+      return true
+    else                          -- nothing (or a lone CR) buffered: wait
+      local ok, err = fill(rd, deadline)
+      if not ok then return lost(err, b or skipped > 0) end
+    end
+  end
+end
+
+-- A request whose head is not the one just looked up (tried: the head
+-- string cut from tried_buf at tried_pos, or nil): the empty lines before
+-- it, the rest of the head (within header_timeout), its parse (or the
+-- remembered one), then the body.
+local function read_new_head (rd, opts, mt, deadline, tried, tried_buf,
+                              tried_pos)
+  local ok, status = skip_empty_lines(rd, deadline)
+  if not ok then return nil, status end
+  local buf, pos = rd.buf, rd.pos
+  local e = head_end(buf, pos)
+  if not e then
+    -- the head came in pieces: the rest within header_timeout
+    local t = opts.header_timeout
+    if not deadline and t and t > 0 then deadline = now() + t end
+    e, status = wait_head(rd, deadline, opts.max_request_line, 414,
+      opts.max_request_line + opts.max_header_size + 2, true)
+    if not e then return nil, status end
+    buf, pos = rd.buf, rd.pos
+  end
+  local s = tried
+  if tried_pos ~= pos or tried_buf ~= buf then
+    s = sub(buf, pos, e)
+    local cached = opts._heads[s]
+    if cached then
+      rd.pos = e + 1
+      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+      return recall(cached, mt)
+    end
+  end
+  local r, headers, partial = parse_head(rd, s, pos, opts, mt)
+  if not r then return nil, headers, partial end
+  ok, status = read_body(rd, r, headers, opts)
+  if not ok then return nil, status, r end
   setmetatable(headers, headers_mt)
   return r
+end
+
+-- One request: the request; or nil and a status to answer (with the
+-- partial request); or nil. The usual case first, inline: wait for what
+-- comes next, and find in it the connection's last head again (one string
+-- comparison) or a head seen before (one lookup). Anything else is
+-- read_new_head's. deadline: when the head must have come, for the
+-- connection's first request (header_timeout from the connection's
+-- start); later ones have keepalive_timeout for their first byte, then
+-- header_timeout for the rest of the head.
+local function read_request (rd, opts, mt, deadline)
+  local buf, pos = rd.buf, rd.pos
+  if pos > #buf then
+    if deadline or rd.timeout ~= rd.idle then
+      local ok, err = fill(rd, deadline)
+      if not ok then return lost(err, false) end
+      buf, pos = rd.buf, rd.pos
+    else                        -- (fill, inline)
+      local err
+      buf, err = rd.recv(rd.conn, RECV_MAX)
+      if not buf then return lost(err, false) end
+      pos = 1
+      rd.buf, rd.pos = buf, 1
+    end
+  end
+  if buf == rd.last and pos == 1 then
+    rd.pos = #buf + 1
+    local e = rd.last_entry
+    return setmetatable({ _e = e, _started = false, method = e[1],
+      path = e[3] }, mt)          -- (recall, inline)
+  end
+  local e = find(buf, "\r\n\r\n", pos, true)
+  if not e then return read_new_head(rd, opts, mt, deadline) end
+  e = e + 3
+  local s = sub(buf, pos, e)
+  local cached = opts._heads[s]
+  if not cached then
+    return read_new_head(rd, opts, mt, deadline, s, buf, pos)
+  end
+  rd.pos = e + 1
+  if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+  return recall(cached, mt)
 end
 
 
@@ -639,63 +1068,117 @@ local function traceback (err)
   return debug.traceback(tostring(err), 2)
 end
 
-local TEXT = { ["Content-Type"] = "text/plain; charset=utf-8" }
 
--- The head of a 200 text/plain answer that keeps the connection open, by
--- body length: what response_head(r, opts, 200, TEXT, "length", n) gives
--- an HTTP/1.1 keep-alive request, built once a second (the Date changes)
--- for at most 64 lengths. The common case of a handler returning a string.
-local function text_head (opts, length)
-  local date = date_header()
-  local heads = opts._text_heads
-  if not heads or heads.date ~= date then
-    heads = { date = date, n = 0 }
-    opts._text_heads = heads
+-- The headers tables of http.json and of a handler that returns a string
+-- alone: read-only, so that their header lines can be made once.
+local function frozen (t)
+  return setmetatable({}, { __index = t,
+    __newindex = function () error("this headers table is read-only", 2) end,
+    __pairs = function () return next, t, nil end })
+end
+JSON = frozen{ ["Content-Type"] = "application/json" }
+TEXT = frozen{ ["Content-Type"] = "text/plain; charset=utf-8" }
+local CONTENT_TYPE = { [JSON] = "Content-Type: application/json\r\n",
+  [TEXT] = "Content-Type: text/plain; charset=utf-8\r\n" }
+
+-- The head of a 200 answer with one of the frozen headers tables that
+-- keeps the connection open, by body length: what response_head gives an
+-- HTTP/1.1 keep-alive request, built once a second (the Date changes) for
+-- at most 64 lengths per table. The common case of a handler returning a
+-- string or http.json(value).
+local function fixed_head (opts, headers, length)
+  local heads = opts._fixed_heads
+  if heads.time ~= time() then
+    heads = { time = time(), date = date_header(), n = 0, [JSON] = {},
+      [TEXT] = {} }
+    opts._fixed_heads = heads
   end
-  local head = heads[length]
+  local date = heads.date
+  local byLength = heads[headers]
+  local head = byLength[length]
   if not head then
-    head = status_line(200) .. "Content-Type: text/plain; charset=utf-8\r\n"
-      .. date .. opts.server_line .. "Content-Length: " .. length
-      .. "\r\n\r\n"
-    if heads.n < 64 then heads[length], heads.n = head, heads.n + 1 end
+    head = status_line(200) .. CONTENT_TYPE[headers] .. date ..
+      opts.server_line .. "Content-Length: " .. length .. "\r\n\r\n"
+    if heads.n < 128 then byLength[length], heads.n = head, heads.n + 1 end
   end
   return head
 end
 
--- runs the handler for r and writes its response; whether to keep alive
-local function respond (conn, r, handler, opts)
-  local ok, status, headers, body = xpcall(handler, traceback, r)
-  if not ok then
-    luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
-      r.target, tostring(conn.client_address), status))
-    if r._started then
-      return false            -- cut: the client sees an unfinished body
-    end
-    return send_response(conn, r, opts, 500, TEXT,
-      "Internal Server Error\n")
-  end
+-- Writes the response to r from what its handler returned; whether to
+-- keep the connection open. last: whether r is the last request the
+-- connection may carry.
+local function respond (conn, r, opts, write, last, status, headers, body)
   if r._started then return finish_stream(conn, r) end
   if status == nil then return send_response(conn, r, opts, 200, nil, "") end
-  if type(status) == "string" then
-    if r.keepalive and not r.last and r.version == "1.1"
-        and r.method ~= "HEAD" and status ~= "" then
-      conn:write(text_head(opts, #status), status)
-      return true
-    end
-    return send_response(conn, r, opts, 200, TEXT, status)
-  end
-  if type(body) ~= "string" and body ~= nil then
+  local kind = type(status)
+  if kind == "string" then body, headers, status = status, TEXT, 200
+  elseif kind == "number" and type(body) ~= "string" and body ~= nil then
     if type(body) == "table" then body = concat(body)
     else body = tostring(body) end
   end
-  local sent
-  ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
+  -- the usual answer: 200, a frozen headers table, a kept-alive HTTP/1.1
+  local ctype = status == 200 and CONTENT_TYPE[headers]
+  local e = r._e
+  local keep, version, method
+  if e then keep, version, method = e[6], e[5], e[1]
+  else keep, version, method = r.keepalive, r.version, r.method end
+  if ctype and body and body ~= "" and keep and not last and
+      version == "1.1" and method ~= "HEAD" then
+    local heads, length = opts._fixed_heads, #body
+    if heads.time ~= time() then
+      heads = { time = time(), date = date_header(), n = 0, [JSON] = {},
+        [TEXT] = {} }
+      opts._fixed_heads = heads
+    end
+    local byLength = heads[headers]
+    local head = byLength[length]
+    if not head then
+      head = status_line(200) .. ctype .. heads.date .. opts.server_line ..
+        "Content-Length: " .. length .. "\r\n\r\n"
+      if heads.n < 128 then byLength[length], heads.n = head, heads.n + 1 end
+    end
+    write(conn, head, body)
+    return true
+  end
+  local ok, sent = pcall(send_response, conn, r, opts, status, headers, body)
   if not ok then     -- a bad status or header: the handler's mistake
     luasrv.log(("error handling %s %s: %s"):format(r.method, r.target,
       sent))
     return send_response(conn, r, opts, 500, TEXT, "Internal Server Error\n")
   end
   return sent
+end
+
+-- The requests of a connection, read and answered in order until the
+-- connection ends or must close. st holds the loop's state, so that after
+-- a handler raised (st.r is its request) serve can answer 500 and call
+-- this again to go on: one xpcall per connection, not one per request.
+local function serve_requests (st)
+  local conn, rd, mt, opts, handler = st.conn, st.rd, st.mt, st.opts,
+    st.handler
+  local write, max = rd.write, opts.max_requests
+  for n = st.n + 1, max do
+    st.n = n
+    local r, status, partial = read_request(rd, opts, mt, st.deadline)
+    st.deadline = nil
+    if rd.timeout ~= nil then     -- the handler runs with the server's
+      rd.settimeout(conn, nil)
+      rd.timeout = nil
+    end
+    if not r then
+      if status then send_error(conn, status, partial, opts) end
+      return
+    end
+    if n == max then r.last = true end
+    st.r = r
+    local headers, body
+    status, headers, body = handler(r)
+    st.r = false
+    if not respond(conn, r, opts, write, n == max, status, headers, body)
+    then
+      return
+    end
+  end
 end
 
 
@@ -708,31 +1191,70 @@ local function options (opts)
   for k, v in pairs(M.defaults) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   o.server_line = o.server and "Server: " .. o.server .. "\r\n" or ""
+  o._heads = { n = 0 }
+  o._fixed_heads = { time = false }
   return o
+end
+
+-- The deadline of a connection's first head, from now: nil for none.
+local function first_deadline (opts)
+  local t = opts.header_timeout
+  if t and t > 0 then return now() + t end
+  return nil
 end
 
 -- Serves HTTP on the luasrv request conn: reads requests and answers each
 -- with handler(r), in order, until the connection ends or must close.
 function M.serve (conn, handler, opts)
   opts = options(opts)
-  local max = opts.max_requests
-  for n = 1, max do
-    local r, status, partial = read_request(conn, opts, n > 1)
-    if not r then
-      if status then send_error(conn, status, partial, opts) end
+  local rd = new_reader(conn, opts)
+  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts),
+    opts = opts, handler = handler, n = 0, r = false,
+    deadline = first_deadline(opts) }
+  while true do                   -- once more after each handler's error
+    local ok, err = xpcall(serve_requests, traceback, st)
+    if ok then return end
+    local r = st.r
+    if not r then error(err, 0) end       -- not the handler's
+    st.r = false
+    luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
+      r.target, tostring(conn.client_address), err))
+    if r._started then
+      return                  -- cut: the client sees an unfinished body
+    end
+    if not send_response(conn, r, opts, 500, TEXT,
+        "Internal Server Error\n") or st.n >= opts.max_requests then
       return
     end
-    r.last = n == max
-    if not respond(conn, r, handler, opts) then return end
   end
 end
 
--- Reads one request from conn (anything with luasrv's read, write and
--- settimeout): the request table; or nil and the status to answer (400,
--- 413, 414, 431, 501, 505) with the partial request; or nil alone when the
--- connection has ended.
+-- the reader of each connection read with M.read_request
+local readers = setmetatable({}, { __mode = "k" })
+
+-- Reads one request from conn (anything with luasrv's recv, read, write
+-- and settimeout): the request table; or nil and the status to answer
+-- (400, 408, 413, 414, 431, 501, 505) with the partial request; or nil
+-- alone when the connection has ended. What follows the request (the next
+-- pipelined ones) stays buffered for the next call with the same conn.
 function M.read_request (conn, opts)
-  return read_request(conn, options(opts), false)
+  opts = options(opts)
+  local rd = readers[conn]
+  local deadline
+  if not rd then
+    rd = new_reader(conn, opts)
+    readers[conn] = rd
+    deadline = first_deadline(opts)
+  end
+  if rd.opts ~= opts then       -- heads are checked against opts' limits
+    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts), false
+  end
+  local r, status, partial = read_request(rd, opts, rd.mt, deadline)
+  if rd.timeout ~= nil then
+    rd.settimeout(conn, nil)
+    rd.timeout = nil
+  end
+  return r, status, partial
 end
 
 -- The hooks table of a script whose every request runs handler(r).
@@ -743,112 +1265,16 @@ end
 
 -- A JSON response: status (200), headers plus the Content-Type.
 function M.json (value, status, headers)
+  if not headers then return status or 200, JSON, cjson.encode(value) end
   local h = { ["Content-Type"] = "application/json" }
-  if headers then for k, v in pairs(headers) do h[k] = v end end
+  for k, v in pairs(headers) do h[k] = v end
   return status or 200, h, cjson.encode(value)
 end
 
 
---[[ The router ]]
-
-local Router = {}
-Router.__index = Router
-
--- "/items/:id/*rest" -> "^/items/([^/]+)/(.*)$", { "id", "rest" }
-local function compile (path)
-  local names = {}
-  local pattern = gsub(path, "([^/]+)", function (seg)
-    local kind, name = match(seg, "^([:*])([%w_]+)$")
-    if kind then
-      names[#names + 1] = name
-      return kind == ":" and "([^/]+)" or "(.*)"
-    end
-    return (gsub(seg, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
-  end)
-  return "^" .. pattern .. "$", names
-end
-
+-- A router (luasrv.http.router): app:get(path, fn), ..., app:handler().
 function M.router (opts)
-  return setmetatable({ exact = {}, patterns = {}, opts = opts }, Router)
-end
-
--- Adds a route: method ("GET", ...; "*" for any) and a path, where
--- ":name" matches one segment and "*name" the rest of the path.
-function Router:route (method, path, fn)
-  assert(type(fn) == "function", "route: a function is expected")
-  if find(path, "[:*]") then
-    local pattern, names = compile(path)
-    self.patterns[#self.patterns + 1] = { method = method, path = path,
-      pattern = pattern, names = names, fn = fn }
-  else
-    local byMethod = self.exact[path] or {}
-    byMethod[method] = fn
-    self.exact[path] = byMethod
-  end
-  return self
-end
-
-for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
-  local method = m:upper()
-  Router[m] = function (self, path, fn) return self:route(method, path, fn) end
-end
-
-function Router:any (path, fn) return self:route("*", path, fn) end
-
--- the function for a method among those of a path; HEAD falls back to GET
-local function pick (byMethod, method)
-  return byMethod[method] or (method == "HEAD" and byMethod.GET)
-    or byMethod["*"]
-end
-
--- The allowed methods of a path, for 405's Allow header
-local function allowed (methods)
-  local list = {}
-  for m in pairs(methods) do list[#list + 1] = m end
-  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
-  table.sort(list)
-  return concat(list, ", ")
-end
-
--- Finds the route of r and runs it: 404 when no path matches, 405 (with
--- Allow) when the path matches but not the method.
-function Router:dispatch (r)
-  local method = r.method
-  local byMethod = self.exact[r.path]
-  local methods = {}     -- the methods the path has, for a 405
-  if byMethod then
-    local fn = pick(byMethod, method)
-    if fn then return fn(r) end
-    for m in pairs(byMethod) do methods[m] = true end
-  end
-  local path = r.path
-  for _, route in ipairs(self.patterns) do
-    local m = route.method
-    if m == method or m == "*" or (method == "HEAD" and m == "GET") then
-      local caps = { match(path, route.pattern) }
-      if caps[1] then
-        for i, name in ipairs(route.names) do
-          r.params[name] = M.unescape(caps[i])
-        end
-        return route.fn(r)
-      end
-    elseif not methods[m] and find(path, route.pattern) then
-      methods[m] = true
-    end
-  end
-  if next(methods) then
-    return 405, { ["Content-Type"] = "text/plain; charset=utf-8",
-      Allow = allowed(methods) }, "Method Not Allowed\n"
-  end
-  if self.not_found then return self.not_found(r) end
-  return 404, TEXT, "Not Found\n"
-end
-
--- The hooks table of a script served by this router.
-function Router:handler (opts)
-  local router = self
-  return M.handler(function (r) return router:dispatch(r) end,
-    opts or self.opts)
+  return require("luasrv.http.router").new(opts)
 end
 
 return M

@@ -6,7 +6,7 @@
 --   return ratelimit.wrap({ handle = function (req) ... end },
 --                         { rate = 10, burst = 20, dict = "ratelimit" })
 --
---   luasrv app.lua --tcp :8080 --workers 4 --shared ratelimit:1m
+--   luasrv app.lua --tcp 127.0.0.1:8080 --workers 4 --shared ratelimit:1m
 --
 -- A client may make `burst` requests at once, then `rate` per second: the
 -- bucket holds `burst` tokens, refills at `rate` tokens a second, and each

@@ -1,0 +1,142 @@
+--[==[ luasrv.http.router -- the router of luasrv.http: routes by method
+and path, ":name" and "*name" captures, 404 and 405 with Allow.
+
+  local http = require "luasrv.http"
+  local app = http.router()          -- the same as require("luasrv.http.router").new()
+  app:get("/items/:id", function (r) return http.json{ id = r.params.id } end)
+  return app:handler()
+
+Exact paths are one table lookup; patterns are tried in the order they
+were added. HEAD runs the GET route. It knows nothing of the protocol:
+dispatch(r) is a handler like any other, and handler() hands it to
+luasrv.http.
+]==]
+
+local http = require "luasrv.http"
+
+local find, gsub, match = string.find, string.gsub, string.match
+local concat = table.concat
+
+local M = {}
+
+local Router = {}
+Router.__index = Router
+
+local TEXT = { ["Content-Type"] = "text/plain; charset=utf-8" }
+
+-- "/items/:id/*rest" -> "^/items/([^/]+)/(.*)$", { "id", "rest" }
+local function compile (path)
+  local names = {}
+  local pattern = gsub(path, "([^/]+)", function (seg)
+    local kind, name = match(seg, "^([:*])([%w_]+)$")
+    if kind then
+      names[#names + 1] = name
+      return kind == ":" and "([^/]+)" or "(.*)"
+    end
+    return (gsub(seg, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+  end)
+  return "^" .. pattern .. "$", names
+end
+
+-- A new router; opts are handler()'s default luasrv.http options.
+function M.new (opts)
+  return setmetatable({ exact = {}, patterns = {}, opts = opts }, Router)
+end
+
+-- Adds a route: method ("GET", ...; "*" for any) and a path, where
+-- ":name" matches one segment and "*name" the rest of the path.
+function Router:route (method, path, fn)
+  assert(type(fn) == "function", "route: a function is expected")
+  if find(path, "[:*]") then
+    local pattern, names = compile(path)
+    self.patterns[#self.patterns + 1] = { method = method, path = path,
+      pattern = pattern, names = names, fn = fn }
+  else
+    local byMethod = self.exact[path] or {}
+    byMethod[method] = fn
+    self.exact[path] = byMethod
+  end
+  return self
+end
+
+for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
+  local method = m:upper()
+  Router[m] = function (self, path, fn) return self:route(method, path, fn) end
+end
+
+function Router:any (path, fn) return self:route("*", path, fn) end
+
+-- the function for a method among those of a path; HEAD falls back to GET
+local function pick (byMethod, method)
+  return byMethod[method] or (method == "HEAD" and byMethod.GET)
+    or byMethod["*"]
+end
+
+-- The allowed methods of a path, for 405's Allow header
+local function allowed (methods)
+  local list = {}
+  for m in pairs(methods) do list[#list + 1] = m end
+  if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end
+  table.sort(list)
+  return concat(list, ", ")
+end
+
+-- The function of the first pattern route for r, its captures set in
+-- r.params; or nil and methods, where the methods whose pattern matches
+-- the path are collected (methods is made on the first need).
+local function find_pattern (self, r, methods)
+  local method, path = r.method, r.path
+  for _, route in ipairs(self.patterns) do
+    local m = route.method
+    if m == method or m == "*" or (method == "HEAD" and m == "GET") then
+      local caps = { match(path, route.pattern) }
+      if caps[1] then
+        for i, name in ipairs(route.names) do
+          r.params[name] = http.unescape(caps[i])
+        end
+        return route.fn
+      end
+    elseif not (methods and methods[m]) and find(path, route.pattern) then
+      methods = methods or {}
+      methods[m] = true
+    end
+  end
+  return nil, methods
+end
+
+-- Finds the route of r and runs it: 404 when no path matches, 405 (with
+-- Allow) when the path matches but not the method.
+function Router:dispatch (r)
+  local byMethod = self.exact[r.path]
+  local methods = nil    -- the methods the path has, for a 405
+  if byMethod then
+    local fn = byMethod[r.method] or pick(byMethod, r.method)
+    if fn then return fn(r) end
+    methods = {}
+    for m in pairs(byMethod) do methods[m] = true end
+  end
+  if self.patterns[1] then
+    local fn
+    fn, methods = find_pattern(self, r, methods)
+    if fn then return fn(r) end
+  end
+  if methods and next(methods) then
+    return 405, { ["Content-Type"] = "text/plain; charset=utf-8",
+      Allow = allowed(methods) }, "Method Not Allowed\n"
+  end
+  if self.not_found then return self.not_found(r) end
+  return 404, TEXT, "Not Found\n"
+end
+
+-- The hooks table of a script served by this router.
+function Router:handler (opts)
+  local router, exact, dispatch = self, self.exact, self.dispatch
+  return http.handler(function (r)
+    local byMethod = exact[r.path]       -- the usual case, inline
+    local fn = byMethod and byMethod[r.method]
+    if fn then return fn(r) end
+    return dispatch(router, r)
+  end, opts or self.opts)
+end
+
+return M
