@@ -14,6 +14,13 @@
 ** the whole server; anything else is a crash. A worker that exits before
 ** it reported ready failed to load its script: at start-up the server
 ** exits 1, during a reload the old generation keeps serving.
+**
+** Also the master's: a reload re-reads --config (what a restart alone
+** can change is kept and logged; listeners are added and removed), the
+** --metrics listener's /metrics, /healthz, /readyz and /status, SIGUSR1
+** (reopen the log), SIGUSR2 (the binary upgrade) and the --admin
+** console. Every client of the master is answered at once, from its own
+** state, within METRICS_WAIT_MS: none can hold the supervision up.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -1268,80 +1275,89 @@ static int add_key (void *ud, const char *key, size_t klen) {
 
 #define SHARED_MAX_KEYS 1000
 
+/* "shared": a line per dictionary. */
+static long shared_list (char *buf, size_t cap) {
+  long n = snprintf(buf, cap, "%-20s %12s %12s %8s\n", "NAME", "BYTES",
+                    "FREE", "KEYS");
+  for (int i = 0; i < shdict_ndicts() && n >= 0 && (size_t)n < cap; i++) {
+    struct shdict *d = shdict_at(i);
+    n += snprintf(buf + n, cap - (size_t)n, "%-20s %12zu %12zu %8zu\n",
+                  shdict_name_at(i), shdict_capacity(d), shdict_free_space(d),
+                  shdict_count(d));
+  }
+  return n;
+}
+
+
+/* "shared NAME": its keys, most recently used first. */
+static long shared_keys (struct shdict *d, char *buf, size_t cap) {
+  struct keylist k = {buf, cap - 64, 0, 0};
+  size_t count = shdict_count(d);
+  long n;
+  shdict_keys(d, SHARED_MAX_KEYS, add_key, &k);
+  n = (long)k.len;
+  if (count > (size_t)k.n)  /* expired ones, or past the list's end */
+    n += snprintf(buf + n, cap - (size_t)n, "(%d listed, %zu held)\n", k.n,
+                  count);
+  return n;
+}
+
+
+/* A value as a Lua literal into buf (cap bytes, tmp as large). */
+static long literal (const struct shd_val *v, char *buf, size_t cap) {
+  switch (v->type) {
+    case SHD_STR: return (long)quote(buf, cap, v->s, v->len);
+    case SHD_INT: return snprintf(buf, cap, "%lld", (long long)v->i);
+    case SHD_NUM: return snprintf(buf, cap, "%.17g", v->n);
+    default: return snprintf(buf, cap, "%s", v->b ? "true" : "false");
+  }
+}
+
+
+/* "shared NAME KEY": the value and the time it has left. */
+static long shared_value (struct shdict *d, const char *name, const char *key,
+                          char *buf, size_t cap) {
+  struct shd_val v;
+  double ttl = 0;
+  char *val = malloc(cap);
+  long n;
+  int rc;
+  if (val == NULL) return snprintf(buf, cap, "error: out of memory\n");
+  rc = shdict_get(d, key, strlen(key), &v, val, cap / 4 - 8);
+  if (rc == SHD_AGAIN)
+    n = snprintf(buf, cap, "error: the value is %zu bytes, too big to show\n",
+                 v.len);
+  else if (rc != SHD_OK)
+    n = snprintf(buf, cap, "error: %.64s: %s\n", name,
+                 rc == SHD_NOTFOUND ? "no such key" : shdict_strerror(rc));
+  else {
+    n = literal(&v, buf, cap - 64);  /* a quoted byte takes at most 4 */
+    if (shdict_ttl(d, key, strlen(key), &ttl) == SHD_OK && ttl > 0)
+      n += snprintf(buf + n, cap - (size_t)n, " (expires in %.3f s)", ttl);
+    buf[n++] = '\n';
+  }
+  free(val);
+  return n;
+}
+
+
 /*
-** "shared": the dictionaries; "shared NAME": its keys (most recently used
-** first, at most SHARED_MAX_KEYS); "shared NAME KEY": the value (a Lua
-** literal) and the time it has left. Read from the master's own mapping.
+** "shared", "shared NAME", "shared NAME KEY", read from the master's own
+** mapping of the dictionaries.
 */
 static long shared_text (const char *args, char *buf, size_t cap) {
   char name[SHD_MAX_NAME + 1];
-  const char *key;
   size_t nl = strcspn(args, " ");
   struct shdict *d;
-  long n = 0;
-  if (*args == '\0') {
-    n = snprintf(buf, cap, "%-20s %12s %12s %8s\n", "NAME", "BYTES", "FREE",
-                 "KEYS");
-    for (int i = 0; i < shdict_ndicts() && n >= 0 && (size_t)n < cap; i++) {
-      struct shdict *di = shdict_at(i);
-      n += snprintf(buf + n, cap - (size_t)n, "%-20s %12zu %12zu %8zu\n",
-                    shdict_name_at(i), shdict_capacity(di),
-                    shdict_free_space(di), shdict_count(di));
-    }
-    return n >= 0 && (size_t)n < cap ? n : -1;
-  }
+  if (*args == '\0') return shared_list(buf, cap);
   snprintf(name, sizeof name, "%.*s", (int)nl, args);
   if (nl > SHD_MAX_NAME || (d = shdict_lookup(name)) == NULL)
     return snprintf(buf, cap, "error: no dictionary '%.64s' (--shared "
                     "NAME:SIZE defines one)\n", name);
-  key = args[nl] == ' ' ? args + nl + 1 : NULL;
-  if (key == NULL) {
-    struct keylist k = {buf, cap - 64, 0, 0};
-    size_t count = shdict_count(d);
-    shdict_keys(d, SHARED_MAX_KEYS, add_key, &k);
-    n = (long)k.len;
-    if (count > (size_t)k.n)  /* expired ones, or past the list's end */
-      n += snprintf(buf + n, cap - (size_t)n, "(%d listed, %zu held)\n", k.n,
-                    count);
-    return n;
-  }
-  {
-    struct shd_val v;
-    double ttl = 0;
-    char *val = malloc(cap);
-    int rc;
-    if (val == NULL) return snprintf(buf, cap, "error: out of memory\n");
-    rc = shdict_get(d, key, strlen(key), &v, val, cap);
-    if (rc == SHD_AGAIN) {
-      free(val);
-      return snprintf(buf, cap, "error: the value is %zu bytes, too big to "
-                      "show\n", v.len);
-    }
-    if (rc != SHD_OK) {
-      free(val);
-      return snprintf(buf, cap, "error: %.64s: %s\n", name,
-                      rc == SHD_NOTFOUND ? "no such key" : shdict_strerror(rc));
-    }
-    if (v.type == SHD_STR) {
-      char *q = malloc(cap);
-      if (q == NULL) n = snprintf(buf, cap, "error: out of memory\n");
-      else {
-        quote(q, cap - 64, v.s, v.len);
-        n = snprintf(buf, cap, "%s", q);
-        free(q);
-      }
-    }
-    else if (v.type == SHD_INT) n = snprintf(buf, cap, "%lld", (long long)v.i);
-    else if (v.type == SHD_NUM) n = snprintf(buf, cap, "%.17g", v.n);
-    else n = snprintf(buf, cap, "%s", v.b ? "true" : "false");
-    free(val);
-    if (n >= 0 && (size_t)n < cap - 48 &&
-        shdict_ttl(d, key, strlen(key), &ttl) == SHD_OK && ttl > 0)
-      n += snprintf(buf + n, cap - (size_t)n, " (expires in %.3f s)", ttl);
-    if (n >= 0 && (size_t)n < cap - 1) buf[n++] = '\n';
-    return n;
-  }
+  if (args[nl] != ' ') return shared_keys(d, buf, cap);
+  return shared_value(d, name, args + nl + 1, buf, cap);
 }
+
 
 static void admin_command (struct master *m, int fd, const char *cmd) {
   char buf[65536];
