@@ -54,7 +54,8 @@ describe("--config", function ()
 
   it("--check --config loads the script the file names", function ()
     local conf = dir .. "/ok.conf"
-    write(conf, "script " .. H.fixture("echo.lua") .. "\ntcp 127.0.0.1:0\n")
+    write(conf, "script " .. H.fixture("echo.lua") .. "\ntcp 127.0.0.1:0\n"
+          .. "log-file " .. dir .. "/x.log\n")
     local code, _, err = T.run{ "--check", "--config", conf }
     assert.equals(0, code, err)
     assert.matches("echo.lua: ok", err, 1, true)

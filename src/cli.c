@@ -497,7 +497,8 @@ int cli_parse_text (const char *name, char *text, struct config *cfg,
     p = eol;
     while (*s == ' ' || *s == '\t') s++;
     e = s + strlen(s);
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r')) *--e = '\0';
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+      *--e = '\0';
     if (*s == '\0' || *s == '#') continue;
     if (file_line(s, cfg, why, sizeof why) < 0) {
       snprintf(err, errlen, "%s:%d: %s", name, line, why);
@@ -521,7 +522,8 @@ static char *read_file (const char *path, char *err, size_t errlen) {
   }
   if ((buf = malloc(MAX_FILE + 1)) != NULL) {
     n = fread(buf, 1, MAX_FILE + 1, f);
-    if (ferror(f)) snprintf(err, errlen, "--config %s: %s", path, strerror(errno));
+    if (ferror(f))
+      snprintf(err, errlen, "--config %s: %s", path, strerror(errno));
     else if (n > MAX_FILE) snprintf(err, errlen, "%s: larger than 1 MiB", path);
     else if (memchr(buf, '\0', n) != NULL)
       snprintf(err, errlen, "%s: not a text file (it holds a NUL byte)", path);

@@ -20,7 +20,8 @@
 
 static int usage (void) {
   fputs("usage: luasrv ctl SOCKET COMMAND\n"
-        "commands: status, workers, shared [NAME [KEY]], reload, drain\n", stderr);
+        "commands: status, workers, shared [NAME [KEY]], reload, drain\n",
+        stderr);
   return 2;
 }
 

@@ -227,7 +227,9 @@ int main (int argc, char **argv) {
     case CLI_RUN: break;
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
-  if (cfg.log_file != NULL && (rc = log_open(cfg.log_file)) < 0) {
+  /* --check answers on stderr, whatever the file says */
+  if (cfg.log_file != NULL && !cfg.check &&
+      (rc = log_open(cfg.log_file)) < 0) {
     log_error("error: --log-file %s: %s", cfg.log_file, strerror(-rc));
     return 1;
   }

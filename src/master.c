@@ -391,7 +391,8 @@ static void take_next_config (struct master *m) {
     close_unshared(m->ls, m->nls, m->next_ls, m->next_nls);
     for (int i = 0; i < m->next_nls; i++)
       if (!holds(m->ls, m->nls, m->next_ls[i].fd))
-        log_info("listening on %s%s", m->next_ls[i].name, reach(&m->next_ls[i]));
+        log_info("listening on %s%s", m->next_ls[i].name,
+                 reach(&m->next_ls[i]));
     memcpy(m->ls, m->next_ls, (size_t)m->next_nls * sizeof *m->ls);
     m->nls = *m->nls_out = m->next_nls;
     m->cfg = m->next_cfg;
