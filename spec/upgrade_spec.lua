@@ -152,6 +152,31 @@ end)
 
 
 describe("SIGUSR2", function ()
+  it("a stop while the new binary starts stops both", function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local bin = private_binary(dir)
+    local pidfile = dir .. "/luasrv.pid"
+    local srv = H.start{ script = H.fixture("echo.lua"),
+                         args = { "--pidfile", pidfile } }
+    writefile(dir .. "/slow", "#!/bin/sh\nexec sleep 30\n", "755")
+    swap(bin, dir .. "/slow")
+    assert.is_true(srv:signal("USR2"))
+    assert.truthy(srv:wait_stderr("upgrading: starting", 5, true))
+    assert.truthy(H.eventually(function () return #H.children(srv.pid) == 2 end,
+                               5))
+    local kids = H.children(srv.pid)
+    assert.is_true(srv:signal("TERM"))
+    assert.equals(0, srv:wait(10))
+    assert.matches("the upgrade is abandoned; the new binary %(pid %d+%) "
+                   .. "stops too", srv:stderr())
+    for _, pid in ipairs(kids) do
+      assert.truthy(H.eventually(function () return not alive(pid) end, 5))
+    end
+    assert.is_nil(readfile(pidfile))
+    assert.is_nil(readfile(pidfile .. ".oldbin"))
+  end)
+
   it("a new binary that cannot start: the old one serves on and says why",
      function ()
     local dir = T.tmpdir()

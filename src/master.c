@@ -295,6 +295,8 @@ static int count_gen (struct master *m, unsigned gen, int ready_only) {
 }
 
 
+static void oldbin_name (const struct master *m, char *out, size_t len);
+
 static void begin_stop (struct master *m, int code) {
   if (m->stopping) return;
   m->stopping = 1;
@@ -302,6 +304,17 @@ static void begin_stop (struct master *m, int code) {
   m->kill_at = monotonic_now() + m->cfg->grace + KILL_SLACK;
   if (!m->upgraded) sd_notify("STOPPING=1");  /* else: the new one's unit */
   signal_gen(m, 0, SIGTERM);
+  if (m->up_pid > 0) {  /* a stop asked for mid-upgrade stops both */
+    log_warn("stopping: the upgrade is abandoned; the new binary (pid %d) "
+             "stops too", (int)m->up_pid);
+    kill(m->up_pid, SIGTERM);
+    m->up_pid = 0;
+    if (m->initial->pidfile != NULL) {
+      char old[4200];
+      oldbin_name(m, old, sizeof old);
+      unlink(old);
+    }
+  }
 }
 
 
