@@ -93,8 +93,14 @@ describe("--config", function ()
     write(conf, "script " .. dir .. "/a.lua\ntcp 127.0.0.1:" .. p1 .. "\n")
     local srv = H.start{ config = conf }
     assert.equals("a 1", ask(srv))
+    local long = ("x"):rep(40)
+    local c0 = srv:connect()
+    c0:settimeout(5)
+    c0:send(long .. "\n")
+    assert.equals("a 1", c0:receive())  -- no limit hit yet
+    c0:close()
     write(conf, "script " .. dir .. "/b.lua\ntcp 127.0.0.1:" .. p2 ..
-          "\nworkers 3\n")
+          "\nworkers 3\nmax-line 16\n")
     srv:signal("HUP")
     assert.truthy(srv:wait_stderr("reloaded " .. dir .. "/b.lua", 5, true),
                   srv:stderr())
@@ -107,7 +113,11 @@ describe("--config", function ()
     c:settimeout(5)
     c:send("x\n")
     assert.equals("b 1", c:receive())
+    -- a handler option of the file took effect: the line is too long now
+    c:send(long .. "\n")
+    assert.is_nil((c:receive()))
     c:close()
+    assert.truthy(srv:wait_stderr("line too long", 5, true), srv:stderr())
     assert.equals(1, #H.children(srv.pid))
     -- a bad line: the reload fails, the running configuration goes on
     write(conf, "script " .. dir .. "/a.lua\ntcp 127.0.0.1:" .. p2 ..
