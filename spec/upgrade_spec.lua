@@ -84,7 +84,9 @@ H.for_models(function (model)
     local bin, original = private_binary(dir)
     local pidfile, admin, mport = dir .. "/luasrv.pid", dir .. "/admin.sock",
                                   H.free_port()
+    local usock = dir .. "/u.sock"
     local srv = H.start{ model = model, script = H.fixture("echo.lua"),
+      tcp = true, unix = usock,
       args = { "--workers", "2", "--pidfile", pidfile, "--grace", "30",
                "--admin", admin, "--metrics", "127.0.0.1:" .. mport } }
     local port, old = srv.listeners[1].port, srv.pid
@@ -137,6 +139,13 @@ H.for_models(function (model)
     assert.is_true(alive(old))
     held:close()
     assert.equals(0, srv:wait(10 * H.scale))
+    assert.is_true(H.is_socket(usock))  -- the old master left it to the new
+    local u = require("socket.unix")()
+    assert(u:connect(usock))
+    u:settimeout(5)
+    u:send("unix\n")
+    assert.equals("unix", u:receive())
+    u:close()
     for i = 1, 100 do
       local ok, why = request(port, -i)
       if not ok then failures[#failures + 1] = -i .. ": " .. why end
@@ -147,6 +156,7 @@ H.for_models(function (model)
     new_pid = nil
     assert.is_nil(readfile(pidfile))
     assert.is_false(H.exists(admin))
+    assert.is_false(H.exists(usock))  -- the new master removed its files
   end)
 end)
 

@@ -94,6 +94,9 @@ static int open_listeners (struct config *cfg, struct listener *ls) {
   struct listen_opts o = {cfg->backlog, cfg->reuse_port, cfg->unix_mode};
   char err[512];
   int upgrade = getenv("LUASRV_UPGRADE_FD") != NULL;
+  /* an upgrade: which passed Unix socket files the old binary created */
+  const char *owned = upgrade && getenv("LUASRV_OWNED") != NULL ?
+                      getenv("LUASRV_OWNED") : "";
   int nfds = activation_fds(), used[CLI_MAX_LISTEN] = {0}, n = 0;
   cfg->activated = nfds > 0;
   for (int i = 0; i < cfg->nlisten; i++, n++) {
@@ -106,7 +109,8 @@ static int open_listeners (struct config *cfg, struct listener *ls) {
     if (j < nfds) {
       used[j] = 1;
       rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
-      if (rc == 0 && upgrade) ls[i].created_path = a.tr == TR_UNIX;
+      if (rc == 0 && upgrade)
+        ls[i].created_path = j < (int)strlen(owned) && owned[j] == '1';
     }
     else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
     if (rc < 0) goto fail;
@@ -121,6 +125,7 @@ static int open_listeners (struct config *cfg, struct listener *ls) {
     else if (listener_adopt(&ls[n], 3 + j, err, sizeof err) < 0) goto fail;
     else n++;
   }
+  unsetenv("LUASRV_OWNED");
   return n;
 fail:
   log_error("error: %s", err);

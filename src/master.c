@@ -807,10 +807,15 @@ static void oldbin_name (const struct master *m, char *out, size_t len) {
 /* In the child: the sockets at 3.., the environment, then exec. */
 static void exec_new_binary (struct master *m, int wfd) {
   int fds[CLI_MAX_LISTEN + 3], n = 0, nls = m->nls;
-  char num[32];
+  char num[32], owned[CLI_MAX_LISTEN + 1];
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
   signal(SIGPIPE, SIG_DFL);
-  for (int i = 0; i < m->nls; i++) fds[n++] = m->ls[i].fd;
+  for (int i = 0; i < m->nls; i++) {
+    fds[n++] = m->ls[i].fd;
+    owned[i] = m->ls[i].created_path ? '1' : '0';  /* systemd's stay its */
+  }
+  owned[m->nls] = '\0';
+  setenv("LUASRV_OWNED", owned, 1);
   if (m->mls.fd >= 0) fds[n++] = m->mls.fd;
   if (m->als.fd >= 0) fds[n++] = m->als.fd;
   fds[n++] = wfd;
