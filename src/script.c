@@ -287,7 +287,11 @@ static int flow_done (lua_State *L) {
   static const char *const names[] = {"ok", "error", "refused"};
   if (c == NULL || c->tag != &lsrv_conn_tag || outcome < 0 || outcome > 2)
     return 0;
-  if (w->mslot != NULL) metrics_request(w->mslot, outcome, c->nin, c->nout, secs);
+  if (w->mslot != NULL) {
+    metrics_request(w->mslot, outcome, c->nin, c->nout, secs);
+    atomic_store_explicit(&w->mslot->lua_bytes, lsrv_ctx(L)->mem_used,
+                          memory_order_relaxed);
+  }
   if (w->cfg->access_log) {
     char peer[ADDRESS_STRLEN];
     address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,

@@ -39,7 +39,9 @@ int worker_init (struct worker *w, const struct config *cfg,
 void worker_close (struct worker *w);
 
 /*
-** Installs the handlers (SIGTERM, SIGINT); SIGHUP and SIGPIPE are ignored:
+** Installs the handlers (SIGTERM, SIGINT; SIGUSR1 reopens the log file;
+** SIGUSR2, the master's, does nothing);
+** SIGHUP and SIGPIPE are ignored:
 ** the master reloads, and a vanished client is an error, not a death.
 */
 void worker_signals_install (struct worker *w);
