@@ -512,16 +512,19 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
     }
     return;
   }
-  for (int k = 0; k < ACCEPT_BATCH && e->accepting && !worker_stopping(e->w);
-       k++) {
+  /* the limit is looked at before every accept: a batch must not take
+  ** more clients than --max-connections leaves room for */
+  for (int k = 0; k < ACCEPT_BATCH && e->accepting && !worker_stopping(e->w) &&
+       e->active < e->w->cfg->max_connections; k++) {
     int cfd = model_accept(e->w, fd, &peer, &len);
     if (cfd < 0) {
       if (cfd != -EAGAIN && cfd != -ECONNABORTED)
         log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
-      return;
+      break;
     }
     start_stream(e, i, cfd, &peer, len);
   }
+  update_accepting(e);
 }
 
 
