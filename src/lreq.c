@@ -972,14 +972,64 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
 }
 
 
+/* What a protected constructor of a request is given (see lconn_new). */
+struct newreq {
+  struct lctx *x;
+  int fd;                     /* the connection; -1: a datagram */
+  int lindex;
+  const char *data;           /* the datagram */
+  size_t len;
+  const struct sockaddr *peer;
+  socklen_t peerlen;
+  struct lconn *c;            /* the result */
+};
+
+
+/* new_request(a): pushes the request a describes (may raise). */
+static int new_request (lua_State *L) {
+  struct newreq *a = lua_touserdata(L, 1);
+  struct lctx *x = a->x;
+  struct lconn *c = newconn(L, x, a->lindex, a->peer, a->peerlen,
+                            a->fd >= 0 ? 1 : 2);
+  if (a->fd >= 0) {
+    c->fd = a->fd;
+    c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
+    if (x->w->cfg->proxy_protocol) c->flags |= LC_PROXY;
+  }
+  else {
+    const char *s = lua_pushlstring(L, a->data, a->len);
+    lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
+    c->fd = x->w->ls[a->lindex].fd;
+    c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+    c->in.data = (char *)s;
+    c->in.end = c->in.cap = a->len;
+  }
+  a->c = c;
+  return 1;
+}
+
+
+/*
+** Runs new_request protected: a state at its --memory-limit (or a heap
+** that is full) must not panic the worker for want of a request object.
+*/
+static struct lconn *protected_new (lua_State *L, struct newreq *a) {
+  a->c = NULL;
+  a->x->sys_oom = 0;
+  lua_pushcfunction(L, new_request);
+  lua_pushlightuserdata(L, a);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);  /* the error: only memory can fail here */
+    return NULL;
+  }
+  return a->c;
+}
+
+
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 1);
-  lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
-  c->fd = fd;
-  c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
-  if (x->w->cfg->proxy_protocol) c->flags |= LC_PROXY;
-  return c;
+  struct newreq a = {x, fd, lindex, NULL, 0, peer, peerlen, NULL};
+  return protected_new(L, &a);
 }
 
 
@@ -993,16 +1043,8 @@ struct lconn *lconn_new_out (lua_State *L, struct lctx *x) {
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 2);
-  const char *s;
-  lstate_cpu_begin(x, lsrv_task(L), 1);
-  c->fd = x->w->ls[lindex].fd;
-  c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
-  s = lua_pushlstring(L, data, len);
-  lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
-  c->in.data = (char *)s;
-  c->in.end = c->in.cap = len;
-  return c;
+  struct newreq a = {x, -1, lindex, data, len, peer, peerlen, NULL};
+  return protected_new(L, &a);
 }
 
 

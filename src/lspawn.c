@@ -135,12 +135,38 @@ static void store_end (lua_State *L, struct sthread *s, lua_State *co,
 }
 
 
+/* What store_end_p is given. */
+struct ending {
+  struct sthread *s;
+  lua_State *co;
+  int st, nres;
+};
+
+static int store_end_p (lua_State *L) {
+  struct ending *e = lua_touserdata(L, 1);
+  lua_pop(L, 1);
+  store_end(L, e->s, e->co, e->st, e->nres);
+  return 0;
+}
+
+
+/*
+** The outcome is stored protected: the loop calls this from no Lua code
+** at all, and the table may need memory the state does not have (then
+** the thread reads as killed: its results are lost).
+*/
 void lspawn_ended (struct lctx *x, struct task *t, lua_State *L, int st,
                    int nres) {
   struct sthread *s = t->th;
+  struct ending e = {s, t->co, st, nres};
   t->th = NULL;
   if (s == NULL) return;
-  store_end(L, s, t->co, st, nres);
+  lua_pushcfunction(L, store_end_p);
+  lua_pushlightuserdata(L, &e);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    s->state = TH_KILLED;
+  }
   stopped(x, L, s);
 }
 

@@ -96,6 +96,9 @@ struct lctx {
   void *model;                /* model-private data */
   size_t mem_used;            /* bytes the state holds (its allocator) */
   size_t mem_limit;           /* --memory-limit; 0 = none */
+  int sys_oom;                /* malloc itself failed (not the limit) */
+  double oom_logged;          /* a client refused for memory: when logged */
+  long oom_refused;           /* ... and how many since */
   struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
   double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
@@ -186,11 +189,15 @@ extern char lsrv_conn_tag;
 int luaopen_lreq (lua_State *L);
 /*
 ** Pushes a new stream request for fd (owned from now on) accepted on
-** listener lindex; returns it.
+** listener lindex; returns it. Out of memory, it pushes nothing and
+** returns NULL (the caller still owns fd): it never raises.
 */
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen);
-/* Pushes a datagram request; data is copied into a Lua string. */
+/*
+** Pushes a datagram request; data is copied into a Lua string. NULL as
+** lconn_new.
+*/
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen);

@@ -75,6 +75,56 @@ static void log_limited (double *last, long *count,
 }
 
 
+void model_out_of_memory (struct worker *w) {
+  if (!atomic_exchange(&w->oom, 1))
+    log_error("the worker is out of memory (%s): it stops, to be replaced",
+              strerror(ENOMEM));
+  worker_stop(w);
+}
+
+
+/*
+** The state had no memory for a request. At its --memory-limit that is
+** the state's business: this client is refused, the others go on. A heap
+** that is full without a limit (ulimit -v) will not get better: the
+** worker stops, and exits 1 so that the master starts a fresh one.
+*/
+static void out_of_memory (struct lctx *x, const struct sockaddr_storage *peer) {
+  if (x->sys_oom || x->mem_limit == 0) {
+    model_out_of_memory(x->w);
+    return;
+  }
+  log_limited(&x->oom_logged, &x->oom_refused,
+              "out of memory (--memory-limit): refused a client of", peer);
+}
+
+
+void model_refuse (struct lctx *x, int fd, const struct sockaddr_storage *peer) {
+  out_of_memory(x, peer);
+  if (fd >= 0) {
+    close(fd);
+    model_release(x->w, (const struct sockaddr *)peer);
+  }
+}
+
+
+struct lconn *model_request (struct lctx *x, lua_State *L, int lindex, int fd,
+                             const char *data, size_t len,
+                             const struct sockaddr_storage *peer,
+                             socklen_t peerlen) {
+  const struct sockaddr *sa = (const struct sockaddr *)peer;
+  struct lconn *c = fd >= 0 ? lconn_new(L, x, fd, lindex, sa, peerlen)
+                            : lconn_new_dgram(L, x, lindex, data, len, sa,
+                                              peerlen);
+  if (c != NULL) {
+    lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
+    return c;
+  }
+  model_refuse(x, fd, peer);
+  return NULL;
+}
+
+
 void model_fix_sender (struct sockaddr_storage *peer, socklen_t *len) {
   if (*len < (socklen_t)sizeof(sa_family_t)) {
     peer->ss_family = AF_UNIX;  /* ((struct sockaddr_un *)peer)->sun_path: "" */

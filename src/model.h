@@ -6,10 +6,12 @@
 #ifndef LUASRV_MODEL_H
 #define LUASRV_MODEL_H
 
+#include <lua.h>
 #include <sys/socket.h>
 #include "worker.h"
 
 struct lctx;
+struct lconn;
 struct waitops;
 
 int model_sync_serve (struct worker *w);
@@ -54,6 +56,33 @@ int model_accept (struct worker *w, int lfd, struct sockaddr_storage *peer,
 ** it out). Every model calls it once per accepted connection.
 */
 void model_release (struct worker *w, const struct sockaddr *peer);
+
+/*
+** Pushes the request for a client accepted on listener lindex (fd >= 0,
+** owned from now on) or for a datagram (fd < 0: data, len) on L, and
+** starts its CPU count. When the state has no memory for it, it pushes
+** nothing and returns NULL: the client is closed (model_release done)
+** and refused with a log line, at most one a second; if the worker's heap
+** itself is exhausted, the worker stops (worker_run then returns 1).
+*/
+struct lconn *model_request (struct lctx *x, lua_State *L, int lindex, int fd,
+                             const char *data, size_t len,
+                             const struct sockaddr_storage *peer,
+                             socklen_t peerlen);
+
+/*
+** The worker's heap is exhausted (malloc failed with no --memory-limit to
+** blame): logs it once and stops the worker, which then exits 1 so that
+** the master starts a fresh one. Safe from any thread.
+*/
+void model_out_of_memory (struct worker *w);
+
+/*
+** The core has no memory to start a request for this client (fd >= 0: a
+** connection, closed here and released; -1: a datagram): refuses it as
+** model_request does.
+*/
+void model_refuse (struct lctx *x, int fd, const struct sockaddr_storage *peer);
 
 /* Must a model remember each connection's peer for model_release? */
 static inline int model_tracks (const struct worker *w) {

@@ -128,6 +128,7 @@ static void *small_lalloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   else if (nsize <= osize)
     b = ptr;  /* a shrink must not fail: keep the block as it is */
   if (b != NULL) x->mem_used = x->mem_used - old + nsize;
+  else x->sys_oom = 1;
   return b;
 }
 
@@ -150,6 +151,20 @@ static void smallpool_free (struct smallpool *p) {
 
 static void on_timer (struct evloop *loop, struct timer *tm);
 
+/* new_thread(t): makes t's coroutine and its registry reference. */
+static int new_thread (lua_State *L) {
+  struct task *t = lua_touserdata(L, 1);
+  t->co = lua_newthread(L);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the thread */
+  return 0;
+}
+
+
+/*
+** A task from the pool, or a new one; NULL when there is no memory for
+** it (the coroutine is made protected: a state at its --memory-limit
+** must not panic the worker).
+*/
 static struct task *task_get (struct eloop *e) {
   lua_State *L = lstate_L(e->x);
   struct task *t = e->pool;
@@ -158,10 +173,19 @@ static struct task *task_get (struct eloop *e) {
     e->npool--;
     return t;
   }
-  if ((t = calloc(1, sizeof *t)) == NULL) return NULL;
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    e->x->sys_oom = 1;
+    return NULL;
+  }
   t->x = e->x;
-  t->co = lua_newthread(L);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the thread */
+  e->x->sys_oom = 0;
+  lua_pushcfunction(L, new_thread);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    free(t);
+    return NULL;
+  }
   lsrv_settask(t->co, t);
   timer_init(&t->timer, on_timer, t);
   return t;
@@ -226,10 +250,18 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
       t->suspended = 1;
       return;
     }
-    lua_pushliteral(co, "attempt to yield from a request outside a "
+    if (t->th == NULL) {  /* told by a static text: co's memory may be full */
+      lstate_report(co, t->req, "attempt to yield from a request outside a "
                     "coroutine of its own");
-    st = LUA_ERRRUN;
-    nres = 1;
+      lconn_abort(t->req);
+      st = LUA_ERRERR;  /* reported */
+    }
+    else {
+      lua_pushliteral(co, "attempt to yield from a request outside a "
+                      "coroutine of its own");
+      st = LUA_ERRRUN;
+      nres = 1;
+    }
   }
   if (t->th != NULL) {  /* a light thread ended: its outcome to its object */
     lspawn_ended(e->x, t, L, st, nres);
@@ -237,7 +269,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
     task_put(e, t, st == LUA_OK);
     return;
   }
-  if (st != LUA_OK) {
+  if (st != LUA_OK && st != LUA_ERRERR) {
     lstate_report(co, t->req, lua_tostring(co, -1));
     lconn_abort(t->req);
   }
@@ -407,9 +439,7 @@ static void start_stream (struct eloop *e, int lindex, int fd,
   struct lconn *c;
   int rc;
   if (t == NULL) {
-    log_warn("dropping a connection on %s: out of memory", e->w->ls[lindex].name);
-    close(fd);
-    model_release(e->w, (struct sockaddr *)peer);
+    model_refuse(e->x, fd, peer);
     return;
   }
   if (e->w->ls[lindex].addr.tr == TR_TCP) {
@@ -420,7 +450,11 @@ static void start_stream (struct eloop *e, int lindex, int fd,
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   lstate_push_flow(t->co, e->x);
-  c = lconn_new(t->co, e->x, fd, lindex, (struct sockaddr *)peer, len);
+  c = model_request(e->x, t->co, lindex, fd, NULL, 0, peer, len);
+  if (c == NULL) {  /* refused, released */
+    task_put(e, t, 1);
+    return;
+  }
   rc = evloop_add(e->loop, fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
   if (rc < 0) {
     log_warn("dropping a connection on %s: %s", e->w->ls[lindex].name,
@@ -441,10 +475,16 @@ static void start_dgram (struct eloop *e, int lindex, const char *data,
                          socklen_t len) {
   struct task *t = task_get(e);
   struct lconn *c;
-  if (t == NULL) return;
+  if (t == NULL) {
+    model_refuse(e->x, -1, peer);
+    return;
+  }
   lstate_push_flow(t->co, e->x);
-  c = lconn_new_dgram(t->co, e->x, lindex, data, n,
-                      (struct sockaddr *)peer, len);
+  c = model_request(e->x, t->co, lindex, -1, data, n, peer, len);
+  if (c == NULL) {
+    task_put(e, t, 1);
+    return;
+  }
   start(e, t, c);
 }
 

@@ -206,13 +206,15 @@ static int take (struct forker *f, int i) {
         log_warn("accept on %s: %s", l->name, strerror(-cfd));
       return -1;
     }
-    c = lconn_new(L, f->x, cfd, i, (struct sockaddr *)&peer, len);
+    if ((c = model_request(f->x, L, i, cfd, NULL, 0, &peer, len)) == NULL)
+      return 0;  /* refused, released */
   }
   else {
     long n = model_recv(f->w, l->fd, f->dgram, DGRAM_MAX, &peer, &len);
     if (n < 0) return n == -EAGAIN ? -1 : 0;
-    c = lconn_new_dgram(L, f->x, i, f->dgram, (size_t)n,
-                        (struct sockaddr *)&peer, len);
+    if ((c = model_request(f->x, L, i, -1, f->dgram, (size_t)n, &peer,
+                           len)) == NULL)
+      return 0;
   }
   model_count_request(f->w);
   /* socketserver runs verify_request in the server process: what it

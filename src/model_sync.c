@@ -57,15 +57,19 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
       log_warn("accept on %s: %s", s->w->ls[i].name, strerror(-cfd));
       return;
     }
-    run(s, lconn_new(lstate_L(s->x), s->x, cfd, i, (struct sockaddr *)&peer,
-                     len));
+    struct lconn *c = model_request(s->x, lstate_L(s->x), i, cfd, NULL, 0,
+                                    &peer, len);
+    if (c == NULL) return;  /* refused, released */
+    run(s, c);
     model_release(s->w, (struct sockaddr *)&peer);
   }
   else {
     long n = model_recv(s->w, fd, s->dgram, DGRAM_MAX, &peer, &len);
+    struct lconn *c;
     if (n < 0) return;
-    run(s, lconn_new_dgram(lstate_L(s->x), s->x, i, s->dgram, (size_t)n,
-                           (struct sockaddr *)&peer, len));
+    c = model_request(s->x, lstate_L(s->x), i, -1, s->dgram, (size_t)n,
+                      &peer, len);
+    if (c != NULL) run(s, c);
   }
 }
 

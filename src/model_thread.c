@@ -88,12 +88,9 @@ static const struct waitops thread_ops = {0, NULL, NULL};
 static void run_job (struct hthread *h, struct job *j) {
   lua_State *L = lstate_L(h->x);
   struct sockaddr *peer = (struct sockaddr *)&j->peer;
-  struct lconn *c;
-  if (j->fd >= 0)
-    c = lconn_new(L, h->x, j->fd, j->lindex, peer, j->peerlen);
-  else
-    c = lconn_new_dgram(L, h->x, j->lindex, j->data, j->len, peer,
-                        j->peerlen);
+  struct lconn *c = model_request(h->x, L, j->lindex, j->fd, j->data,
+                                  j->len, &j->peer, j->peerlen);
+  if (c == NULL) return;  /* refused (and released) */
   lstate_push_flow(L, h->x);
   lua_pushvalue(L, -2);  /* flow, req */
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
@@ -331,7 +328,10 @@ static int take (struct tpool *p, int i) {
   struct listener *l = &p->w->ls[i];
   struct job *j = malloc(sizeof *j);
   long n;
-  if (j == NULL) return -1;
+  if (j == NULL) {
+    model_out_of_memory(p->w);
+    return -1;
+  }
   j->lindex = i;
   j->fd = -1;
   j->data = NULL;
@@ -347,6 +347,7 @@ static int take (struct tpool *p, int i) {
   else {
     n = model_recv(p->w, l->fd, p->dgram, DGRAM_MAX, &j->peer, &j->peerlen);
     if (n < 0 || (n > 0 && (j->data = malloc((size_t)n)) == NULL)) {
+      if (n > 0) model_out_of_memory(p->w);
       free(j);
       return n == -EAGAIN ? -1 : 0;  /* a bad datagram: try the next */
     }

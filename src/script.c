@@ -300,6 +300,7 @@ static void *l_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
       x->mem_used + (nsize - old) > x->mem_limit)
     return NULL;
   if ((p = realloc(ptr, nsize)) != NULL) x->mem_used = x->mem_used - old + nsize;
+  else x->sys_oom = 1;
   return p;
 }
 
@@ -408,30 +409,50 @@ void lstate_close (struct lctx *x) {
 }
 
 
+/* call_hook(x, name, fatal): looks the hook up and calls it; raises. */
+static int call_hook (lua_State *L) {
+  struct lctx *x = lua_touserdata(L, 1);
+  const char *name = lua_touserdata(L, 2);
+  int fatal = lua_toboolean(L, 3);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
+  if (lua_getfield(L, -1, name) != LUA_TFUNCTION) return 0;
+  if (fatal) lua_pushnil(L);
+  else lua_pushcfunction(L, msghandler);
+  lua_insert(L, -2);  /* message handler under the hook */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
+  lua_rawgeti(L, -1, 1);  /* the first listener's server table */
+  lua_remove(L, -2);
+  if (lua_pcall(L, 1, 0, fatal ? 0 : -3) != LUA_OK) {
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    if (fatal) log_error("error: %s", msg);
+    else log_error("error in %s: %s", name, msg);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  return 0;
+}
+
+
 /*
 ** Calls hook NAME with the first listener's server table, if the script
 ** has it. A fatal hook (init) reports its error as the one line
 ** "error: FILE:LINE: MSG" the server exits with; the others log the
-** error with its traceback and the server goes on.
+** error with its traceback and the server goes on. All of it runs
+** protected: looking the hook up may need memory the state lacks.
 */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
   lua_State *L = lstate_L(x);
   int top = lua_gettop(L), rc = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
-  if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
-    if (fatal) lua_pushnil(L);
-    else lua_pushcfunction(L, msghandler);
-    lua_insert(L, -2);  /* message handler under the hook */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
-    lua_rawgeti(L, -1, 1);  /* the first listener's server table */
-    lua_remove(L, -2);
-    if (lua_pcall(L, 1, 0, fatal ? 0 : -3) != LUA_OK) {
-      const char *msg = luaL_tolstring(L, -1, NULL);
-      if (fatal) log_error("error: %s", msg);
-      else log_error("error in %s: %s", name, msg);
-      rc = -1;
-    }
+  lua_pushcfunction(L, call_hook);
+  lua_pushlightuserdata(L, x);
+  lua_pushlightuserdata(L, (void *)name);
+  lua_pushboolean(L, fatal);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    log_error("error in %s: %s", name, lua_tostring(L, -1));
+    rc = -1;
   }
+  else if (lua_toboolean(L, -1)) rc = -1;
   lua_settop(L, top);
   return rc;
 }

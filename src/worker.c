@@ -63,6 +63,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   atomic_init(&w->stopping, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
+  atomic_init(&w->oom, 0);
   if (make_pipe(w->stop_fd) < 0) return -errno;
   if (make_pipe(w->sig_fd) < 0) {
     int en = errno;
@@ -155,11 +156,12 @@ int worker_block (struct worker *w, int fd, short events, double deadline) {
 
 
 int worker_run (struct worker *w) {
+  int rc = 1;
   switch (w->cfg->model) {
-    case MODEL_SYNC: return model_sync_serve(w);
-    case MODEL_EVENT: return model_event_serve(w);
-    case MODEL_FORK: return model_fork_serve(w);
-    case MODEL_THREAD: return model_thread_serve(w);
+    case MODEL_SYNC: rc = model_sync_serve(w); break;
+    case MODEL_EVENT: rc = model_event_serve(w); break;
+    case MODEL_FORK: rc = model_fork_serve(w); break;
+    case MODEL_THREAD: rc = model_thread_serve(w); break;
   }
-  return 1;
+  return atomic_load(&w->oom) ? 1 : rc;
 }

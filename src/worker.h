@@ -23,6 +23,7 @@ struct worker {
   atomic_int stopping;
   _Atomic double cut_at;      /* monotonic deadline for in-flight work */
   atomic_long served;         /* requests started (for --once) */
+  atomic_int oom;             /* the heap is exhausted: exit 1, be replaced */
   /* The accepting thread's alone (model.c): */
   int spare_fd;               /* given up to accept-and-close at EMFILE */
   double shed_logged, refused_logged;  /* when last logged (rate limit) */
