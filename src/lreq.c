@@ -196,6 +196,15 @@ int lconn_wait_result (lua_State *L, int status) {
 /* {====================================================== low-level I/O */
 
 /*
+** The failure code of a socket call that failed with en. A peer that is
+** gone reads as one condition, whatever the kernel said first: a reset
+** (ECONNRESET) and a write after it (EPIPE) are both "closed".
+*/
+static int sockerr (int en) {
+  return en == ECONNRESET || en == EPIPE ? ERR_CLOSED : -en;
+}
+
+/*
 ** fill for outbound UDP: the datagram in c->in is the whole input, its
 ** end reads as EOF (as a datagram request's does); the next one is only
 ** received once it is used up. An empty datagram reads as EOF too.
@@ -213,7 +222,7 @@ static int fill_udp (struct lconn *c) {
     return (int)n;
   }
   if (errno == EAGAIN) c->flags &= ~LC_READABLE;
-  return -errno;
+  return sockerr(errno);
 }
 
 
@@ -262,7 +271,7 @@ static int fill (struct lconn *c, size_t want) {
     c->flags &= ~LC_READABLE;
     return -EAGAIN;
   }
-  return -errno;
+  return sockerr(errno);
 }
 
 
@@ -289,7 +298,7 @@ static int flush_some (struct lconn *c) {
       return -EAGAIN;
     }
     else {
-      int rc = n < 0 ? -errno : ERR_CLOSED;
+      int rc = n < 0 ? sockerr(errno) : ERR_CLOSED;
       /* a datagram that cannot go (too long, refused) is lost, as any
       ** datagram may be: keeping it would fail every later flush */
       if (c->flags & LC_UDP) buf_consume(&c->out, buf_len(&c->out));
