@@ -84,8 +84,12 @@ static void ev_arm (struct task *t, struct lconn *c, unsigned ev,
   armed = 1;
 }
 
-static const struct waitops sync_ops = {0, NULL, NULL};
-static const struct waitops event_ops = {1, ev_arm, NULL};
+#define sync_ops sched_blocking
+static const struct sched_ops event_ops = {
+  .name = "fuzz-event",
+  .block = sched_block,
+  .arm = ev_arm,
+};
 
 
 static char script[64];
@@ -126,7 +130,7 @@ static void state_open (void) {
   char err[1024];
   X = lstate_new(&w, script, &sync_ops, err, sizeof err);
   CHECK(X != NULL, "lstate_new: %s", err);
-  L = lstate_L(X);
+  L = lsrv_L(X);
   memset(&T, 0, sizeof T);
   T.x = X;
   T.ref = LUA_NOREF;

@@ -319,8 +319,7 @@ static void set_fd (struct lconn *c, int fd) {
 /* Closes c's descriptor (a socket tried, a lookup's eventfd). */
 static void drop_fd (struct lconn *c) {
   if (c->fd < 0) return;
-  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
-    c->x->ops->detach(c->x, c);
+  if (!(c->flags & LC_UNWATCHED)) sched_detach(c);
   close(c->fd);
   c->fd = -1;
   c->flags = LC_CLOSED;
@@ -381,15 +380,9 @@ static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
 
 /* Sleeps RETRY_SECS, at most to the deadline (0, or ERR_CUT). */
 static int nap (lua_State *L, struct lconn *c, lua_KFunction k) {
-  struct task *t = lsrv_task(L);
   double until = monotonic_now() + RETRY_SECS;
   if (c->deadline > 0 && until > c->deadline) until = c->deadline;
-  if (c->x->ops->yields && t != &c->x->main_task) {
-    c->x->ops->arm(t, NULL, 0, until);
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, K_RETRY, k);
-  }
-  return worker_block(c->x->w, -1, 0, until) == ERR_CUT ? ERR_CUT : 0;
+  return sched_wait(L, NULL, 0, until, K_RETRY, k) == ERR_CUT ? ERR_CUT : 0;
 }
 
 
@@ -424,7 +417,7 @@ static int connect_loop (lua_State *L, struct lconn *c, struct addrs *a,
 static int connect_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 3);
   struct addrs *a = lua_touserdata(L, 4);
-  int rc = lconn_wait_result(L, status);
+  int rc = sched_result(L, status);
   if (c->flags & LC_CLOSED) rc = ERR_CLOSED;  /* closed under us */
   if (ctx == K_CONNECT) {
     if (rc >= 0) rc = connect_result(c);
@@ -542,7 +535,7 @@ static void push_pool_fn (lua_State *L, const char *name) {
 
 
 void lconnect_sweep (struct lctx *x) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
     lua_pop(L, 1);  /* no pool yet: nothing to close */
     return;
@@ -583,8 +576,7 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
   p = lconn_new_out(L, c->x);
   lua_getiuservalue(L, 1, UV_KEY);
   lua_setiuservalue(L, -2, UV_KEY);
-  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
-    c->x->ops->detach(c->x, c);
+  if (!(c->flags & LC_UNWATCHED)) sched_detach(c);
   p->fd = c->fd;
   p->flags = (c->flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
              LC_READABLE | LC_WRITABLE;
@@ -604,7 +596,7 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
 /* Stack: conn, idle, size. After flushing what was written. */
 static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 1);
-  int rc = lconn_wait_result(L, status);
+  int rc = sched_result(L, status);
   (void)ctx;
   if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && (rc = lconn_flush_some(c)) == -EAGAIN)

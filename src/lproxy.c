@@ -47,7 +47,7 @@ static int refuse (lua_State *L, struct lconn *c, const char *why) {
 
 static int proxy_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 1);
-  int rc = lconn_wait_result(L, status);
+  int rc = sched_result(L, status);
   char err[160];
   (void)ctx;
   while (rc >= 0) {

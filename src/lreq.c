@@ -2,8 +2,8 @@
 ** lreq.c -- the request object ("luasrv.conn"), modelled on liolib's file
 ** handles: read formats, lines, recv, buffered write, flush, close,
 ** settimeout. Every method is written once for every model: an operation
-** that would block goes through waitio(), where the model either polls
-** (sync, fork, thread) or yields to its loop (event), and the continuation
+** that would block goes through waitio() to sched_wait, which either
+** blocks the thread or yields to the model's loop, and the continuation
 ** simply retries. Failures return nil, msg; only misuse raises.
 */
 #include <errno.h>
@@ -26,7 +26,7 @@
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
 #define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
 #define LC_BLOCKING 0x4000u   /* thread model: the socket was made blocking */
-#define LC_BLOCKRD  0x8000u   /* the next fill may block (read_waitio) */
+#define LC_BLOCKRD  0x8000u   /* the next fill may block (lconn_block_read) */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
 /*
 ** User values. A stream request has one, a datagram two; the fields
@@ -106,47 +106,33 @@ static double deadline_of (struct lconn *c) {
 
 
 /*
-** Waits for c to be ready for ev. Blocking models return 0 or a failure
-** code. In the event model a task yields here and the loop resumes it
-** into k; the continuation reads the outcome with wait_result().
+** Waits for c to be ready for ev, until the operation's deadline: the
+** scheduler yields (the loop resumes the task into k, which reads the
+** outcome with sched_result) or blocks and returns the outcome.
 */
 static int waitio (lua_State *L, struct lconn *c, unsigned ev,
                    lua_KContext kc, lua_KFunction k) {
-  struct task *t = lsrv_task(L);
-  int rc;
-  if (c->x->ops->yields && t != &c->x->main_task) {
-    /* an outbound connection joins the loop when a task first waits on
-    ** it: one made or pooled in init (main task) has no loop yet */
-    if ((c->flags & LC_UNWATCHED) && (rc = c->x->attach(c->x, c)) < 0)
-      return rc;
-    c->flags &= ~LC_UNWATCHED;
-    c->x->ops->arm(t, c, ev, deadline_of(c));
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, kc, k);
-  }
-  rc = worker_block(c->x->w, c->fd, ev & EV_READ ? POLLIN : POLLOUT,
-                    deadline_of(c));
-  if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
-  return rc;
+  return sched_wait(L, c, ev, deadline_of(c), kc, k);
 }
 
 
 /*
-** Thread model: a handler thread waiting for input sleeps in the read
-** itself (blocking socket, SO_RCVTIMEO) instead of poll + read, which
-** saves a syscall per message. Only for an accepted stream whose timeout
-** is the server's: SO_RCVTIMEO (set once) then ends the read no later
-** than BLOCK_SLACK after the operation's deadline. A stop interrupts the
-** read (model_thread.c signals the running threads: EINTR, since a
-** timeout is set), and the wait then polls as before, up to the cut.
+** The thread model's blocking wait for input (its sched_ops block): a
+** handler thread waiting for input sleeps in the read itself (blocking
+** socket, SO_RCVTIMEO) instead of poll + read, which saves a syscall per
+** message. Only for an accepted stream whose timeout is the server's:
+** SO_RCVTIMEO (set once) then ends the read no later than BLOCK_SLACK
+** after the operation's deadline. A stop interrupts the read (the model
+** signals its running threads: EINTR, since a timeout is set), and the
+** wait then polls as before, up to the cut.
 */
 #define BLOCK_SLACK 0.01
 #define BLOCK_NOTIMEOUT 3600  /* --timeout 0: SO_RCVTIMEO so that EINTR */
 
-static int try_block_read (struct lconn *c) {
+int lconn_block_read (struct lconn *c) {
   const struct config *cfg = c->x->w->cfg;
   double d, t = cfg->timeout > 0 ? cfg->timeout : BLOCK_NOTIMEOUT;
-  if (cfg->model != MODEL_THREAD || c->timeout >= 0 ||
+  if (c->timeout >= 0 ||
       (c->flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
       worker_stopping(c->x->w))
     return 0;
@@ -168,28 +154,9 @@ static int try_block_read (struct lconn *c) {
 }
 
 
-/* waitio for the reads, which fill right after it returns. */
-static int read_waitio (lua_State *L, struct lconn *c, unsigned ev,
-                        lua_KContext kc, lua_KFunction k) {
-  if (ev == EV_READ && !c->x->ops->yields && try_block_read(c)) return 0;
-  return waitio(L, c, ev, kc, k);
-}
-
-
-/* The outcome of the wait a continuation was resumed from. */
-static int wait_result (lua_State *L, int status) {
-  return status == LUA_YIELD ? lsrv_task(L)->wait_rc : 0;
-}
-
-
 int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
                   lua_KContext kc, lua_KFunction k) {
   return waitio(L, c, ev, kc, k);
-}
-
-
-int lconn_wait_result (lua_State *L, int status) {
-  return wait_result(L, status);
 }
 
 
@@ -332,7 +299,7 @@ static void close_fd (struct lconn *c) {
   if (c->flags & LC_CLOSED) return;
   c->flags |= LC_CLOSED;
   if (!(c->flags & LC_DGRAM) && c->fd >= 0) {
-    if (c->x->ops->detach) c->x->ops->detach(c->x, c);
+    sched_detach(c);
     close(c->fd);
   }
   c->fd = -1;
@@ -479,7 +446,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
     if (rc != -EAGAIN) break;
     if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
     if ((rc = read_wait_event(c)) < 0) break;
-    rc = read_waitio(L, c, (unsigned)rc, i | lines, read_k);
+    rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
     if (lines) return luaL_error(L, "%s", lsrv_strerror(rc));
@@ -492,7 +459,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
 
 
 static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  return read_run(L, tolconn(L), wait_result(L, status), ctx);
+  return read_run(L, tolconn(L), sched_result(L, status), ctx);
 }
 
 
@@ -513,7 +480,7 @@ static int req_read (lua_State *L) {
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   size_t max = (size_t)ctx;
-  int rc = wait_result(L, status);
+  int rc = sched_result(L, status);
   if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && buf_len(&c->in) == 0) {
     rc = fill(c, max);
@@ -524,7 +491,7 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
     if (rc != -EAGAIN) break;
     release_in(c);
     if ((rc = read_wait_event(c)) < 0) break;
-    rc = read_waitio(L, c, (unsigned)rc, ctx, recv_k);
+    rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
   push_bytes(L, c, max < buf_len(&c->in) ? max : buf_len(&c->in));
@@ -620,7 +587,7 @@ static int req_lines (lua_State *L) {
 
 static int flush_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
-  int rc = wait_result(L, status);
+  int rc = sched_result(L, status);
   if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
     rc = waitio(L, c, EV_WRITE, ctx, flush_k);
@@ -755,7 +722,7 @@ static int send_reply (struct lconn *c) {
 
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
-  int rc = wait_result(L, status);
+  int rc = sched_result(L, status);
   (void)ctx;
   if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   if (c->flags & LC_DGRAM) rc = send_reply(c);

@@ -52,16 +52,45 @@ struct task {
   int suspended;              /* yielded to the loop (event model) */
 };
 
-/* How a model makes a task wait. */
-struct waitops {
-  int yields;                 /* 1: tasks yield to a loop (event model) */
+/*
+** The scheduler interface: how a model makes a task wait and runs light
+** threads. Each model fills one table with designated initializers, and
+** sched_wait (sched.c) is the one place that decides between yielding to
+** the model's loop (a model with .arm) and blocking the thread (.block).
+** Nothing above this table asks which model runs.
+*/
+struct sched_ops {
+  const char *name;
   /*
-  ** Arms a wait of t for c (NULL: a plain sleep) becoming ready for
-  ** EV_READ/EV_WRITE, until deadline (0 = none). The caller yields next.
+  ** Blocking models: waits, now, for c (NULL: a plain sleep) to be ready
+  ** for EV_READ/EV_WRITE, until deadline (0 = none). Returns 0 (ready; a
+  ** sleep that ran its course), ERR_TIMEOUT, ERR_CUT or -errno. A wait
+  ** for EV_READ is always followed by a fill of c, which the model may
+  ** let do the waiting (the thread model's blocking read).
+  */
+  int (*block) (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
+  /*
+  ** Yielding models: arms the wake-up of task t, waiting for c (NULL: a
+  ** sleep, or a wait that wake ends) as block does; the caller yields
+  ** next, and the loop resumes t with the outcome in t->wait_rc.
   */
   void (*arm) (struct task *t, struct lconn *c, unsigned ev, double deadline);
+  /* Puts an outbound connection (LC_UNWATCHED) into the loop; 0 or -errno. */
+  int (*attach) (struct lctx *x, struct lconn *c);
   /* c's descriptor is about to be closed. */
   void (*detach) (struct lctx *x, struct lconn *c);
+  /*
+  ** Light threads (lspawn.c); NULL in blocking models, where spawn runs
+  ** the function to its end at once. spawn: a fresh task in the loop;
+  ** start: runs it (nargs values on its stack) from L until it first
+  ** waits or ends; wake: resumes a task that waits with no connection
+  ** and no deadline, at the loop's next turn; kill: abandons a suspended
+  ** task.
+  */
+  struct task *(*spawn) (struct lctx *x);
+  void (*start) (struct lctx *x, struct task *t, lua_State *L, int nargs);
+  void (*wake) (struct lctx *x, struct task *t);
+  void (*kill) (struct lctx *x, struct task *t);
 };
 
 /*
@@ -85,7 +114,7 @@ void dgq_flush (struct dgq *q, struct bufpool *pool);
 /* One per lua_State. */
 struct lctx {
   struct worker *w;
-  const struct waitops *ops;
+  const struct sched_ops *ops;
   struct bufpool pool;
   struct task main_task;
   const char *script;
@@ -102,24 +131,6 @@ struct lctx {
   struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
   double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
-  /*
-  ** Event model: puts an outbound connection's fd into the loop (waitio
-  ** calls it for a connection flagged LC_UNWATCHED); NULL elsewhere. Here
-  ** rather than in struct waitops, whose positional initializers in every
-  ** model would all have to change.
-  */
-  int (*attach) (struct lctx *x, struct lconn *c);
-  /*
-  ** Event model, light threads (lspawn.c); NULL elsewhere, where spawn
-  ** runs the function to its end at once. spawn_task: a fresh task in the
-  ** loop; start: runs it (nargs values on its stack) from L until it first
-  ** waits or ends; wake: resumes a task that waits with no connection and
-  ** no deadline, at the loop's next turn; kill: abandons a suspended task.
-  */
-  struct task *(*spawn_task) (struct lctx *x);
-  void (*start) (struct lctx *x, struct task *t, lua_State *L, int nargs);
-  void (*wake) (struct lctx *x, struct task *t);
-  void (*kill) (struct lctx *x, struct task *t);
 };
 
 /* Connection flags. */
@@ -173,6 +184,10 @@ static inline struct task *lsrv_task (lua_State *L) {
 static inline struct lctx *lsrv_ctx (lua_State *L) {
   return lsrv_task(L)->x;
 }
+/* The state's main thread. */
+static inline lua_State *lsrv_L (struct lctx *x) {
+  return x->main_task.co;
+}
 static inline void lsrv_settask (lua_State *L, struct task *t) {
   *(struct task **)lua_getextraspace(L) = t;
 }
@@ -208,12 +223,19 @@ const char *lsrv_strerror (int rc);
 void lconn_push_address (lua_State *L, struct lconn *c);
 
 /*
-** Waits for c to be ready for ev (see lreq.c); for lconnect.c, which
-** drives connections through the same path as requests.
+** Waits for c to be ready for ev until the deadline of the operation in
+** progress, through sched_wait; for lconnect.c and lproxy.c, which drive
+** connections through the same path as requests.
 */
 int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
                   lua_KContext kc, lua_KFunction k);
-int lconn_wait_result (lua_State *L, int status);
+/*
+** The thread model's blocking wait for input: makes the next fill of c a
+** blocking read that ends no later than the operation's deadline, when c
+** is an accepted stream on the server's timeout. Returns 1 if it did (the
+** wait is done), 0 if c must be polled.
+*/
+int lconn_block_read (struct lconn *c);
 /* Reads what the socket has into c->in: bytes, 0 at EOF, -EAGAIN, -errno. */
 int lconn_fill (struct lconn *c, size_t want);
 
@@ -226,6 +248,28 @@ int lconn_proxy (lua_State *L);
 struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
 /* Sends buffered output without waiting: 0, -EAGAIN or a failure code. */
 int lconn_flush_some (struct lconn *c);
+
+/* sched.c: the one place that decides "yield to the loop or block" */
+/*
+** Waits for c (NULL: a sleep; with no deadline, a wait that the model's
+** wake ends) to be ready for ev until deadline (0 = none). A task of a
+** yielding model yields here, and the loop resumes it into k with kc;
+** k reads the outcome with sched_result. Otherwise the thread blocks and
+** the outcome is returned: 0, ERR_TIMEOUT, ERR_CUT or -errno (a sleep
+** that ran its course: 0).
+*/
+int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
+                lua_KContext kc, lua_KFunction k);
+/* The outcome of the wait continuation k was resumed from (status). */
+int sched_result (lua_State *L, int status);
+/* Can task t yield to a loop (and run light threads)? */
+int sched_switches (struct task *t);
+/* c's descriptor is about to be closed: the model forgets it. */
+void sched_detach (struct lconn *c);
+/* The blocking wait of sync and fork (poll, through worker_block). */
+int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
+/* The table of a model that blocks in sched_block and has no loop. */
+extern const struct sched_ops sched_blocking;
 
 /* lconnect.c */
 /* luasrv.connect(url [, opts]) */
@@ -265,8 +309,7 @@ void lshdict_push (lua_State *L);
 ** and finds its hooks. Returns NULL with the reason in err.
 */
 struct lctx *lstate_new (struct worker *w, const char *script,
-                         const struct waitops *ops, char *err, size_t errlen);
-lua_State *lstate_L (struct lctx *x);
+                         const struct sched_ops *ops, char *err, size_t errlen);
 void lstate_close (struct lctx *x);
 /* Calls hook name(server) if defined; 0 or -1 (error already logged). */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal);

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "master.h"
 #include "metrics.h"
+#include "model.h"
 #include "worker.h"
 
 #define MAX_WORKERS 1024
@@ -129,6 +130,13 @@ static void close_master_fds (struct master *m) {
 }
 
 
+/* The model each --model runs in the workers. */
+static const struct model *const models[] = {
+  [MODEL_SYNC] = &model_sync, [MODEL_FORK] = &model_fork,
+  [MODEL_THREAD] = &model_thread, [MODEL_EVENT] = &model_event,
+};
+
+
 /* Runs in the child: becomes worker id and never returns. */
 static void run_worker (struct master *m, int id, int ready_wfd,
                         pid_t master_pid) {
@@ -158,7 +166,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
   ** is pending, and must stop the worker gracefully, not kill it */
   worker_signals_install(&w);
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
-  rc = worker_run(&w);
+  rc = model_serve(models[m->cfg->model], &w);
   worker_close(&w);
   exit(rc);
 }

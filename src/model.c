@@ -19,7 +19,7 @@
 #include "model.h"
 
 
-struct lctx *model_start (struct worker *w, const struct waitops *ops) {
+struct lctx *model_start (struct worker *w, const struct sched_ops *ops) {
   char err[1024];
   struct lctx *x = lstate_new(w, w->cfg->script, ops, err, sizeof err);
   if (x == NULL) {
@@ -31,6 +31,12 @@ struct lctx *model_start (struct worker *w, const struct waitops *ops) {
     return NULL;
   }
   return x;
+}
+
+
+int model_serve (const struct model *m, struct worker *w) {
+  int rc = m->serve(w);
+  return atomic_load(&w->oom) ? 1 : rc;
 }
 
 

@@ -12,12 +12,23 @@
 
 struct lctx;
 struct lconn;
-struct waitops;
+struct sched_ops;
 
-int model_sync_serve (struct worker *w);
-int model_event_serve (struct worker *w);
-int model_fork_serve (struct worker *w);
-int model_thread_serve (struct worker *w);
+/* A concurrency model: what the master runs in a worker. */
+struct model {
+  const char *name;
+  /* Serves w's listeners until w stops; returns the exit code. */
+  int (*serve) (struct worker *w);
+};
+
+extern const struct model model_sync, model_fork, model_thread, model_event;
+
+/*
+** Runs model m in worker w until it stops; returns the worker's exit
+** code: m's, or 1 when the worker stopped because its heap was exhausted
+** (model_out_of_memory), so that the master replaces it.
+*/
+int model_serve (const struct model *m, struct worker *w);
 
 /* Largest datagram we receive whole (UDP's maximum payload is 65,507). */
 #define DGRAM_MAX 65536
@@ -26,7 +37,7 @@ int model_thread_serve (struct worker *w);
 ** Loads the script into a new state for w with ops and runs init.
 ** Returns NULL after logging the error.
 */
-struct lctx *model_start (struct worker *w, const struct waitops *ops);
+struct lctx *model_start (struct worker *w, const struct sched_ops *ops);
 
 /*
 ** Tells the master the worker serves (its states are loaded and init
@@ -63,7 +74,7 @@ void model_release (struct worker *w, const struct sockaddr *peer);
 ** starts its CPU count. When the state has no memory for it, it pushes
 ** nothing and returns NULL: the client is closed (model_release done)
 ** and refused with a log line, at most one a second; if the worker's heap
-** itself is exhausted, the worker stops (worker_run then returns 1).
+** itself is exhausted, the worker stops (model_serve then returns 1).
 */
 struct lconn *model_request (struct lctx *x, lua_State *L, int lindex, int fd,
                              const char *data, size_t len,

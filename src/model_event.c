@@ -166,7 +166,7 @@ static int new_thread (lua_State *L) {
 ** must not panic the worker).
 */
 static struct task *task_get (struct eloop *e) {
-  lua_State *L = lstate_L(e->x);
+  lua_State *L = lsrv_L(e->x);
   struct task *t = e->pool;
   if (t != NULL) {
     e->pool = t->next;
@@ -224,7 +224,7 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
     e->npool++;
     return;
   }
-  luaL_unref(lstate_L(e->x), LUA_REGISTRYINDEX, t->ref);
+  luaL_unref(lsrv_L(e->x), LUA_REGISTRYINDEX, t->ref);
   free(t);
 }
 
@@ -285,7 +285,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
 
 
 static void resume (struct eloop *e, struct task *t, int nargs) {
-  resume_from(e, t, lstate_L(e->x), nargs);
+  resume_from(e, t, lsrv_L(e->x), nargs);
 }
 
 
@@ -332,7 +332,6 @@ static void detach (struct lctx *x, struct lconn *c) {
   }
 }
 
-static const struct waitops event_ops = {1, arm, detach};
 
 
 /* {------------------------------------------------------ light threads */
@@ -421,6 +420,23 @@ static int attach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
   return evloop_add(e->loop, c->fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
 }
+
+
+/*
+** Tasks yield to the loop; code that runs outside any request's task
+** (init, service_actions, server_close) blocks, as in the sync model.
+*/
+static const struct sched_ops event_ops = {
+  .name = "event",
+  .block = sched_block,
+  .arm = arm,
+  .attach = attach,
+  .detach = detach,
+  .spawn = spawn_task,
+  .start = spawn_start,
+  .wake = wake,
+  .kill = kill_task,
+};
 
 
 /* Starts the flow for the request just pushed on t's coroutine. */
@@ -630,7 +646,7 @@ static void free_tasks (struct task *t) {
 }
 
 
-int model_event_serve (struct worker *w) {
+static int serve_event (struct worker *w) {
   struct eloop e;
   int rc = 1;
   memset(&e, 0, sizeof e);
@@ -648,12 +664,7 @@ int model_event_serve (struct worker *w) {
   }
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
-  e.x->attach = attach;
-  e.x->spawn_task = spawn_task;
-  e.x->start = spawn_start;
-  e.x->wake = wake;
-  e.x->kill = kill_task;
-  lua_setallocf(lstate_L(e.x), small_lalloc, &e);
+  lua_setallocf(lsrv_L(e.x), small_lalloc, &e);
   evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
   timer_init(&e.service, on_service, &e);
   timer_start(e.loop, &e.service, evloop_now(e.loop) + 0.5);
@@ -671,3 +682,9 @@ out:
   free(e.dgram);
   return rc;
 }
+
+
+const struct model model_event = {
+  .name = "event",
+  .serve = serve_event,
+};

@@ -39,9 +39,6 @@ struct forker {
   sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
 };
 
-static const struct waitops fork_ops = {0, NULL, NULL};
-
-
 /* {====================================================== the child */
 
 /* SIGTERM and SIGINT in a child: nothing to do, see child_setup. */
@@ -87,7 +84,7 @@ static void child_setup (struct forker *f, pid_t parent) {
 ** clean-up (_exit, not exit).
 */
 static void child_run (struct forker *f, struct lconn *c) {
-  lua_State *L = lstate_L(f->x);
+  lua_State *L = lsrv_L(f->x);
   lstate_push_flow(L, f->x);
   lua_pushvalue(L, -2);  /* flow, req */
   /* verified by the worker before the fork; not with --proxy-protocol,
@@ -194,7 +191,7 @@ static int spawn (struct forker *f, struct lconn *c, const struct sockaddr *src,
 */
 static int take (struct forker *f, int i) {
   struct listener *l = &f->w->ls[i];
-  lua_State *L = lstate_L(f->x);
+  lua_State *L = lsrv_L(f->x);
   struct sockaddr_storage peer;
   struct lconn *c;
   socklen_t len;
@@ -365,14 +362,14 @@ static int start (struct forker *f) {
 }
 
 
-int model_fork_serve (struct worker *w) {
+static int serve_fork (struct worker *w) {
   struct forker f;
   int rc = 1;
   memset(&f, 0, sizeof f);
   f.w = w;
   f.chld_fd = -1;
   if (start(&f) < 0) goto out;
-  if ((f.x = model_start(w, &fork_ops)) == NULL) goto out;
+  if ((f.x = model_start(w, &sched_blocking)) == NULL) goto out;
   evloop_add(f.loop, f.chld_fd, EV_READ, on_child, &f);
   evloop_add(f.loop, w->sig_fd[0], EV_READ, on_signal, &f);
   evloop_add(f.loop, w->stop_fd[0], EV_READ, on_stop, &f);
@@ -396,3 +393,9 @@ out:
   free(f.srcs);
   return rc;
 }
+
+
+const struct model model_fork = {
+  .name = "fork",
+  .serve = serve_fork,
+};

@@ -22,12 +22,9 @@ struct sync {
   char *dgram;                /* DGRAM_MAX bytes */
 };
 
-static const struct waitops sync_ops = {0, NULL, NULL};
-
-
 /* Runs the flow on the request at the top of the stack; pops it. */
 static void run (struct sync *s, struct lconn *c) {
-  lua_State *L = lstate_L(s->x);
+  lua_State *L = lsrv_L(s->x);
   model_count_request(s->w);
   lstate_push_flow(L, s->x);
   lua_pushvalue(L, -2);  /* flow, req */
@@ -57,7 +54,7 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
       log_warn("accept on %s: %s", s->w->ls[i].name, strerror(-cfd));
       return;
     }
-    struct lconn *c = model_request(s->x, lstate_L(s->x), i, cfd, NULL, 0,
+    struct lconn *c = model_request(s->x, lsrv_L(s->x), i, cfd, NULL, 0,
                                     &peer, len);
     if (c == NULL) return;  /* refused, released */
     run(s, c);
@@ -67,7 +64,7 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
     long n = model_recv(s->w, fd, s->dgram, DGRAM_MAX, &peer, &len);
     struct lconn *c;
     if (n < 0) return;
-    c = model_request(s->x, lstate_L(s->x), i, -1, s->dgram, (size_t)n,
+    c = model_request(s->x, lsrv_L(s->x), i, -1, s->dgram, (size_t)n,
                       &peer, len);
     if (c != NULL) run(s, c);
   }
@@ -90,14 +87,14 @@ static void on_service (struct evloop *loop, struct timer *t) {
 }
 
 
-int model_sync_serve (struct worker *w) {
+static int serve_sync (struct worker *w) {
   struct sync s = {w, NULL, NULL, {0, -1, NULL, NULL}, NULL};
   int rc = 1;
   if ((s.loop = evloop_new()) == NULL || (s.dgram = malloc(DGRAM_MAX)) == NULL) {
     log_error("error: %s", strerror(errno ? errno : ENOMEM));
     goto out;
   }
-  if ((s.x = model_start(w, &sync_ops)) == NULL) goto out;
+  if ((s.x = model_start(w, &sched_blocking)) == NULL) goto out;
   for (int i = 0; i < w->nls; i++)
     evloop_add(s.loop, w->ls[i].fd, EV_READ, on_listener, &s);
   evloop_add(s.loop, w->sig_fd[0], EV_READ, on_signal, &s);
@@ -113,3 +110,9 @@ out:
   free(s.dgram);
   return rc;
 }
+
+
+const struct model model_sync = {
+  .name = "sync",
+  .serve = serve_sync,
+};

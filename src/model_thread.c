@@ -79,14 +79,27 @@ struct tpool {
   char *dgram;
 };
 
-static const struct waitops thread_ops = {0, NULL, NULL};
+/*
+** A handler thread blocks in its waits, and waits for input in the read
+** itself (lconn_block_read) when it can.
+*/
+static int thread_block (struct lctx *x, struct lconn *c, unsigned ev,
+                         double deadline) {
+  if (c != NULL && ev == EV_READ && lconn_block_read(c)) return 0;
+  return sched_block(x, c, ev, deadline);
+}
+
+static const struct sched_ops thread_ops = {
+  .name = "thread",
+  .block = thread_block,
+};
 
 
 /* {====================================================== handler threads */
 
 /* Runs the flow on job j in h's state, as model_sync's run() does. */
 static void run_job (struct hthread *h, struct job *j) {
-  lua_State *L = lstate_L(h->x);
+  lua_State *L = lsrv_L(h->x);
   struct sockaddr *peer = (struct sockaddr *)&j->peer;
   struct lconn *c = model_request(h->x, L, j->lindex, j->fd, j->data,
                                   j->len, &j->peer, j->peerlen);
@@ -602,7 +615,7 @@ static int first_thread (struct tpool *p) {
 }
 
 
-int model_thread_serve (struct worker *w) {
+static int serve_thread (struct worker *w) {
   struct tpool *p = pool_new(w);
   int stuck;
   if (p == NULL || p->loop == NULL || p->dgram == NULL || p->done_fd < 0) {
@@ -632,3 +645,9 @@ int model_thread_serve (struct worker *w) {
   pool_free(p, stuck);
   return 0;
 }
+
+
+const struct model model_thread = {
+  .name = "thread",
+  .serve = serve_thread,
+};

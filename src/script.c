@@ -357,7 +357,7 @@ static void cpu_hook (lua_State *L, lua_Debug *ar) {
 
 
 struct lctx *lstate_new (struct worker *w, const char *script,
-                         const struct waitops *ops, char *err, size_t errlen) {
+                         const struct sched_ops *ops, char *err, size_t errlen) {
   struct lctx *x = calloc(1, sizeof *x);
   lua_State *L;
   if (x == NULL || (L = luaL_newstate()) == NULL) {
@@ -393,11 +393,6 @@ struct lctx *lstate_new (struct worker *w, const char *script,
   make_flow(L, x);
   lua_settop(L, 0);
   return x;
-}
-
-
-lua_State *lstate_L (struct lctx *x) {
-  return x->main_task.co;
 }
 
 
@@ -442,7 +437,7 @@ static int call_hook (lua_State *L) {
 ** protected: looking the hook up may need memory the state lacks.
 */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   int top = lua_gettop(L), rc = 0;
   lua_pushcfunction(L, call_hook);
   lua_pushlightuserdata(L, x);
@@ -459,7 +454,7 @@ int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
 
 
 int lstate_verify (struct lctx *x) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   int ok;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->verify_ref);
   lua_pushvalue(L, -2);  /* verify step, req */

@@ -1,7 +1,8 @@
 /*
-** worker.c -- a worker's stop state and signals, and the blocking wait the
-** sync, fork and thread models share. Signal handlers only set flags and
-** write to pipes; everything else happens in the loop.
+** worker.c -- a worker's stop state and signals, and the blocking wait
+** (worker_block) under the scheduler's. Signal handlers only set flags
+** and write to pipes; everything else happens in the loop. It knows no
+** model: the master runs one in it (model_serve).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +15,6 @@
 
 #include "evloop.h"
 #include "log.h"
-#include "model.h"
 #include "worker.h"
 
 /* Set by signal handlers; read by the worker's loop. */
@@ -154,14 +154,3 @@ int worker_block (struct worker *w, int fd, short events, double deadline) {
   }
 }
 
-
-int worker_run (struct worker *w) {
-  int rc = 1;
-  switch (w->cfg->model) {
-    case MODEL_SYNC: rc = model_sync_serve(w); break;
-    case MODEL_EVENT: rc = model_event_serve(w); break;
-    case MODEL_FORK: rc = model_fork_serve(w); break;
-    case MODEL_THREAD: rc = model_thread_serve(w); break;
-  }
-  return atomic_load(&w->oom) ? 1 : rc;
-}

@@ -63,7 +63,4 @@ static inline int worker_stopping (struct worker *w) {
 */
 int worker_block (struct worker *w, int fd, short events, double deadline);
 
-/* Runs the configured model until the worker stops; returns an exit code. */
-int worker_run (struct worker *w);
-
 #endif
