@@ -2,7 +2,9 @@
 #
 #   make            build build/luasrv
 #   make run        install what is missing, build, serve scripts/echo.lua
-#   make test       install, build, run the C unit tests and every spec
+#   make test       install, build, check the layers, run the C unit tests
+#                   and every spec
+#   make check-layers  fail on a dependency between objects that points up
 #   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
 #   make bench      the benchmark (see bench/README.md)
 #   make clean
@@ -45,7 +47,7 @@ MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
 DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy wrk nginx libnginx-mod-http-lua
 
-.PHONY: all deps run test test-asan check-specs unit bench clean install uninstall
+.PHONY: all deps run test test-asan check-specs check-layers unit bench clean install uninstall
 
 all: $(BUILD)/luasrv
 
@@ -96,8 +98,12 @@ run: deps
 
 unit: $(CTESTS)
 
+# Every object depends only on the floors below it (doc/design.md).
+check-layers: $(OBJS)
+	@tools/check-layers $(BUILD)
+
 test: deps
-	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory all unit check-layers
 	@LUASRV_MODELS=$(MODELS) LUASRV_BIN=$(BUILD)/luasrv BUILD=$(BUILD) spec/run
 
 test-asan: deps

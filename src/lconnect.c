@@ -616,7 +616,7 @@ static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 
-int lconn_setkeepalive (lua_State *L) {
+static int lconn_setkeepalive (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_Number idle = luaL_optnumber(L, 2, POOL_IDLE);
   lua_Integer size = luaL_optinteger(L, 3, POOL_SIZE);
@@ -637,7 +637,7 @@ int lconn_setkeepalive (lua_State *L) {
 }
 
 
-int lconn_getreusedtimes (lua_State *L) {
+static int lconn_getreusedtimes (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_pushinteger(L, (lua_Integer)c->reused);
   return 1;
@@ -701,3 +701,13 @@ int luasrv_connect (lua_State *L) {
   return connect_k(L, LUA_OK, K_LOOKUP);
 }
 
+
+
+void lconnect_open (lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"setkeepalive", lconn_setkeepalive},
+    {"getreusedtimes", lconn_getreusedtimes},
+    {NULL, NULL}
+  };
+  lconn_add_methods(L, methods);
+}

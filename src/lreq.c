@@ -38,8 +38,8 @@
 #define UV_DATA 2             /* datagram string */
 #define ADDRESS_KEY ((void *)&lsrv_conn_tag)
 
-char lsrv_yield_token;
 char lsrv_conn_tag;
+static char methods_key;  /* the registry holds the methods table here */
 
 
 
@@ -1032,8 +1032,6 @@ static const luaL_Reg methods[] = {
   {"flush", req_flush},
   {"close", req_close},
   {"settimeout", req_settimeout},
-  {"setkeepalive", lconn_setkeepalive},
-  {"getreusedtimes", lconn_getreusedtimes},
   {NULL, NULL}
 };
 
@@ -1054,6 +1052,8 @@ int luaopen_lreq (lua_State *L) {
   if (luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=req") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, methods);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &methods_key);  /* lconn_add_methods */
   lua_pushcfunction(L, req_field);
   lua_call(L, 2, 1);
   lua_setfield(L, -2, "__index");
@@ -1063,4 +1063,11 @@ int luaopen_lreq (lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   return 0;
+}
+
+
+void lconn_add_methods (lua_State *L, const luaL_Reg *l) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &methods_key);
+  luaL_setfuncs(L, l, 0);
+  lua_pop(L, 1);
 }

@@ -26,6 +26,7 @@
 
 struct lctx;
 struct lconn;
+struct luaL_Reg;
 struct sthread;
 
 /*
@@ -203,6 +204,11 @@ extern char lsrv_conn_tag;
 /* lreq.c */
 int luaopen_lreq (lua_State *L);
 /*
+** Adds methods to every connection object (lconnect.c adds those of
+** outbound connections); call after luaopen_lreq.
+*/
+void lconn_add_methods (lua_State *L, const struct luaL_Reg *l);
+/*
 ** Pushes a new stream request for fd (owned from now on) accepted on
 ** listener lindex; returns it. Out of memory, it pushes nothing and
 ** returns NULL (the caller still owns fd): it never raises.
@@ -274,9 +280,8 @@ extern const struct sched_ops sched_blocking;
 /* lconnect.c */
 /* luasrv.connect(url [, opts]) */
 int luasrv_connect (lua_State *L);
-/* Methods of outbound connections: conn:setkeepalive, getreusedtimes. */
-int lconn_setkeepalive (lua_State *L);
-int lconn_getreusedtimes (lua_State *L);
+/* Adds the methods of outbound connections (setkeepalive, getreusedtimes). */
+void lconnect_open (lua_State *L);
 /* Closes the keep-alive pool's connections idle past their time. */
 void lconnect_sweep (struct lctx *x);
 

@@ -11,6 +11,8 @@
 
 #include "lsrv.h"
 
+char lsrv_yield_token;
+
 
 int sched_switches (struct task *t) {
   return t->x->ops->arm != NULL && t != &t->x->main_task;

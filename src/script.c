@@ -226,6 +226,7 @@ static void openlibs (lua_State *L) {
   lua_setfield(L, -2, "luasrv");
   lua_pop(L, 1);
   luaopen_lreq(L);
+  lconnect_open(L);
 }
 
 
