@@ -30,6 +30,71 @@ extern const struct model model_sync, model_fork, model_thread, model_event;
 */
 int model_serve (const struct model *m, struct worker *w);
 
+/*
+** The skeleton every model runs on (model.c): the worker's loop with its
+** listeners in it while there is room under the model's limit, the accept
+** loop that looks at the limit before every request it takes, the signal
+** and stop pipes, the service_actions tick, and the grace loop. A model
+** fills in what differs: how it takes a request, and how many it has in
+** flight.
+*/
+struct mloop {
+  struct worker *w;
+  struct evloop *loop;
+  struct lctx *x;             /* service_actions runs here; NULL: the
+                                 model runs its own (thread) */
+  long limit;                 /* requests in flight at most */
+  int batch;                  /* requests taken per readiness event */
+  double slack;               /* the grace loop waits this long past the
+                                 cut, for cut requests to unwind */
+  double tick;                /* while stopping, wake at least this often
+                                 (0: no need) */
+  /*
+  ** Takes up to max requests from listener lindex and starts them;
+  ** returns how many it took, 0 when none is waiting (or it failed).
+  */
+  int (*take) (struct mloop *ml, int lindex, int max);
+  /* Requests in flight; NULL: none outlives take (sync). */
+  long (*busy) (struct mloop *ml);
+  /* Called each turn of the grace loop (NULL: nothing to do). */
+  void (*stopping) (struct mloop *ml);
+  /* The worker began to stop (NULL: nothing to do). */
+  void (*stopped) (struct mloop *ml);
+  /* the skeleton's own */
+  int accepting;
+  struct timer service;
+};
+
+/*
+** Makes ml's loop and puts the signal and stop pipes into it; the
+** caller has filled in the rest. 0, or -1 (logged).
+*/
+int model_loop_init (struct mloop *ml, struct worker *w);
+
+/*
+** Announces the worker (model_ready), serves until it stops and then
+** until the requests in flight end or the grace (plus ml->slack) is
+** over. Returns the number still in flight.
+*/
+long model_loop_run (struct mloop *ml);
+
+/* Stops the service tick and frees the loop. */
+void model_loop_free (struct mloop *ml);
+
+/*
+** Puts the listeners into the loop, or takes them out, as the worker's
+** stop and the room under ml->limit say. Models call it when a request
+** ends.
+*/
+void model_accepting (struct mloop *ml);
+
+/*
+** Runs the flow on request c, at the top of x's main stack, to its end
+** (the blocking models); verified: verify_request ran already (fork).
+** Then closes c and pops it.
+*/
+void model_run (struct lctx *x, struct lconn *c, int verified);
+
 /* Largest datagram we receive whole (UDP's maximum payload is 65,507). */
 #define DGRAM_MAX 65536
 

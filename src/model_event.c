@@ -40,15 +40,14 @@ struct smallpool {
 };
 
 struct eloop {
+  struct mloop ml;            /* first: the skeleton's hooks get it */
   struct worker *w;
   struct lctx *x;
-  struct evloop *loop;
+  struct evloop *loop;        /* ml's */
   long active;                /* requests running */
-  int accepting;              /* listeners are in the loop */
   struct task *pool;          /* finished tasks, coroutines reusable */
   struct task *running;       /* tasks of active requests */
   int npool;
-  struct timer service;
   char *dgram;                /* DGRAM_BATCH slots of DGRAM_MAX bytes */
   struct dgq dgq;             /* replies of the batch being run */
   struct smallpool small;     /* the state's allocator */
@@ -229,8 +228,6 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
 }
 
 
-static void update_accepting (struct eloop *e);
-
 /*
 ** Resumes t with nargs values on its stack, from L (the loop: the main
 ** state; luasrv.spawn: the spawning coroutine); handles its end.
@@ -280,7 +277,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
   e->active--;
   unlink_running(e, t);
   task_put(e, t, st == LUA_OK);
-  update_accepting(e);
+  model_accepting(&e->ml);
 }
 
 
@@ -515,10 +512,7 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
   struct iovec iov[DGRAM_BATCH];
   struct sockaddr_storage peers[DGRAM_BATCH];
   int fd = e->w->ls[lindex].fd, n;
-  long room = e->w->cfg->max_connections - e->active;  /* > 0: accepting */
   if (max > DGRAM_BATCH) max = DGRAM_BATCH;
-  if (max > room) max = (int)room;
-  if (max <= 0) return 0;
   memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)max);
   for (int k = 0; k < max; k++) {
     iov[k].iov_base = e->dgram + (size_t)k * DGRAM_MAX;
@@ -550,90 +544,29 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
 }
 
 
-static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct eloop *e = data;
+/*
+** Takes up to max requests from listener i (the skeleton keeps max under
+** the room --max-connections leaves): a batch of datagrams, or one
+** connection. Returns how many it took.
+*/
+static int take (struct mloop *ml, int i, int max) {
+  struct eloop *e = (struct eloop *)ml;
   struct sockaddr_storage peer;
   socklen_t len;
-  int i = 0;
-  (void)loop;
-  (void)ev;
-  while (e->w->ls[i].fd != fd) i++;
-  if (!e->w->ls[i].stream) {
-    /* --once serves one datagram: take no more from the socket */
-    int max = e->w->cfg->once ? 1 : ACCEPT_BATCH;
-    for (int k = 0; k < max && e->accepting && !worker_stopping(e->w); ) {
-      int n = recv_batch(e, i, max - k);
-      if (n == 0) return;
-      k += n;
-    }
-    return;
+  int cfd;
+  if (!e->w->ls[i].stream) return recv_batch(e, i, max);
+  if ((cfd = model_accept(e->w, e->w->ls[i].fd, &peer, &len)) < 0) {
+    if (cfd != -EAGAIN && cfd != -ECONNABORTED)
+      log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
+    return 0;
   }
-  /* the limit is looked at before every accept: a batch must not take
-  ** more clients than --max-connections leaves room for */
-  for (int k = 0; k < ACCEPT_BATCH && e->accepting && !worker_stopping(e->w) &&
-       e->active < e->w->cfg->max_connections; k++) {
-    int cfd = model_accept(e->w, fd, &peer, &len);
-    if (cfd < 0) {
-      if (cfd != -EAGAIN && cfd != -ECONNABORTED)
-        log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
-      break;
-    }
-    start_stream(e, i, cfd, &peer, len);
-  }
-  update_accepting(e);
+  start_stream(e, i, cfd, &peer, len);
+  return 1;
 }
 
 
-/*
-** Listeners are in the loop while the worker is not stopping and has room
-** under --max-connections; further clients wait in the backlog.
-*/
-static void update_accepting (struct eloop *e) {
-  int want = !worker_stopping(e->w) &&
-             e->active < e->w->cfg->max_connections;
-  if (want == e->accepting) return;
-  e->accepting = want;
-  for (int i = 0; i < e->w->nls; i++) {
-    if (want) evloop_add(e->loop, e->w->ls[i].fd, EV_READ, on_listener, e);
-    else evloop_del(e->loop, e->w->ls[i].fd);
-  }
-}
-
-
-static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct eloop *e = data;
-  (void)loop;
-  (void)fd;
-  (void)ev;
-  worker_signals(e->w);
-  update_accepting(e);
-}
-
-
-static void on_service (struct evloop *loop, struct timer *t) {
-  struct eloop *e = t->data;
-  lstate_call_hook(e->x, "service_actions", 0);
-  lconnect_sweep(e->x);  /* idle pooled connections past their time */
-  timer_start(loop, t, evloop_now(loop) + 0.5);
-}
-
-
-static void serve (struct eloop *e) {
-  for (;;) {
-    double wait = 1.0;
-    if (worker_stopping(e->w)) {
-      double left = atomic_load(&e->w->cut_at) - evloop_update_now(e->loop);
-      update_accepting(e);
-      if (e->active == 0) return;
-      if (left <= 0) {
-        log_warn("grace period over: cutting %ld request%s short", e->active,
-                 e->active == 1 ? "" : "s");
-        return;
-      }
-      if (left < wait) wait = left;
-    }
-    if (evloop_run_once(e->loop, wait) < 0) return;
-  }
+static long busy (struct mloop *ml) {
+  return ((struct eloop *)ml)->active;
 }
 
 
@@ -648,13 +581,16 @@ static void free_tasks (struct task *t) {
 
 static int serve_event (struct worker *w) {
   struct eloop e;
+  long left;
   int rc = 1;
   memset(&e, 0, sizeof e);
   e.w = w;
-  if ((e.loop = evloop_new()) == NULL) {
-    log_error("error: %s", strerror(errno ? errno : ENOMEM));
-    goto out;
-  }
+  e.ml.limit = w->cfg->max_connections;
+  e.ml.batch = ACCEPT_BATCH;
+  e.ml.take = take;
+  e.ml.busy = busy;
+  if (model_loop_init(&e.ml, w) < 0) goto out;
+  e.loop = e.ml.loop;
   for (int i = 0; i < w->nls; i++) {
     if (!w->ls[i].stream && e.dgram == NULL &&
         (e.dgram = malloc((size_t)DGRAM_BATCH * DGRAM_MAX)) == NULL) {
@@ -664,21 +600,18 @@ static int serve_event (struct worker *w) {
   }
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
+  e.ml.x = e.x;
   lua_setallocf(lsrv_L(e.x), small_lalloc, &e);
-  evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
-  timer_init(&e.service, on_service, &e);
-  timer_start(e.loop, &e.service, evloop_now(e.loop) + 0.5);
-  update_accepting(&e);
-  model_ready(w);
-  serve(&e);
-  timer_stop(e.loop, &e.service);
+  if ((left = model_loop_run(&e.ml)) > 0)
+    log_warn("grace period over: cutting %ld request%s short", left,
+             left == 1 ? "" : "s");
   model_finish(e.x);  /* closes what was cut short, through __gc */
   smallpool_free(&e.small);
   free_tasks(e.pool);
   free_tasks(e.running);  /* cut short at the end of the grace period */
   rc = 0;
 out:
-  evloop_free(e.loop);
+  model_loop_free(&e.ml);
   free(e.dgram);
   return rc;
 }
