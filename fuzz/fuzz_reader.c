@@ -184,9 +184,9 @@ static void feed (struct run *r) {
     write_n(r, r->n - r->fed);
     shutdown(r->fd, SHUT_WR);
     r->shut = 1;
-    r->c->flags |= LC_RDHUP;
+    r->c->io.flags |= LC_RDHUP;
   }
-  r->c->flags |= LC_READABLE;
+  r->c->io.flags |= LC_READABLE;
   T.wait_rc = 0;
 }
 

@@ -22,12 +22,7 @@
 #include "lsrv.h"
 #include "log.h"
 
-#define FILL_MAX     (1u << 20)  /* most a read reserves ahead of data */
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
-#define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
-#define LC_BLOCKING 0x4000u   /* thread model: the socket was made blocking */
-#define LC_BLOCKRD  0x8000u   /* the next fill may block (lconn_block_read) */
-#define DIRECT_WRITE 16384    /* write large strings without copying */
 /*
 ** User values. A stream request has one, a datagram two; the fields
 ** table is made when first needed, and also caches client_address
@@ -43,21 +38,9 @@ static char methods_key;  /* the registry holds the methods table here */
 
 
 
-const char *lsrv_strerror (int rc) {
-  switch (rc) {
-    case ERR_TIMEOUT: return "timeout";
-    case ERR_CLOSED: return "closed";
-    case ERR_LINE: return "line too long";
-    case ERR_CUT: return "closed";
-    case -EPIPE: return "closed";
-    default: return strerror(-rc);
-  }
-}
-
-
 static int pushfail (lua_State *L, int rc) {
   luaL_pushfail(L);
-  lua_pushstring(L, lsrv_strerror(rc));
+  lua_pushstring(L, conn_strerror(rc));
   return 2;
 }
 
@@ -91,7 +74,7 @@ static double conn_timeout (struct lconn *c) {
 */
 static void start_op (struct lconn *c) {
   c->deadline = -1;
-  c->flags &= ~LC_BLOCKRD;
+  c->io.flags &= ~LC_BLOCKRD;
 }
 
 
@@ -133,23 +116,23 @@ int lconn_block_read (struct lconn *c) {
   const struct config *cfg = c->x->w->cfg;
   double d, t = cfg->timeout > 0 ? cfg->timeout : BLOCK_NOTIMEOUT;
   if (c->timeout >= 0 ||
-      (c->flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
+      (c->io.flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
       worker_stopping(c->x->w))
     return 0;
   if ((d = deadline_of(c)) > 0 && d < monotonic_now() + t - BLOCK_SLACK)
     return 0;  /* a later wait of the operation: poll for the rest */
-  if (!(c->flags & LC_BLOCKING)) {
+  if (!(c->io.flags & LC_BLOCKING)) {
     struct timeval tv;
-    int fl = fcntl(c->fd, F_GETFL);
+    int fl = fcntl(c->io.fd, F_GETFL);
     tv.tv_sec = (time_t)t;
     tv.tv_usec = (suseconds_t)((t - (double)tv.tv_sec) * 1e6);
     if (fl < 0 ||
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        setsockopt(c->io.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+        fcntl(c->io.fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
       return 0;
-    c->flags |= LC_BLOCKING;
+    c->io.flags |= LC_BLOCKING;
   }
-  c->flags |= LC_BLOCKRD | LC_READABLE;
+  c->io.flags |= LC_BLOCKRD | LC_READABLE;
   return 1;
 }
 
@@ -160,153 +143,11 @@ int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
 }
 
 
-/* {====================================================== low-level I/O */
-
-/*
-** The failure code of a socket call that failed with en. A peer that is
-** gone reads as one condition, whatever the kernel said first: a reset
-** (ECONNRESET) and a write after it (EPIPE) are both "closed".
-*/
-static int sockerr (int en) {
-  return en == ECONNRESET || en == EPIPE ? ERR_CLOSED : -en;
-}
-
-/*
-** fill for outbound UDP: the datagram in c->in is the whole input, its
-** end reads as EOF (as a datagram request's does); the next one is only
-** received once it is used up. An empty datagram reads as EOF too.
-*/
-static int fill_udp (struct lconn *c) {
-  ssize_t n;
-  if (buf_len(&c->in) > 0) return 0;
-  if (!(c->flags & LC_READABLE)) return -EAGAIN;
-  if (buf_reserve(&c->in, UDP_ROOM, &c->x->pool) < 0) return -ENOMEM;
-  do n = recv(c->fd, buf_tail(&c->in), buf_space(&c->in), 0);
-  while (n < 0 && errno == EINTR);
-  if (n >= 0) {  /* more may be queued: stay readable until EAGAIN */
-    c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
-    return (int)n;
-  }
-  if (errno == EAGAIN) c->flags &= ~LC_READABLE;
-  return sockerr(errno);
-}
-
-
-/*
-** Reads what the socket has into c->in. Returns bytes read, 0 at EOF,
-** -EAGAIN when nothing is there, or another failure code.
-*/
-static int fill (struct lconn *c, size_t want) {
-  ssize_t n;
-  size_t space;
-  if (c->flags & LC_EOF) return 0;
-  if (c->flags & LC_UDP) return fill_udp(c);
-  if (!(c->flags & LC_READABLE)) return -EAGAIN;
-  if (want < BUF_CHUNK) want = BUF_CHUNK;
-  /* read(n) with a client-supplied n must not reserve n bytes before
-  ** any arrive: the buffer grows as data comes, FILL_MAX at a time */
-  if (want > FILL_MAX) want = FILL_MAX;
-  if (buf_space(&c->in) < want / 2 &&
-      buf_reserve(&c->in, want, &c->x->pool) < 0)
-    return -ENOMEM;
-  space = buf_space(&c->in);
-  if (c->flags & LC_BLOCKRD) {  /* one blocking try; EINTR: a stop */
-    c->flags &= ~LC_BLOCKRD;
-    n = recv(c->fd, buf_tail(&c->in), space, 0);
-    if (n < 0 && errno == EINTR) errno = EAGAIN;
-  }
-  else {
-    do n = recv(c->fd, buf_tail(&c->in), space, MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-  }
-  if (n > 0) {
-    c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
-    /* A short read drained the socket; the next edge says when more
-    ** comes (nginx does the same), so we save a read that would fail.
-    ** Not when the peer's EOF is pending: it brings no further edge. */
-    if ((size_t)n < space && !(c->flags & LC_RDHUP))
-      c->flags &= ~LC_READABLE;
-    return (int)n;
-  }
-  if (n == 0) {
-    c->flags |= LC_EOF;
-    return 0;
-  }
-  if (errno == EAGAIN) {
-    c->flags &= ~LC_READABLE;
-    return -EAGAIN;
-  }
-  return sockerr(errno);
-}
-
-
-int lconn_fill (struct lconn *c, size_t want) {
-  return fill(c, want);
-}
-
-
-/* Sends buffered output. Returns 0 when all is sent, -EAGAIN, or failure. */
-static int flush_some (struct lconn *c) {
-  while (buf_len(&c->out) > 0) {
-    ssize_t n;
-    if (!(c->flags & LC_WRITABLE)) return -EAGAIN;
-    n = send(c->fd, buf_head(&c->out), buf_len(&c->out),
-             MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      if ((size_t)n < buf_len(&c->out)) c->flags &= ~LC_WRITABLE;
-      buf_consume(&c->out, (size_t)n);
-      c->nout += (unsigned long long)n;
-    }
-    else if (n < 0 && errno == EINTR) continue;
-    else if (n < 0 && errno == EAGAIN) {
-      c->flags &= ~LC_WRITABLE;
-      return -EAGAIN;
-    }
-    else {
-      int rc = n < 0 ? sockerr(errno) : ERR_CLOSED;
-      /* a datagram that cannot go (too long, refused) is lost, as any
-      ** datagram may be: keeping it would fail every later flush */
-      if (c->flags & LC_UDP) buf_consume(&c->out, buf_len(&c->out));
-      return rc;
-    }
-  }
-  buf_release(&c->out, &c->x->pool);
-  return 0;
-}
-
-
-int lconn_flush_some (struct lconn *c) {
-  return flush_some(c);
-}
-
-
-static void release_in (struct lconn *c) {
-  if (c->flags & LC_BORROWED) {
-    if (buf_len(&c->in) == 0) {
-      c->in.data = NULL;
-      c->in.start = c->in.end = c->in.cap = 0;
-    }
-    return;
-  }
-  buf_release(&c->in, &c->x->pool);
-}
-
-
 /* Gives the descriptor back; the object stays, closed. */
 static void close_fd (struct lconn *c) {
-  if (c->flags & LC_CLOSED) return;
-  c->flags |= LC_CLOSED;
-  if (!(c->flags & LC_DGRAM) && c->fd >= 0) {
-    sched_detach(c);
-    close(c->fd);
-  }
-  c->fd = -1;
-  if (!(c->flags & LC_BORROWED)) buf_free(&c->in, &c->x->pool);
-  c->in.data = NULL;
-  c->in.start = c->in.end = c->in.cap = 0;
-  buf_free(&c->out, &c->x->pool);
+  if (c->io.flags & LC_CLOSED) return;
+  if (c->io.fd >= 0 && !(c->io.flags & LC_DGRAM)) sched_detach(c);
+  conn_close(&c->io);
 }
 
 
@@ -314,41 +155,39 @@ void lconn_abort (struct lconn *c) {
   close_fd(c);
 }
 
-/* }====================================================== */
-
 
 /* {====================================================== reading */
 
-/* Pushes n bytes from the front of c->in and drops them. */
+/* Pushes n bytes from the front of c->io.in and drops them. */
 static void push_bytes (lua_State *L, struct lconn *c, size_t n) {
-  lua_pushlstring(L, buf_head(&c->in), n);
-  buf_consume(&c->in, n);
-  c->scan = 0;
+  lua_pushlstring(L, buf_head(&c->io.in), n);
+  buf_consume(&c->io.in, n);
+  c->io.scan = 0;
 }
 
 
 /*
 ** One read format. Returns 1 (a value pushed), 0 (EOF: nothing pushed),
-** -EAGAIN (wait for input), or a failure code.
+** CONN_WANT_* (wait, then again), or a failure code.
 */
 static int read_line (lua_State *L, struct lconn *c, int keep) {
   size_t max = c->x->w->cfg->max_line;
   for (;;) {
-    long nl = buf_findnl(&c->in, c->scan);
+    long nl = buf_findnl(&c->io.in, c->io.scan);
     int rc;
     if (nl >= 0) {
       if ((size_t)nl > max) return ERR_LINE;
-      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (keep ? 1 : 0));
-      buf_consume(&c->in, (size_t)nl + 1);
-      c->scan = 0;
+      lua_pushlstring(L, buf_head(&c->io.in), (size_t)nl + (keep ? 1 : 0));
+      buf_consume(&c->io.in, (size_t)nl + 1);
+      c->io.scan = 0;
       return 1;
     }
-    c->scan = buf_len(&c->in);
-    if (c->scan > max) return ERR_LINE;
-    if ((rc = fill(c, 0)) < 0) return rc;
+    c->io.scan = buf_len(&c->io.in);
+    if (c->io.scan > max) return ERR_LINE;
+    if ((rc = conn_fill(&c->io, 0)) < 0) return rc;
     if (rc == 0) {  /* EOF: the last line may lack its newline */
-      if (buf_len(&c->in) == 0) return 0;
-      push_bytes(L, c, buf_len(&c->in));
+      if (buf_len(&c->io.in) == 0) return 0;
+      push_bytes(L, c, buf_len(&c->io.in));
       return 1;
     }
   }
@@ -357,21 +196,21 @@ static int read_line (lua_State *L, struct lconn *c, int keep) {
 
 static int read_all (lua_State *L, struct lconn *c) {
   int rc;
-  while ((rc = fill(c, buf_len(&c->in))) > 0)
+  while ((rc = conn_fill(&c->io, buf_len(&c->io.in))) > 0)
     ;
   if (rc < 0) return rc;
-  push_bytes(L, c, buf_len(&c->in));  /* "" at EOF, never nil */
+  push_bytes(L, c, buf_len(&c->io.in));  /* "" at EOF, never nil */
   return 1;
 }
 
 
 static int read_count (lua_State *L, struct lconn *c, size_t n) {
   int rc = 1;
-  while (buf_len(&c->in) < (n ? n : 1) && (rc = fill(c, n - buf_len(&c->in))) > 0)
+  while (buf_len(&c->io.in) < (n ? n : 1) && (rc = conn_fill(&c->io, n - buf_len(&c->io.in))) > 0)
     ;
   if (rc < 0) return rc;
-  if (buf_len(&c->in) == 0) return 0;  /* EOF */
-  push_bytes(L, c, n < buf_len(&c->in) ? n : buf_len(&c->in));
+  if (buf_len(&c->io.in) == 0) return 0;  /* EOF */
+  push_bytes(L, c, n < buf_len(&c->io.in) ? n : buf_len(&c->io.in));
   return 1;
 }
 
@@ -405,15 +244,17 @@ static void check_formats (lua_State *L, int first, int last) {
 
 
 /*
-** Before waiting for input, pending output goes out: returns the event to
-** wait for (EV_READ, or EV_WRITE while output is stuck) or a failure.
+** What to wait for after a read that could not go on (rc: CONN_WANT_*):
+** pending output goes out first, so the event is EV_WRITE while output
+** is stuck, or what the transport wants. Returns it, or a failure.
 */
-static int read_wait_event (struct lconn *c) {
-  int rc;
-  if (buf_len(&c->out) == 0) return EV_READ;
-  rc = flush_some(c);
-  if (rc == -EAGAIN) return EV_WRITE;
-  return rc < 0 ? rc : (int)EV_READ;
+static int read_wait_event (struct lconn *c, int rc) {
+  if (buf_len(&c->io.out) > 0) {
+    int frc = conn_flush(&c->io);
+    if (conn_wants(frc)) return (int)conn_want_event(frc);
+    if (frc < 0) return frc;
+  }
+  return (int)conn_want_event(rc);
 }
 
 
@@ -432,7 +273,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
   int lines = (int)(ctx & READ_LINES);
   int i = (int)(ctx & ~(lua_KContext)READ_LINES);
   int nfmt = lua_gettop(L) - (i - 2) - 1;  /* formats are args 2..nfmt+1 */
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && i <= nfmt + 1) {
     rc = read_one(L, c, i);
     if (rc == 1) {
@@ -443,15 +284,15 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
       luaL_pushfail(L);
       return i - 1;
     }
-    if (rc != -EAGAIN) break;
-    if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
-    if ((rc = read_wait_event(c)) < 0) break;
+    if (!conn_wants(rc)) break;
+    if (buf_len(&c->io.in) == 0) conn_release_in(&c->io);  /* idle: no read buffer */
+    if ((rc = read_wait_event(c, rc)) < 0) break;
     rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
-    if (lines) return luaL_error(L, "%s", lsrv_strerror(rc));
+    if (lines) return luaL_error(L, "%s", conn_strerror(rc));
     luaL_pushfail(L);
-    lua_pushstring(L, lsrv_strerror(rc));
+    lua_pushstring(L, conn_strerror(rc));
     return i - 2 + 2;
   }
   return nfmt;
@@ -471,7 +312,7 @@ static int req_read (lua_State *L) {
     n = 2;
   }
   check_formats(L, 2, n);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   start_op(c);
   return read_run(L, c, 0, 2);
 }
@@ -481,20 +322,20 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   size_t max = (size_t)ctx;
   int rc = sched_result(L, status);
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && buf_len(&c->in) == 0) {
-    rc = fill(c, max);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && buf_len(&c->io.in) == 0) {
+    rc = conn_fill(&c->io, max);
     if (rc == 0) {
       luaL_pushfail(L);
       return 1;
     }
-    if (rc != -EAGAIN) break;
-    release_in(c);
-    if ((rc = read_wait_event(c)) < 0) break;
+    if (!conn_wants(rc)) break;
+    conn_release_in(&c->io);
+    if ((rc = read_wait_event(c, rc)) < 0) break;
     rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
-  push_bytes(L, c, max < buf_len(&c->in) ? max : buf_len(&c->in));
+  push_bytes(L, c, max < buf_len(&c->io.in) ? max : buf_len(&c->io.in));
   return 1;
 }
 
@@ -503,7 +344,7 @@ static int req_recv (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_Integer max = luaL_optinteger(L, 2, BUF_CHUNK);
   luaL_argcheck(L, max > 0, 2, "must be positive");
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   lua_settop(L, 1);
   start_op(c);
   return recv_k(L, LUA_OK, (lua_KContext)max);
@@ -523,7 +364,7 @@ static int lines_aux (lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   for (int i = 1; i <= nfmt; i++)
     lua_pushvalue(L, lua_upvalueindex(2 + i));
-  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
   start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
@@ -535,19 +376,19 @@ static int lines_aux (lua_State *L) {
 */
 static int lines_fast (lua_State *L, int keep) {
   struct lconn *c = lua_touserdata(L, lua_upvalueindex(1));
-  if (!(c->flags & LC_CLOSED)) {
-    long nl = buf_findnl(&c->in, c->scan);
+  if (!(c->io.flags & LC_CLOSED)) {
+    long nl = buf_findnl(&c->io.in, c->io.scan);
     if (nl >= 0 && (size_t)nl <= c->x->w->cfg->max_line) {
-      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (size_t)keep);
-      buf_consume(&c->in, (size_t)nl + 1);
-      c->scan = 0;
+      lua_pushlstring(L, buf_head(&c->io.in), (size_t)nl + (size_t)keep);
+      buf_consume(&c->io.in, (size_t)nl + 1);
+      c->io.scan = 0;
       return 1;
     }
   }
   lua_settop(L, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushstring(L, keep ? "L" : "l");
-  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
   start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
@@ -588,26 +429,12 @@ static int req_lines (lua_State *L) {
 static int flush_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   int rc = sched_result(L, status);
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
-    rc = waitio(L, c, EV_WRITE, ctx, flush_k);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+    rc = waitio(L, c, conn_want_event(rc), ctx, flush_k);
   if (rc < 0) return pushfail(L, rc);
   lua_settop(L, 1);
   return 1;  /* the connection, for chaining */
-}
-
-
-/* Sends s directly when nothing is queued before it; returns bytes sent. */
-static size_t write_direct (struct lconn *c, const char *s, size_t len) {
-  ssize_t n;
-  if (buf_len(&c->out) > 0 || len < DIRECT_WRITE || !(c->flags & LC_WRITABLE))
-    return 0;
-  do n = send(c->fd, s, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  if (n <= 0) return 0;  /* the buffered path reports the error */
-  if ((size_t)n < len) c->flags &= ~LC_WRITABLE;
-  c->nout += (unsigned long long)n;
-  return (size_t)n;
 }
 
 
@@ -615,30 +442,30 @@ static int req_write (lua_State *L) {
   struct lconn *c = tolconn(L);
   int n = lua_gettop(L);
   if (n == 2 && lua_type(L, 2) == LUA_TSTRING &&  /* the common case */
-      (c->flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
+      (c->io.flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
     size_t len, sent;
     const char *s = lua_tolstring(L, 2, &len);
-    sent = write_direct(c, s, len);
-    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+    sent = conn_write_direct(&c->io, s, len);
+    if (buf_append(&c->io.out, s + sent, len - sent, &c->x->pool) < 0)
       return pushfail(L, -ENOMEM);
     lua_pop(L, 1);
-    if (buf_len(&c->out) < WRITE_HIGH) return 1;
+    if (buf_len(&c->io.out) < WRITE_HIGH) return 1;
     start_op(c);
     return flush_k(L, LUA_OK, 0);
   }
   for (int i = 2; i <= n; i++)
     luaL_checklstring(L, i, NULL);  /* argument errors before any output */
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   for (int i = 2; i <= n; i++) {
     size_t len, sent = 0;
     const char *s = lua_tolstring(L, i, &len);
-    if (!(c->flags & (LC_DGRAM | LC_UDP))) sent = write_direct(c, s, len);
-    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+    sent = conn_write_direct(&c->io, s, len);
+    if (buf_append(&c->io.out, s + sent, len - sent, &c->x->pool) < 0)
       return pushfail(L, -ENOMEM);
   }
   lua_settop(L, 1);
   /* a UDP connection's output waits for flush: it is one datagram */
-  if ((c->flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->out) < WRITE_HIGH)
+  if ((c->io.flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->io.out) < WRITE_HIGH)
     return 1;
   start_op(c);
   return flush_k(L, LUA_OK, 0);
@@ -648,87 +475,23 @@ static int req_write (lua_State *L) {
 static int req_flush (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_settop(L, 1);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  if (c->flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
   start_op(c);
   return flush_k(L, LUA_OK, 0);
 }
-
-
-/* {------ datagram replies, sent together (see struct dgq) */
-
-void dgq_flush (struct dgq *q, struct bufpool *pool) {
-  struct mmsghdr msgs[DGQ_MAX];
-  struct iovec iov[DGQ_MAX];
-  int i = 0;
-  memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)q->n);
-  for (int k = 0; k < q->n; k++) {
-    iov[k].iov_base = (char *)buf_head(&q->data[k]);
-    iov[k].iov_len = buf_len(&q->data[k]);
-    msgs[k].msg_hdr.msg_iov = &iov[k];
-    msgs[k].msg_hdr.msg_iovlen = 1;
-    msgs[k].msg_hdr.msg_name = &q->to[k];
-    msgs[k].msg_hdr.msg_namelen = q->tolen[k];
-  }
-  while (i < q->n) {  /* bounded: each round sends one or drops one */
-    int n = sendmmsg(q->fd, msgs + i, (unsigned)(q->n - i), MSG_NOSIGNAL);
-    if (n > 0) i += n;
-    else if (n < 0 && errno == EINTR) continue;
-    else i++;  /* as sendto's failure: this reply is lost, go on */
-  }
-  for (int k = 0; k < q->n; k++) buf_free(&q->data[k], pool);
-  q->n = 0;
-}
-
-
-/*
-** Queues the reply of c: its output buffer moves to the queue, so nothing
-** is copied. The queue goes out when full or when it is for another
-** listener; the model flushes the rest.
-*/
-static void dgq_add (struct dgq *q, struct lconn *c) {
-  if (q->n > 0 && q->fd != c->fd) dgq_flush(q, &c->x->pool);
-  q->fd = c->fd;
-  q->data[q->n] = c->out;
-  memset(&c->out, 0, sizeof c->out);
-  memcpy(&q->to[q->n], &c->peer, c->peerlen);
-  q->tolen[q->n] = c->peerlen;
-  c->nout += buf_len(&q->data[q->n]);
-  if (++q->n == DGQ_MAX) dgq_flush(q, &c->x->pool);
-}
-
-
-/*
-** Sends a datagram request's reply, if anything was written. Queued
-** replies report no error: a datagram can be lost on the way anyway.
-*/
-static int send_reply (struct lconn *c) {
-  ssize_t n;
-  if (buf_len(&c->out) == 0) return 0;
-  if (c->x->dgq != NULL) {
-    dgq_add(c->x->dgq, c);
-    return 0;
-  }
-  do n = sendto(c->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL,
-                (const struct sockaddr *)&c->peer, c->peerlen);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  c->nout += (unsigned long long)n;
-  return 0;
-}
-
-/* }------ */
 
 
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   int rc = sched_result(L, status);
   (void)ctx;
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  if (c->flags & LC_DGRAM) rc = send_reply(c);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_DGRAM)
+    rc = conn_reply(&c->io, c->x->dgq, (struct sockaddr *)&c->peer, c->peerlen);
   else
-    while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
-      rc = waitio(L, c, EV_WRITE, 0, close_k);
+    while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+      rc = waitio(L, c, conn_want_event(rc), 0, close_k);
   close_fd(c);
   if (rc < 0) return pushfail(L, rc);
   lua_pushboolean(L, 1);
@@ -739,7 +502,7 @@ static int close_k (lua_State *L, int status, lua_KContext ctx) {
 static int req_close (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_settop(L, 1);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   start_op(c);
   return close_k(L, LUA_OK, 0);
 }
@@ -770,7 +533,7 @@ static int req_gc (lua_State *L) {
 static int req_tostring (lua_State *L) {
   struct lconn *c = tolconn(L);
   char peer[ADDRESS_STRLEN];
-  if (c->flags & LC_CLOSED) {
+  if (c->io.flags & LC_CLOSED) {
     lua_pushliteral(L, "luasrv.conn (closed)");
     return 1;
   }
@@ -855,13 +618,13 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
     return 1;
   }
   if (strcmp(k, "server") == 0) {
-    if (c->flags & LC_OUTBOUND) return 0;  /* no listener: nil */
+    if (c->io.flags & LC_OUTBOUND) return 0;  /* no listener: nil */
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->x->servers_ref);
     lua_rawgeti(L, -1, c->lindex + 1);
     return 1;
   }
   if (strcmp(k, "request") == 0) {
-    if (c->flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
+    if (c->io.flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
     else lua_pushvalue(L, 1);
     return 1;
   }
@@ -935,8 +698,9 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
   c = lua_newuserdatauv(L, size, nuv);
   memset(c, 0, size);
   c->tag = &lsrv_conn_tag;
-  c->fd = -1;
-  c->flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
+  c->io.fd = -1;
+  c->io.flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
+  c->io.pool = &x->pool;
   c->timeout = -1;
   c->x = x;
   c->lindex = lindex;
@@ -968,17 +732,19 @@ static int new_request (lua_State *L) {
   struct lconn *c = newconn(L, x, a->lindex, a->peer, a->peerlen,
                             a->fd >= 0 ? 1 : 2);
   if (a->fd >= 0) {
-    c->fd = a->fd;
-    c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
-    if (x->w->cfg->proxy_protocol) c->flags |= LC_PROXY;
+    c->io.tr = &conn_stream;
+    c->io.fd = a->fd;
+    c->io.flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
+    if (x->w->cfg->proxy_protocol) c->io.flags |= LC_PROXY;
   }
   else {
     const char *s = lua_pushlstring(L, a->data, a->len);
     lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
-    c->fd = x->w->ls[a->lindex].fd;
-    c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
-    c->in.data = (char *)s;
-    c->in.end = c->in.cap = a->len;
+    c->io.tr = &conn_dgram;
+    c->io.fd = x->w->ls[a->lindex].fd;
+    c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+    c->io.in.data = (char *)s;
+    c->io.in.end = c->io.in.cap = a->len;
   }
   a->c = c;
   return 1;

@@ -12,17 +12,12 @@
 #include <netinet/in.h>
 
 #include "buf.h"
+#include "conn.h"
 #include "evloop.h"
 #include "worker.h"
 
 #define LCONN_MT "luasrv.conn"
 #define LADDR_MT "luasrv.address"
-
-/* Failure codes beyond errno, all negative like -errno. */
-#define ERR_TIMEOUT  (-ETIMEDOUT)
-#define ERR_CLOSED   (-100001)
-#define ERR_LINE     (-100002)
-#define ERR_CUT      (-ECANCELED)
 
 struct lctx;
 struct lconn;
@@ -94,24 +89,6 @@ struct sched_ops {
   void (*kill) (struct lctx *x, struct task *t);
 };
 
-/*
-** Datagram replies waiting to go out together with one sendmmsg: the
-** event model receives datagrams in batches, and sending each reply by
-** itself cost a system call per datagram.
-*/
-#define DGQ_MAX 32
-
-struct dgq {
-  int fd;                     /* the listener they go out from */
-  int n;
-  struct buf data[DGQ_MAX];
-  struct sockaddr_storage to[DGQ_MAX];
-  socklen_t tolen[DGQ_MAX];
-};
-
-/* Sends what q holds and empties it. */
-void dgq_flush (struct dgq *q, struct bufpool *pool);
-
 /* One per lua_State. */
 struct lctx {
   struct worker *w;
@@ -134,32 +111,24 @@ struct lctx {
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
 };
 
-/* Connection flags. */
-#define LC_CLOSED   0x01u
-#define LC_EOF      0x02u
-#define LC_READABLE 0x04u
-#define LC_WRITABLE 0x08u
-#define LC_DGRAM    0x10u     /* a datagram request: fd is the listener's */
-#define LC_BORROWED 0x20u     /* in.data points into a Lua string */
-#define LC_RDHUP    0x40u     /* the peer's EOF (or an error) is pending */
+/* Request flags, beside the connection's own (conn.h). */
 #define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
-#define LC_UDP      0x100u    /* outbound connected UDP: a flush is a datagram */
 #define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
 #define LC_PROXY    0x400u    /* --proxy-protocol: its header is still to read */
 
+/*
+** The request object, "luasrv.conn": a connection (io) with what Lua and
+** the scheduler keep about it.
+*/
 struct lconn {
   const char *tag;            /* &lsrv_conn_tag: tells the type quickly */
-  int fd;
-  unsigned flags;
-  struct buf in, out;
-  size_t scan;                /* bytes of in already searched for '\n' */
+  struct conn io;             /* its bytes (io.flags: LC_* of both files) */
   double timeout;             /* < 0: the server's */
   double deadline;            /* of the operation in progress; 0 = none,
                                  < 0 = not computed until it must wait */
   struct lctx *x;
   int lindex;                 /* index of its listener */
   socklen_t peerlen;
-  unsigned long long nin, nout;
   /* event model */
   struct task *waiter;
   unsigned wait_ev;
@@ -224,7 +193,6 @@ struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const struct sockaddr *peer, socklen_t peerlen);
 /* Closes without flushing (aborts); safe to call twice. */
 void lconn_abort (struct lconn *c);
-const char *lsrv_strerror (int rc);
 /* Pushes the client_address table of c. */
 void lconn_push_address (lua_State *L, struct lconn *c);
 
@@ -242,8 +210,6 @@ int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
 ** wait is done), 0 if c must be polled.
 */
 int lconn_block_read (struct lconn *c);
-/* Reads what the socket has into c->in: bytes, 0 at EOF, -EAGAIN, -errno. */
-int lconn_fill (struct lconn *c, size_t want);
 
 /* lproxy.c: proxy(req), the flow's PROXY protocol step */
 int lconn_proxy (lua_State *L);
@@ -252,8 +218,6 @@ int lconn_proxy (lua_State *L);
 ** room for any peer address.
 */
 struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
-/* Sends buffered output without waiting: 0, -EAGAIN or a failure code. */
-int lconn_flush_some (struct lconn *c);
 
 /* sched.c: the one place that decides "yield to the loop or block" */
 /*

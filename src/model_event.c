@@ -317,7 +317,7 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
 static void detach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
   if (e == NULL) return;  /* init: an outbound connection, no loop yet */
-  evloop_del(e->loop, c->fd);
+  evloop_del(e->loop, c->io.fd);
   /* closed under a waiting task (another light thread closed it): wake
   ** it to see "closed" */
   for (int k = 0; k < 2; k++) {
@@ -382,9 +382,9 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   struct lconn *c = data;
   struct task *t = c->waiter, *w = c->wwaiter;
   (void)fd;
-  if (ev & EV_READ) c->flags |= LC_READABLE;
-  if (ev & EV_WRITE) c->flags |= LC_WRITABLE;
-  if (ev & EV_RDHUP) c->flags |= LC_RDHUP;
+  if (ev & EV_READ) c->io.flags |= LC_READABLE;
+  if (ev & EV_WRITE) c->io.flags |= LC_WRITABLE;
+  if (ev & EV_RDHUP) c->io.flags |= LC_RDHUP;
   if (w != NULL && (ev & EV_WRITE)) {  /* a light thread's write */
     c->wwaiter = NULL;
     w->wait_conn = NULL;
@@ -415,7 +415,7 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
 */
 static int attach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
-  return evloop_add(e->loop, c->fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
+  return evloop_add(e->loop, c->io.fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
 }
 
 

@@ -31,10 +31,10 @@ int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
   struct task *t = lsrv_task(L);
   const struct sched_ops *ops = t->x->ops;
   if (sched_switches(t)) {
-    if (c != NULL && (c->flags & LC_UNWATCHED)) {
+    if (c != NULL && (c->io.flags & LC_UNWATCHED)) {
       int rc = ops->attach(t->x, c);
       if (rc < 0) return rc;
-      c->flags &= ~LC_UNWATCHED;
+      c->io.flags &= ~LC_UNWATCHED;
     }
     ops->arm(t, c, ev, deadline);
     lua_pushlightuserdata(L, &lsrv_yield_token);
@@ -60,8 +60,8 @@ int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline) 
     rc = worker_block(x->w, -1, 0, deadline);
     return rc == ERR_TIMEOUT ? 0 : rc;
   }
-  rc = worker_block(x->w, c->fd, ev & EV_READ ? POLLIN : POLLOUT, deadline);
-  if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
+  rc = worker_block(x->w, c->io.fd, ev & EV_READ ? POLLIN : POLLOUT, deadline);
+  if (rc == 0) c->io.flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
   return rc;
 }
 

@@ -248,13 +248,13 @@ static int flow_done (lua_State *L) {
   static const char *const names[] = {"ok", "error", "refused"};
   if (c == NULL || c->tag != &lsrv_conn_tag || outcome < 0 || outcome > 2)
     return 0;
-  if (w->mslot != NULL) metrics_request(w->mslot, outcome, c->nin, c->nout, secs);
+  if (w->mslot != NULL) metrics_request(w->mslot, outcome, c->io.nin, c->io.nout, secs);
   if (w->cfg->access_log) {
     char peer[ADDRESS_STRLEN];
     address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
                         sizeof peer);
     log_info("access %s %s in=%llu out=%llu time=%.6f %s", peer,
-             transport_name(w->ls[c->lindex].addr.tr), c->nin, c->nout, secs,
+             transport_name(w->ls[c->lindex].addr.tr), c->io.nin, c->io.nout, secs,
              names[outcome]);
   }
   return 0;
