@@ -86,11 +86,11 @@ $(BUILD)/test_fuzz_%: fuzz/fuzz_%.c fuzz/replay.c $$(REPLAY_OBJS_$$*)
 $(BUILD):
 	mkdir -p $(BUILD)
 
-# The module path compiled into script.o follows PREFIX: rebuild on change.
+# The module path compiled into lstate.o follows PREFIX: rebuild on change.
 .PHONY: FORCE
 $(BUILD)/luadir: FORCE | $(BUILD)
 	@echo '$(LUADIR)' | cmp -s - $@ 2>/dev/null || echo '$(LUADIR)' > $@
-$(BUILD)/script.o: $(BUILD)/luadir
+$(BUILD)/lstate.o: $(BUILD)/luadir
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -1,5 +1,5 @@
 /*
-** fuzz_reader.c -- the request object's readers (src/lreq.c) through the
+** fuzz_reader.c -- the request object's readers (src/lconn.c) through the
 ** real code: a Lua state made by lstate_new as the server makes it, a
 ** request made by lconn_new on one end of a socketpair, the input's data
 ** written into the other end, and req:read / req:lines / req:recv called

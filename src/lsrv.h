@@ -170,11 +170,11 @@ extern char lsrv_yield_token;
 /* What struct lconn's tag points to. */
 extern char lsrv_conn_tag;
 
-/* lreq.c */
-int luaopen_lreq (lua_State *L);
+/* lconn.c: the request object */
+int luaopen_lconn (lua_State *L);
 /*
 ** Adds methods to every connection object (lconnect.c adds those of
-** outbound connections); call after luaopen_lreq.
+** outbound connections); call after luaopen_lconn.
 */
 void lconn_add_methods (lua_State *L, const struct luaL_Reg *l);
 /*
@@ -272,7 +272,7 @@ void lspawn_open (lua_State *L);
 /* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
 void lshdict_push (lua_State *L);
 
-/* script.c */
+/* lstate.c */
 /*
 ** Creates a state for worker w with the model's wait ops, loads the script
 ** and finds its hooks. Returns NULL with the reason in err.

@@ -1,7 +1,7 @@
 /*
 ** model_event.c -- every connection a coroutine on the worker's epoll loop,
 ** as OpenResty does it. Request I/O and luasrv.sleep yield here when they
-** would block (see waitio in lreq.c); readiness or a timer resumes them.
+** would block (sched_wait in sched.c); readiness or a timer resumes them.
 ** Connections are registered once, edge-triggered, and never modified:
 ** readiness is kept as flags on the connection.
 */
@@ -97,7 +97,7 @@ static void *small_alloc (struct smallpool *p, size_t size) {
 
 
 /*
-** Keeps script.c's l_alloc accounting: mem_used is what the state holds
+** Keeps lstate.c's l_alloc accounting: mem_used is what the state holds
 ** (a block in a free list is not), and --memory-limit refuses growth
 ** beyond mem_limit; Lua then collects and, failing that, raises "not
 ** enough memory" in the request that asked.

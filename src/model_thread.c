@@ -174,7 +174,7 @@ static void *thread_main (void *arg) {
   struct tpool *p = h->p;
   int ok = h->x != NULL || load(h) == 0;
   sigset_t kick;
-  /* a stop interrupts a read blocked in lreq.c's fill (EINTR) */
+  /* a stop interrupts a read blocked in conn.c's read (EINTR) */
   sigemptyset(&kick);
   sigaddset(&kick, KICK_SIG);
   pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
@@ -410,7 +410,7 @@ static void on_kick (int signo) {
 
 
 /*
-** Handler threads may sleep in a blocking read (lreq.c) that the stop
+** Handler threads may sleep in a blocking read (lconn_block_read) that the stop
 ** pipe cannot wake: signal the running ones. A signal that lands just
 ** before a thread enters its read is lost, hence the repeats while
 ** stopping.

@@ -1,5 +1,5 @@
 /*
-** script.c -- a Lua state for serving: load the handler script, find its
+** lstate.c -- a Lua state for serving: load the handler script, find its
 ** hooks, build the server tables and the request flow, run hooks with a
 ** traceback (lua.c's docall). The flow itself is Lua, so that it yields
 ** wherever a handler does, in every model.
@@ -225,7 +225,7 @@ static void openlibs (lua_State *L) {
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
   lua_pop(L, 1);
-  luaopen_lreq(L);
+  luaopen_lconn(L);
   lconnect_open(L);
 }
 

@@ -1,5 +1,5 @@
 /*
-** lreq.c -- the request object ("luasrv.conn"), modelled on liolib's file
+** lconn.c -- the request object ("luasrv.conn"), modelled on liolib's file
 ** handles: read formats, lines, recv, buffered write, flush, close,
 ** settimeout. Every method is written once for every model: an operation
 ** that would block goes through waitio() to sched_wait, which either
@@ -810,7 +810,7 @@ static const luaL_Reg metamethods[] = {
 };
 
 
-int luaopen_lreq (lua_State *L) {
+int luaopen_lconn (lua_State *L) {
   luaL_newmetatable(L, LCONN_MT);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lsrv_conn_tag);  /* for newconn */
