@@ -775,6 +775,56 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
 }
 
 
+/* renew_dgram(c, a): sets the datagram of a reused request (may raise). */
+static int renew_dgram (lua_State *L) {
+  struct lconn *c = lua_touserdata(L, 1);
+  struct newreq *a = lua_touserdata(L, 2);
+  const char *s = lua_pushlstring(L, a->data, a->len);
+  lua_setiuservalue(L, 1, UV_DATA);  /* keeps s alive: reads borrow it */
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_FIELDS);  /* no fields of the last request */
+  c->io.in.data = (char *)s;
+  c->io.in.end = c->io.in.cap = a->len;
+  return 0;
+}
+
+
+struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
+                                 const char *data, size_t len,
+                                 const struct sockaddr *peer,
+                                 socklen_t peerlen) {
+  struct lconn *c = lua_touserdata(L, 1);
+  struct newreq a = {x, -1, lindex, data, len, peer, peerlen, NULL};
+  if (c == NULL || c->tag != &lsrv_conn_tag || !(c->io.flags & LC_CLOSED) ||
+      !(c->io.flags & LC_DGRAM) || lua_rawlen(L, 1) < LCONN_SIZE(peerlen))
+    return NULL;
+  memset(&c->io, 0, sizeof c->io);
+  c->io.tr = &conn_dgram;
+  c->io.pool = &x->pool;
+  c->io.fd = x->w->ls[lindex].fd;
+  c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+  c->timeout = -1;
+  c->deadline = 0;
+  c->x = x;
+  c->lindex = lindex;
+  c->waiter = c->wwaiter = NULL;
+  c->wait_ev = c->reused = 0;
+  memcpy(&c->peer, peer, peerlen);
+  c->peerlen = peerlen;
+  x->sys_oom = 0;
+  lua_pushcfunction(L, renew_dgram);
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    c->io.flags = LC_DGRAM | LC_CLOSED;
+    c->io.in.data = NULL;
+    return NULL;
+  }
+  return c;
+}
+
+
 struct lconn *lconn_new_out (lua_State *L, struct lctx *x) {
   struct sockaddr_storage none;
   memset(&none, 0, sizeof none);

@@ -191,6 +191,17 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen);
+/*
+** Makes the datagram request at index 1 of L, one that ended, the request
+** for a new datagram (data copied into a Lua string), as if it was just
+** made by lconn_new_dgram; the handler's fields of the last one are gone.
+** NULL (the object unchanged, still closed) when it has no room for the
+** peer address or there is no memory.
+*/
+struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
+                                 const char *data, size_t len,
+                                 const struct sockaddr *peer,
+                                 socklen_t peerlen);
 /* Closes without flushing (aborts); safe to call twice. */
 void lconn_abort (struct lconn *c);
 /* Pushes the client_address table of c. */

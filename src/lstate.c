@@ -56,7 +56,7 @@ static const char flow_src[] =
   "local function flow(req, skip_verify)\n"
   "  local t0 = done and now()\n"
   "  if proxy and not proxy(req) then return end\n"
-  "  if not skip_verify and not verified(req, t0) then return end\n"
+  "  if verify and not skip_verify and not verified(req, t0) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
   "    if not ok then\n"
