@@ -1,9 +1,10 @@
 # luasrv -- a socket server in C that runs request handlers written in Lua 5.4.
 #
 #   make            build build/luasrv
-#   make run        install what is missing, build, serve scripts/echo.lua
-#   make test       install, build, check the layers, run the C unit tests
-#                   and every spec
+#   make run        install what building and running need, build, serve
+#                   scripts/echo.lua on 127.0.0.1:$(PORT)
+#   make test       install the test tools too, build, check the layers,
+#                   run the C unit tests and every spec
 #   make check-layers  fail on a dependency between objects that points up
 #   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
 #   make bench      the benchmark (see bench/README.md)
@@ -29,6 +30,7 @@ BINDIR = $(PREFIX)/bin
 LUADIR = $(PREFIX)/share/lua/5.4
 DATADIR = $(PREFIX)/share/luasrv
 MANDIR = $(PREFIX)/share/man/man1
+DOCDIR = $(PREFIX)/share/doc/luasrv
 
 BUILD ?= build
 SRCS = $(wildcard src/*.c)
@@ -38,21 +40,27 @@ PURE = address acl buf evloop log cli persource proxy shdict
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
-# Debian packages: to build, to run the specs, to run the handlers.
+# Debian packages: to build; to run the shipped handlers (their JSON);
+# to run the specs. Only make test installs the last: some are services
+# (redis-server, haproxy) that Debian starts, and they take their ports.
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev
-DEPS_TEST = lua5.4 lua-cjson lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy
+DEPS_RUN = lua-cjson
+DEPS_TEST = lua5.4 lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
 DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy wrk nginx libnginx-mod-http-lua
 
-.PHONY: all deps run test test-asan check-specs check-layers unit bench clean install uninstall
+.PHONY: all deps deps-run run test test-asan check-specs check-layers unit bench clean install uninstall
 
 all: $(BUILD)/luasrv
 
+deps-run:
+	@tools/install-deps $(DEPS_BUILD) $(DEPS_RUN)
+
 deps:
-	@tools/install-deps $(DEPS_BUILD) $(DEPS_TEST)
+	@tools/install-deps $(DEPS_BUILD) $(DEPS_RUN) $(DEPS_TEST)
 
 $(BUILD)/luasrv: $(OBJS)
 	$(CC) $(SANITIZE_FLAGS) -o $@ $(OBJS) $(LDLIBS_ALL)
@@ -92,7 +100,7 @@ $(BUILD)/luadir: FORCE | $(BUILD)
 	@echo '$(LUADIR)' | cmp -s - $@ 2>/dev/null || echo '$(LUADIR)' > $@
 $(BUILD)/lstate.o: $(BUILD)/luadir
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/luasrv scripts/echo.lua --tcp 127.0.0.1:$(PORT)
 
@@ -160,21 +168,28 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	bench/run $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
-# DESTDIR for packaging; Lua modules go where lua5.4 looks already.
+# DESTDIR for packaging; Lua modules go where lua5.4 looks already. The
+# docs keep their layout (README.md links to doc/ and bench/), and the man
+# page's paths follow PREFIX.
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv \
-	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR)
+	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR) \
+	  $(DESTDIR)$(DOCDIR)/doc $(DESTDIR)$(DOCDIR)/bench
 	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
 	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
 	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
-	install -m 644 doc/luasrv.1 $(DESTDIR)$(MANDIR)/luasrv.1
+	sed 's|/usr/local/|$(PREFIX)/|g' doc/luasrv.1 > $(DESTDIR)$(MANDIR)/luasrv.1
+	chmod 644 $(DESTDIR)$(MANDIR)/luasrv.1
+	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	install -m 644 doc/*.md $(DESTDIR)$(DOCDIR)/doc/
+	install -m 644 bench/README.md $(DESTDIR)$(DOCDIR)/bench/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
-	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR)
+	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
 
 clean:
-	rm -rf build build-asan bench/build
+	rm -rf build build-asan build-tsan bench/build
 
 -include $(OBJS:.o=.d)
 

@@ -13,9 +13,20 @@
 ** UDP: a blocking socket, recvmmsg(MSG_WAITFORONE) of up to 64 datagrams,
 ** and one sendmmsg back to their senders.
 **
-**   refserver tcp HOST:PORT     ([::1]:PORT for IPv6; PORT 0 = any)
-**   refserver unix PATH
-**   refserver udp HOST:PORT
+** --model thread and --model fork are the physical limits of luasrv's
+** thread and fork models, built the way those models serve: one request
+** (a connection, or a datagram) per thread or per process, with blocking
+** I/O.  thread: the main thread accepts (or receives) and hands each
+** request to an idle thread, starting a new one when none is idle; a
+** thread serves its connection to the end with blocking read and write,
+** then waits for the next (luasrv's thread model keeps its threads too).
+** fork: the main process accepts (or receives) and forks a child per
+** request, which echoes and exits (luasrv's fork model forks per request).
+**
+**   refserver [--model epoll|thread|fork] tcp HOST:PORT  ([::1]:PORT for
+**                                               IPv6; PORT 0 = any)
+**   refserver [--model ...] unix PATH
+**   refserver [--model ...] udp HOST:PORT
 **
 ** After binding it prints one line to stderr, e.g.
 **   refserver: listening on tcp://127.0.0.1:41234
@@ -24,6 +35,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -70,8 +82,10 @@ static void die(const char *what) {
 }
 
 static void usage(FILE *f) {
-  fputs("usage: refserver tcp HOST:PORT | unix PATH | udp HOST:PORT\n"
-        "  C reference echo server (epoll, non-blocking); prints\n"
+  fputs("usage: refserver [--model epoll|thread|fork] tcp HOST:PORT |\n"
+        "                 unix PATH | udp HOST:PORT\n"
+        "  C reference echo server: epoll, non-blocking (default), or a\n"
+        "  thread or a process per request with blocking I/O; prints\n"
         "  'refserver: listening on ...' to stderr; exits 0 on SIGTERM.\n",
         f);
 }
@@ -321,12 +335,193 @@ static void serve_udp(int fd) {
   free(bufs);
 }
 
+/* ---- thread and fork modes: a request per thread or per process ---- */
+
+enum model { M_EPOLL, M_THREAD, M_FORK };
+
+/* A request: an accepted connection (fd), or a datagram to echo on fd. */
+struct job {
+  struct job *next;
+  int fd;
+  int dgram;
+  size_t len;
+  struct sockaddr_storage peer;
+  socklen_t peerlen;
+  char data[];         /* the datagram */
+};
+
+/* Requests waiting for a thread, and the threads waiting for one. */
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct job *head, *tail;
+  int queued, idle;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL,
+          0, 0};
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Echoes a connection with blocking I/O until EOF, then closes it. */
+static void echo_blocking(int fd, char *buf, size_t cap) {
+  if (is_tcp) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  for (;;) {
+    ssize_t n = read(fd, buf, cap);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || write_all(fd, buf, (size_t)n) < 0) break;
+  }
+  close(fd);
+}
+
+static void run_job(struct job *j, char *buf, size_t cap) {
+  if (j->dgram)
+    sendto(j->fd, j->data, j->len, 0, (struct sockaddr *)&j->peer,
+           j->peerlen);
+  else
+    echo_blocking(j->fd, buf, cap);
+  free(j);
+}
+
+static void *pool_thread(void *arg) {
+  char *buf = malloc(RBUF_SIZE);
+  (void)arg;
+  if (!buf) die("malloc");
+  for (;;) {
+    pthread_mutex_lock(&pool.mu);
+    while (pool.head == NULL) {
+      pool.idle++;
+      pthread_cond_wait(&pool.cv, &pool.mu);
+      pool.idle--;
+    }
+    struct job *j = pool.head;
+    pool.head = j->next;
+    if (pool.head == NULL) pool.tail = NULL;
+    pool.queued--;
+    pthread_mutex_unlock(&pool.mu);
+    run_job(j, buf, RBUF_SIZE);
+  }
+  return NULL;
+}
+
+/* Queues j for an idle thread, or for a new one when none is idle. */
+static void pool_submit(struct job *j) {
+  pthread_t t;
+  pthread_attr_t attr;
+  int spawn;
+  j->next = NULL;
+  pthread_mutex_lock(&pool.mu);
+  if (pool.tail) pool.tail->next = j;
+  else pool.head = j;
+  pool.tail = j;
+  pool.queued++;
+  spawn = pool.idle < pool.queued;
+  pthread_cond_signal(&pool.cv);
+  pthread_mutex_unlock(&pool.mu);
+  if (!spawn) return;
+  /* SIGTERM and SIGINT go to the main thread, whose accept they end */
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  if (pthread_create(&t, &attr, pool_thread, NULL) != 0) die("pthread_create");
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* In a forked child: the default actions back, so SIGTERM ends it. */
+static void child_signals(void) {
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+}
+
+/* One request, in a thread or in a child process. */
+static void dispatch_job(enum model m, int lfd, struct job *j) {
+  static char cbuf[RBUF_SIZE];
+  if (m == M_THREAD) {
+    pool_submit(j);
+    return;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    child_signals();
+    if (!j->dgram) close(lfd);
+    run_job(j, cbuf, sizeof cbuf);
+    _exit(0);
+  }
+  if (pid < 0) perror("refserver: fork");
+  if (!j->dgram) close(j->fd);
+  free(j);
+}
+
+/* Blocking accept loop (the listener stays blocking); ends on a signal. */
+static void serve_stream_per_request(enum model m, int lfd) {
+  while (!stopping) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EINTR && errno != ECONNABORTED) perror("refserver: accept");
+      continue;
+    }
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) die("calloc");
+    j->fd = fd;
+    dispatch_job(m, lfd, j);
+  }
+}
+
+static void serve_udp_per_request(enum model m, int fd) {
+  char *buf = malloc(UDP_MAX);
+  if (!buf) die("malloc");
+  while (!stopping) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    ssize_t n = recvfrom(fd, buf, UDP_MAX, 0, (struct sockaddr *)&peer, &plen);
+    if (n < 0) continue;  /* EINTR: check stopping */
+    struct job *j = malloc(sizeof *j + (size_t)n);
+    if (!j) die("malloc");
+    memset(j, 0, sizeof *j);
+    j->fd = fd;
+    j->dgram = 1;
+    j->len = (size_t)n;
+    j->peer = peer;
+    j->peerlen = plen;
+    memcpy(j->data, buf, (size_t)n);
+    dispatch_job(m, fd, j);
+  }
+  free(buf);
+}
+
 /* ---- main ---- */
 
 int main(int argc, char **argv) {
+  enum model m = M_EPOLL;
   if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
     usage(stdout);
     return 0;
+  }
+  if (argc == 5 && !strcmp(argv[1], "--model")) {
+    if (!strcmp(argv[2], "thread")) m = M_THREAD;
+    else if (!strcmp(argv[2], "fork")) m = M_FORK;
+    else if (strcmp(argv[2], "epoll")) {
+      usage(stderr);
+      return 2;
+    }
+    argv += 2;
+    argc -= 2;
   }
   if (argc != 3) {
     usage(stderr);
@@ -335,22 +530,23 @@ int main(int argc, char **argv) {
   const char *mode = argv[1], *where = argv[2];
   setup_signals();
   raise_fd_limit();
-  if (!strcmp(mode, "tcp")) {
-    int fd = bind_inet(where, SOCK_STREAM);
-    is_tcp = 1;
-    start_listening(fd);
-    announce(fd, "tcp");
-    serve_stream(fd);
-  } else if (!strcmp(mode, "unix")) {
-    int fd = bind_unix(where);
-    start_listening(fd);
-    fprintf(stderr, "refserver: listening on unix:%s\n", where);
-    serve_stream(fd);
-    unlink(where);
+  if (m == M_FORK) signal(SIGCHLD, SIG_IGN);  /* children reap themselves */
+  if (!strcmp(mode, "tcp") || !strcmp(mode, "unix")) {
+    int fd;
+    is_tcp = !strcmp(mode, "tcp");
+    fd = is_tcp ? bind_inet(where, SOCK_STREAM) : bind_unix(where);
+    if (m == M_EPOLL) start_listening(fd);
+    else if (listen(fd, BACKLOG) < 0) die("listen");  /* blocking accept */
+    if (is_tcp) announce(fd, "tcp");
+    else fprintf(stderr, "refserver: listening on unix:%s\n", where);
+    if (m == M_EPOLL) serve_stream(fd);
+    else serve_stream_per_request(m, fd);
+    if (!is_tcp) unlink(where);
   } else if (!strcmp(mode, "udp")) {
     int fd = bind_inet(where, SOCK_DGRAM);
     announce(fd, "udp");
-    serve_udp(fd);
+    if (m == M_EPOLL) serve_udp(fd);
+    else serve_udp_per_request(m, fd);
   } else {
     usage(stderr);
     return 2;

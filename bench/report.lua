@@ -8,6 +8,8 @@
 -- Each (workload, server) point is the median of its repetitions, field by
 -- field; errors are summed.  The ratio is to the C reference ("ref") in the
 -- same run: the median of the ratios of the repetitions run side by side.
+-- The thread and fork models' ratios are to the C reference in the same
+-- model (ref-thread, ref-fork) when it ran; those two are to ref.
 -- The targets are issue 4's.
 
 local cjson = require "cjson"
@@ -26,7 +28,18 @@ REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
 TARGETS.h, REFERENCE.h = 1.00, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-lua"] = "nginx + ngx_http_lua_module" }
+-- The thread and fork models against the C reference built the same way.
+local SAME_MODEL = { thread = "ref-thread", fork = "ref-fork" }
 local function reference (w) return REFERENCE[w] or "ref" end
+
+-- The reference of server s in workload w: its own model's C server when
+-- that was measured in this run, else the workload's reference.
+local function reference_of (points, w, s)
+  local own = not REFERENCE[w] and SAME_MODEL[s]
+  local p = own and points[w .. " " .. own]
+  if p and p.value then return own end
+  return reference(w)
+end
 local RSS_TARGET, RSS_LIMIT = 2048, 4096
 local COMPARISONS = {  -- model against the peer a user would otherwise pick
   { "a", "thread", "py-threading", 1.5 },
@@ -130,6 +143,7 @@ local function check_target(p, ref, metric)
   end
   if ref and ref.value and ref.value > 0 and p.server ~= ref.server then
     p.ratio = paired_ratio(p, ref)
+    p.ref_server = ref.server
   end
   local t = p.server == "event" and TARGETS[p.workload]
   if t and p.ratio then
@@ -168,8 +182,9 @@ local function print_row(w, desc, p, metric)
     return
   end
   local target = p.target and (p.target .. (p.met and " ok" or " MISS")) or ""
-  if p.server == reference(p.workload) and (p.cpu or 0) >= 0.95
-      and (p.srv_cpu or 1) < 0.90 then
+  local is_ref = p.server == reference(p.workload) or
+                 p.server == "ref-thread" or p.server == "ref-fork"
+  if is_ref and (p.cpu or 0) >= 0.95 and (p.srv_cpu or 1) < 0.90 then
     target = "loadgen-bound"  -- the client, not the server, set the pace
   end
   print(ROW:format(w, desc, p.server, show_value(p, metric),
@@ -204,6 +219,23 @@ local function print_table(meta, order, wl)
   for _, r in ipairs(refs) do
     print(("%s: \"vs ref\" is to %s"):format(table.concat(by_ref[r], ", "),
       REFERENCE_NAMES[r] or r))
+  end
+  -- thread and fork rows: to their own model's C server, where it ran
+  local own, other = {}, {}
+  for _, p in ipairs(order) do
+    if SAME_MODEL[p.server] and p.ratio then
+      local to = p.ref_server
+      local list = to == SAME_MODEL[p.server] and own or other
+      list[#list + 1] = p.workload .. " " .. p.server
+    end
+  end
+  if #own > 0 then
+    print(("%s: \"vs ref\" is to ref-thread / ref-fork, the C server "
+      .. "in the same model"):format(table.concat(own, ", ")))
+  end
+  if #other > 0 then
+    print(("%s: \"vs ref\" is to ref (its own model's C server did not "
+      .. "run)"):format(table.concat(other, ", ")))
   end
 end
 
@@ -248,7 +280,8 @@ for _, p in ipairs(order) do
 end
 for _, p in ipairs(order) do
   local metric = (wl[p.workload] or {}).metric or "rps"
-  check_target(p, points[p.workload .. " " .. reference(p.workload)], metric)
+  local to = reference_of(points, p.workload, p.server)
+  check_target(p, points[p.workload .. " " .. to], metric)
 end
 local comparisons = compare(points)
 print_table(meta, order, wl)

@@ -8,7 +8,8 @@
 **   - acl_parse returns 0/-1, a parsed rule has a family, a prefix within
 **     the family's bits, and "all" only as AF_UNSPEC; err is terminated;
 **   - a rule parsed from "ADDR" or "ADDR/BITS" for an address that
-**     inet_pton reads agrees with the text (a re-implementation);
+**     inet_pton reads agrees with the text (a re-implementation); an
+**     IPv4-mapped ADDR gives the IPv4 rule, its prefix less 96;
 **   - acl_allows agrees with a bit-by-bit reference, on IPv4, IPv6 and
 **     IPv4-mapped IPv6 clients, and a mapped client is judged as the
 **     IPv4 address it is; Unix clients always pass.
@@ -91,10 +92,24 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
           CHECK(hl < sizeof host, "host of %zu bytes accepted", hl);
           memcpy(host, text, hl);
           host[hl] = '\0';
-          CHECK(inet_pton(fam, host, want) == 1, "'%s' is not %d", host, fam);
+          if (fam == AF_INET && inet_pton(AF_INET6, host, want) == 1) {
+            /* ::ffff:a.b.c.d[/BITS]: the IPv4 rule a.b.c.d[/BITS-96] */
+            CHECK(IN6_IS_ADDR_V4MAPPED((struct in6_addr *)want),
+                  "'%s' is IPv6, not mapped, but parsed as IPv4", host);
+            memmove(want, want + 12, 4);
+            memset(want + 4, 0, 12);
+            if (slash != NULL)
+              CHECK(r->prefix == atoi(slash + 1) - 96, "mapped prefix %d "
+                    "for '%s'", r->prefix, text);
+          }
+          else
+            CHECK(inet_pton(fam, host, want) == 1, "'%s' is not %d", host, fam);
           CHECK(memcmp(want, r->addr, 16) == 0, "address bytes of '%s'", text);
           if (slash == NULL)
             CHECK(r->prefix == maxbits, "no /BITS but prefix %d", r->prefix);
+          CHECK(fam != AF_INET6 ||
+                !IN6_IS_ADDR_V4MAPPED((struct in6_addr *)r->addr),
+                "'%s' kept as an IPv4-mapped IPv6 rule", text);
         }
         n++;
       }

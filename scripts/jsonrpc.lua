@@ -17,7 +17,9 @@
 --
 -- lua-cjson 2.1.0 limits: numbers are written with 14 significant digits
 -- (use string ids, or integer ids below 10^14), and an empty JSON array
--- inside a value comes back as {}.
+-- inside a value comes back as {}. It reads numbers JSON cannot write back
+-- (1e400, NaN, Infinity): such an id is an invalid request, and a result
+-- holding one is answered with an Internal error.
 local cjson = require "cjson"
 
 local PARSE_ERROR = -32700
@@ -84,9 +86,14 @@ end
 
 --[[ Requests ]]
 
+local function is_finite (n)
+  return n == n and n ~= math.huge and n ~= -math.huge
+end
+
 local function is_valid_id (id)
   local t = type(id)
-  return id == nil or id == cjson.null or t == "string" or t == "number"
+  return id == nil or id == cjson.null or t == "string"
+    or (t == "number" and is_finite(id))
 end
 
 -- runs one decoded request; its reply, or nil for a notification
@@ -133,6 +140,15 @@ local function call_batch (batch)
   return replies
 end
 
+-- one reply as JSON text; a result cjson cannot write (a NaN or infinite
+-- number in it) becomes an Internal error for the same id
+local function encode (reply)
+  local ok, text = pcall(cjson.encode, reply)
+  if ok then return text end
+  return cjson.encode(error_reply(reply.id, INTERNAL_ERROR,
+    "result not representable in JSON: " .. text:gsub("^.-: ", "")))
+end
+
 -- the reply line (with its "\n") to one line of text, or nil
 local function answer (text)
   if not text:find("%S") then return nil end   -- blank lines are ignored
@@ -149,7 +165,10 @@ local function answer (text)
     reply = call(request)
   end
   if reply == nil then return nil end
-  return cjson.encode(reply) .. "\n"
+  if reply.jsonrpc then return encode(reply) .. "\n" end
+  local parts = {}   -- a batch: each reply on its own, so one cannot spoil
+  for i, r in ipairs(reply) do parts[i] = encode(r) end     -- the others
+  return "[" .. table.concat(parts, ",") .. "]\n"
 end
 
 

@@ -18,6 +18,10 @@
 --   from, transport                the sender's address, the listener kind
 -- "-" (an RFC 5424 nil value) leaves its field out. A message without
 -- <PRI> is user.notice (13), all of it the message, as RFC 3164 says.
+-- A stream line longer than --max-line is one record of its first 8 KiB,
+-- with truncated = true and length = the line's length; the rest of the
+-- line is dropped. Bytes that are not UTF-8 are written as U+FFFD, so
+-- every output line is valid JSON.
 local cjson = require "cjson"
 
 local FACILITIES = { [0] = "kern", "user", "mail", "daemon", "auth",
@@ -29,6 +33,7 @@ local SEVERITIES = { [0] = "emerg", "alert", "crit", "err", "warning",
   "notice", "info", "debug" }
 
 local MAX_FRAME = 1024 * 1024   -- octet-counted frames larger are refused
+local HEAD_MAX = 8 * 1024       -- what is kept of a line that is cut
 
 
 --[[ Parsing ]]
@@ -147,31 +152,125 @@ function M.init ()
   end
 end
 
+local REPLACEMENT = "\239\191\189"   -- U+FFFD
+
+-- s with each byte that does not belong to a UTF-8 sequence replaced by
+-- U+FFFD (cjson writes strings as they are, valid or not)
+local function to_utf8 (s)
+  if utf8.len(s) then return s end
+  local parts, i = {}, 1
+  while true do
+    local ok, bad = utf8.len(s, i)
+    if ok then
+      parts[#parts + 1] = s:sub(i)
+      return table.concat(parts)
+    end
+    parts[#parts + 1] = s:sub(i, bad - 1)
+    parts[#parts + 1] = REPLACEMENT
+    i = bad + 1
+  end
+end
+
+-- t with its string keys and values (and those of its tables) as UTF-8
+local function clean (t)
+  local out = {}
+  for k, v in pairs(t) do
+    if type(v) == "string" then v = to_utf8(v)
+    elseif type(v) == "table" then v = clean(v) end
+    out[type(k) == "string" and to_utf8(k) or k] = v
+  end
+  return out
+end
+
 -- writes one entry as a JSON line, at once (one write: lines stay whole
 -- when several processes or threads share the output)
 local function emit (req, entry)
   entry.from = tostring(req.client_address)
   entry.transport = req.server.transport
-  out:write(cjson.encode(entry) .. "\n")
+  out:write(cjson.encode(clean(entry)) .. "\n")
   out:flush()
 end
 
 
 --[[ Hooks ]]
 
+--[[ Streams: what the core has buffered for req, after what the cut of an
+overlong line received past that line's end (pending) ]]
+
+local Stream = {}
+Stream.__index = Stream
+
+local function stream (req)
+  return setmetatable({ req = req, pending = "" }, Stream)
+end
+
+-- n bytes (fewer at the end of the stream), or nil at its end
+function Stream:read (n)
+  local p = self.pending
+  if p == "" then return self.req:read(n) end
+  if #p >= n then
+    self.pending = p:sub(n + 1)
+    return p:sub(1, n)
+  end
+  self.pending = ""
+  return p .. (self.req:read(n - #p) or "")
+end
+
+-- After the core refused a line as too long (it keeps the bytes): reads
+-- and drops the rest of it, keeping what follows its "\n". Returns the
+-- line's first HEAD_MAX bytes (head: those already read) and its length.
+function Stream:cut (head)
+  local len = #head
+  while true do
+    local s = self.req:recv()
+    if s == nil then break end          -- the stream ended, or timed out
+    local nl = s:find("\n", 1, true)
+    if nl then
+      self.pending = s:sub(nl + 1)
+      s = s:sub(1, nl - 1)
+    end
+    len = len + #s
+    if #head < HEAD_MAX then head = head .. s:sub(1, HEAD_MAX - #head) end
+    if nl then break end
+  end
+  return head:sub(1, HEAD_MAX), len
+end
+
+-- the rest of a line without its "\n" (nil at the end of the stream); for
+-- a line longer than --max-line, its head, "cut" and its length
+function Stream:line ()
+  local p = self.pending
+  if p ~= "" then
+    local nl = p:find("\n", 1, true)
+    if nl then
+      self.pending = p:sub(nl + 1)
+      return p:sub(1, nl - 1)
+    end
+    self.pending = ""
+  end
+  local rest, err = self.req:read("l")
+  if rest then return p .. rest end
+  if err ~= "line too long" then return p ~= "" and p or nil end
+  local head, len = self:cut(p)
+  return head, "cut", len
+end
+
 -- the next message on a stream, framed as RFC 6587 says: a frame that
 -- starts with a digit is octet counted ("LEN SP MSG"), any other runs to
--- the end of its line. nil at the end, or on a framing error
-local function read_frame (req)
-  local c = req:read(1)
+-- the end of its line. nil at the end, or on a framing error; for a line
+-- longer than --max-line, its head and its length
+local function read_frame (st)
+  local c = st:read(1)
   if c == nil then return nil end
   if c == "\n" then return "" end
   if not c:find("^%d") then
-    return c .. (req:read("l") or "")
+    local rest, cut, len = st:line()
+    if cut then return c .. rest, len + 1 end
+    return c .. (rest or "")
   end
   local digits = c
   while true do                       -- the length, up to its space
-    c = req:read(1)
+    c = st:read(1)
     if c == nil or #digits > 7 then return nil end
     if c == " " then break end
     if not c:find("^%d") then return nil end
@@ -179,7 +278,7 @@ local function read_frame (req)
   end
   local len = tonumber(digits)
   if len > MAX_FRAME then return nil end
-  local frame = req:read(len)
+  local frame = st:read(len)
   if frame == nil or #frame < len then return nil end
   return frame
 end
@@ -189,10 +288,17 @@ function M.handle (req)
   if transport == "udp" or transport == "unixgram" then
     return emit(req, parse(req.request))
   end
+  local st = stream(req)
   while true do
-    local frame = read_frame(req)
+    local frame, cut_length = read_frame(st)
     if frame == nil then return end
-    if frame:find("%S") then emit(req, parse(frame)) end
+    if cut_length then
+      local entry = parse(frame)
+      entry.truncated, entry.length = true, cut_length
+      emit(req, entry)
+    elseif frame:find("%S") then
+      emit(req, parse(frame))
+    end
   end
 end
 

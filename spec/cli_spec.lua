@@ -68,6 +68,91 @@ describe("options", function ()
 end)
 
 
+describe("usage errors say what was meant", function ()
+  local hints = {
+    { { "--worker", "2" },
+      "luasrv: unknown option '--worker' (did you mean --workers?)" },
+    { { "--timout=3" },
+      "luasrv: unknown option '--timout' (did you mean --timeout?)" },
+    { { "--shared", "cache" }, "luasrv: bad value 'cache' for --shared "
+      .. "(expected NAME:SIZE, e.g. --shared cache:10m)" },
+    { { "--workers", "0" }, "luasrv: bad value '0' for --workers "
+      .. "(expected a whole number from 1 to 1024)" },
+    { { "--tcp", "localhost" }, "luasrv: missing port in address "
+      .. "'localhost' (expected HOST:PORT, e.g. localhost:9000)" },
+    { { "--udp", "127.0.0.1:" }, "luasrv: missing port in address "
+      .. "'127.0.0.1:' (expected HOST:PORT)" },
+  }
+  for _, h in ipairs(hints) do
+    it(table.concat(h[1], " ") .. ": " .. h[2]:match("^luasrv: (.*)$"),
+       function ()
+      local args = { ECHO, "--tcp", "127.0.0.1:0", timeout = 5 }
+      for _, a in ipairs(h[1]) do args[#args + 1] = a end
+      local code, out, err = T.run(args)
+      assert.equals(2, code, err)
+      assert.equals("", out)
+      local lines = H.lines(err)
+      assert.equals(h[2], lines[1])
+      assert.equals("usage: luasrv SCRIPT [OPTIONS]", lines[2])
+    end)
+  end
+
+  it("--help says a bare port listens on every interface", function ()
+    local _, out = T.run{ "--help" }
+    assert.truthy(out:find("PORT or :PORT alone listens on every interface",
+                           1, true), out)
+  end)
+end)
+
+
+describe("the startup lines", function ()
+  -- every interface of an empty network namespace: nothing can reach it
+  local netns = os.execute("unshare -n true 2>/dev/null") == true
+  local it_netns = netns and it or pending
+
+  it_netns("a bare port shows it listens on every interface", function ()
+    local p = io.popen("unshare -n timeout 2 '" .. T.bin .. "' " .. ECHO ..
+                       " --tcp 0 --tcp '[::]:0' --once 2>&1")
+    local out = p:read("a")
+    p:close()
+    local lines = H.lines(out)
+    assert.matches("^luasrv: listening on tcp://0%.0%.0%.0:%d+ %(every "
+                   .. "IPv4 interface%)$", lines[1])
+    assert.matches("^luasrv: listening on tcp://%[::%]:%d+ %(every "
+                   .. "IPv6 interface%)$", lines[2])
+  end)
+
+  local root = io.popen("id -u"):read("l") == "0"
+  local it_root = root and it or pending
+  local warning = "luasrv: warning: handlers run as root; --user USER drops that"
+
+  it_root("as root, the warning comes once, after the startup lines",
+          function ()
+    local srv = H.start{ script = ECHO, tcp = 2, args = { "--workers", "2" } }
+    assert.truthy(srv:wait_stderr(warning, 3 * H.scale, true))
+    local lines = H.lines(srv:stderr())
+    assert.matches("^luasrv: listening on ", lines[1])
+    assert.matches("^luasrv: listening on ", lines[2])
+    assert.equals(warning, lines[3])
+    assert.equals(1, H.count(srv:stderr(), warning, true))
+  end)
+
+  it_root("with --quiet the warning is the only line; a failed start has "
+          .. "none", function ()
+    local srv = H.start{ script = ECHO, wait = false,
+                         args = { "--tcp", "127.0.0.1:0", "--quiet" } }
+    assert.truthy(srv:wait_stderr(warning, 3 * H.scale, true))
+    srv:stop()
+    assert.equals(warning .. "\n", srv:stderr())
+    local code, _, err = T.run{ H.fixture("syntax_error.lua"), "--tcp",
+                                "127.0.0.1:0" }
+    assert.equals(1, code)
+    assert.falsy(err:find("as root", 1, true), err)
+    assert.equals(1, #H.lines(err), err)
+  end)
+end)
+
+
 H.for_models(function (model)
   describe("--once", function ()
     it("serves exactly one connection, then exits 0", function ()

@@ -26,16 +26,9 @@ local UDP_UPSTREAM = [[
 return { handle = function (req) req:write("got:", req.request) end }
 ]]
 
--- the handler of the server under test: the client sends a line of Lua,
--- the body of function(req, luasrv, URL); its results are written back
-local RUNNER = H.SER .. [[
-local luasrv = require "luasrv"
-return { handle = function (req)
-  local body = req:read("l")
-  local f = assert(load("local req, luasrv, URL = ... " .. body))
-  req:write(ser(f(req, luasrv, os.getenv("UPSTREAM"))), "\n")
-end }
-]]
+-- the server under test runs H.RUNNER: the client sends a line of Lua, the
+-- body of function(req, luasrv, URL); its results are written back
+local RUNNER = H.RUNNER
 
 
 local function upstream (opts)
@@ -52,15 +45,7 @@ local function runner (model, url, args)
 end
 
 
--- runs body in a request of srv; returns its results, packed
-local function ask (srv, body)
-  local c = srv:connect()
-  assert(c:send(body:gsub("\n", " ") .. "\n"))
-  local line, err = c:receive("l")
-  c:close()
-  assert(line, "no reply: " .. tostring(err) .. "\n" .. srv:stderr())
-  return H.unser(line)
-end
+local ask = H.ask
 
 
 local function tcp_url (srv)

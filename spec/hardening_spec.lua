@@ -67,6 +67,27 @@ return {
     assert.truthy(srv:wait_stderr("a client from [::1]:", 2, true))
   end)
 
+  it("--deny ::ffff:127.0.0.2 refuses the IPv4 client 127.0.0.2 (a mapped "
+     .. "rule is an IPv4 rule)", function ()
+    local socket = require "socket"
+    local srv = H.start{ model = model, args = { "--deny", "::ffff:127.0.0.2" },
+      source = [[return { handle = function (req) req:write("served\n") end }]] }
+    local function from (ip)
+      local c = assert(socket.tcp())
+      assert(c:bind(ip, 0))
+      c:settimeout(3 * H.scale)
+      assert(c:connect("127.0.0.1", srv.tcp.port))
+      c:send("x\n")
+      local r = c:receive()
+      c:close()
+      return r
+    end
+    assert.is_nil(from("127.0.0.2"))
+    assert.truthy(srv:wait_stderr("refused (--allow/--deny) a client from "
+                                  .. "127.0.0.2:", 2, true))
+    assert.equals("served", from("127.0.0.1"))
+  end)
+
   it("--deny on UDP drops the datagram; --allow serves it", function ()
     local src = [[return { handle = function (req) req:write("pong") end }]]
     local srv = H.start{ model = model, udp = true, source = src,
@@ -158,7 +179,7 @@ describe("option values", function ()
   local bad = {
     { "--memory-limit", "lots" }, { "--memory-limit", "0" },
     { "--memory-limit", "12q" }, { "--allow", "10.0.0.0/99" },
-    { "--deny", "example.com" },
+    { "--deny", "example.com" }, { "--deny", "::ffff:0:0/64" },
   }
   for _, args in ipairs(bad) do
     it("refuses " .. table.concat(args, " ") .. " with usage (exit 2)",

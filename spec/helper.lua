@@ -19,6 +19,11 @@ spec returns this same table.
   H.SER            Lua source defining `ser(...)`: handler scripts write
                    ser(values) back, the spec reads them with H.unser
   H.unser(s)       table.pack of the values ser wrote
+  H.RUNNER         handler source: runs the line of Lua a client sends as
+                   the body of function(req, luasrv, URL) (URL: $UPSTREAM)
+                   and writes its results back with ser
+  H.ask(srv, body) sends body (one line) to a RUNNER server, returns its
+                   results, packed (H.unser)
   H.lines(s), H.count(s, pattern, plain), H.error_lines(s)
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
@@ -111,6 +116,29 @@ function H.unser (s)
   assert(type(s) == "string", "no reply")
   local f = assert(load(s, "=reply", "t", {}))
   return table.pack(f())
+end
+
+
+-- the client sends a line of Lua, the body of function(req, luasrv, URL)
+-- with URL = $UPSTREAM; its results are written back with ser
+H.RUNNER = H.SER .. [[
+local luasrv = require "luasrv"
+return { handle = function (req)
+  local body = req:read("l")
+  local f = assert(load("local req, luasrv, URL = ... " .. body))
+  req:write(ser(f(req, luasrv, os.getenv("UPSTREAM"))), "\n")
+end }
+]]
+
+
+-- runs body in a request of srv (a RUNNER); returns its results, packed
+function H.ask (srv, body)
+  local c = srv:connect()
+  assert(c:send(body:gsub("\n", " ") .. "\n"))
+  local line, err = c:receive("l")
+  c:close()
+  assert(line, "no reply: " .. tostring(err) .. "\n" .. srv:stderr())
+  return H.unser(line)
 end
 
 

@@ -111,6 +111,42 @@ H.for_models(function (model)
       assert.is_true(math.abs(r[6].result.unix - os.time()) < 60)
     end)
 
+    -- cjson decodes numbers beyond the double range (1e400) and the NaN
+    -- and Infinity literals, but cannot write them back
+    it("answers numbers out of range with an error and goes on", function ()
+      local c = srv:connect(srv.tcp)
+      c:send(table.concat({
+        '{"id":1,"method":"add","params":[1e308,1e308]}',
+        '{"id":2,"method":"echo","params":[1e400]}',
+        '{"id":1e400,"method":"echo","params":[1]}',
+        '{"id":NaN,"method":"echo","params":[1]}',
+        '{"id":3,"method":"echo","params":[[-Infinity, "x"]]}',
+        '[{"id":4,"method":"echo","params":[NaN]},' ..
+          '{"id":5,"method":"echo","params":["fine"]}]',
+        '{"id":6,"method":"echo","params":["still here"]}',
+        "" }, "\n"))
+      local r = {}
+      for i = 1, 7 do
+        local line, err = c:receive()
+        assert(line, ("reply %d: %s"):format(i, err))
+        r[i] = cjson.decode(line)
+      end
+      local function out_of_range (reply, id)
+        assert.equals(id, reply.id)
+        assert.equals(-32603, reply.error.code)
+        assert.equals("Internal error", reply.error.message)
+        assert.matches("not representable in JSON", reply.error.data)
+      end
+      out_of_range(r[1], 1)
+      out_of_range(r[2], 2)
+      assert.same(rpc_error(nil, -32600, "Invalid Request"), r[3])
+      assert.same(rpc_error(nil, -32600, "Invalid Request"), r[4])
+      out_of_range(r[5], 3)
+      out_of_range(r[6][1], 4)
+      assert.same(result(5, "fine"), r[6][2])
+      assert.same(result(6, "still here"), r[7])
+    end)
+
     it("answers one request per UDP datagram", function ()
       local out, ok = socat(srv, "-t 0.5", "UDP:127.0.0.1:" .. srv.udp.port,
         { '{"id":9,"method":"add","params":[40,2]}' })

@@ -100,15 +100,9 @@ local function zombies (pid)
 end
 
 
--- Polls fn() until it returns true, for up to secs; its last result.
-local function eventually (secs, fn)
-  local deadline = T.now() + secs
-  while true do
-    local ok = fn()
-    if ok or T.now() >= deadline then return ok end
-    T.sleep(0.02)
-  end
-end
+-- Polls fn() until it returns true, for up to secs: H.eventually, with
+-- the arguments in this file's order.
+local function eventually (secs, fn) return H.eventually(fn, secs) end
 
 
 H.for_models(function (model)

@@ -132,6 +132,42 @@ H.for_models(function (model)
         "(integer) 1", "(integer) 0" }, { table.unpack(l, 12) })
     end)
 
+    it("refuses expiry times out of range, as Redis does", function ()
+      local out = cli(srv, table.concat({
+        "set a b ex 99999999999999999", "set a b px 9223372036854775807",
+        "set a b ex 9223372036854775", "exists a", "set e v",
+        "expire e 9223372036854775807", "pexpire e 9223372036854775807",
+        "expire e -9223372036854775807", "ttl e",
+        "expire e 9000000000000000", "ttl e", "pttl e", "" }, "\n"))
+      local l = lines(out)
+      assert.same({ "(error) ERR invalid expire time in 'set' command",
+        "(error) ERR invalid expire time in 'set' command",
+        "(error) ERR invalid expire time in 'set' command",
+        "(integer) 0", "OK",
+        "(error) ERR invalid expire time in 'expire' command",
+        "(error) ERR invalid expire time in 'pexpire' command",
+        "(error) ERR invalid expire time in 'expire' command",
+        "(integer) -1", "(integer) 1", "(integer) 9000000000000000" },
+        { table.unpack(l, 1, 11) })
+      local pttl = math.tointeger(tonumber(l[12]:match("^%(integer%) (%d+)$")))
+      assert.is_true(pttl and pttl > 9000000000000000000 - 5000 and
+        pttl <= 9000000000000000000, l[12])
+      assert.equals(12, #l, out)
+    end)
+
+    it("INCRBY and DECRBY refuse to leave the 64-bit range", function ()
+      local out = cli(srv, table.concat({
+        "set n 1", "incrby n 9223372036854775807",
+        "decrby n -9223372036854775808", "incrby n 99999999999999999999",
+        "set m -9223372036854775808", "decr m", "incrby m 1", "get n", "" },
+        "\n"))
+      assert.same({ "OK", "(error) ERR increment or decrement would overflow",
+        "(error) ERR decrement would overflow",
+        "(error) ERR value is not an integer or out of range", "OK",
+        "(error) ERR increment or decrement would overflow",
+        "(integer) -9223372036854775807", '"1"' }, lines(out))
+    end)
+
     it("lists: LPUSH, RPUSH, LRANGE, LLEN, LPOP, RPOP, TYPE", function ()
       local out = cli(srv, table.concat({
         "rpush l b c", "lpush l a", "lrange l 0 -1", "lrange l -2 10",
@@ -239,6 +275,24 @@ H.for_models(function (model)
       assert.equals(("x"):rep(50), c:receive())
       assert.equals("-ERR Protocol error: too big inline request", c:receive())
       assert.same({ nil, "closed" }, { c:receive() })
+    end)
+
+    it("answers every integer reply with digits, never a float", function ()
+      local srv = start(model)
+      local c = srv:connect()
+      c:send(resp("SET", "a", "b", "EX", "99999999999999999") ..
+        resp("SET", "e", "v") .. resp("EXPIRE", "e", "9223372036854775807") ..
+        resp("TTL", "a") .. resp("TTL", "e") .. resp("PTTL", "e") ..
+        resp("PEXPIRE", "e", "4611686018427387903") .. resp("TTL", "e") ..
+        resp("PTTL", "e") .. resp("DBSIZE") .. resp("INCR", "n"))
+      local want = { "^%-ERR invalid expire time in 'set' command$", "^%+OK$",
+        "^%-ERR invalid expire time in 'expire' command$", "^:%-2$", "^:%-1$",
+        "^:%-1$", "^:1$", "^:461168601842738%d$", "^:461168601842738%d%d%d%d$",
+        "^:1$", "^:1$" }
+      for i, pattern in ipairs(want) do
+        local line = c:receive()
+        assert.matches(pattern, line, 1, false, i)
+      end
     end)
 
     it("expires keys lazily when touched", function ()

@@ -1,6 +1,6 @@
 -- The scripts that ship in scripts/, run as the README shows them: each
--- served by the real binary and asked through tools/lsend, and each quoted
--- verbatim in the README, so the README's examples stay true.
+-- served by the real binary and asked through tools/lsend, under every
+-- model. (spec/docs_spec.lua checks that the docs quote them verbatim.)
 local H = require "helper"
 local T = H.T
 
@@ -69,14 +69,6 @@ H.for_models(function (model)
 end)
 
 describe("README", function ()
-  local quoted = { { script = "daytime.lua" } }  -- run by daytime_spec
-  for _, ex in ipairs(examples) do quoted[#quoted + 1] = ex end
-  for _, ex in ipairs(quoted) do
-    it("quotes scripts/" .. ex.script .. " verbatim", function ()
-      assert.truthy(readme:find(readfile("scripts/" .. ex.script), 1, true))
-    end)
-  end
-
   it("starts with the two set-up commands", function ()
     local first = readme:match("```\n(.-)```")
     assert.matches("^make run", first)

@@ -8,7 +8,8 @@ local T = H.T
 -- tiny = luasrv.shared.tiny); the reply is ser(its results).
 local EVAL = H.SER .. [[
 local luasrv = require "luasrv"
-local env = setmetatable({ d = luasrv.shared.d, tiny = luasrv.shared.tiny,
+local env = setmetatable({ d = luasrv.shared.d,
+                           tiny = rawget(luasrv.shared, "tiny"),  -- optional
                            luasrv = luasrv }, { __index = _G })
 return {
   handle = function (req)
@@ -78,9 +79,10 @@ H.for_models(function (model)
     assert.equals("v", ask(srv, "return d:get('k')")[1])
     assert.is_nil(ask(srv, "return d:get('nope')")[1])
     assert.equals(1, ask(srv, "return d:get('nope') == nil and 1")[1])
-    -- an unknown dictionary is nil; a dictionary prints its name
+    -- an unknown dictionary: rawget gives nil (indexing raises, below);
+    -- a dictionary prints its name
     assert.equals("nil luasrv.shared.d", ask(srv,
-      "return tostring(luasrv.shared.nope) .. ' ' .. tostring(d)")[1])
+      "return tostring(rawget(luasrv.shared, 'nope')) .. ' ' .. tostring(d)")[1])
   end)
 
   it("values keep their types: integer, float, boolean, string", function ()
@@ -269,6 +271,39 @@ describe("--shared", function ()
                           "--shared", "a-b:1m" }
     assert.equals(1, code)
     assert.matches("bad name", err)
+  end)
+
+  it("an undeclared name raises where it is indexed, saying what to do; "
+     .. "pairs() lists the declared ones", function ()
+    local code, _, err = T.run{ "{script}", "--tcp", "127.0.0.1:0", source = [[
+local luasrv = require "luasrv"
+local hits = luasrv.shared.hits
+return { handle = function () end }]] }
+    assert.equals(1, code)
+    assert.truthy(err:find("handler.lua:2: luasrv.shared.hits: no such "
+      .. "dictionary (start the server with --shared hits:SIZE)\n", 1, true),
+      err)
+    assert.equals(1, #H.error_lines(err), err)
+    local srv = H.start{ args = { "--shared", "b:64k", "--shared", "a:64k" },
+      source = [[
+local luasrv = require "luasrv"
+return {
+  handle = function (req)
+    local names = {}
+    for name in pairs(luasrv.shared) do names[#names + 1] = name end
+    table.sort(names)
+    req:write(table.concat(names, ","), " ",
+              tostring(rawget(luasrv.shared, "hits")), "\n")
+    luasrv.shared.hits:incr("n", 1)
+  end,
+  handle_error = function (req, e) req:write(e:match("^[^\n]*"), "\n") end,
+}]] }
+    local c = srv:connect()
+    c:settimeout(3 * H.scale)
+    assert.equals("a,b nil", c:receive())
+    assert.matches("handler.lua:9: luasrv.shared.hits: no such dictionary "
+                   .. "%(start the server with %-%-shared hits:SIZE%)$",
+                   c:receive())
   end)
 
   it("is there in --check and at load time", function ()

@@ -3,25 +3,10 @@
 -- the same time as the request. Loopback only, every wait bounded.
 local H = require "helper"
 
--- the client sends a line of Lua, the body of function(req, luasrv); its
--- results are written back
-local RUNNER = H.SER .. [[
-local luasrv = require "luasrv"
-return { handle = function (req)
-  local body = req:read("l")
-  local f = assert(load("local req, luasrv = ... " .. body))
-  req:write(ser(f(req, luasrv)), "\n")
-end }
-]]
-
-local function ask (srv, body)
-  local c = srv:connect()
-  assert(c:send(body:gsub("\n", " ") .. "\n"))
-  local line, err = c:receive("l")
-  c:close()
-  assert(line, "no reply: " .. tostring(err) .. "\n" .. srv:stderr())
-  return H.unser(line)
-end
+-- H.RUNNER: the client sends a line of Lua, the body of
+-- function(req, luasrv); its results are written back (H.ask)
+local RUNNER = H.RUNNER
+local ask = H.ask
 
 local function runner (model)
   return H.start{ model = model, source = RUNNER }

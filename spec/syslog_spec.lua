@@ -149,6 +149,75 @@ H.for_models(function (model)
       assert.equals("unix", e.transport)
     end)
 
+    it("turns a line longer than --max-line into one record, cut",
+       function ()
+      local c = srv:connect(srv.tcp)
+      -- 200 KB on one line (the default --max-line is 64 KiB), without and
+      -- with <PRI>, each followed by a message in the same packet
+      local long = ("x"):rep(200 * 1024)
+      assert(c:send(long .. "\n<13>after it\n<13>" .. long .. "\n"))
+      assert(c:send("<14>and another\n"))
+      local e = wait_entries(stdout, 4)
+      assert.equals(4, #e, #srv:stdout() .. " bytes of output")
+      for _, i in ipairs({ 1, 3 }) do
+        assert.is_true(e[i].truncated, i)
+        assert.equals(i == 1 and #long or #long + 4, e[i].length)
+        assert.matches("^x+$", e[i].message)
+        assert.is_true(#e[i].message < #long)
+      end
+      assert.same({ "none", "user" }, { e[1].format, e[3].facility })
+      assert.same({ "after it", "and another" }, { e[2].message, e[4].message })
+      assert.is_nil(e[2].truncated)
+    end)
+
+    it("reads what follows a cut line in the same packet (--max-line 100)",
+       function ()
+      local small = H.start{ model = model, script = SCRIPT, tcp = true,
+                             args = { "--max-line", "100" } }
+      local c = small:connect()
+      local batch = {}
+      for i = 1, 20 do
+        batch[#batch + 1] = ("y"):rep(i * 37) .. "\n<13>n" .. i .. "\n"
+      end
+      assert(c:send(table.concat(batch)))
+      local e = wait_entries(function () return small:stdout() end, 40)
+      assert.equals(40, #e)
+      -- a line is cut when the core refuses it: the lines received with
+      -- the end of a cut one are parsed here, whole
+      local cuts = 0
+      for i = 1, 20 do
+        local long, msg = e[2 * i - 1], e[2 * i]
+        if long.truncated then
+          cuts = cuts + 1
+          assert.equals(i * 37, long.length)
+          assert.is_true(i * 37 > 100)
+        end
+        assert.equals(("y"):rep(i * 37):sub(1, #long.message), long.message)
+        assert.equals("n" .. i, msg.message)
+      end
+      assert.is_true(cuts > 0)
+    end)
+
+    it("writes invalid UTF-8 as U+FFFD, so every line is valid JSON",
+       function ()
+      local bad = { "\255\254", "\192\175", "\226\130", "\237\160\128",
+                    "ok \226\130\172" }
+      local c = srv:connect(srv.tcp)
+      for _, b in ipairs(bad) do
+        assert(c:send("<13>Jan  2 03:04:05 h\255st t\254g: " .. b .. "\n"))
+      end
+      local e = wait_entries(stdout, #bad)
+      assert.equals(#bad, #e)
+      for _, line in ipairs(H.lines(srv:stdout())) do
+        assert.truthy(utf8.len(line), line)
+      end
+      local R = "\239\191\189"   -- U+FFFD
+      assert.same({ R .. R, R .. R, R .. R, R .. R .. R, "ok \226\130\172" },
+        { e[1].message, e[2].message, e[3].message, e[4].message,
+          e[5].message })
+      assert.equals("h" .. R .. "st", e[1].hostname)
+    end)
+
     it("takes a message without <PRI> as user.notice (socat)", function ()
       local p = io.popen("printf 'no priority here' | timeout 10 socat -u " ..
         "- UDP:127.0.0.1:" .. srv.udp.port)

@@ -1,6 +1,7 @@
 /*
 ** acl.c -- client address rules (see acl.h). An IPv4 client that reaches
-** an IPv6 socket as ::ffff:a.b.c.d is matched as the IPv4 address it is.
+** an IPv6 socket as ::ffff:a.b.c.d is matched as the IPv4 address it is,
+** and a rule written as ::ffff:a.b.c.d[/BITS] is an IPv4 rule.
 */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -9,6 +10,26 @@
 #include <string.h>
 
 #include "acl.h"
+
+
+/*
+** ::ffff:a.b.c.d/BITS becomes a.b.c.d/(BITS - 96): clients are matched as
+** IPv4 (client_bytes), so a mapped rule must be one too. A prefix under
+** 96 would also cover addresses that are not IPv4: refused.
+*/
+static int v4mapped (const char *text, struct acl_rule *r, char *err,
+                     size_t errlen) {
+  if (r->prefix < 96) {
+    snprintf(err, errlen, "bad address rule '%s' (an IPv4-mapped rule needs "
+             "/96 or more; or write the IPv4 address)", text);
+    return -1;
+  }
+  memmove(r->addr, r->addr + 12, 4);
+  memset(r->addr + 4, 0, 12);
+  r->family = AF_INET;
+  r->prefix -= 96;
+  return 0;
+}
 
 
 int acl_parse (const char *text, int allow, struct acl_rule *r, char *err,
@@ -43,6 +64,9 @@ int acl_parse (const char *text, int allow, struct acl_rule *r, char *err,
       goto bad;
     r->prefix = (int)bits;
   }
+  if (r->family == AF_INET6 &&
+      IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)r->addr))
+    return v4mapped(text, r, err, errlen);
   return 0;
 bad:
   snprintf(err, errlen, "bad address rule '%s' (an IP address, ADDR/BITS, "

@@ -60,8 +60,18 @@ int address_split (const char *text, char *host, size_t hostlen,
   else {  /* a bare port */
     host[0] = '\0';
     p = text;
+    if (*p != '\0' && strspn(p, "0123456789") != strlen(p)) {
+      snprintf(err, errlen, "missing port in address '%s' (expected "
+               "HOST:PORT, e.g. %s:9000)", text, text);
+      return -1;
+    }
   }
-  if (*p == '\0' || strspn(p, "0123456789") != strlen(p) || atol(p) > 65535
+  if (*p == '\0') {
+    snprintf(err, errlen, "missing port in address '%s' (expected "
+             "HOST:PORT)", text);
+    return -1;
+  }
+  if (strspn(p, "0123456789") != strlen(p) || atol(p) > 65535
       || strlen(p) > 5) {
     snprintf(err, errlen, "bad port in address '%s' (expected 0-65535)", text);
     return -1;

@@ -17,7 +17,9 @@ static const char usage_text[] =
 "       luasrv --help | --version\n"
 "\n"
 "Listeners (repeatable, at least one):\n"
-"  --tcp [HOST]:PORT      TCP; [::1]:PORT for IPv6; empty HOST = 0.0.0.0; PORT 0 = any\n"
+"  --tcp [HOST]:PORT      TCP; [::1]:PORT for IPv6; PORT 0 = any free port;\n"
+"                         PORT or :PORT alone listens on every interface\n"
+"                         (0.0.0.0): 127.0.0.1:PORT serves this machine only\n"
 "  --udp [HOST]:PORT      UDP, same forms\n"
 "  --unix PATH            Unix stream socket\n"
 "  --unixgram PATH        Unix datagram socket\n"
@@ -141,6 +143,53 @@ static const struct option *find (const char *name, size_t n) {
 }
 
 
+/*
+** What a bad value of kind k should look like, for the error line; "" when
+** the value itself says enough.
+*/
+static void expected (const struct option *o, char *buf, size_t len) {
+  switch (o->kind) {
+    case K_INT:
+      snprintf(buf, len, " (expected a whole number from %ld to %ld)", o->min,
+               o->max);
+      return;
+    case K_SECS:
+      snprintf(buf, len, " (expected seconds, e.g. 30 or 0.5)");
+      return;
+    case K_SIZE:
+      snprintf(buf, len, " (expected bytes, with k, m or g, e.g. 64m)");
+      return;
+    case K_SHARED:
+      snprintf(buf, len, " (expected NAME:SIZE, e.g. --shared cache:10m)");
+      return;
+    case K_MODEL:
+      snprintf(buf, len, " (expected sync, fork, thread or event)");
+      return;
+    case K_MODE:
+      snprintf(buf, len, " (expected an octal mode, e.g. 660)");
+      return;
+    case K_LOGFMT:
+      snprintf(buf, len, " (expected text or json)");
+      return;
+    case K_LOGLEVEL:
+      snprintf(buf, len, " (expected error, warn, info or debug)");
+      return;
+    default:
+      buf[0] = '\0';
+  }
+}
+
+
+/*
+** --tcp and --udp: the form is checked here, so a missing or bad port is
+** a usage error; the host is resolved when the listener opens.
+*/
+static int check_inet (const char *v, char *err, size_t errlen) {
+  char host[256], port[8];
+  return address_split(v, host, sizeof host, port, sizeof port, err, errlen);
+}
+
+
 /* Stores value for option o into cfg; returns 0 or -1 with err set. */
 static int set (struct config *cfg, const struct option *o, const char *v,
                 char *err, size_t errlen) {
@@ -186,6 +235,8 @@ static int set (struct config *cfg, const struct option *o, const char *v,
                  CLI_MAX_LISTEN);
         return -1;
       }
+      if ((o->tr == TR_TCP || o->tr == TR_UDP) && check_inet(v, err, errlen) < 0)
+        return -1;
       cfg->listen[cfg->nlisten].tr = (enum transport)o->tr;
       cfg->listen[cfg->nlisten++].text = v;
       return 0;
@@ -230,7 +281,7 @@ static int set (struct config *cfg, const struct option *o, const char *v,
         goto bad;
       memcpy(sh->name, v, (size_t)(colon - v));
       sh->name[colon - v] = '\0';
-      if (set(cfg, &so, colon + 1, err, errlen) < 0) return -1;
+      if (set(cfg, &so, colon + 1, err, errlen) < 0) goto bad;
       cfg->nshared++;
       return 0;
     }
@@ -243,9 +294,69 @@ static int set (struct config *cfg, const struct option *o, const char *v,
     default:
       return 0;
   }
-bad:
-  snprintf(err, errlen, "bad value '%s' for --%s", v, o->name);
-  return -1;
+bad: {
+    char hint[96];
+    expected(o, hint, sizeof hint);
+    snprintf(err, errlen, "bad value '%s' for --%s%s", v, o->name, hint);
+    return -1;
+  }
+}
+
+
+/* Levenshtein distance of a[0..n) and b, at most 63 bytes each. */
+static size_t distance (const char *a, size_t n, const char *b) {
+  size_t m = strlen(b), row[64];
+  if (n >= sizeof row || m >= sizeof row) return (size_t)-1;
+  for (size_t j = 0; j <= m; j++) row[j] = j;
+  for (size_t i = 1; i <= n; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= m; j++) {
+      size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      diag = up;
+      row[j] = best;
+    }
+  }
+  return row[m];
+}
+
+
+/*
+** The option an unknown name was probably meant to be: the only one that
+** starts with it (--max-conn), else the nearest within two edits
+** (--worker, --timout); NULL when none is close.
+*/
+static const char *nearest (const char *name, size_t n) {
+  const char *best = NULL;
+  size_t bestd = 3, nprefix = 0, count = sizeof options / sizeof options[0];
+  for (size_t i = 0; i < count; i++)
+    nprefix += n >= 3 && strncmp(options[i].name, name, n) == 0;
+  for (size_t i = 0; i < count; i++) {
+    const char *o = options[i].name;
+    size_t d = distance(name, n, o);
+    if (nprefix == 1 && strncmp(o, name, n) == 0) d = 0;  /* the only one */
+    if (d < bestd) {
+      best = o;
+      bestd = d;
+    }
+  }
+  if (best == NULL) {  /* --help and --version are not in the table */
+    if (distance(name, n, "help") <= 2) return "help";
+    if (distance(name, n, "version") <= 2) return "version";
+  }
+  return best;
+}
+
+
+static void unknown (const char *arg, size_t n, char *err, size_t errlen) {
+  const char *near = nearest(arg + 2, n - 2);
+  if (near != NULL)
+    snprintf(err, errlen, "unknown option '%.*s' (did you mean --%s?)",
+             (int)n, arg, near);
+  else
+    snprintf(err, errlen, "unknown option '%.*s'", (int)n, arg);
 }
 
 
@@ -257,7 +368,7 @@ static int option (int argc, char **argv, int *i, struct config *cfg,
   const struct option *o = find(arg, n);
   const char *v;
   if (o == NULL) {
-    snprintf(err, errlen, "unknown option '%.*s'", (int)n + 2, argv[*i]);
+    unknown(argv[*i], n + 2, err, errlen);
     return -1;
   }
   if (o->kind == K_FLAG || o->kind == K_QUIET) {

@@ -268,6 +268,30 @@ static int read_wait_event (struct lconn *c, int rc) {
 */
 static int read_k (lua_State *L, int status, lua_KContext ctx);
 
+/*
+** A lines loop that fails before a byte of the next line came: the
+** client stayed idle past its timeout or went away. That is how most
+** connections end, not a handler error: the loop ends (returns 1) and
+** one info line says why. A partial line or a line too long still
+** raise; req:read returns every failure.
+*/
+static int lines_idle_end (struct lconn *c, int rc) {
+  char peer[ADDRESS_STRLEN];
+  const char *why;
+  if (buf_len(&c->io.in) > 0) return 0;
+  if (rc == ERR_TIMEOUT) why = "idle past its timeout";
+  else if (rc == ERR_CLOSED && !(c->io.flags & LC_CLOSED))  /* conn_errno */
+    why = "reset by the client";
+  else if (rc == ERR_CUT) why = "idle when the shutdown grace ended";
+  else return 0;
+  if (log_enabled(LOG_INFO)) {
+    address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
+                        sizeof peer);
+    log_info("connection from %s ended: %s", peer, why);
+  }
+  return 1;
+}
+
 static int read_run (lua_State *L, struct lconn *c, int rc,
                      lua_KContext ctx) {
   int lines = (int)(ctx & READ_LINES);
@@ -290,6 +314,10 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
     rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
+    if (lines && i == 2 && lines_idle_end(c, rc)) {
+      luaL_pushfail(L);  /* ends the loop */
+      return 1;
+    }
     if (lines) return luaL_error(L, "%s", conn_strerror(rc));
     luaL_pushfail(L);
     lua_pushstring(L, conn_strerror(rc));

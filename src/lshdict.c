@@ -288,6 +288,21 @@ static const luaL_Reg methods[] = {
 };
 
 
+/*
+** luasrv.shared's __index: only names not declared get here. Raising at
+** once, where the handler names the dictionary, says what to do, where a
+** nil would fail later as "attempt to index a nil value".
+*/
+static int l_undeclared (lua_State *L) {
+  const char *name = luaL_tolstring(L, 2, NULL);
+  luaL_where(L, 1);  /* the Lua code that indexed */
+  lua_pushfstring(L, "luasrv.shared.%s: no such dictionary (start the "
+                  "server with --shared %s:SIZE)", name, name);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+
 void lshdict_push (lua_State *L) {
   int n = shdict_ndicts();
   if (luaL_newmetatable(L, SHDICT_MT)) {
@@ -307,4 +322,8 @@ void lshdict_push (lua_State *L) {
     luaL_setmetatable(L, SHDICT_MT);
     lua_setfield(L, -2, shdict_name_at(i));
   }
+  lua_createtable(L, 0, 1);  /* pairs() and rawget see the declared only */
+  lua_pushcfunction(L, l_undeclared);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
 }

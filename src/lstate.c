@@ -14,6 +14,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "lload.h"
 #include "log.h"
 #include "lsrv.h"
 
@@ -79,7 +80,43 @@ static const char flow_src[] =
   "return flow, verified\n";
 
 
-/* Message handler: the message (made a string) plus a traceback. */
+/*
+** Is this traceback line one of luasrv's own frames: the request flow
+** (chunk "=flow"), the xpcall that runs each hook, or the C entry at the
+** bottom of a coroutine or a hook call?
+*/
+static int own_frame (const char *line, size_t len) {
+  static const char *const own[] = {
+    "\t[C]: in function 'xpcall'", "\t[C]: in ?", NULL
+  };
+  if (len > 6 && memcmp(line, "\tflow:", 6) == 0) return 1;
+  for (int i = 0; own[i] != NULL; i++)
+    if (len == strlen(own[i]) && memcmp(line, own[i], len) == 0) return 1;
+  return 0;
+}
+
+
+/* Replaces the traceback on top by one that shows the user's frames only. */
+static void user_frames (lua_State *L) {
+  size_t len;
+  const char *s = lua_tolstring(L, -1, &len), *end = s + len;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  while (s < end) {
+    const char *nl = memchr(s, '\n', (size_t)(end - s));
+    size_t n = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
+    if (!own_frame(s, n)) {
+      if (luaL_bufflen(&b) > 0) luaL_addchar(&b, '\n');
+      luaL_addlstring(&b, s, n);
+    }
+    s += n + (nl != NULL);
+  }
+  luaL_pushresult(&b);
+  lua_remove(L, -2);
+}
+
+
+/* Message handler: the message (made a string) plus the user's traceback. */
 static int msghandler (lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
@@ -90,6 +127,7 @@ static int msghandler (lua_State *L) {
                             luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
+  user_frames(L);
   return 1;
 }
 
@@ -168,7 +206,7 @@ static int check_hooks (lua_State *L, const char *script, char *err,
 /* Runs the script; leaves its hooks table on the stack. */
 static int load_script (lua_State *L, const char *script, char *err,
                         size_t errlen) {
-  if (luaL_loadfile(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+  if (lload_script(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
     return -1;
   }
@@ -221,6 +259,7 @@ static void add_module_path (lua_State *L) {
 static void openlibs (lua_State *L) {
   luaL_openlibs(L);
   add_module_path(L);
+  lload_install(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");

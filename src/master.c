@@ -4,7 +4,10 @@
 ** the startup lines once every worker serves, forwards signals, replaces
 ** a worker that dies (backing off when one keeps dying), and on SIGHUP
 ** starts a new generation of workers on the same sockets before it stops
-** the old one, so not one queued connection is lost.
+** the old one, so not one queued connection is lost. A stopped generation
+** drains (its in-flight requests finish, within --grace) while the next
+** serves; up to MAX_DRAINING generations drain at once, so a reload while
+** a long connection holds old code still deploys the new.
 **
 ** A worker tells its state through its exit: 0 after a stop it was asked
 ** for (SIGTERM), or one it chose (server:shutdown(), --once), which stops
@@ -15,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -42,6 +46,9 @@
 #define BACKOFF_MAX 5.0
 #define QUICK_CRASH 1.0       /* a worker that dies younger crashed quickly */
 #define KILL_SLACK 2.0        /* after --grace, stragglers are killed */
+/* Generations that may drain at once: each holds --workers processes
+** (and their Lua states) until its last request ends. */
+#define MAX_DRAINING 4
 
 struct wproc {
   pid_t pid;                  /* 0: slot free */
@@ -60,14 +67,17 @@ struct master {
   int nls;
   int sfd;                    /* signalfd */
   sigset_t oldmask;
-  struct wproc *procs;        /* 2N slots: a generation and the next */
+  struct wproc *procs;        /* the serving generation, the next and
+                              ** MAX_DRAINING draining ones: N slots each */
   int nprocs;
   unsigned gen;               /* the generation that serves */
   unsigned next_gen;          /* being started by a reload; 0: none */
+  unsigned last_gen;          /* the newest number given */
   int announced;              /* startup lines printed */
   int stopping;
   int exit_code;
   int sigints;
+  int reload_again;           /* a SIGHUP came while a reload was starting */
   double kill_at;             /* stopping: SIGKILL the rest then */
   double respawn_at[MAX_WORKERS + 1];  /* per id; 0: none pending */
   double backoff[MAX_WORKERS + 1];
@@ -99,7 +109,10 @@ static void sd_notify (const char *fmt, ...) {
   sun.sun_family = AF_UNIX;
   memcpy(sun.sun_path, path, plen);
   if (path[0] == '@') sun.sun_path[0] = '\0';
-  if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0) return;
+  /* non-blocking: a notification never holds the master up when the
+  ** reader lags and its queue is full (the state is sent again later) */
+  if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+    return;
   if (sendto(fd, msg, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&sun,
              (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
     log_debug("sd_notify: %s", strerror(errno));
@@ -161,6 +174,7 @@ static void run_worker (struct master *m, int id, int ready_wfd,
     exit(1);
   }
   w.ready_fd = ready_wfd;
+  w.master = master_pid;  /* its death makes the worker give the port up */
   if (m->metrics != NULL) w.mslot = &m->metrics[id];
   /* the handlers first, then unblock: a SIGTERM that came after the fork
   ** is pending, and must stop the worker gracefully, not kill it */
@@ -244,11 +258,37 @@ static void begin_stop (struct master *m, int code) {
 }
 
 
+/* A wildcard address is said in words: a bare --tcp PORT binds it. */
+static const char *reach (const struct listener *l) {
+  const struct sockaddr_in *in = (const struct sockaddr_in *)&l->addr.sa;
+  const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&l->addr.sa;
+  if (in->sin_family == AF_INET && in->sin_addr.s_addr == htonl(INADDR_ANY))
+    return " (every IPv4 interface)";
+  if (in6->sin6_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr))
+    return " (every IPv6 interface)";
+  return "";
+}
+
+
+/* The startup lines, once every worker serves; then the root warning. */
 static void announce (struct master *m) {
   m->announced = 1;
   for (int i = 0; i < m->nls; i++)
-    log_info("listening on %s", m->ls[i].name);
+    log_info("listening on %s%s", m->ls[i].name, reach(&m->ls[i]));
+  if (geteuid() == 0 && !m->cfg->setuser)
+    log_warn("warning: handlers run as root; --user USER drops that");
   sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
+}
+
+
+static void reload (struct master *m);
+
+
+/* The reload that was asked for while one started runs now. */
+static void reload_queued (struct master *m) {
+  if (!m->reload_again) return;
+  m->reload_again = 0;
+  reload(m);
 }
 
 
@@ -265,14 +305,18 @@ static void gen_ready (struct master *m, unsigned gen) {
   log_info("reloaded %s: %d worker%s serve the new code", m->cfg->script,
            m->cfg->workers, m->cfg->workers == 1 ? "" : "s");
   sd_notify("READY=1\nSTATUS=serving (reloaded)");
+  reload_queued(m);
 }
 
 
-static void reload_failed (struct master *m) {
-  log_error("reload failed: the old code keeps serving");
-  sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving");
+/* The new generation cannot serve: why says so, the old one goes on. */
+static void reload_failed (struct master *m, const char *why) {
+  log_error("reload failed: the old code keeps serving (%s)", why);
+  sd_notify("READY=1\nSTATUS=reload failed: the old code keeps serving (%s)",
+            why);
   signal_gen(m, m->next_gen, SIGTERM);
   m->next_gen = 0;
+  reload_queued(m);
 }
 
 
@@ -284,7 +328,7 @@ static void reload_failed (struct master *m) {
 static void spawn_rest (struct master *m, unsigned gen) {
   for (int id = 2; id <= m->cfg->workers; id++) {
     if (spawn(m, id, gen) == NULL) {
-      if (gen == m->next_gen) reload_failed(m);
+      if (gen == m->next_gen) reload_failed(m, "cannot start its workers");
       else begin_stop(m, 1);
       return;
     }
@@ -337,9 +381,9 @@ static void on_exit_status (struct master *m, struct wproc *p, int status) {
   if (dead.retiring || m->stopping) return;
   describe_exit(status, how, sizeof how);
   if (dead.gen == m->next_gen) {  /* the new code failed before it served */
-    if (WIFSIGNALED(status))
-      log_error("worker %d of the new code %s", dead.id, how);
-    reload_failed(m);
+    char why[128];
+    snprintf(why, sizeof why, "worker %d of the new code %s", dead.id, how);
+    reload_failed(m, why);
     return;
   }
   if (clean) {  /* server:shutdown() or --once: the server stops */
@@ -372,16 +416,48 @@ static void reap (struct master *m) {
 }
 
 
+/* Older generations that still have a worker alive. */
+static int count_draining (struct master *m) {
+  unsigned seen[MAX_DRAINING + 2];
+  int n = 0;
+  for (int i = 0; i < m->nprocs; i++) {
+    struct wproc *p = &m->procs[i];
+    int j = 0;
+    if (p->pid == 0 || p->gen == m->gen || p->gen == m->next_gen) continue;
+    while (j < n && seen[j] != p->gen) j++;
+    if (j == n && n < (int)(sizeof seen / sizeof seen[0])) seen[n++] = p->gen;
+  }
+  return n;
+}
+
+
+/*
+** SIGHUP. A reload asked for while one starts runs when that one is done
+** (the script may have changed again). With MAX_DRAINING generations
+** still draining, it is refused: the log and systemd's status say so.
+*/
 static void reload (struct master *m) {
+  int draining;
   if (m->stopping) return;
   if (m->next_gen != 0) {
-    log_warn("SIGHUP: a reload is already in progress");
+    log_info("SIGHUP: a reload is starting; reloading again once it is done");
+    m->reload_again = 1;
     return;
   }
   log_info("SIGHUP: reloading %s", m->cfg->script);
   sd_notify("RELOADING=1\nMONOTONIC_USEC=%llu", monotonic_usec());
-  m->next_gen = m->gen + 1;
-  if (spawn(m, 1, m->next_gen) == NULL) reload_failed(m);
+  if ((draining = count_draining(m)) >= MAX_DRAINING) {
+    char why[200];
+    snprintf(why, sizeof why, "reload refused: %d older generations are "
+             "still draining (at most %d); the current code keeps serving",
+             draining, MAX_DRAINING);
+    log_error("%s", why);
+    sd_notify("READY=1\nSTATUS=%s", why);
+    return;
+  }
+  m->next_gen = ++m->last_gen;  /* never a failed generation's number */
+  if (spawn(m, 1, m->next_gen) == NULL)
+    reload_failed(m, "cannot start its first worker");
 }
 
 
@@ -562,12 +638,12 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
   m.cfg = cfg;
   m.ls = ls;
   m.nls = nls;
-  m.gen = 1;
+  m.gen = m.last_gen = 1;
   if (cfg->workers > MAX_WORKERS) {
     log_error("error: --workers: at most %d", MAX_WORKERS);
     return 1;
   }
-  m.nprocs = 2 * cfg->workers;
+  m.nprocs = (2 + MAX_DRAINING) * cfg->workers;
   if ((m.procs = calloc((size_t)m.nprocs, sizeof *m.procs)) == NULL) {
     log_error("error: out of memory");
     return 1;
@@ -591,8 +667,6 @@ int master_run (const struct config *cfg, struct listener *ls, int nls) {
     sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
     return 1;
   }
-  if (geteuid() == 0 && !cfg->setuser)
-    log_warn("warning: handlers run as root; --user USER drops that");
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
   serve(&m);
   close(m.sfd);

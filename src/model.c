@@ -333,6 +333,7 @@ static void on_service (struct evloop *loop, struct timer *t) {
   struct mloop *ml = t->data;
   lstate_call_hook(ml->x, "service_actions", 0);
   lconnect_sweep(ml->x);  /* idle pooled connections past their time */
+  if (ml->serviced != NULL) ml->serviced(ml);
   timer_start(loop, t, evloop_now(loop) + SERVICE_EVERY);
 }
 

@@ -60,6 +60,8 @@ struct mloop {
   void (*stopping) (struct mloop *ml);
   /* The worker began to stop (NULL: nothing to do). */
   void (*stopped) (struct mloop *ml);
+  /* Each service tick, after service_actions (NULL: nothing to do). */
+  void (*serviced) (struct mloop *ml);
   /* the skeleton's own */
   int accepting;
   struct timer service;

@@ -22,6 +22,7 @@
 
 #define ACCEPT_BATCH 64       /* accepts or datagrams per readiness event */
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
+#define TRIM_KEEP 16          /* ... of which kept through an idle spell */
 #define DGRAM_POOL 64         /* ... with their datagram request object */
 /*
 ** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
@@ -55,6 +56,8 @@ struct eloop {
   char *dgram;                /* DGRAM_BATCH slots of DGRAM_MAX bytes */
   struct dgq dgq;             /* replies of the batch being run */
   struct smallpool small;     /* the state's allocator */
+  long served_seen;           /* w->served at the last service tick */
+  long trimmed_at;            /* w->served when last trimmed (trim_idle) */
 };
 
 
@@ -610,6 +613,50 @@ static long busy (struct mloop *ml) {
 }
 
 
+/* Frees tasks from *list until at most keep are left. */
+static void trim_tasks (struct eloop *e, struct task **list, int *n, int keep) {
+  lua_State *L = lsrv_L(e->x);
+  while (*n > keep) {
+    struct task *t = *list;
+    *list = t->next;
+    (*n)--;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
+  }
+}
+
+
+/*
+** Idle for a whole service tick after serving: gives back what the last
+** burst left pooled (coroutines past TRIM_KEEP, the small-block lists,
+** buffer blocks), collects, and returns the freed heap to the system.
+** Without it the worker's RSS stayed at its highest burst's: 21 MB after
+** 8,000 abandoned connections, 40 MB after seven such rounds.
+*/
+static void trim_idle (struct eloop *e) {
+  lua_State *L = lsrv_L(e->x);
+  trim_tasks(e, &e->pool, &e->npool, TRIM_KEEP);
+  trim_tasks(e, &e->dgpool, &e->ndgpool, TRIM_KEEP);
+  lua_gc(L, LUA_GCCOLLECT);
+  smallpool_free(&e->small);
+  bufpool_free(&e->x->pool);
+  malloc_trim(0);
+  log_debug("idle: pools trimmed, %zu bytes of Lua heap", e->x->mem_used);
+}
+
+
+/* The skeleton's service tick, after service_actions. */
+static void service (struct mloop *ml) {
+  struct eloop *e = (struct eloop *)ml;
+  long served = atomic_load(&e->w->served);
+  if (e->active == 0 && served == e->served_seen && served != e->trimmed_at) {
+    trim_idle(e);
+    e->trimmed_at = served;
+  }
+  e->served_seen = served;
+}
+
+
 static void free_tasks (struct task *t) {
   while (t != NULL) {
     struct task *next = t->next;
@@ -629,6 +676,7 @@ static int serve_event (struct worker *w) {
   e.ml.batch = ACCEPT_BATCH;
   e.ml.take = take;
   e.ml.busy = busy;
+  e.ml.serviced = service;
   if (model_loop_init(&e.ml, w) < 0) goto out;
   e.loop = e.ml.loop;
   for (int i = 0; i < w->nls; i++) {

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "evloop.h"
@@ -49,6 +50,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   w->ls = ls;
   w->nls = nls;
   w->id = id;
+  w->pid = getpid();
   w->ready_fd = -1;
   /* libuv's trick: with no descriptor left, give this one up to accept
   ** the waiting client and close it, instead of spinning on EMFILE */
@@ -61,6 +63,7 @@ int worker_init (struct worker *w, const struct config *cfg,
     return -ENOMEM;
   }
   atomic_init(&w->stopping, 0);
+  atomic_init(&w->orphaned, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
   atomic_init(&w->oom, 0);
@@ -103,6 +106,26 @@ void worker_signals_install (struct worker *w) {
 }
 
 
+/*
+** An orphaned worker gives the port up at once. shutdown(2), not close:
+** the descriptor stays valid for the model's loop (which stops watching
+** it once stopping), while the socket, shared with every other worker,
+** stops listening: the port can be bound again (SO_REUSEADDR), a Unix
+** socket file refuses connections (a new server replaces it), and
+** clients still queued are reset rather than left to wait --grace. Only
+** the worker itself: a fork-model child's parent is the worker.
+*/
+static void release_listeners (struct worker *w) {
+  if (w->master <= 0 || atomic_load(&w->orphaned) || getpid() != w->pid ||
+      getppid() == w->master || atomic_exchange(&w->orphaned, 1) != 0)
+    return;
+  for (int i = 0; i < w->nls; i++)
+    if (w->ls[i].stream && w->ls[i].fd >= 0) shutdown(w->ls[i].fd, SHUT_RDWR);
+  log_warn("worker %d: the master is gone: listeners closed, draining",
+           w->id);
+}
+
+
 void worker_stop (struct worker *w) {
   int expected = 0;
   double unset = 0.0;
@@ -110,8 +133,11 @@ void worker_stop (struct worker *w) {
   ** cut_at next, and 0 there would make its wait endless. */
   atomic_compare_exchange_strong(&w->cut_at, &unset,
                                  monotonic_now() + w->cfg->grace);
-  if (!atomic_compare_exchange_strong(&w->stopping, &expected, 1)) return;
-  if (write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
+  if (atomic_compare_exchange_strong(&w->stopping, &expected, 1) &&
+      write(w->stop_fd[1], "s", 1) < 0) { /* readable already */ }
+  /* after the flag, so the models no longer accept from what it shuts;
+  ** also when a stop (a reload) began already */
+  release_listeners(w);
 }
 
 

@@ -17,6 +17,9 @@ struct worker {
   struct listener *ls;
   int nls;
   int id;                     /* 1-based */
+  pid_t pid;                  /* the worker process, not a fork-model child */
+  pid_t master;               /* the master's pid; 0: none (see worker_stop) */
+  atomic_int orphaned;        /* the master died: listeners shut down */
   int ready_fd;               /* written once the worker serves; -1: none */
   int stop_fd[2];             /* read end is readable once stopping */
   int sig_fd[2];              /* wakes the loop on any signal; drained */
@@ -48,7 +51,11 @@ void worker_signals_install (struct worker *w);
 */
 void worker_signals (struct worker *w);
 
-/* Starts a graceful stop (server:shutdown(), SIGTERM): idempotent. */
+/*
+** Starts a graceful stop (server:shutdown(), SIGTERM): idempotent. When
+** the master is gone (its death sends SIGTERM), the stream listeners are
+** shut down first, so a new server can bind them while this one drains.
+*/
 void worker_stop (struct worker *w);
 
 static inline int worker_stopping (struct worker *w) {

@@ -32,7 +32,7 @@ function M.new (opts)
   assert(rate and rate > 0, "ratelimit: rate must be > 0")
   assert(burst and burst >= 1, "ratelimit: burst must be >= 1")
   local name = opts.dict or "ratelimit"
-  local dict = luasrv.shared[name]
+  local dict = rawget(luasrv.shared, name)  -- indexing would raise
   if not dict then
     error("ratelimit: no shared dictionary '" .. name .. "' (start the " ..
           "server with --shared " .. name .. ":1m)", 2)

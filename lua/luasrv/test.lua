@@ -230,6 +230,8 @@ local function listening_lines (s)
   local t = {}
   for line in s:gmatch("[^\n]+") do
     local a = line:match("^luasrv: listening on (.+)$")
+    -- "tcp://0.0.0.0:80 (every IPv4 interface)": the address alone
+    a = a and (a:match("^(.-) %(every IPv[46] interface%)$") or a)
     if a then t[#t + 1] = a end
   end
   return t

@@ -82,6 +82,34 @@ TEST(odd_prefixes_and_v6) {
 }
 
 
+TEST(v4mapped_rules_are_v4) {
+  struct acl_rule r;
+  ASSERT_EQ(acl_parse("::ffff:127.0.0.2", 0, &r, err, sizeof err), 0);
+  ASSERT_EQ(r.family, AF_INET);
+  ASSERT_EQ(r.prefix, 32);
+  ASSERT_EQ(acl_parse("::ffff:10.0.0.0/104", 1, &r, err, sizeof err), 0);
+  ASSERT_EQ(r.family, AF_INET);
+  ASSERT_EQ(r.prefix, 8);
+  ASSERT_EQ(acl_parse("::ffff:0:0/95", 1, &r, err, sizeof err), -1);
+  ASSERT_STR(err, "bad address rule '::ffff:0:0/95' (an IPv4-mapped rule "
+             "needs /96 or more; or write the IPv4 address)");
+  nrules = 0;
+  add("::ffff:127.0.0.2", 0);
+  ASSERT_EQ(allows("127.0.0.2"), 0);          /* an IPv4 client */
+  ASSERT_EQ(allows("::ffff:127.0.0.2"), 0);   /* the same, on a v6 socket */
+  ASSERT_EQ(allows("127.0.0.1"), 1);
+  ASSERT_EQ(allows("::1"), 1);
+  nrules = 0;
+  add("::ffff:10.0.0.0/104", 1);
+  ASSERT_EQ(allows("10.9.9.9"), 1);
+  ASSERT_EQ(allows("11.0.0.1"), 0);
+  nrules = 0;
+  add("::ffff:0.0.0.0/96", 0);                /* every IPv4 client */
+  ASSERT_EQ(allows("192.0.2.1"), 0);
+  ASSERT_EQ(allows("::1"), 1);
+}
+
+
 TEST(all_and_zero_prefix) {
   nrules = 0;
   add("127.0.0.1", 1);
@@ -101,6 +129,7 @@ int main (void) {
   RUN(first_match_wins);
   RUN(deny_list_accepts_the_rest);
   RUN(odd_prefixes_and_v6);
+  RUN(v4mapped_rules_are_v4);
   RUN(all_and_zero_prefix);
   return DONE();
 }
