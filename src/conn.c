@@ -247,7 +247,10 @@ void conn_release_in (struct conn *c) {
 void conn_close (struct conn *c) {
   if (c->flags & LC_CLOSED) return;
   c->flags |= LC_CLOSED;
-  if (c->fd >= 0 && c->tr != NULL) c->tr->close(c);
+  if (c->fd >= 0) {
+    if (c->tr != NULL) c->tr->close(c);
+    else close(c->fd);  /* a descriptor with no transport yet */
+  }
   c->fd = -1;
   if (!(c->flags & LC_BORROWED)) buf_free(&c->in, c->pool);
   c->in.data = NULL;

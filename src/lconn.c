@@ -115,10 +115,9 @@ static int waitio (lua_State *L, struct lconn *c, unsigned ev,
 int lconn_block_read (struct lconn *c) {
   const struct config *cfg = c->x->w->cfg;
   double d, t = cfg->timeout > 0 ? cfg->timeout : BLOCK_NOTIMEOUT;
-  if (c->timeout >= 0 ||
-      (c->io.flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
-      worker_stopping(c->x->w))
-    return 0;
+  if (c->io.tr != &conn_stream || c->timeout >= 0 ||
+      (c->io.flags & (LC_EOF | LC_CLOSED)) || worker_stopping(c->x->w))
+    return 0;  /* not an accepted stream (a lookup waits on an eventfd) */
   if ((d = deadline_of(c)) > 0 && d < monotonic_now() + t - BLOCK_SLACK)
     return 0;  /* a later wait of the operation: poll for the rest */
   if (!(c->io.flags & LC_BLOCKING)) {

@@ -311,6 +311,7 @@ static int connect_fail (lua_State *L, struct addrs *a, int rc) {
 
 /* c gets descriptor fd, open but in no loop yet. */
 static void set_fd (struct lconn *c, int fd) {
+  c->io.tr = &conn_outbound;  /* until connected says which */
   c->io.fd = fd;
   c->io.flags = LC_UNWATCHED;
 }
