@@ -23,7 +23,6 @@
 
 
 static int check (const struct config *cfg) {
-  static const struct waitops blocking = {0, NULL, NULL};
   struct worker w;
   char err[1024];
   struct lctx *x;
@@ -31,7 +30,7 @@ static int check (const struct config *cfg) {
     log_error("error: cannot create pipes");
     return 1;
   }
-  x = lstate_new(&w, cfg->script, &blocking, err, sizeof err);
+  x = lstate_new(&w, cfg->script, &sched_blocking, err, sizeof err);
   worker_close(&w);
   if (x == NULL) {
     log_error("error: %s", err);

@@ -45,6 +45,7 @@
 #include "log.h"
 #include "master.h"
 #include "metrics.h"
+#include "model.h"
 #include "shdict.h"
 #include "worker.h"
 
@@ -169,6 +170,13 @@ static void close_master_fds (struct master *m) {
 }
 
 
+/* The model each --model runs in the workers. */
+static const struct model *const models[] = {
+  [MODEL_SYNC] = &model_sync, [MODEL_FORK] = &model_fork,
+  [MODEL_THREAD] = &model_thread, [MODEL_EVENT] = &model_event,
+};
+
+
 static int holds (const struct listener *ls, int n, int fd) {
   for (int i = 0; i < n; i++)
     if (ls[i].fd == fd) return 1;
@@ -227,7 +235,7 @@ static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
   ** is pending, and must stop the worker gracefully, not kill it */
   worker_signals_install(&w);
   sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
-  rc = worker_run(&w);
+  rc = model_serve(models[cfg->model], &w);
   worker_close(&w);
   exit(rc);
 }

@@ -1,7 +1,8 @@
 /*
-** worker.c -- a worker's stop state and signals, and the blocking wait the
-** sync, fork and thread models share. Signal handlers only set flags and
-** write to pipes; everything else happens in the loop.
+** worker.c -- a worker's stop state and signals, and the blocking wait
+** (worker_block) under the scheduler's. Signal handlers only set flags
+** and write to pipes; everything else happens in the loop. It knows no
+** model: the master runs one in it (model_serve).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +16,6 @@
 
 #include "evloop.h"
 #include "log.h"
-#include "model.h"
 #include "worker.h"
 
 /* Set by signal handlers; read by the worker's loop. */
@@ -71,6 +71,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   atomic_init(&w->orphaned, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
+  atomic_init(&w->oom, 0);
   if (make_pipe(w->stop_fd) < 0) return -errno;
   if (make_pipe(w->sig_fd) < 0) {
     int en = errno;
@@ -191,13 +192,3 @@ int worker_block (struct worker *w, int fd, short events, double deadline) {
   }
 }
 
-
-int worker_run (struct worker *w) {
-  switch (w->cfg->model) {
-    case MODEL_SYNC: return model_sync_serve(w);
-    case MODEL_EVENT: return model_event_serve(w);
-    case MODEL_FORK: return model_fork_serve(w);
-    case MODEL_THREAD: return model_thread_serve(w);
-  }
-  return 1;
-}

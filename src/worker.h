@@ -26,6 +26,7 @@ struct worker {
   atomic_int stopping;
   _Atomic double cut_at;      /* monotonic deadline for in-flight work */
   atomic_long served;         /* requests started (for --once) */
+  atomic_int oom;             /* the heap is exhausted: exit 1, be replaced */
   /* The accepting thread's alone (model.c): */
   int spare_fd;               /* given up to accept-and-close at EMFILE */
   double shed_logged, refused_logged;  /* when last logged (rate limit) */
@@ -70,8 +71,5 @@ static inline int worker_stopping (struct worker *w) {
 ** -errno. Used by the blocking models.
 */
 int worker_block (struct worker *w, int fd, short events, double deadline);
-
-/* Runs the configured model until the worker stops; returns an exit code. */
-int worker_run (struct worker *w);
 
 #endif
