@@ -264,8 +264,10 @@ describe("the Debian package", function ()
       write_conf("worker 2\n")
       ok, out = sh("systemctl reload " .. unit)
       assert.is_false(ok, out)
-      assert.truthy(journal():find(conf .. ":" .. #example + 1 ..
-                                   ": unknown option '--worker'", 1, true), journal())
+      local said = conf .. ":" .. (#example + 1) .. ": unknown option '--worker'"
+      assert.is_truthy(H.eventually(function ()
+        return journal():find(said, 1, true)
+      end, 5), journal())
       assert.equals(pid, tonumber(systemctl_show("MainPID", unit)))
       write_conf()
       -- logrotate renames the log and SIGUSR1 makes the instance reopen it
