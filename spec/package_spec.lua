@@ -1,8 +1,9 @@
 -- The Debian package: `make deb` builds it (debhelper; lintian finds no
 -- error), apt-get installs it, the installed server serves with the
--- installed example configuration (through systemd where systemd runs
--- the machine), lua5.4 finds the installed modules, and purging it
--- leaves nothing behind. Runs once per test run, whatever the models,
+-- installed example configuration file, as the unit runs it (through
+-- systemd where systemd runs the machine: reload, log rotation, a binary
+-- upgrade on reinstall), lua5.4 finds the installed modules, and purging
+-- it leaves nothing behind. Runs once per test run, whatever the models,
 -- as root on Debian only: it installs and removes a system package.
 local H = require "helper"
 local T = H.T
@@ -31,21 +32,28 @@ local function lines_of (s)
   return t
 end
 
--- KEY=VALUE lines as systemd's EnvironmentFile= reads them: # comments,
--- a value in double quotes taken as it is
-local function envfile (text)
-  local env = {}
+-- The lines of a luasrv --config file that are not comments or blank
+local function config_lines (text)
+  local t = {}
   for _, line in ipairs(lines_of(text)) do
-    local k, v = line:match("^%s*([%a_][%w_]*)=(.*)$")
-    if k then env[k] = v:match('^"(.*)"$') or v end
+    if not line:match("^%s*#") and line:match("%S") then t[#t + 1] = line end
   end
-  return env
+  return t
 end
 
-local function words (s)
-  local t = {}
-  for w in (s or ""):gmatch("%S+") do t[#t + 1] = w end
-  return t
+-- polls path until its text matches pattern; the text, or nil
+local function file_matches (path, pattern, secs)
+  local text
+  H.eventually(function ()
+    text = readfile(path)
+    return text and text:find(pattern)
+  end, secs)
+  return text and text:find(pattern) and text or nil
+end
+
+local function systemctl_show (prop, unit)
+  return (select(2, sh("systemctl show -p " .. prop .. " --value " .. unit))
+    :gsub("\n$", ""))
 end
 
 -- Why this machine cannot run the spec, or nil
@@ -178,53 +186,127 @@ describe("the Debian package", function ()
                    .. "/lib/systemd/system/luasrv@.socket")
       assert(ok and out == "", out)
     end
-    if os.execute("command -v logrotate >/dev/null") then
-      ok, out = sh("logrotate -d /etc/logrotate.d/luasrv")
-      assert(ok, out)
-    end
   end)
 
-  it("serves with the installed example configuration", function ()
+  it("luasrv --check --config passes on the installed example, and refuses "
+     .. "a file in the environment-file format", function ()
     need("installed")
-    local conf = envfile(assert(readfile("/etc/luasrv/example.conf")))
-    assert.equals("/usr/share/luasrv/scripts/echo.lua", conf.LUASRV_SCRIPT)
+    local ok, out = sh("/usr/bin/luasrv --check --config /etc/luasrv/example.conf")
+    assert(ok, out)
+    assert.equals("luasrv: /usr/share/luasrv/scripts/echo.lua: ok\n", out)
+    -- no conversion of the LUASRV_SCRIPT=/LUASRV_OPTS= format: the check
+    -- (the unit's ExecStartPre=) names the line
+    local old = dir .. "/old.conf"
+    local f = assert(io.open(old, "w"))
+    f:write("# before\nLUASRV_SCRIPT=/usr/share/luasrv/scripts/echo.lua\n",
+            'LUASRV_OPTS="--tcp 127.0.0.1:9999"\n')
+    f:close()
+    ok, out = sh("/usr/bin/luasrv --check --config " .. q(old))
+    assert.is_false(ok)
+    assert.equals("luasrv: " .. old .. ":2: unknown option '--LUASRV_SCRIPT'\n", out)
+  end)
+
+  it("serves with the installed example configuration as the unit runs it, "
+     .. "and the logrotate snippet rotates its log", function ()
+    need("installed")
+    local example = config_lines(assert(readfile("/etc/luasrv/example.conf")))
+    local script, tcp = 0, 0
+    for _, line in ipairs(example) do
+      if line == "script /usr/share/luasrv/scripts/echo.lua" then script = script + 1 end
+      if line:match("^tcp 127%.0%.0%.1:%d+$") then tcp = tcp + 1 end
+    end
+    assert.equals(1, script, table.concat(example, "\n"))
+    assert.equals(1, tcp, "the example listens on 127.0.0.1:PORT")
     -- the example's port, swapped for a free one (tests run side by side)
-    local opts, port = conf.LUASRV_OPTS:gsub("127%.0%.0%.1:%d+",
-                                             "127.0.0.1:" .. H.free_port())
-    assert.equals(1, port, "the example listens on 127.0.0.1:PORT")
-    port = tonumber(opts:match("127%.0%.0%.1:(%d+)"))
+    local port = H.free_port()
+    local name = "pkgspec" .. port
+    local log = "/var/log/luasrv/" .. name .. ".log"
+    local state = dir .. "/logrotate.state"
+    local function logtext () return readfile(log) or "(no " .. log .. ")" end
+    local listening = "listening on tcp://127%.0%.0%.1:" .. port
     if H.exists("/run/systemd/system") then
       -- an instance of the template unit: luasrv@NAME reads NAME.conf
-      local name = "pkgspec" .. port
-      local f = assert(io.open("/etc/luasrv/" .. name .. ".conf", "w"))
-      f:write("LUASRV_SCRIPT=", conf.LUASRV_SCRIPT, '\nLUASRV_OPTS="', opts, '"\n')
-      f:close()
+      local unit = "luasrv@" .. name .. ".service"
+      local conf = "/etc/luasrv/" .. name .. ".conf"
+      local function write_conf (extra)
+        local f = assert(io.open(conf, "w"))
+        for _, line in ipairs(example) do
+          f:write((line:gsub("^tcp 127%.0%.0%.1:%d+$", "tcp 127.0.0.1:" .. port)), "\n")
+        end
+        f:write(extra or "")
+        f:close()
+      end
+      write_conf()
       H.defer(function ()
-        sh("systemctl stop luasrv@" .. name)
-        os.remove("/etc/luasrv/" .. name .. ".conf")
+        sh("systemctl stop " .. unit)
+        os.remove(conf)
+        sh("rm -f " .. log .. "*")
       end)
-      local ok, out = sh("systemctl start luasrv@" .. name)
-      assert(ok, out .. select(2, sh("journalctl -n 20 -u luasrv@" .. name)))
-      ok, out = sh("systemctl is-active luasrv@" .. name)
+      local function journal () return select(2, sh("journalctl -n 20 -u " .. unit)) end
+      local ok, out = sh("systemctl start " .. unit)
+      assert(ok, out .. journal())
+      ok, out = sh("systemctl is-active " .. unit)
       assert(ok, out)
       -- not as root: the user systemd makes (DynamicUser=)
-      local _, pid = sh("systemctl show -p MainPID --value luasrv@" .. name)
-      local status = readfile("/proc/" .. tonumber(pid) .. "/status") or ""
+      local pid = tonumber(systemctl_show("MainPID", unit))
+      local status = readfile("/proc/" .. pid .. "/status") or ""
       local uid = status:match("\nUid:%s+(%d+)")
       assert.is_truthy(uid and uid ~= "0", status)
-      -- reload is SIGHUP, and systemd hears when it is done
-      ok, out = sh("systemctl reload luasrv@" .. name)
-      assert(ok, out)
+      -- the log is the unit's --log-file, in its LogsDirectory=
+      assert(file_matches(log, listening, 5), logtext() .. journal())
+      -- reload: the check, then SIGHUP, and systemd hears when it is done
+      ok, out = sh("systemctl reload " .. unit)
+      assert(ok, out .. journal())
       assert.is_truthy(H.eventually(function ()
-        return select(2, sh("systemctl show -p StatusText --value luasrv@" ..
-                            name)) == "serving (reloaded)\n"
-      end, 5))
+        return systemctl_show("StatusText", unit) == "serving (reloaded)"
+      end, 5), systemctl_show("StatusText", unit))
+      -- a bad line fails the reload at the check; the server is not touched
+      write_conf("worker 2\n")
+      ok, out = sh("systemctl reload " .. unit)
+      assert.is_false(ok, out)
+      local said = conf .. ":" .. (#example + 1) .. ": unknown option '--worker'"
+      assert.is_truthy(H.eventually(function ()
+        return journal():find(said, 1, true)
+      end, 5), journal())
+      assert.equals(pid, tonumber(systemctl_show("MainPID", unit)))
+      write_conf()
+      -- logrotate renames the log and SIGUSR1 makes the instance reopen it
+      ok, out = sh("logrotate -f -s " .. q(state) .. " /etc/logrotate.d/luasrv")
+      assert(ok, out)
+      assert.is_true(H.exists(log .. ".1"), out)
+      assert(file_matches(log, "SIGUSR1: reopened " .. log:gsub("%p", "%%%0"), 5),
+             logtext())
+      -- a reinstall is an upgrade: SIGUSR2, a new main pid on the same sockets
+      ok, out = sh(APT .. "install --reinstall " .. q(deb))
+      assert(ok, out)
+      assert.truthy(out:find(unit .. " upgraded: pid ", 1, true), out)
+      assert.is_truthy(H.eventually(function ()
+        local now = tonumber(systemctl_show("MainPID", unit))
+        return now and now ~= 0 and now ~= pid
+      end, 10), out)
+      ok, out = sh("systemctl is-active " .. unit)
+      assert(ok, out .. journal())
     else
-      -- no systemd here: what the unit's ExecStart runs
+      -- no systemd here: what the unit's ExecStart runs, with the
+      -- command line's listener in place of the file's
+      assert(os.execute("mkdir -p /var/log/luasrv"))
+      H.defer(function () sh("rm -f " .. log .. "*") end)
       local bin = T.bin
       T.bin = "/usr/bin/luasrv"
       H.defer(function () T.bin = bin end)
-      H.start{ model = false, script = conf.LUASRV_SCRIPT, args = words(opts) }
+      local srv = H.start{ model = false, config = "/etc/luasrv/example.conf",
+                           wait = false,
+                           args = { "--tcp", "127.0.0.1:" .. port, "--log-file", log } }
+      assert(file_matches(log, listening, 5), logtext() .. srv:stderr())
+      -- the snippet would rotate that log, then signal the instances (it
+      -- renames the file: no copytruncate); -d does nothing
+      local ok, out = sh("logrotate -d -f -s " .. q(state) .. " /etc/logrotate.d/luasrv")
+      assert(ok, out)
+      assert.truthy(out:find("renaming " .. log .. " to " .. log .. ".1\n", 1, true), out)
+      assert.truthy(out:find("running postrotate script", 1, true), out)
+      assert.truthy(out:find("systemctl kill --kill-whom=main --signal=USR1 'luasrv@*.service'",
+                             1, true), out)
+      assert.is_nil(out:find("copying ", 1, true), out)
     end
     local c = assert(socket.connect("127.0.0.1", port))
     c:settimeout(5 * H.scale)
@@ -306,7 +388,7 @@ describe("the package's docs", function ()
       if not line:match("^#") then example[#example + 1] = line end
     end
     local found = false
-    for _, b in ipairs(blocks("doc/operations.md", "ini")) do
+    for _, b in ipairs(blocks("doc/operations.md", "conf")) do
       if b == table.concat(example, "\n") .. "\n" then found = true end
     end
     assert.is_true(found, table.concat(example, "\n"))
