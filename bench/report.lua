@@ -10,13 +10,13 @@
 -- same run: the median of the ratios of the repetitions run side by side.
 -- The thread and fork models' ratios are to the C reference in the same
 -- model (ref-thread, ref-fork) when it ran; those two are to ref.
--- The targets are issue 4's.
+-- The targets: what luasrv aims at, in the same run as its reference.
 
 local cjson = require "cjson"
 
 local TARGETS = {  -- event model, one worker: ratio to ref (g: bytes/conn)
-  a = 0.80, b = 0.75, c = 0.90, d = 0.85, e = 0.80, f = 0.80,
-  i = 0.90, i16 = 0.70,   -- against redis-server
+  a = 0.80, b = 0.75, c = 0.90, d = 0.90, e = 0.80, f = 0.80,
+  i = 0.90, i16 = 0.80,   -- against redis-server
 }
 -- The server a workload's ratios are to: the C echo server, but for RESP
 -- (i, i16) redis-server.
@@ -25,7 +25,7 @@ local REFERENCE = { i = "redis", i16 = "redis" }
 TARGETS.j, TARGETS.j16 = 0.70, 0.70
 REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
 -- (h) HTTP hello (scripts/http.lua) against nginx with its Lua module.
-TARGETS.h, REFERENCE.h = 1.00, "nginx-lua"
+TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-lua"] = "nginx + ngx_http_lua_module" }
 -- The thread and fork models against the C reference built the same way.
