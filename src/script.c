@@ -263,6 +263,7 @@ static void openlibs (lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
+  { int luaopen_luasrv_ngxc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_ngxc); lua_setfield(L, -2, "luasrv.ngxc"); }  /* lngxc.c */
   lua_pop(L, 1);
   luaopen_lreq(L);
 }

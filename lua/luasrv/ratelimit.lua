@@ -19,18 +19,97 @@
 -- Keys never expire: the dictionary's LRU eviction makes room for new
 -- clients when it is full (a 1m dictionary holds about 10,000 clients);
 -- an evicted client starts again with a full bucket.
+--
+-- With `redis = { host = H, port = P }` in place of `dict`, the buckets
+-- live in that Redis instead (through lua-resty-redis on luasrv.ngx), so
+-- one limit holds across luasrv instances on any number of machines.
 local luasrv = require "luasrv"
 
 local M = {}
 local Limiter = {}
 Limiter.__index = Limiter
 
--- ratelimit.new{ rate = R, burst = B, dict = NAME [, prefix = "rl:"] }
+--[[ The Redis backend: the same bucket (GCRA) in one Redis key per
+client, updated by a script that Redis runs atomically, on Redis's own
+clock (TIME): every luasrv instance that uses the same Redis counts
+against the same bucket, exactly. Keys expire once their bucket is full
+again. It talks to Redis through OpenResty's lua-resty-redis on
+luasrv.ngx, pooled.
+]]
+-- In whole microseconds (exact in Redis's doubles, written with %.0f):
+-- %.14g, Lua 5.1's tostring, would round a timestamp in milliseconds to
+-- 0.1 ms, and those errors add up over a burst.
+local GCRA = [[
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local interval, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > limit then
+  return { 0, string.format('%.0f', new - limit - now) }
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX',
+           math.ceil((new - now) / 1000) + 1)
+return { 1, '0' }
+]]
+
+local RedisLimiter = {}
+RedisLimiter.__index = RedisLimiter
+
+local function redis_limiter (rate, burst, opts)
+  local r = opts.redis
+  assert(type(r) == "table", "ratelimit: redis must be a table " ..
+         "({ host = ..., port = ... } or { path = ... })")
+  require "luasrv.ngx"
+  local redis = require "resty.redis"
+  local sha = ngx.sha1_bin(GCRA):gsub(".", function (c)
+    return string.format("%02x", c:byte())
+  end)
+  return setmetatable({
+    redis = redis, sha = sha, prefix = opts.prefix or "rl:",
+    host = r.path and "unix:" .. r.path or (r.host or "127.0.0.1"),
+    port = r.port or 6379, timeout = (r.timeout or 1) * 1000,
+    pool_size = r.pool_size or 100,
+    -- microseconds, as the script counts
+    interval = math.floor(1e6 / rate + 0.5),
+    limit = math.floor(1e6 / rate + 0.5) * math.floor(burst),
+  }, RedisLimiter)
+end
+
+-- limiter:incoming(key) -> true | false, seconds | nil, err (Redis failed)
+function RedisLimiter:incoming (key)
+  local r = self.redis:new()
+  r:set_timeout(self.timeout)
+  local ok, err
+  if self.host:sub(1, 5) == "unix:" then ok, err = r:connect(self.host)
+  else ok, err = r:connect(self.host, self.port) end
+  if not ok then return nil, "redis: " .. tostring(err) end
+  local k = self.prefix .. key
+  local res
+  res, err = r:evalsha(self.sha, 1, k, self.interval, self.limit)
+  if not res and err and err:find("^NOSCRIPT") then
+    res, err = r:eval(GCRA, 1, k, self.interval, self.limit)
+  end
+  if not res then
+    r:close()
+    return nil, "redis: " .. tostring(err)
+  end
+  r:set_keepalive(60000, self.pool_size)
+  if res[1] == 1 then return true end
+  return false, tonumber(res[2]) / 1e6
+end
+
+
+--[[ ratelimit.new{ rate = R, burst = B, dict = NAME [, prefix = "rl:"] }
+or ratelimit.new{ rate = R, burst = B, redis = { host =, port = } }
+]]
 function M.new (opts)
   assert(type(opts) == "table", "ratelimit.new: options table expected")
   local rate, burst = tonumber(opts.rate), tonumber(opts.burst or opts.rate)
   assert(rate and rate > 0, "ratelimit: rate must be > 0")
   assert(burst and burst >= 1, "ratelimit: burst must be >= 1")
+  if opts.redis ~= nil then return redis_limiter(rate, burst, opts) end
   local name = opts.dict or "ratelimit"
   local dict = rawget(luasrv.shared, name)  -- indexing would raise
   if not dict then
@@ -86,7 +165,10 @@ function M.wrap (hooks, opts)
   local wrapped = {}
   for k, v in pairs(hooks) do wrapped[k] = v end
   wrapped.handle = function (req)
-    if not lim:incoming(key(req)) then
+    local ok, err = lim:incoming(key(req))
+    if ok == nil then  -- the Redis backend failed: let the request pass
+      luasrv.log("ratelimit: " .. tostring(err))
+    elseif not ok then
       if message ~= "" then req:write(message) end
       req:close()
       return
