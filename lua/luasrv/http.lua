@@ -699,8 +699,9 @@ end
 -- (over Request); r.args and r.params are made on their first use, and a
 -- remembered head's fields too. So a request is built with only its own
 -- fields: each costs in a constructor.
-local function request_mt (conn, opts)
-  local shared = setmetatable({ req = conn, _opts = opts, last = false,
+local function request_mt (conn, opts, rd)
+  local shared = setmetatable({ req = conn, _opts = opts, _rd = rd,
+    last = false,
     unread = false, _multi = false, _started = false, keepalive = true,
     body = "", _e = false }, Request)
   return { __index = function (r, k)
@@ -1053,6 +1054,83 @@ function Request:flush ()
   return self
 end
 
+--[[ WebSocket: r:websocket([opts]) (luasrv.websocket has the rest) ]]
+
+-- Refuses an upgrade: the answer, and the connection closes after it.
+local function refuse_upgrade (r, status, headers, why)
+  r.keepalive = false
+  headers["Content-Type"] = "text/plain; charset=utf-8"
+  send_response(r.req, r, r._opts, status, headers,
+    (M.reasons[status] or "Error") .. "\n")
+  r._started, r._framing, r._keep = true, "length", false
+  return nil, why
+end
+
+-- The subprotocol: the first of the server's (opts.protocols) that the
+-- client offered, or nil.
+local function pick_protocol (r, protocols)
+  local offered = r.headers["sec-websocket-protocol"]
+  if not (offered and protocols) then return nil end
+  local set = {}
+  for p in offered:gmatch("[^,%s]+") do set[p] = true end
+  for _, p in ipairs(protocols) do
+    if set[p] then return p end
+  end
+  return nil
+end
+
+-- Upgrades the connection to a WebSocket (RFC 6455 4.2): checks the
+-- handshake, answers 101, and returns the luasrv.websocket connection;
+-- or answers 400 / 426 and returns nil and why. The connection ends with
+-- the handler.
+function Request:websocket (opts)
+  if self._started then error("response already started", 2) end
+  local h = self.headers
+  if self.method ~= "GET" or self.version ~= "1.1" then
+    return refuse_upgrade(self, 400, {}, "a WebSocket upgrade is a GET " ..
+      "in HTTP/1.1")
+  end
+  if not (h.upgrade and has_token(lower(h.upgrade), "websocket")) then
+    return refuse_upgrade(self, 426, { Upgrade = "websocket",
+      Connection = "Upgrade" }, "no Upgrade: websocket")
+  end
+  if not (h.connection and has_token(lower(h.connection), "upgrade")) then
+    return refuse_upgrade(self, 400, {}, "no Connection: Upgrade")
+  end
+  if h["sec-websocket-version"] ~= "13" then
+    return refuse_upgrade(self, 426, { ["Sec-WebSocket-Version"] = "13" },
+      "Sec-WebSocket-Version is not 13")
+  end
+  local websocket = require "luasrv.websocket"
+  local key = h["sec-websocket-key"]
+  if not websocket.valid_key(key) then
+    return refuse_upgrade(self, 400, {}, "bad Sec-WebSocket-Key")
+  end
+  if h["content-length"] or h["transfer-encoding"] then
+    return refuse_upgrade(self, 400, {}, "a body in a WebSocket upgrade")
+  end
+  opts = opts or {}
+  local protocol = pick_protocol(self, opts.protocols)
+  local conn, rd = self.req, self._rd
+  conn:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+    "Connection: Upgrade\r\nSec-WebSocket-Accept: " ..
+    websocket.accept_key(key) .. "\r\n" ..
+    (protocol and "Sec-WebSocket-Protocol: " .. protocol .. "\r\n" or "") ..
+    "\r\n")
+  self._started, self._framing, self._keep = true, "upgrade", false
+  -- what the client sent after the handshake is the WebSocket's
+  local rest = ""
+  if rd then
+    if rd.pos <= #rd.buf then rest = sub(rd.buf, rd.pos) end
+    rd.buf, rd.pos, rd.last = "", 1, false
+    rd.timeout = false        -- the WebSocket sets its own
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.protocol = protocol
+  return websocket.new(conn, rest, o)
+end
+
 -- after a handler that streamed: the last chunk; whether to keep alive
 local function finish_stream (conn, r)
   if r._framing == "chunked" and not r._nobody then
@@ -1208,7 +1286,7 @@ end
 function M.serve (conn, handler, opts)
   opts = options(opts)
   local rd = new_reader(conn, opts)
-  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts),
+  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts, rd),
     opts = opts, handler = handler, n = 0, r = false,
     deadline = first_deadline(opts) }
   while true do                   -- once more after each handler's error
@@ -1247,7 +1325,7 @@ function M.read_request (conn, opts)
     deadline = first_deadline(opts)
   end
   if rd.opts ~= opts then       -- heads are checked against opts' limits
-    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts), false
+    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts, rd), false
   end
   local r, status, partial = read_request(rd, opts, rd.mt, deadline)
   if rd.timeout ~= nil then
