@@ -1523,6 +1523,11 @@ function M.json (value, status, headers)
 end
 
 
+-- A route handler serving the files under root (luasrv.http.static).
+function M.static (root, opts)
+  return require("luasrv.http.static").new(root, opts, M)
+end
+
 -- A router (luasrv.http.router): app:get(path, fn), ..., app:handler().
 function M.router (opts)
   return require("luasrv.http.router").new(opts)
