@@ -19,7 +19,12 @@ router of luasrv.http.router (lua/luasrv/http/router.lua).
 The parser is pure Lua over a buffer of its own (see "Reading a
 request" below): one req:recv per head, plain finds, and heads seen
 before recalled by their bytes. The whole body is read (up to max_body)
-before the handler runs.
+before the handler runs, unless opts.stream_body (true, or a function of
+the request returning true or the route's options: the router makes it
+from the routes' { stream_body = true }) says the handler reads it
+itself, with r:body_reader(). r:websocket() upgrades the connection
+(luasrv.websocket has the frames); http.static(root) serves files
+(luasrv.http.static).
 
 Deadlines: a request head must arrive whole within header_timeout (10 s;
 for the first request of a connection, counted from its start; for a
@@ -42,7 +47,10 @@ What a handler gets, `r`:
               r.headers["Content-Type"]); a repeated header's values are
               joined with ", " ("; " for Cookie)
   r:header_values(name)  every value of a header, in order (a list)
-  r.body      the request body ("" when there is none)
+  r.body      the request body ("" when there is none; false when the
+              route streams it: r:body_reader([chunk]) is an iterator
+              over its pieces)
+  r:websocket([opts])  the handshake, then a luasrv.websocket connection
   r.params    the router's captures (":id" -> r.params.id, decoded)
   r.req       the luasrv request (r.req.client_address, r.req.server);
               do not read from it: the module reads ahead (pipelined
