@@ -79,6 +79,10 @@ app:post("/head", function (r)
   local piece = r:body_reader(10)()
   return "first " .. piece .. "\n"
 end, STREAM)
+app:post("/raises", function (r)
+  r:body_reader(3)()
+  error("this handler fails on purpose")
+end, STREAM)
 app:post("/whole", function (r) return "whole " .. #r.body .. "\n" end)
 return app:handler{ max_body = 100000, body_timeout = %s }
 ]]):format(ROOT, 1 * H.scale)
@@ -189,6 +193,16 @@ H.for_models(function (model)
       assert.truthy(got:find("first xxxxxxxxxx", 1, true), got)
       assert.truthy(got:find("Connection: close", 1, true), got)
       assert.falsy(got:find("404", 1, true), got)
+    end)
+
+    it("answers 500 and closes when a handler raises with its body unread",
+      function ()
+      local got = raw("POST /raises HTTP/1.1\r\nHost: x\r\n" ..
+        "Content-Length: 20\r\n\r\n" .. string.rep("y", 20) ..
+        "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+      assert.truthy(got:find("^HTTP/1.1 500 "), got)
+      assert.truthy(got:find("Connection: close", 1, true), got)
+      assert.equal(1, H.count(got, "HTTP/1.1 ", true), got)
     end)
 
     it("takes 1 GiB from a pipe, chunked and with a Content-Length, " ..

@@ -301,7 +301,7 @@ local function new_reader (conn, opts)
   return { conn = conn, buf = "", pos = 1,
     recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
     write = conn.write, idle = opts.keepalive_timeout, timeout = nil,
-    last = false, last_entry = false }
+    last = false, last_entry = false, stream = false }
 end
 
 -- Sets the timeout of the next wait: what is left until deadline, or the
@@ -697,7 +697,7 @@ one recv (64 KiB) of it at a time. ]]
 -- max, deadline, continue (100 Continue still to send), done; or fails.
 -- route: true, or the route's options (their max_body and body_timeout
 -- over opts').
-local function stream_body (r, headers, opts, route)
+local function stream_body (rd, r, headers, opts, route)
   local te, cl, expect = headers["transfer-encoding"],
     headers["content-length"], headers.expect
   if expect then
@@ -728,6 +728,7 @@ local function stream_body (r, headers, opts, route)
   end
   if t and t > 0 then st.deadline = now() + t end
   r._body, r.body = st, false
+  rd.stream = st        -- (for serve_requests: a field, not an __index)
   return true
 end
 
@@ -999,7 +1000,7 @@ local function read_new_head (rd, opts, mt, deadline, tried, tried_buf,
     streams = streams(r)
   end
   if streams then
-    ok, status = stream_body(r, headers, opts, streams)
+    ok, status = stream_body(rd, r, headers, opts, streams)
   else
     ok, status = read_body(rd, r, headers, opts)
   end
@@ -1420,8 +1421,9 @@ local function serve_requests (st)
     local headers, body
     status, headers, body = handler(r)
     st.r = false
-    local sb = r._body
+    local sb = rd.stream
     if sb then                  -- a streamed body: failed, or left unread
+      rd.stream = false
       if sb.status ~= nil then
         if sb.status and not r._started then
           send_error(conn, sb.status, r, opts)
@@ -1480,6 +1482,12 @@ function M.serve (conn, handler, opts)
       r.target, tostring(conn.client_address), err))
     if r._started then
       return                  -- cut: the client sees an unfinished body
+    end
+    local sb = rd.stream       -- a streamed body: failed, or not all read
+    if sb then
+      rd.stream = false
+      if sb.status then return send_error(conn, sb.status, r, opts) end
+      if not sb.done then r.keepalive, r.unread = false, true end
     end
     if not send_response(conn, r, opts, 500, TEXT,
         "Internal Server Error\n") or st.n >= opts.max_requests then
