@@ -93,7 +93,9 @@ H.for_models(function (model)
       local head = readfile(hfile) or ""
       local status = tonumber(head:match("^HTTP/1%.1 (%d+)"))
       local headers = {}
-      for k, v in head:gmatch("([%w%-]+): ([^\r\n]*)") do headers[k:lower()] = v end
+      for k, v in head:gmatch("([%w%-]+): ([^\r\n]*)") do
+        headers[k:lower()] = v
+      end
       return status, headers, readfile(bfile) or ""
     end
 
@@ -107,7 +109,8 @@ H.for_models(function (model)
       assert.truthy(h["last-modified"]:find(
         "^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$"))
       assert.equal("bytes", h["accept-ranges"])
-      assert.equal("text/html", (select(2, get("/s/page.html"))["content-type"]))
+      assert.equal("text/html",
+        (select(2, get("/s/page.html"))["content-type"]))
       assert.equal("application/json",
         (select(2, get("/s/data.json"))["content-type"]))
       assert.equal("application/octet-stream",

@@ -239,7 +239,8 @@ H.for_models(function (model)
       end
 
       it("refuses what is not an upgrade: 426, 400", function ()
-        local status, head = refused("GET /ws-refused HTTP/1.1\r\nHost: x\r\n\r\n")
+        local status, head = refused(
+          "GET /ws-refused HTTP/1.1\r\nHost: x\r\n\r\n")
         assert.equal(426, status)
         assert.truthy(head:find("Upgrade: websocket", 1, true))
         status = refused((handshake("/ws-refused"):gsub("Connection: Upgrade",
@@ -251,7 +252,8 @@ H.for_models(function (model)
         assert.truthy(head:find("Sec-WebSocket-Version: 13", 1, true))
         status = refused((handshake("/ws-refused"):gsub(KEY, "short")))
         assert.equal(400, status)
-        status = refused((handshake("/ws-refused"):gsub("HTTP/1.1", "HTTP/1.0")))
+        status = refused((handshake("/ws-refused"):gsub("HTTP/1.1",
+          "HTTP/1.0")))
         assert.equal(400, status)
         assert.truthy(H.eventually(function ()
           return srv:stderr():find("refused: bad Sec-WebSocket-Key", 1, true)

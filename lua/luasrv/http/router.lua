@@ -75,7 +75,9 @@ for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
   end
 end
 
-function Router:any (path, fn, ropts) return self:route("*", path, fn, ropts) end
+function Router:any (path, fn, ropts)
+  return self:route("*", path, fn, ropts)
+end
 
 -- The options of the route r would run (nil for none): r's method, then
 -- "*", among the exact paths, then the patterns in order.
