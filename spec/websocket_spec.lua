@@ -461,3 +461,62 @@ H.for_models(function (model)
     end)
   end)
 end)
+
+-- the frame functions alone, in this Lua (no server): luasrv.websocket
+-- without luasrv.ngxc uses its Lua mask
+describe("luasrv.websocket's frame functions", function ()
+  package.path = ROOT .. "/lua/?.lua;" .. package.path
+  local ws = require "luasrv.websocket"
+
+  it("masks as RFC 6455 5.3 says, at every length and alignment", function ()
+    local key = "\x37\xfa\x21\x3d"
+    for n = 0, 300 do
+      local t = {}
+      for i = 1, n do t[i] = string.char((i * 31 + n) % 256) end
+      local s = table.concat(t)
+      assert.equal(masked(s), ws.lua_mask(s, key), "length " .. n)
+      assert.equal(s, ws.lua_mask(ws.lua_mask(s, key), key))
+    end
+  end)
+
+  it("reads back the header of the frames it makes", function ()
+    for _, n in ipairs{ 0, 1, 125, 126, 65535, 65536, 70000 } do
+      local payload = string.rep("z", n)
+      local f = ws.frame(2, payload, false, "abcd")
+      local opcode, fin, key, len, p = ws.parse_header(f, 1)
+      assert.same({ 2, false, "abcd", n }, { opcode, fin, key, len })
+      assert.equal(payload, ws.lua_mask(f:sub(p), key))
+      assert.is_nil(ws.parse_header(f:sub(1, p - 2), 1))   -- not whole yet
+    end
+  end)
+
+  it("refuses the headers no frame may have", function ()
+    local function code (b1, b2)
+      local ok, c = ws.parse_header(string.char(b1, b2) .. "\0\200abcd", 1)
+      assert.is_false(ok)
+      return c
+    end
+    assert.equal(1002, code(0xC1, 0x80))       -- RSV1
+    assert.equal(1002, code(0x83, 0x80))       -- opcode 3
+    assert.equal(1002, code(0x09, 0x80))       -- fragmented ping
+    assert.equal(1002, code(0x89, 0xFE))       -- ping of 126+ bytes
+    local ok, c = ws.parse_header("\x82\xFF\x80" .. string.rep("\0", 7) ..
+      "abcd", 1)                               -- a length over 2^63
+    assert.same({ false, 1002 }, { ok, c })
+  end)
+
+  it("reads close payloads and knows the codes that may be sent", function ()
+    assert.same({ 1000, "bye" }, { ws.parse_close("\3\232bye") })
+    assert.same({ nil, 1005 }, { ws.parse_close("") })
+    local ok, c = ws.parse_close("\3")
+    assert.same({ false, 1002 }, { ok, c })
+    assert.equal(1002, select(2, ws.parse_close("\3\237")))       -- 1005
+    assert.equal(1007, select(2, ws.parse_close("\3\232\xff")))
+    for _, c in ipairs{ 1000, 1003, 1007, 1014, 3000, 4999 } do
+      assert.is_true(ws.valid_close_code(c), c)
+    end
+    for _, c in ipairs{ 999, 1004, 1005, 1006, 1015, 2999, 5000 } do
+      assert.is_false(ws.valid_close_code(c), c)
+    end
+  end)
+end)

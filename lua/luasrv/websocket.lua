@@ -43,9 +43,11 @@ control frames between fragments are handled as they come. Text is
 checked to be UTF-8 when the message is whole.
 ]==]
 
-local ngxc = require "luasrv.ngxc"
-local luasrv = require "luasrv"
-local now = luasrv.now
+-- (luasrv.ngxc and luasrv are the binary's: without them, as in a plain
+-- lua5.4, the frame functions still work, for tests)
+local has_ngxc, ngxc = pcall(require, "luasrv.ngxc")
+if not has_ngxc then ngxc = {} end
+local function now () return require("luasrv").now() end
 
 local byte, char, sub, pack, unpack, rep = string.byte, string.char,
   string.sub, string.pack, string.unpack, string.rep
