@@ -3,10 +3,12 @@
 #   make            build build/luasrv
 #   make run        install what building and running need, build, serve
 #                   scripts/echo.lua on 127.0.0.1:$(PORT)
-#   make test       install the test tools too, build, run the C unit tests
-#                   and every spec
+#   make test       install the test tools too, build, check the layers,
+#                   run the C unit tests and every spec
+#   make check-layers  fail on a dependency between objects that points up
 #   make test-asan  the same under AddressSanitizer + UBSan (build-asan/)
 #   make bench      the benchmark (see bench/README.md)
+#   make deb        the Debian package, build/deb/luasrv_VERSION_ARCH.deb
 #   make clean
 
 CC ?= gcc
@@ -53,7 +55,7 @@ MODELS ?= sync,fork,thread,event
 # What the benchmark adds: its peers and a load tool.
 DEPS_BENCH = python3 lua-luv redis-server redis-tools haproxy wrk nginx libnginx-mod-http-lua
 
-.PHONY: all deps deps-run run test test-asan check-specs unit bench clean install uninstall
+.PHONY: all deps deps-run run test test-asan check-specs check-layers unit bench clean install uninstall
 
 all: $(BUILD)/luasrv
 
@@ -95,11 +97,11 @@ $(BUILD)/test_fuzz_%: fuzz/fuzz_%.c fuzz/replay.c $$(REPLAY_OBJS_$$*)
 $(BUILD):
 	mkdir -p $(BUILD)
 
-# The module path compiled into script.o follows PREFIX: rebuild on change.
+# The module path compiled into lstate.o follows PREFIX: rebuild on change.
 .PHONY: FORCE
 $(BUILD)/luadir: FORCE | $(BUILD)
 	@echo '$(LUADIR)' | cmp -s - $@ 2>/dev/null || echo '$(LUADIR)' > $@
-$(BUILD)/script.o: $(BUILD)/luadir
+$(BUILD)/lstate.o: $(BUILD)/luadir
 
 run: deps-run
 	@$(MAKE) --no-print-directory all
@@ -107,8 +109,12 @@ run: deps-run
 
 unit: $(CTESTS)
 
+# Every object depends only on the floors below it (doc/design.md).
+check-layers: $(OBJS)
+	@tools/check-layers $(BUILD)
+
 test: deps
-	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory all unit check-layers
 	@LUASRV_MODELS=$(MODELS) LUASRV_BIN=$(BUILD)/luasrv BUILD=$(BUILD) spec/run
 
 test-asan: deps
@@ -185,6 +191,21 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
 	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+
+# make deb: the Debian package, built by debhelper from debian/ in a copy
+# of the tree (dpkg-buildpackage writes beside the source): the result is
+# $(DEBDIR)/luasrv_VERSION_ARCH.deb, checked by lintian.
+DEPS_DEB = build-essential dpkg-dev debhelper lintian pkg-config liblua5.4-dev logrotate
+DEBDIR ?= $(BUILD)/deb
+DEB_TREE = Makefile README.md bench/README.md contrib debian doc \
+           fuzz/fuzz.mk lua scripts spec/c src
+.PHONY: deb
+deb:
+	@tools/install-deps $(DEPS_DEB)
+	rm -rf $(DEBDIR) && mkdir -p $(DEBDIR)/luasrv
+	tar -cf - $(DEB_TREE) | tar -xf - -C $(DEBDIR)/luasrv
+	cd $(DEBDIR)/luasrv && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(DEBDIR)/luasrv_*.deb
 
 clean:
 	rm -rf build build-asan build-tsan bench/build

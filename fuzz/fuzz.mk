@@ -42,7 +42,7 @@ FUZZ_ENV = LUASRV_FUZZ_KNOWN=$(FUZZ_KNOWN) ASAN_OPTIONS=detect_leaks=1:abort_on_
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 # What each target links besides its own file (the reader needs all of
-# luasrv but main.c: lreq.c reaches the worker, the models and the state).
+# luasrv but main.c: lconn.c reaches the worker, the models and the state).
 FUZZ_SRC_address =
 FUZZ_SRC_acl = acl
 FUZZ_SRC_cli = cli acl log address

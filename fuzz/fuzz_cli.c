@@ -8,6 +8,9 @@
 ** counts within their arrays, listener texts that are argv strings (or
 ** their tails after '='), and every numeric field within the range its
 ** option promises.
+** An input that starts with "@config\0" is a configuration file's text
+** instead (cli_parse_text): the same checks, its strings inside the text,
+** a failure's reason starting "FILE:LINE: ".
 */
 #include <fcntl.h>
 #include <stdint.h>
@@ -37,8 +40,43 @@ static int in_argv (const char *p, int argc, char **argv) {
 }
 
 
+/* Is p inside text[0..n]? */
+static int in_text (const char *p, const char *text, size_t n) {
+  return p >= text && p <= text + n;
+}
+
+
+static void config_text (const uint8_t *data, size_t size) {
+  static struct config cfg;
+  char *argv[] = {(char *)"luasrv", (char *)"x.lua", (char *)"--tcp",
+                  (char *)"1", NULL};
+  char err[256], *text = malloc(size + 1);
+  memcpy(text, data, size);
+  text[size] = '\0';
+  CHECK(cli_parse(4, argv, &cfg, err, sizeof err) == CLI_RUN, "defaults");
+  memset(err, 'x', sizeof err);
+  if (cli_parse_text("f.conf", text, &cfg, err, sizeof err) < 0)
+    CHECK(memchr(err, '\0', sizeof err) != NULL &&
+          strncmp(err, "f.conf:", 7) == 0, "no FILE:LINE reason");
+  else {
+    CHECK(cfg.script == argv[1] || in_text(cfg.script, text, size), "script");
+    CHECK(cfg.nlisten >= 1 && cfg.nlisten <= CLI_MAX_LISTEN, "nlisten");
+    for (int k = 1; k < cfg.nlisten; k++)
+      CHECK(in_text(cfg.listen[k].text, text, size), "listen text");
+    CHECK(cfg.workers >= 1 && cfg.workers <= 1024, "workers %d", cfg.workers);
+    CHECK(cfg.nacl >= 0 && cfg.nacl <= CLI_MAX_ACL, "nacl %d", cfg.nacl);
+    CHECK(cfg.nshared >= 0 && cfg.nshared <= CLI_MAX_SHARED, "nshared");
+  }
+  free(text);
+}
+
+
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
   static struct config cfg;
+  if (size >= 8 && memcmp(data, "@config", 8) == 0) {
+    config_text(data + 8, size - 8);
+    return 0;
+  }
   char *argv[MAX_ARGS + 2], err[256];
   int argc = 1;
   size_t i = 0;
@@ -51,6 +89,8 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
     i += n + 1;
   }
   argv[argc] = NULL;
+  for (int k = 1; k < argc; k++)  /* files are the "@config" inputs' part */
+    if (strncmp(argv[k], "--config", 8) == 0) goto done;
   memset(err, 'x', sizeof err);
   enum cli_result r = cli_parse(argc, argv, &cfg, err, sizeof err);
   CHECK(r == CLI_RUN || r == CLI_EXIT_OK || r == CLI_USAGE, "result %d", r);
@@ -94,6 +134,7 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size) {
     CHECK(cfg.user == NULL || in_argv(cfg.user, argc, argv), "user");
     CHECK(cfg.pidfile == NULL || in_argv(cfg.pidfile, argc, argv), "pidfile");
   }
+done:
   for (int k = 0; k < argc; k++) free(argv[k]);
   return 0;
 }

@@ -1,5 +1,5 @@
 /*
-** fuzz_reader.c -- the request object's readers (src/lreq.c) through the
+** fuzz_reader.c -- the request object's readers (src/lconn.c) through the
 ** real code: a Lua state made by lstate_new as the server makes it, a
 ** request made by lconn_new on one end of a socketpair, the input's data
 ** written into the other end, and req:read / req:lines / req:recv called
@@ -84,8 +84,12 @@ static void ev_arm (struct task *t, struct lconn *c, unsigned ev,
   armed = 1;
 }
 
-static const struct waitops sync_ops = {0, NULL, NULL};
-static const struct waitops event_ops = {1, ev_arm, NULL};
+#define sync_ops sched_blocking
+static const struct sched_ops event_ops = {
+  .name = "fuzz-event",
+  .block = sched_block,
+  .arm = ev_arm,
+};
 
 
 static char script[64];
@@ -126,7 +130,7 @@ static void state_open (void) {
   char err[1024];
   X = lstate_new(&w, script, &sync_ops, err, sizeof err);
   CHECK(X != NULL, "lstate_new: %s", err);
-  L = lstate_L(X);
+  L = lsrv_L(X);
   memset(&T, 0, sizeof T);
   T.x = X;
   T.ref = LUA_NOREF;
@@ -180,9 +184,9 @@ static void feed (struct run *r) {
     write_n(r, r->n - r->fed);
     shutdown(r->fd, SHUT_WR);
     r->shut = 1;
-    r->c->flags |= LC_RDHUP;
+    r->c->io.flags |= LC_RDHUP;
   }
-  r->c->flags |= LC_READABLE;
+  r->c->io.flags |= LC_READABLE;
   T.wait_rc = 0;
 }
 

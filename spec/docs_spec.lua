@@ -229,9 +229,14 @@ end
 local function run_server (step, cmd, servers)
   local env, argv = split_command(cmd:gsub("%s*&$", ""))
   assert(argv[1] == T.bin, "a server line starts with build/luasrv: " .. cmd)
-  local args = {}
-  for i = 3, #argv do args[#args + 1] = argv[i] end
-  local srv = T.start{ script = argv[2], args = args, env = env }
+  local args, srv = {}, nil
+  if argv[2] == "--config" then  -- build/luasrv --config FILE [OPTIONS]
+    for i = 4, #argv do args[#args + 1] = argv[i] end
+    srv = T.start{ config = argv[3], args = args, env = env }
+  else
+    for i = 3, #argv do args[#args + 1] = argv[i] end
+    srv = T.start{ script = argv[2], args = args, env = env }
+  end
   H.defer(function () srv:stop() end)
   servers[#servers + 1] = srv
   return srv

@@ -21,6 +21,12 @@ for _, model in ipairs(H.models) do
     describe("model event", function ()
       it("returns to its first burst's RSS after five bursts of 2,000 "
          .. "abandoned connections", function ()
+        -- AddressSanitizer keeps freed memory in quarantine: RSS says
+        -- nothing about what the server gives back there
+        if os.getenv("ASAN_OPTIONS") then
+          pending("not under AddressSanitizer")
+          return
+        end
         local srv = H.start{ model = model, source = ECHO,
           args = { "--max-connections", "5000", "--log-level", "debug" } }
         local worker = H.children(srv.pid)[1]

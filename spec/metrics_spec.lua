@@ -112,6 +112,51 @@ H.for_models(function (model)
     assert.equals(1, sums.luasrv_requests_refused_total)
   end)
 
+
+  it("gauges Lua memory per worker, connections per listener and the "
+     .. "shared dictionaries' use", function ()
+    local port = free_port()
+    local srv = H.start{ model = model, tcp = true, unix = true, source = [[
+local luasrv = require "luasrv"
+return { handle = function (req)
+  for line in req:lines() do
+    if line == "fill" then
+      for i = 1, 50 do luasrv.shared.cache:set("k" .. i, ("v"):rep(100)) end
+    end
+    req:write(line, "\n")
+  end
+end }]], args = { "--metrics", "127.0.0.1:" .. port, "--shared", "cache:1m" } }
+    local sums, text = scrape(port)
+    assert.equals(0, sums.luasrv_shared_keys)
+    assert.equals(sums.luasrv_shared_bytes, sums.luasrv_shared_free_bytes)
+    local held = { srv:connect("unix") }
+    held[1]:settimeout(5 * H.scale)
+    held[1]:send("fill\n")
+    assert.equals("fill", held[1]:receive())
+    -- (the sync model serves one at a time: these wait in the queue,
+    -- which counts for TCP)
+    for i = 2, 4 do held[i] = srv:connect("tcp") end
+    sums, text = scrape(port)
+    local tcp = srv.listeners[1].address
+    assert.equals("3", text:match('luasrv_listener_connections{listener="'
+      .. tcp:gsub("%p", "%%%0") .. '"} (%d+)'), text)
+    assert.equals("1", text:match('luasrv_listener_connections{listener="unix:'
+      .. srv.unix.path:gsub("%p", "%%%0") .. '"} (%d+)'), text)
+    assert.equals(50, sums.luasrv_shared_keys)
+    assert.is_true(sums.luasrv_shared_free_bytes < sums.luasrv_shared_bytes - 5000)
+    for i = 1, 4 do held[i]:close() end
+    -- a request that ended reported its state's memory
+    local deadline = T.now() + 5 * H.scale
+    repeat
+      sums, text = scrape(port)
+      if (sums.luasrv_lua_memory_bytes or 0) == 0 or
+         (sums.luasrv_listener_connections or 0) > 0 then T.sleep(0.05) end
+    until ((sums.luasrv_lua_memory_bytes or 0) > 0 and
+           sums.luasrv_listener_connections == 0) or T.now() > deadline
+    assert.is_true(sums.luasrv_lua_memory_bytes > 10000, text)
+    assert.equals(0, sums.luasrv_listener_connections, text)
+  end)
+
 end)
 
 describe("--metrics", function ()

@@ -12,10 +12,9 @@ local T = H.T
 -- requests run at the same time (sync: one after the other)
 local CONCURRENT = { sync = false, fork = true, thread = true, event = true }
 
--- the option that limits concurrent requests, per model (the event
--- model's --max-connections is left out: it accepts a batch of up to 64
--- connections per wake-up before it looks at the limit)
-local LIMIT_OPT = { fork = "--max-children", thread = "--max-threads" }
+-- the option that limits concurrent requests, per model
+local LIMIT_OPT = { fork = "--max-children", thread = "--max-threads",
+                    event = "--max-connections" }
 
 -- handler: reads the seconds to sleep, sleeps, replies "START END" on the
 -- monotonic clock (CLOCK_MONOTONIC: comparable across processes)
@@ -123,7 +122,6 @@ H.for_models(function (model)
 
   it("a limit of 2 concurrent requests: never more, none refused",
   function ()
-    if model == "event" then return end  -- see LIMIT_OPT
     local args = {}
     if LIMIT_OPT[model] then args = { LIMIT_OPT[model], "2" } end
     local limit = LIMIT_OPT[model] and 2 or 1
@@ -142,6 +140,16 @@ H.for_models(function (model)
       assert.equals(1, max_overlap(spans))
       assert.is_true(dt >= 4 * 0.2 * 0.9, "4 requests took " .. dt .. " s")
     end)
+
+    for _, n in ipairs{ 1, 2, 5 } do
+      it(LIMIT_OPT[model] .. " " .. n .. ": exactly " .. n .. " handlers run "
+         .. "at once, the other clients wait", function ()
+        local srv = H.start{ model = model, source = SLEEPER,
+                             args = { LIMIT_OPT[model], tostring(n) } }
+        local _, spans = burst(srv, 3 * n, 0.3)
+        assert.equals(n, max_overlap(spans))
+      end)
+    end
   end
 
   it("state: an upvalue persists in a state across requests"

@@ -183,7 +183,7 @@ local cases = {
   { name = "--timeout bounds a whole read, not each wait",
     client = trickle, args = { "--timeout", "1" },
     body = 'return req:read("l")', expect = P(nil, "timeout"),
-    min_time = 0.9, max_time = 2 },
+    min_time = 0.9, max_time = 3 },
   { name = "req:settimeout(0.2) overrides the server's timeout",
     input = "", keep_open = true,
     body = 'req:settimeout(0.2); return req:read("l")',

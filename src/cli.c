@@ -3,6 +3,7 @@
 ** value and where it goes. "--opt VALUE" and "--opt=VALUE" both work.
 */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,9 @@
 
 static const char usage_text[] =
 "usage: luasrv SCRIPT [OPTIONS]\n"
-"       luasrv --check SCRIPT\n"
+"       luasrv --config FILE [SCRIPT] [OPTIONS]\n"
+"       luasrv --check SCRIPT | --check --config FILE\n"
+"       luasrv ctl SOCKET status|workers|shared [NAME [KEY]]|reload|drain\n"
 "       luasrv --help | --version\n"
 "\n"
 "Listeners (repeatable, at least one):\n"
@@ -44,6 +47,15 @@ static const char usage_text[] =
 "  --deny CIDR            refuse clients from CIDR (\"all\" matches any address)\n"
 "\n"
 "Operations:\n"
+"  --config FILE          read options from FILE, one a line as on the command\n"
+"                         line (\"workers 4\", \"script /srv/app.lua\", # comments);\n"
+"                         the command line overrides it; SIGHUP re-reads it\n"
+"  --log-file FILE        the error log (and --access-log lines) go to FILE,\n"
+"                         not stderr; SIGUSR1 reopens it (log rotation)\n"
+"  --admin PATH           a Unix socket (mode 0600) for \"luasrv ctl PATH ...\":\n"
+"                         whoever can open it controls the server\n"
+"  --drain-delay SECS     on SIGTERM, answer 503 on /readyz for SECS before\n"
+"                         the workers stop (default 0)\n"
 "  --reuse-port           set SO_REUSEPORT on inet listeners\n"
 "  --unix-mode MODE       octal mode for Unix socket files (e.g. 660)\n"
 "  --user USER[:GROUP]    drop privileges to USER after binding\n"
@@ -52,7 +64,8 @@ static const char usage_text[] =
 "  --proxy-protocol       stream clients come through a proxy that sends a PROXY\n"
 "                         protocol header (v1 or v2) first: it is required\n"
 "  --access-log           log a line per request (client, bytes, time, outcome)\n"
-"  --metrics [HOST]:PORT  serve Prometheus metrics there (the master answers)\n"
+"  --metrics [HOST]:PORT  the master serves /metrics (Prometheus), /healthz,\n"
+"                         /readyz and /status (JSON) there\n"
 "  --log-level LEVEL      error, warn, info or debug (default info)\n"
 "  --quiet                same as --log-level warn\n"
 "\n"
@@ -60,7 +73,10 @@ static const char usage_text[] =
 "  --help, --version\n";
 
 enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
-            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED };
+            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED, K_CONFIG };
+
+/* What a reload (SIGHUP re-reading --config) can change of an option. */
+enum { R_YES, R_RESTART, R_NEVER };
 
 struct option {
   const char *name;
@@ -68,42 +84,47 @@ struct option {
   size_t off;                 /* offsetof(struct config, field) */
   long min, max;              /* for K_INT */
   int tr;                     /* for K_LISTEN */
+  int reload;                 /* R_YES: a reload applies it */
 };
 
 #define F(field) offsetof(struct config, field)
 
 static const struct option options[] = {
-  {"tcp", K_LISTEN, 0, 0, 0, TR_TCP},
-  {"udp", K_LISTEN, 0, 0, 0, TR_UDP},
-  {"unix", K_LISTEN, 0, 0, 0, TR_UNIX},
-  {"unixgram", K_LISTEN, 0, 0, 0, TR_UNIXGRAM},
-  {"model", K_MODEL, F(model), 0, 0, 0},
-  {"workers", K_INT, F(workers), 1, 1024, 0},
-  {"max-children", K_INT, F(max_children), 1, 100000, 0},
-  {"max-threads", K_INT, F(max_threads), 1, 100000, 0},
-  {"max-connections", K_INT, F(max_connections), 1, 10000000, 0},
-  {"timeout", K_SECS, F(timeout), 0, 0, 0},
-  {"max-line", K_SIZE, F(max_line), 0, 0, 0},
-  {"grace", K_SECS, F(grace), 0, 0, 0},
-  {"backlog", K_INT, F(backlog), 1, 1000000, 0},
-  {"once", K_FLAG, F(once), 0, 0, 0},
-  {"memory-limit", K_SIZE, F(memory_limit), 0, 0, 0},
-  {"cpu-limit", K_SECS, F(cpu_limit), 0, 0, 0},
-  {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0},
-  {"metrics", K_STR, F(metrics), 0, 0, 0},
-  {"access-log", K_FLAG, F(access_log), 0, 0, 0},
-  {"proxy-protocol", K_FLAG, F(proxy_protocol), 0, 0, 0},
-  {"shared", K_SHARED, 0, 0, 0, 0},
-  {"allow", K_ACL, 0, 0, 0, 1},
-  {"deny", K_ACL, 0, 0, 0, 0},
-  {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0},
-  {"unix-mode", K_MODE, F(unix_mode), 0, 0, 0},
-  {"user", K_STR, F(user), 0, 0, 0},
-  {"pidfile", K_STR, F(pidfile), 0, 0, 0},
-  {"log-format", K_LOGFMT, F(log_json), 0, 0, 0},
-  {"log-level", K_LOGLEVEL, F(log_level), 0, 0, 0},
-  {"quiet", K_QUIET, F(log_level), 0, 0, 0},
-  {"check", K_FLAG, F(check), 0, 0, 0},
+  {"tcp", K_LISTEN, 0, 0, 0, TR_TCP, R_YES},
+  {"udp", K_LISTEN, 0, 0, 0, TR_UDP, R_YES},
+  {"unix", K_LISTEN, 0, 0, 0, TR_UNIX, R_YES},
+  {"unixgram", K_LISTEN, 0, 0, 0, TR_UNIXGRAM, R_YES},
+  {"model", K_MODEL, F(model), 0, 0, 0, R_RESTART},
+  {"workers", K_INT, F(workers), 1, 1024, 0, R_RESTART},
+  {"max-children", K_INT, F(max_children), 1, 100000, 0, R_YES},
+  {"max-threads", K_INT, F(max_threads), 1, 100000, 0, R_YES},
+  {"max-connections", K_INT, F(max_connections), 1, 10000000, 0, R_YES},
+  {"timeout", K_SECS, F(timeout), 0, 0, 0, R_YES},
+  {"max-line", K_SIZE, F(max_line), 0, 0, 0, R_YES},
+  {"grace", K_SECS, F(grace), 0, 0, 0, R_YES},
+  {"backlog", K_INT, F(backlog), 1, 1000000, 0, R_RESTART},
+  {"once", K_FLAG, F(once), 0, 0, 0, R_YES},
+  {"memory-limit", K_SIZE, F(memory_limit), 0, 0, 0, R_YES},
+  {"cpu-limit", K_SECS, F(cpu_limit), 0, 0, 0, R_YES},
+  {"max-per-source", K_INT, F(max_per_source), 1, 10000000, 0, R_YES},
+  {"metrics", K_STR, F(metrics), 0, 0, 0, R_RESTART},
+  {"access-log", K_FLAG, F(access_log), 0, 0, 0, R_YES},
+  {"proxy-protocol", K_FLAG, F(proxy_protocol), 0, 0, 0, R_YES},
+  {"shared", K_SHARED, 0, 0, 0, 0, R_RESTART},
+  {"allow", K_ACL, 0, 0, 0, 1, R_YES},
+  {"deny", K_ACL, 0, 0, 0, 0, R_YES},
+  {"reuse-port", K_FLAG, F(reuse_port), 0, 0, 0, R_RESTART},
+  {"unix-mode", K_MODE, F(unix_mode), 0, 0, 0, R_RESTART},
+  {"user", K_STR, F(user), 0, 0, 0, R_RESTART},
+  {"pidfile", K_STR, F(pidfile), 0, 0, 0, R_RESTART},
+  {"log-format", K_LOGFMT, F(log_json), 0, 0, 0, R_YES},
+  {"log-level", K_LOGLEVEL, F(log_level), 0, 0, 0, R_YES},
+  {"quiet", K_QUIET, F(log_level), 0, 0, 0, R_YES},
+  {"log-file", K_STR, F(log_file), 0, 0, 0, R_YES},
+  {"drain-delay", K_SECS, F(drain_delay), 0, 0, 0, R_YES},
+  {"admin", K_STR, F(admin), 0, 0, 0, R_RESTART},
+  {"config", K_CONFIG, F(config), 0, 0, 0, R_NEVER},
+  {"check", K_FLAG, F(check), 0, 0, 0, R_NEVER},
 };
 
 static const char *const model_names[] = {"sync", "fork", "thread", "event"};
@@ -272,7 +293,7 @@ static int set (struct config *cfg, const struct option *o, const char *v,
       struct shared_spec *sh = &cfg->shared[cfg->nshared];
       struct option so = {o->name, K_SIZE, F(shared) +
         (size_t)cfg->nshared * sizeof *sh + offsetof(struct shared_spec, size),
-        0, 0, 0};
+        0, 0, 0, R_RESTART};
       if (cfg->nshared == CLI_MAX_SHARED) {
         snprintf(err, errlen, "too many --shared (at most %d)", CLI_MAX_SHARED);
         return -1;
@@ -350,29 +371,46 @@ static const char *nearest (const char *name, size_t n) {
 }
 
 
-static void unknown (const char *arg, size_t n, char *err, size_t errlen) {
-  const char *near = nearest(arg + 2, n - 2);
+/* "unknown option '--NAME'", with the option it was probably meant to be. */
+static void unknown (const char *name, size_t n, char *err, size_t errlen) {
+  const char *near = nearest(name, n);
   if (near != NULL)
-    snprintf(err, errlen, "unknown option '%.*s' (did you mean --%s?)",
-             (int)n, arg, near);
+    snprintf(err, errlen, "unknown option '--%.*s' (did you mean --%s?)",
+             (int)n, name, near);
   else
-    snprintf(err, errlen, "unknown option '%.*s'", (int)n, arg);
+    snprintf(err, errlen, "unknown option '--%.*s'", (int)n, name);
 }
 
 
-/* Handles argv[*i], an option; advances *i past its value. */
-static int option (int argc, char **argv, int *i, struct config *cfg,
-                   char *err, size_t errlen) {
-  const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
-  size_t n = eq ? (size_t)(eq - arg) : strlen(arg);
-  const struct option *o = find(arg, n);
-  const char *v;
-  if (o == NULL) {
-    unknown(argv[*i], n + 2, err, errlen);
-    return -1;
-  }
+/*
+** Repeatable options (listeners, --allow/--deny, --shared) given on the
+** command line replace the file's list of that kind as a whole: the bit
+** of a kind is set while the file's list still stands.
+*/
+#define RESET_LISTEN 1u
+#define RESET_ACL 2u
+#define RESET_SHARED 4u
+
+static void reset_repeatable (struct config *cfg, enum kind k,
+                              unsigned *reset) {
+  unsigned bit = k == K_LISTEN ? RESET_LISTEN : k == K_ACL ? RESET_ACL :
+                 k == K_SHARED ? RESET_SHARED : 0;
+  if ((*reset & bit) == 0) return;
+  *reset &= ~bit;
+  if (bit == RESET_LISTEN) cfg->nlisten = 0;
+  if (bit == RESET_ACL) cfg->nacl = 0;
+  if (bit == RESET_SHARED) cfg->nshared = 0;
+}
+
+
+/*
+** Applies option o with value v (NULL: none given), from the command line
+** or a file line.
+*/
+static int apply (struct config *cfg, const struct option *o, const char *v,
+                  unsigned *reset, char *err, size_t errlen) {
   if (o->kind == K_FLAG || o->kind == K_QUIET) {
-    if (eq) {
+    if (v != NULL) {
       snprintf(err, errlen, "option --%s takes no value", o->name);
       return -1;
     }
@@ -380,19 +418,160 @@ static int option (int argc, char **argv, int *i, struct config *cfg,
     else *(int *)((char *)cfg + o->off) = 1;
     return 0;
   }
-  if (eq) v = eq + 1;
-  else if (*i + 1 < argc) v = argv[++*i];
-  else {
+  if (v == NULL) {
     snprintf(err, errlen, "option --%s needs a value", o->name);
     return -1;
   }
+  if (o->kind == K_CONFIG) return 0;  /* read before the command line */
+  reset_repeatable(cfg, o->kind, reset);
   return set(cfg, o, v, err, errlen);
 }
 
 
-enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
-                           char *err, size_t errlen) {
+/* Handles argv[*i], an option; advances *i past its value. */
+static int option (int argc, char **argv, int *i, struct config *cfg,
+                   unsigned *reset, char *err, size_t errlen) {
+  const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
+  size_t n = eq ? (size_t)(eq - arg) : strlen(arg);
+  const struct option *o = find(arg, n);
+  const char *v = NULL;
+  if (o == NULL) {
+    unknown(arg, n, err, errlen);
+    return -1;
+  }
+  if (eq) v = eq + 1;
+  else if (o->kind != K_FLAG && o->kind != K_QUIET && *i + 1 < argc)
+    v = argv[++*i];
+  return apply(cfg, o, v, reset, err, errlen);
+}
+
+
+/* One line of a file, its comment and blank lines skipped by the caller. */
+static int file_line (char *s, struct config *cfg, char *err, size_t errlen) {
+  unsigned none = 0;
+  size_t n;
+  char *v;
+  const struct option *o;
+  if (s[0] == '-' && s[1] == '-') s += 2;
+  n = strcspn(s, " \t=");
+  v = s + n;
+  if (*v == '=') v++;
+  else {
+    while (*v == ' ' || *v == '\t') v++;
+    if (*v == '\0') v = NULL;
+  }
+  s[n] = '\0';
+  if (strcmp(s, "script") == 0) {
+    if (v == NULL || *v == '\0') {
+      snprintf(err, errlen, "script needs a path (script /srv/app.lua)");
+      return -1;
+    }
+    cfg->script = v;
+    return 0;
+  }
+  if ((o = find(s, n)) == NULL) {
+    unknown(s, n, err, errlen);
+    if (strchr(s, '/') != NULL || strchr(s, '.') != NULL)
+      snprintf(err + strlen(err), errlen - strlen(err),
+               " (a script is written 'script PATH')");
+    return -1;
+  }
+  if (o->reload == R_NEVER) {
+    snprintf(err, errlen, "--%s belongs on the command line, not in a file",
+             o->name);
+    return -1;
+  }
+  return apply(cfg, o, v, &none, err, errlen);
+}
+
+
+int cli_parse_text (const char *name, char *text, struct config *cfg,
+                    char *err, size_t errlen) {
+  int line = 0;
+  char *p = text;
+  while (p != NULL && *p != '\0') {
+    char *eol = strchr(p, '\n'), *s = p, *e;
+    char why[400];
+    line++;
+    if (eol != NULL) *eol++ = '\0';
+    p = eol;
+    while (*s == ' ' || *s == '\t') s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+      *--e = '\0';
+    if (*s == '\0' || *s == '#') continue;
+    if (file_line(s, cfg, why, sizeof why) < 0) {
+      snprintf(err, errlen, "%s:%d: %s", name, line, why);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+
+#define MAX_FILE (1 << 20)    /* a configuration is a few hundred bytes */
+
+/* Reads path whole into a fresh, terminated buffer; NULL with err set. */
+static char *read_file (const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "r");
+  char *buf = NULL;
+  size_t n = 0;
+  if (f == NULL) {
+    snprintf(err, errlen, "--config %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  if ((buf = malloc(MAX_FILE + 1)) != NULL) {
+    n = fread(buf, 1, MAX_FILE + 1, f);
+    if (ferror(f))
+      snprintf(err, errlen, "--config %s: %s", path, strerror(errno));
+    else if (n > MAX_FILE) snprintf(err, errlen, "%s: larger than 1 MiB", path);
+    else if (memchr(buf, '\0', n) != NULL)
+      snprintf(err, errlen, "%s: not a text file (it holds a NUL byte)", path);
+    else {
+      buf[n] = '\0';
+      fclose(f);
+      return buf;
+    }
+  }
+  else snprintf(err, errlen, "--config %s: out of memory", path);
+  free(buf);
+  fclose(f);
+  return NULL;
+}
+
+
+/* The --config FILE of argv, or NULL; -1 when given twice or bare. */
+static int find_config (int argc, char **argv, const char **path) {
+  *path = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *p = NULL;
+    if (strcmp(a, "--config") == 0 && i + 1 < argc) p = argv[++i];
+    else if (strncmp(a, "--config=", 9) == 0) p = a + 9;
+    else continue;
+    if (*path != NULL) return -1;
+    *path = p;
+  }
+  return 0;
+}
+
+
+static enum cli_result parse (int argc, char **argv, struct config *cfg,
+                              int need_listener, char *err, size_t errlen) {
+  unsigned reset = 0;
+  int script_given = 0;
   defaults(cfg);
+  cfg->argc = argc;
+  cfg->argv = argv;
+  if (find_config(argc, argv, &cfg->config) < 0) {
+    snprintf(err, errlen, "--config given twice (one file only)");
+    return CLI_USAGE;
+  }
+  if (cfg->config != NULL) {
+    if ((cfg->config_text = read_file(cfg->config, err, errlen)) == NULL ||
+        cli_parse_text(cfg->config, cfg->config_text, cfg, err, errlen) < 0)
+      return CLI_CONFIG;
+    reset = RESET_LISTEN | RESET_ACL | RESET_SHARED;
+  }
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -404,26 +583,104 @@ enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
       return CLI_EXIT_OK;
     }
     if (a[0] == '-' && a[1] == '-' && a[2] != '\0') {
-      if (option(argc, argv, &i, cfg, err, errlen) < 0) return CLI_USAGE;
+      if (option(argc, argv, &i, cfg, &reset, err, errlen) < 0)
+        return CLI_USAGE;
     }
     else if (a[0] == '-' && a[1] != '\0') {
       snprintf(err, errlen, "unknown option '%s'", a);
       return CLI_USAGE;
     }
-    else if (cfg->script == NULL) cfg->script = a;
+    else if (!script_given) {  /* it replaces the file's script */
+      cfg->script = a;
+      script_given = 1;
+    }
     else {
       snprintf(err, errlen, "unexpected argument '%s' (one script only)", a);
       return CLI_USAGE;
     }
   }
   if (cfg->script == NULL) {
-    snprintf(err, errlen, "no script given");
+    snprintf(err, errlen, cfg->config != NULL ? "no script given (write "
+             "'script PATH' in %s or give it on the command line)" :
+             "no script given", cfg->config);
     return CLI_USAGE;
   }
-  if (!cfg->check && cfg->nlisten == 0 && getenv("LISTEN_FDS") == NULL) {
+  if (!cfg->check && cfg->nlisten == 0 && need_listener) {
     snprintf(err, errlen, "no listener given (use --tcp, --udp, --unix or "
              "--unixgram)");
     return CLI_USAGE;
   }
   return CLI_RUN;
+}
+
+
+enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
+                           char *err, size_t errlen) {
+  return parse(argc, argv, cfg, getenv("LISTEN_FDS") == NULL, err, errlen);
+}
+
+
+enum cli_result cli_reparse (const struct config *old, struct config *cfg,
+                             char *err, size_t errlen) {
+  enum cli_result r = parse(old->argc, old->argv, cfg, old->nlisten > 0, err,
+                            errlen);
+  if (r != CLI_RUN) return r;
+  cfg->activated = old->activated;
+  cfg->setuser = old->setuser;
+  cfg->uid = old->uid;
+  cfg->gid = old->gid;
+  return r;
+}
+
+
+void cli_free (struct config *cfg) {
+  free(cfg->config_text);
+  cfg->config_text = NULL;
+}
+
+
+/* Does option o hold the same value in a and b? */
+static int same (const struct option *o, const struct config *a,
+                 const struct config *b) {
+  const char *fa = (const char *)a + o->off, *fb = (const char *)b + o->off;
+  switch (o->kind) {
+    case K_SECS: return *(const double *)fa == *(const double *)fb;
+    case K_SIZE: return *(const size_t *)fa == *(const size_t *)fb;
+    case K_STR: {
+      const char *sa = *(const char *const *)fa, *sb = *(const char *const *)fb;
+      return sa == sb || (sa != NULL && sb != NULL && strcmp(sa, sb) == 0);
+    }
+    case K_SHARED:
+      if (a->nshared != b->nshared) return 0;
+      for (int i = 0; i < a->nshared; i++)
+        if (strcmp(a->shared[i].name, b->shared[i].name) != 0 ||
+            a->shared[i].size != b->shared[i].size)
+          return 0;
+      return 1;
+    default: return *(const int *)fa == *(const int *)fb;  /* int-sized */
+  }
+}
+
+
+int cli_keep_restart_options (const struct config *old, struct config *cfg,
+                              void (*changed) (const char *name, void *ud),
+                              void *ud) {
+  int n = 0;
+  for (size_t i = 0; i < sizeof options / sizeof options[0]; i++) {
+    const struct option *o = &options[i];
+    if (o->reload != R_RESTART || same(o, old, cfg)) continue;
+    if (o->kind == K_SHARED) {
+      memcpy(cfg->shared, old->shared, sizeof cfg->shared);
+      cfg->nshared = old->nshared;
+    }
+    else if (o->kind == K_SECS) *(double *)((char *)cfg + o->off) =
+        *(const double *)((const char *)old + o->off);
+    else if (o->kind == K_STR) *(const char **)((char *)cfg + o->off) =
+        *(const char *const *)((const char *)old + o->off);
+    else *(int *)((char *)cfg + o->off) =
+        *(const int *)((const char *)old + o->off);
+    changed(o->name, ud);
+    n++;
+  }
+  return n;
 }

@@ -59,17 +59,55 @@ struct config {
   const char *pidfile;
   int log_json;
   int log_level;              /* enum log_level */
+  const char *log_file;       /* --log-file: the error log; NULL: stderr */
+  double drain_delay;         /* --drain-delay: /readyz 503 before a stop */
+  const char *admin;          /* --admin PATH: the console's socket */
+  const char *config;         /* --config FILE, or NULL */
+  char *config_text;          /* its text: the file's strings point into it */
+  int activated;              /* main: systemd passed the listeners */
+  int argc;                   /* as given: a reload re-reads them */
+  char **argv;
 };
 
-enum cli_result { CLI_RUN, CLI_EXIT_OK, CLI_USAGE };
+enum cli_result { CLI_RUN, CLI_EXIT_OK, CLI_USAGE, CLI_CONFIG };
 
 /*
-** Fills cfg from argv. CLI_EXIT_OK: --help or --version was printed to
-** stdout. CLI_USAGE: err holds the reason; the caller prints it and the
-** usage to stderr and exits 2.
+** Fills cfg from argv, and from the file --config names first (the
+** command line overrides it; a listener, --allow/--deny or --shared on
+** the command line replaces the file's list of that kind). CLI_EXIT_OK:
+** --help or --version was printed to stdout. CLI_USAGE: err holds the
+** reason; the caller prints it and the usage to stderr and exits 2.
+** CLI_CONFIG: the file cannot be read or has a bad line: err says
+** "FILE:LINE: why"; no usage text.
 */
 enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
                            char *err, size_t errlen);
+
+/*
+** A reload: parses old's command line (and file) again into cfg. A
+** server whose listeners systemd passed needs no listener option.
+*/
+enum cli_result cli_reparse (const struct config *old, struct config *cfg,
+                             char *err, size_t errlen);
+
+/*
+** Parses the text of a configuration file (modified in place: cfg's
+** strings point into it) on top of cfg; name is for the errors. 0, or -1
+** with "NAME:LINE: why" in err.
+*/
+int cli_parse_text (const char *name, char *text, struct config *cfg,
+                    char *err, size_t errlen);
+
+/*
+** After a reload: every option only a restart can change that differs in
+** cfg gets old's value back, and changed(name) is called; returns how many.
+*/
+int cli_keep_restart_options (const struct config *old, struct config *cfg,
+                              void (*changed) (const char *name, void *ud),
+                              void *ud);
+
+/* Frees what cli_parse allocated (the file's text). */
+void cli_free (struct config *cfg);
 
 const char *cli_usage_text (void);
 const char *model_name (enum model_kind m);

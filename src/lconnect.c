@@ -301,7 +301,7 @@ static int connect_fail (lua_State *L, struct addrs *a, int rc) {
              a->gai_err == EAI_SYSTEM ? strerror(a->syserr)
                                       : gai_strerror(a->gai_err));
   else
-    snprintf(msg, sizeof msg, "%s", lsrv_strerror(rc));
+    snprintf(msg, sizeof msg, "%s", conn_strerror(rc));
   if (msg[0] >= 'A' && msg[0] <= 'Z' && msg[1] >= 'a' && msg[1] <= 'z')
     msg[0] = (char)(msg[0] - 'A' + 'a');
   lua_pushstring(L, msg);
@@ -311,19 +311,19 @@ static int connect_fail (lua_State *L, struct addrs *a, int rc) {
 
 /* c gets descriptor fd, open but in no loop yet. */
 static void set_fd (struct lconn *c, int fd) {
-  c->fd = fd;
-  c->flags = LC_UNWATCHED;
+  c->io.tr = &conn_outbound;  /* until connected says which */
+  c->io.fd = fd;
+  c->io.flags = LC_UNWATCHED;
 }
 
 
 /* Closes c's descriptor (a socket tried, a lookup's eventfd). */
 static void drop_fd (struct lconn *c) {
-  if (c->fd < 0) return;
-  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
-    c->x->ops->detach(c->x, c);
-  close(c->fd);
-  c->fd = -1;
-  c->flags = LC_CLOSED;
+  if (c->io.fd < 0) return;
+  if (!(c->io.flags & LC_UNWATCHED)) sched_detach(c);
+  close(c->io.fd);
+  c->io.fd = -1;
+  c->io.flags = LC_CLOSED;
 }
 
 
@@ -350,7 +350,7 @@ static int start_addr (struct lconn *c, struct addrs *a) {
 
 /* Tries a Unix connect again on the same socket after -EAGAIN. */
 static int retry_addr (struct lconn *c, struct addrs *a) {
-  int rc = connect(c->fd, (const struct sockaddr *)&a->a[a->i], a->len[a->i]);
+  int rc = connect(c->io.fd, (const struct sockaddr *)&a->a[a->i], a->len[a->i]);
   return rc < 0 ? -errno : 0;
 }
 
@@ -359,7 +359,7 @@ static int retry_addr (struct lconn *c, struct addrs *a) {
 static int connect_result (struct lconn *c) {
   int err = 0;
   socklen_t len = sizeof err;
-  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
+  if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
   return -err;
 }
 
@@ -371,8 +371,9 @@ static int connect_result (struct lconn *c) {
 static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
   memcpy(&c->peer, &a->a[a->i], a->len[a->i]);
   c->peerlen = a->len[a->i];
-  c->flags = (c->flags & (LC_UNWATCHED | LC_RDHUP)) | LC_OUTBOUND |
+  c->io.flags = (c->io.flags & (LC_UNWATCHED | LC_RDHUP)) | LC_OUTBOUND |
              LC_READABLE | LC_WRITABLE | (a->socktype == SOCK_DGRAM ? LC_UDP : 0);
+  c->io.tr = a->socktype == SOCK_DGRAM ? &conn_udp : &conn_outbound;
   c->deadline = 0;
   lua_settop(L, 3);
   return 1;
@@ -381,15 +382,9 @@ static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
 
 /* Sleeps RETRY_SECS, at most to the deadline (0, or ERR_CUT). */
 static int nap (lua_State *L, struct lconn *c, lua_KFunction k) {
-  struct task *t = lsrv_task(L);
   double until = monotonic_now() + RETRY_SECS;
   if (c->deadline > 0 && until > c->deadline) until = c->deadline;
-  if (c->x->ops->yields && t != &c->x->main_task) {
-    c->x->ops->arm(t, NULL, 0, until);
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, K_RETRY, k);
-  }
-  return worker_block(c->x->w, -1, 0, until) == ERR_CUT ? ERR_CUT : 0;
+  return sched_wait(L, NULL, 0, until, K_RETRY, k) == ERR_CUT ? ERR_CUT : 0;
 }
 
 
@@ -424,8 +419,8 @@ static int connect_loop (lua_State *L, struct lconn *c, struct addrs *a,
 static int connect_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 3);
   struct addrs *a = lua_touserdata(L, 4);
-  int rc = lconn_wait_result(L, status);
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;  /* closed under us */
+  int rc = sched_result(L, status);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;  /* closed under us */
   if (ctx == K_CONNECT) {
     if (rc >= 0) rc = connect_result(c);
     return connect_loop(L, c, a, rc);
@@ -495,8 +490,8 @@ static int pool_probe (lua_State *L) {
   char b;
   ssize_t n;
   int ok = 0;
-  if (!(c->flags & LC_CLOSED) && buf_len(&c->in) == 0) {
-    n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (!(c->io.flags & LC_CLOSED) && buf_len(&c->io.in) == 0) {
+    n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     ok = n < 0 && (errno == EAGAIN || errno == EINTR);
   }
   lua_pushboolean(L, ok);
@@ -542,7 +537,7 @@ static void push_pool_fn (lua_State *L, const char *name) {
 
 
 void lconnect_sweep (struct lctx *x) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
     lua_pop(L, 1);  /* no pool yet: nothing to close */
     return;
@@ -583,17 +578,17 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
   p = lconn_new_out(L, c->x);
   lua_getiuservalue(L, 1, UV_KEY);
   lua_setiuservalue(L, -2, UV_KEY);
-  if (!(c->flags & LC_UNWATCHED) && c->x->ops->detach != NULL)
-    c->x->ops->detach(c->x, c);
-  p->fd = c->fd;
-  p->flags = (c->flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
+  if (!(c->io.flags & LC_UNWATCHED)) sched_detach(c);
+  p->io.fd = c->io.fd;
+  p->io.tr = c->io.tr;
+  p->io.flags = (c->io.flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
              LC_READABLE | LC_WRITABLE;
   p->reused = c->reused;
-  p->nin = c->nin;
-  p->nout = c->nout;
+  p->io.nin = c->io.nin;
+  p->io.nout = c->io.nout;
   memcpy(&p->peer, &c->peer, c->peerlen);
   p->peerlen = c->peerlen;
-  c->fd = -1;
+  c->io.fd = -1;
   lconn_abort(c);  /* no descriptor left: frees the buffers, marks closed */
   lua_pushnumber(L, (lua_Number)idle);
   lua_pushinteger(L, size);
@@ -604,18 +599,18 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
 /* Stack: conn, idle, size. After flushing what was written. */
 static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 1);
-  int rc = lconn_wait_result(L, status);
+  int rc = sched_result(L, status);
   (void)ctx;
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && (rc = lconn_flush_some(c)) == -EAGAIN)
-    rc = lconn_waitio(L, c, EV_WRITE, 0, keepalive_k);
-  if (rc >= 0 && buf_len(&c->in) > 0) rc = ERR_UNREAD;
-  if (rc >= 0 && (c->flags & (LC_EOF | LC_RDHUP)))
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+    rc = lconn_waitio(L, c, conn_want_event(rc), 0, keepalive_k);
+  if (rc >= 0 && buf_len(&c->io.in) > 0) rc = ERR_UNREAD;
+  if (rc >= 0 && (c->io.flags & (LC_EOF | LC_RDHUP)))
     rc = ERR_CLOSED;  /* the peer's end came: of no use */
   if (rc < 0) {
     lconn_abort(c);
     luaL_pushfail(L);
-    lua_pushstring(L, rc == ERR_UNREAD ? "unread input" : lsrv_strerror(rc));
+    lua_pushstring(L, rc == ERR_UNREAD ? "unread input" : conn_strerror(rc));
     return 2;
   }
   pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
@@ -624,15 +619,15 @@ static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 
-int lconn_setkeepalive (lua_State *L) {
+static int lconn_setkeepalive (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_Number idle = luaL_optnumber(L, 2, POOL_IDLE);
   lua_Integer size = luaL_optinteger(L, 3, POOL_SIZE);
-  luaL_argcheck(L, c->flags & LC_OUTBOUND || c->flags & LC_CLOSED, 1,
+  luaL_argcheck(L, c->io.flags & LC_OUTBOUND || c->io.flags & LC_CLOSED, 1,
                 "not a connection made by luasrv.connect");
   luaL_argcheck(L, idle >= 0, 2, "must be >= 0");
   luaL_argcheck(L, size >= 1, 3, "must be >= 1");
-  if (c->flags & LC_CLOSED) {
+  if (c->io.flags & LC_CLOSED) {
     luaL_pushfail(L);
     lua_pushliteral(L, "closed");
     return 2;
@@ -645,7 +640,7 @@ int lconn_setkeepalive (lua_State *L) {
 }
 
 
-int lconn_getreusedtimes (lua_State *L) {
+static int lconn_getreusedtimes (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_pushinteger(L, (lua_Integer)c->reused);
   return 1;
@@ -709,3 +704,13 @@ int luasrv_connect (lua_State *L) {
   return connect_k(L, LUA_OK, K_LOOKUP);
 }
 
+
+
+void lconnect_open (lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"setkeepalive", lconn_setkeepalive},
+    {"getreusedtimes", lconn_getreusedtimes},
+    {NULL, NULL}
+  };
+  lconn_add_methods(L, methods);
+}

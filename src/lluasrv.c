@@ -1,6 +1,6 @@
 /*
-** lluasrv.c -- require "luasrv": sleep, now, log. In the event model
-** sleep yields to the loop; elsewhere it blocks only its request.
+** lluasrv.c -- require "luasrv": sleep, now, log, and the functions of
+** lconnect.c and lspawn.c. sleep waits through sched_wait, as I/O does.
 */
 #include <errno.h>
 #include <string.h>
@@ -15,7 +15,7 @@
 
 static int sleep_k (lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
-  if (status == LUA_YIELD && lsrv_task(L)->wait_rc == ERR_CUT)
+  if (sched_result(L, status) == ERR_CUT)
     return luaL_error(L, "request cut short: the server is shutting down");
   return 0;
 }
@@ -23,17 +23,9 @@ static int sleep_k (lua_State *L, int status, lua_KContext ctx) {
 
 static int luasrv_sleep (lua_State *L) {
   lua_Number secs = luaL_checknumber(L, 1);
-  struct task *t = lsrv_task(L);
-  struct lctx *x = t->x;
-  double until;
   luaL_argcheck(L, secs >= 0, 1, "must be >= 0");
-  until = monotonic_now() + (double)secs;
-  if (x->ops->yields && t != &x->main_task) {
-    x->ops->arm(t, NULL, 0, until);
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, 0, sleep_k);
-  }
-  if (worker_block(x->w, -1, 0, until) == ERR_CUT)
+  if (sched_wait(L, NULL, 0, monotonic_now() + (double)secs, 0, sleep_k) ==
+      ERR_CUT)
     return luaL_error(L, "request cut short: the server is shutting down");
   return 0;
 }

@@ -2,10 +2,18 @@
 ** log.c -- one-line messages to stderr, prefixed "luasrv: ".
 ** Text format is "luasrv: MESSAGE"; the JSON format writes one object per
 ** line with time, level, pid and msg. Levels filter what is written.
+**
+** --log-file FILE is opened onto descriptor 2 itself (dup2), so whatever
+** writes to stderr -- a handler's io.stderr, a program it runs -- lands
+** there too. Reopening (SIGUSR1, after a rotation renamed the file) opens
+** the path again and dup2's it over 2 in one step: a write goes either to
+** the old file or to the new, never nowhere.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -18,11 +26,71 @@ static enum log_level max_level = LOG_INFO;
 static int json_format = 0;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+/* --log-file (a copy), set by the master; NULL: stderr as it was given. */
+static char *log_path;
+static int log_uid = -1, log_gid = -1;
 
 
 void log_setup (enum log_level level, int json) {
   max_level = level;
   json_format = json;
+}
+
+
+/* Opens log_path onto descriptor 2; 0 or -errno. */
+static int open_onto_stderr (void) {
+  int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  int en;
+  if (fd < 0) return -errno;
+  /* a file the master creates stays writable for --user's workers */
+  if (log_uid >= 0 && geteuid() == 0 &&
+      fchown(fd, (uid_t)log_uid, (gid_t)log_gid) < 0) {
+    en = errno;
+    close(fd);
+    return -en;
+  }
+  if (fd != STDERR_FILENO) {
+    en = dup2(fd, STDERR_FILENO) < 0 ? -errno : 0;
+    close(fd);
+    return en;
+  }
+  return 0;
+}
+
+
+int log_open (const char *path) {
+  char *copy = strdup(path), *old = log_path;
+  int rc;
+  if (copy == NULL) return -ENOMEM;
+  log_path = copy;
+  if ((rc = open_onto_stderr()) < 0) {
+    log_path = old;
+    free(copy);
+    return rc;
+  }
+  free(old);
+  return 0;
+}
+
+
+void log_owner (int uid, int gid) {
+  log_uid = uid;
+  log_gid = gid;
+  if (log_path != NULL && geteuid() == 0 &&
+      fchown(STDERR_FILENO, (uid_t)uid, (gid_t)gid) < 0)
+    log_msg(LOG_WARN, "warning: --log-file %s: cannot give it to the "
+            "workers' user: %s", log_path, strerror(errno));
+}
+
+
+int log_reopen (void) {
+  if (log_path == NULL) return 0;
+  return open_onto_stderr();
+}
+
+
+const char *log_file (void) {
+  return log_path;
 }
 
 

@@ -11,6 +11,26 @@
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 void log_setup (enum log_level level, int json);
+
+/*
+** --log-file: opens path (appending, created 0644) as descriptor 2, and
+** remembers it (a copy) for log_reopen. 0 or -errno (then nothing
+** changed). The master's: at start-up, and when a reload changes it.
+*/
+int log_open (const char *path);
+
+/* --user: the log file (and every reopened one) belongs to uid:gid. */
+void log_owner (int uid, int gid);
+
+/*
+** SIGUSR1: opens the log file's path again onto descriptor 2 (a rotation
+** renamed the old one). 0 (also without --log-file) or -errno; on failure
+** the old file stays in use.
+*/
+int log_reopen (void);
+
+/* The --log-file path, or NULL. */
+const char *log_file (void);
 int log_parse_level (const char *name, enum log_level *out);
 int log_enabled (enum log_level level);
 

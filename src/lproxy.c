@@ -47,30 +47,30 @@ static int refuse (lua_State *L, struct lconn *c, const char *why) {
 
 static int proxy_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lua_touserdata(L, 1);
-  int rc = lconn_wait_result(L, status);
+  int rc = sched_result(L, status);
   char err[160];
   (void)ctx;
   while (rc >= 0) {
     struct sockaddr_storage src;
     socklen_t srclen = 0;
-    long n = proxy_parse(buf_head(&c->in), buf_len(&c->in), &src, &srclen,
+    long n = proxy_parse(buf_head(&c->io.in), buf_len(&c->io.in), &src, &srclen,
                          err, sizeof err);
     if (n < 0) return refuse(L, c, err);
     if (n > 0) {
-      buf_consume(&c->in, (size_t)n);
-      c->scan = 0;
+      buf_consume(&c->io.in, (size_t)n);
+      c->io.scan = 0;
       take_source(c, &src, srclen);
-      c->flags &= ~LC_PROXY;
+      c->io.flags &= ~LC_PROXY;
       lua_pushboolean(L, 1);
       return 1;
     }
-    if ((rc = lconn_fill(c, 512)) > 0) continue;
+    if ((rc = conn_fill(&c->io, 512)) > 0) continue;
     if (rc == 0)
       return refuse(L, c, "no PROXY protocol header (the client closed first)");
-    if (rc != -EAGAIN) break;
-    rc = lconn_waitio(L, c, EV_READ, 0, proxy_k);
+    if (!conn_wants(rc)) break;
+    rc = lconn_waitio(L, c, conn_want_event(rc), 0, proxy_k);
   }
-  snprintf(err, sizeof err, "no PROXY protocol header: %s", lsrv_strerror(rc));
+  snprintf(err, sizeof err, "no PROXY protocol header: %s", conn_strerror(rc));
   return refuse(L, c, err);
 }
 
@@ -81,7 +81,7 @@ static int proxy_k (lua_State *L, int status, lua_KContext ctx) {
 */
 int lconn_proxy (lua_State *L) {
   struct lconn *c = lua_touserdata(L, 1);
-  if (c == NULL || c->tag != &lsrv_conn_tag || !(c->flags & LC_PROXY)) {
+  if (c == NULL || c->tag != &lsrv_conn_tag || !(c->io.flags & LC_PROXY)) {
     lua_pushboolean(L, 1);
     return 1;
   }

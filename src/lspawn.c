@@ -50,8 +50,9 @@ static struct task *owner_of (struct task *t) {
 }
 
 
-static int loop_task (struct lctx *x, struct task *t) {
-  return x->spawn_task != NULL && t != &x->main_task;
+/* Does t run in a loop, where a spawned thread is a task of its own? */
+static int loop_task (struct task *t) {
+  return sched_switches(t) && t->x->ops->spawn != NULL;
 }
 
 
@@ -62,7 +63,7 @@ static void push_thread (lua_State *L, struct sthread *s) {
 
 
 static void wake (struct lctx *x, struct task *t) {
-  if (x->wake != NULL) x->wake(x, t);
+  if (x->ops->wake != NULL) x->ops->wake(x, t);
 }
 
 
@@ -135,18 +136,44 @@ static void store_end (lua_State *L, struct sthread *s, lua_State *co,
 }
 
 
+/* What store_end_p is given. */
+struct ending {
+  struct sthread *s;
+  lua_State *co;
+  int st, nres;
+};
+
+static int store_end_p (lua_State *L) {
+  struct ending *e = lua_touserdata(L, 1);
+  lua_pop(L, 1);
+  store_end(L, e->s, e->co, e->st, e->nres);
+  return 0;
+}
+
+
+/*
+** The outcome is stored protected: the loop calls this from no Lua code
+** at all, and the table may need memory the state does not have (then
+** the thread reads as killed: its results are lost).
+*/
 void lspawn_ended (struct lctx *x, struct task *t, lua_State *L, int st,
                    int nres) {
   struct sthread *s = t->th;
+  struct ending e = {s, t->co, st, nres};
   t->th = NULL;
   if (s == NULL) return;
-  store_end(L, s, t->co, st, nres);
+  lua_pushcfunction(L, store_end_p);
+  lua_pushlightuserdata(L, &e);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    s->state = TH_KILLED;
+  }
   stopped(x, L, s);
 }
 
 
 void lspawn_orphan (struct lctx *x, struct task *t) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   struct sthread *s = t->threads;
   while (s != NULL) {
     struct sthread *next = s->next;
@@ -206,12 +233,12 @@ int lspawn_spawn (lua_State *L) {
     owner->threads = s;
     owner->nthreads++;
   }
-  if (!loop_task(x, t)) {
+  if (!loop_task(t)) {
     spawn_blocking(L, s, nargs);
     return 1;  /* the thread object, still on top */
   }
   else {
-    struct task *nt = x->spawn_task(x);
+    struct task *nt = x->ops->spawn(x);
     if (nt == NULL) {
       s->state = TH_KILLED;
       stopped(x, L, s);
@@ -223,7 +250,7 @@ int lspawn_spawn (lua_State *L) {
     luaL_checkstack(nt->co, nargs + 2, "too many arguments");
     for (int i = 1; i <= nargs + 1; i++) lua_pushvalue(L, i);
     lua_xmove(L, nt->co, nargs + 1);
-    x->start(x, nt, L, nargs);  /* runs until it waits or ends */
+    x->ops->start(x, nt, L, nargs);  /* runs until it waits or ends */
     return 1;
   }
 }
@@ -278,15 +305,13 @@ static int wait_k (lua_State *L, int status, lua_KContext ctx) {
     lua_pushliteral(L, "already waited or killed");
     return 2;
   }
-  if (!loop_task(t->x, t) || owner_of(t) == NULL)  /* cannot happen */
+  if (!loop_task(t) || owner_of(t) == NULL)  /* cannot happen */
     return luaL_error(L, "wait: the threads cannot run here");
   for (int i = 1; i <= n; i++) {
     struct sthread *s = lua_touserdata(L, i);
     if (s->state == TH_RUNNING) s->waiter = t;
   }
-  t->x->ops->arm(t, NULL, 0, 0);  /* no deadline: an end wakes it */
-  lua_pushlightuserdata(L, &lsrv_yield_token);
-  return lua_yieldk(L, 1, ctx, wait_k);
+  return sched_wait(L, NULL, 0, 0, ctx, wait_k);  /* an end wakes it */
 }
 
 
@@ -321,7 +346,7 @@ int lspawn_kill (lua_State *L) {
       lua_pushliteral(L, "already waited or killed");
       return 2;
   }
-  if (s->t == NULL || !s->t->suspended || x->kill == NULL) {
+  if (s->t == NULL || !s->t->suspended || x->ops->kill == NULL) {
     luaL_pushfail(L);
     lua_pushliteral(L, "thread is running");
     return 2;
@@ -330,7 +355,7 @@ int lspawn_kill (lua_State *L) {
     struct task *victim = s->t;
     victim->th = NULL;
     unwait(s->owner, victim);  /* it was perhaps waiting for others */
-    x->kill(x, victim);
+    x->ops->kill(x, victim);
     s->state = TH_KILLED;
     stopped(x, L, s);
   }
@@ -341,16 +366,13 @@ int lspawn_kill (lua_State *L) {
 
 static int join_k (lua_State *L, int status, lua_KContext ctx) {
   struct task *t = lsrv_task(L);
-  struct lctx *x = t->x;
   struct sthread *s;
   (void)status;
   (void)ctx;
   if (t->th != NULL) return 0;  /* a thread's own code: not a request */
-  if (t->nthreads > 0 && loop_task(x, t)) {
+  if (t->nthreads > 0 && loop_task(t)) {
     t->joining = 1;
-    x->ops->arm(t, NULL, 0, 0);
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, 0, join_k);
+    return sched_wait(L, NULL, 0, 0, 0, join_k);  /* the last end wakes it */
   }
   /* all ended: report the errors nobody collected, forget them all */
   s = t->threads;

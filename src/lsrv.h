@@ -12,20 +12,16 @@
 #include <netinet/in.h>
 
 #include "buf.h"
+#include "conn.h"
 #include "evloop.h"
 #include "worker.h"
 
 #define LCONN_MT "luasrv.conn"
 #define LADDR_MT "luasrv.address"
 
-/* Failure codes beyond errno, all negative like -errno. */
-#define ERR_TIMEOUT  (-ETIMEDOUT)
-#define ERR_CLOSED   (-100001)
-#define ERR_LINE     (-100002)
-#define ERR_CUT      (-ECANCELED)
-
 struct lctx;
 struct lconn;
+struct luaL_Reg;
 struct sthread;
 
 /*
@@ -52,40 +48,51 @@ struct task {
   int suspended;              /* yielded to the loop (event model) */
 };
 
-/* How a model makes a task wait. */
-struct waitops {
-  int yields;                 /* 1: tasks yield to a loop (event model) */
+/*
+** The scheduler interface: how a model makes a task wait and runs light
+** threads. Each model fills one table with designated initializers, and
+** sched_wait (sched.c) is the one place that decides between yielding to
+** the model's loop (a model with .arm) and blocking the thread (.block).
+** Nothing above this table asks which model runs.
+*/
+struct sched_ops {
+  const char *name;
   /*
-  ** Arms a wait of t for c (NULL: a plain sleep) becoming ready for
-  ** EV_READ/EV_WRITE, until deadline (0 = none). The caller yields next.
+  ** Blocking models: waits, now, for c (NULL: a plain sleep) to be ready
+  ** for EV_READ/EV_WRITE, until deadline (0 = none). Returns 0 (ready; a
+  ** sleep that ran its course), ERR_TIMEOUT, ERR_CUT or -errno. A wait
+  ** for EV_READ is always followed by a fill of c, which the model may
+  ** let do the waiting (the thread model's blocking read).
+  */
+  int (*block) (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
+  /*
+  ** Yielding models: arms the wake-up of task t, waiting for c (NULL: a
+  ** sleep, or a wait that wake ends) as block does; the caller yields
+  ** next, and the loop resumes t with the outcome in t->wait_rc.
   */
   void (*arm) (struct task *t, struct lconn *c, unsigned ev, double deadline);
+  /* Puts an outbound connection (LC_UNWATCHED) into the loop; 0 or -errno. */
+  int (*attach) (struct lctx *x, struct lconn *c);
   /* c's descriptor is about to be closed. */
   void (*detach) (struct lctx *x, struct lconn *c);
+  /*
+  ** Light threads (lspawn.c); NULL in blocking models, where spawn runs
+  ** the function to its end at once. spawn: a fresh task in the loop;
+  ** start: runs it (nargs values on its stack) from L until it first
+  ** waits or ends; wake: resumes a task that waits with no connection
+  ** and no deadline, at the loop's next turn; kill: abandons a suspended
+  ** task.
+  */
+  struct task *(*spawn) (struct lctx *x);
+  void (*start) (struct lctx *x, struct task *t, lua_State *L, int nargs);
+  void (*wake) (struct lctx *x, struct task *t);
+  void (*kill) (struct lctx *x, struct task *t);
 };
-
-/*
-** Datagram replies waiting to go out together with one sendmmsg: the
-** event model receives datagrams in batches, and sending each reply by
-** itself cost a system call per datagram.
-*/
-#define DGQ_MAX 32
-
-struct dgq {
-  int fd;                     /* the listener they go out from */
-  int n;
-  struct buf data[DGQ_MAX];
-  struct sockaddr_storage to[DGQ_MAX];
-  socklen_t tolen[DGQ_MAX];
-};
-
-/* Sends what q holds and empties it. */
-void dgq_flush (struct dgq *q, struct bufpool *pool);
 
 /* One per lua_State. */
 struct lctx {
   struct worker *w;
-  const struct waitops *ops;
+  const struct sched_ops *ops;
   struct bufpool pool;
   struct task main_task;
   const char *script;
@@ -96,55 +103,32 @@ struct lctx {
   void *model;                /* model-private data */
   size_t mem_used;            /* bytes the state holds (its allocator) */
   size_t mem_limit;           /* --memory-limit; 0 = none */
+  int sys_oom;                /* malloc itself failed (not the limit) */
+  double oom_logged;          /* a client refused for memory: when logged */
+  long oom_refused;           /* ... and how many since */
   struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
   double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
-  /*
-  ** Event model: puts an outbound connection's fd into the loop (waitio
-  ** calls it for a connection flagged LC_UNWATCHED); NULL elsewhere. Here
-  ** rather than in struct waitops, whose positional initializers in every
-  ** model would all have to change.
-  */
-  int (*attach) (struct lctx *x, struct lconn *c);
-  /*
-  ** Event model, light threads (lspawn.c); NULL elsewhere, where spawn
-  ** runs the function to its end at once. spawn_task: a fresh task in the
-  ** loop; start: runs it (nargs values on its stack) from L until it first
-  ** waits or ends; wake: resumes a task that waits with no connection and
-  ** no deadline, at the loop's next turn; kill: abandons a suspended task.
-  */
-  struct task *(*spawn_task) (struct lctx *x);
-  void (*start) (struct lctx *x, struct task *t, lua_State *L, int nargs);
-  void (*wake) (struct lctx *x, struct task *t);
-  void (*kill) (struct lctx *x, struct task *t);
 };
 
-/* Connection flags. */
-#define LC_CLOSED   0x01u
-#define LC_EOF      0x02u
-#define LC_READABLE 0x04u
-#define LC_WRITABLE 0x08u
-#define LC_DGRAM    0x10u     /* a datagram request: fd is the listener's */
-#define LC_BORROWED 0x20u     /* in.data points into a Lua string */
-#define LC_RDHUP    0x40u     /* the peer's EOF (or an error) is pending */
+/* Request flags, beside the connection's own (conn.h). */
 #define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
-#define LC_UDP      0x100u    /* outbound connected UDP: a flush is a datagram */
 #define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
 #define LC_PROXY    0x400u    /* --proxy-protocol: its header is still to read */
 
+/*
+** The request object, "luasrv.conn": a connection (io) with what Lua and
+** the scheduler keep about it.
+*/
 struct lconn {
   const char *tag;            /* &lsrv_conn_tag: tells the type quickly */
-  int fd;
-  unsigned flags;
-  struct buf in, out;
-  size_t scan;                /* bytes of in already searched for '\n' */
+  struct conn io;             /* its bytes (io.flags: LC_* of both files) */
   double timeout;             /* < 0: the server's */
   double deadline;            /* of the operation in progress; 0 = none,
                                  < 0 = not computed until it must wait */
   struct lctx *x;
   int lindex;                 /* index of its listener */
   socklen_t peerlen;
-  unsigned long long nin, nout;
   /* event model */
   struct task *waiter;
   unsigned wait_ev;
@@ -170,6 +154,10 @@ static inline struct task *lsrv_task (lua_State *L) {
 static inline struct lctx *lsrv_ctx (lua_State *L) {
   return lsrv_task(L)->x;
 }
+/* The state's main thread. */
+static inline lua_State *lsrv_L (struct lctx *x) {
+  return x->main_task.co;
+}
 static inline void lsrv_settask (lua_State *L, struct task *t) {
   *(struct task **)lua_getextraspace(L) = t;
 }
@@ -182,33 +170,57 @@ extern char lsrv_yield_token;
 /* What struct lconn's tag points to. */
 extern char lsrv_conn_tag;
 
-/* lreq.c */
-int luaopen_lreq (lua_State *L);
+/* lconn.c: the request object */
+int luaopen_lconn (lua_State *L);
+/*
+** Adds methods to every connection object (lconnect.c adds those of
+** outbound connections); call after luaopen_lconn.
+*/
+void lconn_add_methods (lua_State *L, const struct luaL_Reg *l);
 /*
 ** Pushes a new stream request for fd (owned from now on) accepted on
-** listener lindex; returns it.
+** listener lindex; returns it. Out of memory, it pushes nothing and
+** returns NULL (the caller still owns fd): it never raises.
 */
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen);
-/* Pushes a datagram request; data is copied into a Lua string. */
+/*
+** Pushes a datagram request; data is copied into a Lua string. NULL as
+** lconn_new.
+*/
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen);
+/*
+** Makes the datagram request at index 1 of L, one that ended, the request
+** for a new datagram (data copied into a Lua string), as if it was just
+** made by lconn_new_dgram; the handler's fields of the last one are gone.
+** NULL (the object unchanged, still closed) when it has no room for the
+** peer address or there is no memory.
+*/
+struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
+                                 const char *data, size_t len,
+                                 const struct sockaddr *peer,
+                                 socklen_t peerlen);
 /* Closes without flushing (aborts); safe to call twice. */
 void lconn_abort (struct lconn *c);
-const char *lsrv_strerror (int rc);
 /* Pushes the client_address table of c. */
 void lconn_push_address (lua_State *L, struct lconn *c);
 
 /*
-** Waits for c to be ready for ev (see lreq.c); for lconnect.c, which
-** drives connections through the same path as requests.
+** Waits for c to be ready for ev until the deadline of the operation in
+** progress, through sched_wait; for lconnect.c and lproxy.c, which drive
+** connections through the same path as requests.
 */
 int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
                   lua_KContext kc, lua_KFunction k);
-int lconn_wait_result (lua_State *L, int status);
-/* Reads what the socket has into c->in: bytes, 0 at EOF, -EAGAIN, -errno. */
-int lconn_fill (struct lconn *c, size_t want);
+/*
+** The thread model's blocking wait for input: makes the next fill of c a
+** blocking read that ends no later than the operation's deadline, when c
+** is an accepted stream on the server's timeout. Returns 1 if it did (the
+** wait is done), 0 if c must be polled.
+*/
+int lconn_block_read (struct lconn *c);
 
 /* lproxy.c: proxy(req), the flow's PROXY protocol step */
 int lconn_proxy (lua_State *L);
@@ -217,15 +229,34 @@ int lconn_proxy (lua_State *L);
 ** room for any peer address.
 */
 struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
-/* Sends buffered output without waiting: 0, -EAGAIN or a failure code. */
-int lconn_flush_some (struct lconn *c);
+
+/* sched.c: the one place that decides "yield to the loop or block" */
+/*
+** Waits for c (NULL: a sleep; with no deadline, a wait that the model's
+** wake ends) to be ready for ev until deadline (0 = none). A task of a
+** yielding model yields here, and the loop resumes it into k with kc;
+** k reads the outcome with sched_result. Otherwise the thread blocks and
+** the outcome is returned: 0, ERR_TIMEOUT, ERR_CUT or -errno (a sleep
+** that ran its course: 0).
+*/
+int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
+                lua_KContext kc, lua_KFunction k);
+/* The outcome of the wait continuation k was resumed from (status). */
+int sched_result (lua_State *L, int status);
+/* Can task t yield to a loop (and run light threads)? */
+int sched_switches (struct task *t);
+/* c's descriptor is about to be closed: the model forgets it. */
+void sched_detach (struct lconn *c);
+/* The blocking wait of sync and fork (poll, through worker_block). */
+int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
+/* The table of a model that blocks in sched_block and has no loop. */
+extern const struct sched_ops sched_blocking;
 
 /* lconnect.c */
 /* luasrv.connect(url [, opts]) */
 int luasrv_connect (lua_State *L);
-/* Methods of outbound connections: conn:setkeepalive, getreusedtimes. */
-int lconn_setkeepalive (lua_State *L);
-int lconn_getreusedtimes (lua_State *L);
+/* Adds the methods of outbound connections (setkeepalive, getreusedtimes). */
+void lconnect_open (lua_State *L);
 /* Closes the keep-alive pool's connections idle past their time. */
 void lconnect_sweep (struct lctx *x);
 
@@ -252,14 +283,13 @@ void lspawn_open (lua_State *L);
 /* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
 void lshdict_push (lua_State *L);
 
-/* script.c */
+/* lstate.c */
 /*
 ** Creates a state for worker w with the model's wait ops, loads the script
 ** and finds its hooks. Returns NULL with the reason in err.
 */
 struct lctx *lstate_new (struct worker *w, const char *script,
-                         const struct waitops *ops, char *err, size_t errlen);
-lua_State *lstate_L (struct lctx *x);
+                         const struct sched_ops *ops, char *err, size_t errlen);
 void lstate_close (struct lctx *x);
 /* Calls hook name(server) if defined; 0 or -1 (error already logged). */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "ctl.h"
 #include "listener.h"
 #include "log.h"
 #include "master.h"
@@ -22,7 +23,6 @@
 
 
 static int check (const struct config *cfg) {
-  static const struct waitops blocking = {0, NULL, NULL};
   struct worker w;
   char err[1024];
   struct lctx *x;
@@ -30,7 +30,7 @@ static int check (const struct config *cfg) {
     log_error("error: cannot create pipes");
     return 1;
   }
-  x = lstate_new(&w, cfg->script, &blocking, err, sizeof err);
+  x = lstate_new(&w, cfg->script, &sched_blocking, err, sizeof err);
   worker_close(&w);
   if (x == NULL) {
     log_error("error: %s", err);
@@ -59,24 +59,57 @@ static int activation_fds (void) {
 
 
 /*
-** Opens the listeners; returns how many, or -1. A listener option that
-** names a socket systemd passed uses it instead of binding; with no
-** listener option, every passed socket is served as it is.
+** Does passed socket fd serve listener option a? The same transport and
+** address; a port 0 option (any free port) takes the passed socket's, so
+** an upgraded binary (SIGUSR2) keeps the port its predecessor was given.
 */
-static int open_listeners (const struct config *cfg, struct listener *ls) {
+static int passed_matches (int fd, const struct address *a) {
+  struct address any = *a;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  struct sockaddr_in *in = (struct sockaddr_in *)&any.sa;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&any.sa;
+  if (listener_matches(fd, a)) return 1;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0 ||
+      sa.ss_family != any.sa.ss_family)
+    return 0;
+  if (sa.ss_family == AF_INET && in->sin_port == 0)
+    in->sin_port = ((struct sockaddr_in *)&sa)->sin_port;
+  else if (sa.ss_family == AF_INET6 && in6->sin6_port == 0)
+    in6->sin6_port = ((struct sockaddr_in6 *)&sa)->sin6_port;
+  else return 0;
+  return listener_matches(fd, &any);
+}
+
+
+/*
+** Opens the listeners; returns how many, or -1. A listener option that
+** names a socket systemd (or the binary before this one, on SIGUSR2)
+** passed uses it instead of binding; with no listener option, every
+** passed socket is served as it is. A Unix socket file an upgrade passed
+** is this server's to remove at exit; systemd's stays systemd's.
+*/
+static int open_listeners (struct config *cfg, struct listener *ls) {
   struct listen_opts o = {cfg->backlog, cfg->reuse_port, cfg->unix_mode};
   char err[512];
+  int upgrade = getenv("LUASRV_UPGRADE_FD") != NULL;
+  /* an upgrade: which passed Unix socket files the old binary created */
+  const char *owned = upgrade && getenv("LUASRV_OWNED") != NULL ?
+                      getenv("LUASRV_OWNED") : "";
   int nfds = activation_fds(), used[CLI_MAX_LISTEN] = {0}, n = 0;
+  cfg->activated = nfds > 0;
   for (int i = 0; i < cfg->nlisten; i++, n++) {
     struct address a;
     int j = 0, rc;
     if (address_parse(cfg->listen[i].tr, cfg->listen[i].text, &a, err,
                       sizeof err) < 0)
       goto fail;
-    while (j < nfds && (used[j] || !listener_matches(3 + j, &a))) j++;
+    while (j < nfds && (used[j] || !passed_matches(3 + j, &a))) j++;
     if (j < nfds) {
       used[j] = 1;
       rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
+      if (rc == 0 && upgrade)
+        ls[i].created_path = j < (int)strlen(owned) && owned[j] == '1';
     }
     else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
     if (rc < 0) goto fail;
@@ -91,6 +124,7 @@ static int open_listeners (const struct config *cfg, struct listener *ls) {
     else if (listener_adopt(&ls[n], 3 + j, err, sizeof err) < 0) goto fail;
     else n++;
   }
+  unsetenv("LUASRV_OWNED");
   return n;
 fail:
   log_error("error: %s", err);
@@ -184,14 +218,26 @@ int main (int argc, char **argv) {
   static struct listener ls[CLI_MAX_LISTEN];
   char err[512];
   int rc = 1, wrote_pid = 0, nls = 0;
+  if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
+    return ctl_main(argc - 1, argv + 1);
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {
     case CLI_EXIT_OK: return 0;
     case CLI_USAGE:
       fprintf(stderr, "luasrv: %s\n%s", err, cli_usage_text());
       return 2;
+    case CLI_CONFIG:  /* FILE:LINE says enough: no usage text */
+      fprintf(stderr, "luasrv: %s\n", err);
+      return 2;
     case CLI_RUN: break;
   }
   log_setup((enum log_level)cfg.log_level, cfg.log_json);
+  /* --check answers on stderr, whatever the file says */
+  if (cfg.log_file != NULL && !cfg.check &&
+      (rc = log_open(cfg.log_file)) < 0) {
+    log_error("error: --log-file %s: %s", cfg.log_file, strerror(-rc));
+    return 1;
+  }
+  rc = 1;
   /* --shared: mapped before any fork, so every worker, generation and
   ** child shares it (data survives reloads and worker crashes) */
   for (int i = 0; i < cfg.nshared; i++)
@@ -213,9 +259,12 @@ int main (int argc, char **argv) {
   if (cfg.user != NULL && (resolve_user(&cfg) < 0 ||
                            chown_sockets(&cfg, ls, nls) < 0))
     goto out;
-  rc = master_run(&cfg, ls, nls);
+  if (cfg.setuser) log_owner((int)cfg.uid, (int)cfg.gid);
+  rc = master_run(&cfg, ls, &nls);
 out:
-  if (wrote_pid) unlink(cfg.pidfile);  /* never another server's */
+  /* never another server's: after an upgrade, the pid file is the new
+  ** binary's (master.c clears cfg.pidfile then) */
+  if (wrote_pid && cfg.pidfile != NULL) unlink(cfg.pidfile);
   for (int i = 0; i < nls; i++) listener_close(&ls[i]);
   return rc;
 }

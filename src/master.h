@@ -8,7 +8,11 @@
 #include "cli.h"
 #include "listener.h"
 
-/* Runs the workers until the server stops; returns the exit code. */
-int master_run (const struct config *cfg, struct listener *ls, int nls);
+/*
+** Runs the workers until the server stops; returns the exit code. A
+** reload may change the listeners: ls (room for CLI_MAX_LISTEN) and *nls
+** are what the master holds when it returns.
+*/
+int master_run (struct config *cfg, struct listener *ls, int *nls);
 
 #endif

@@ -3,12 +3,17 @@
 ** metrics.h). Updates are relaxed atomic adds: each counter only needs
 ** to be exact on its own, not consistent with the others at one instant.
 */
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/un.h>
 
+#include "listener.h"
 #include "metrics.h"
+#include "shdict.h"
 
 static const double bounds[METRICS_BUCKETS - 1] = {
   0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5
@@ -84,7 +89,130 @@ static void family (struct out *o, const struct mslot *m, int n,
 }
 
 
-long metrics_format (const struct mslot *m, int n, char *buf, size_t cap) {
+/* {====================================================== listeners */
+
+struct lcount {
+  unsigned long open;         /* established: accepted or in the queue */
+  unsigned long queued;       /* in the accept queue now */
+};
+
+
+/*
+** One line of /proc/net/tcp or tcp6 against listener l: "sl: LOCAL:PORT
+** REMOTE:PORT ST TXQ:RXQ ...", addresses as the raw 32-bit words in hex.
+*/
+static void tcp_line (const char *line, const struct listener *l, int v6,
+                      struct lcount *c) {
+  unsigned w[4], port, st, rxq;
+  const struct sockaddr_in *in = (const struct sockaddr_in *)&l->addr.sa;
+  const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&l->addr.sa;
+  int same, any;
+  if (!v6) {
+    if (sscanf(line, " %*u: %8X:%X %*X:%*X %X %*X:%X", &w[0], &port, &st,
+               &rxq) != 4)
+      return;
+    if (port != ntohs(in->sin_port)) return;
+    any = in->sin_addr.s_addr == htonl(INADDR_ANY);
+    same = w[0] == in->sin_addr.s_addr;
+  }
+  else {
+    if (sscanf(line, " %*u: %8X%8X%8X%8X:%X %*X:%*X %X %*X:%X", &w[0], &w[1],
+               &w[2], &w[3], &port, &st, &rxq) != 7)
+      return;
+    if (port != ntohs(in6->sin6_port)) return;
+    any = IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
+    same = memcmp(w, &in6->sin6_addr, sizeof w) == 0;
+  }
+  if (st == 0x01 && (same || any)) c->open++;        /* ESTABLISHED */
+  else if (st == 0x0A && same) c->queued = rxq;      /* LISTEN */
+}
+
+
+/* "Num: RefCount Protocol Flags Type St Inode Path": connected, same path. */
+static void unix_line (const char *line, const struct listener *l,
+                       struct lcount *c) {
+  unsigned type, st;
+  int pos = 0;
+  const char *path = ((const struct sockaddr_un *)&l->addr.sa)->sun_path;
+  size_t n = strlen(path);
+  if (sscanf(line, "%*s %*s %*s %*s %X %X %*u %n", &type, &st, &pos) != 2 ||
+      pos == 0 || type != 1 || st != 3 || n == 0)
+    return;
+  if (strncmp(line + pos, path, n) == 0 &&
+      (line[pos + n] == '\n' || line[pos + n] == '\0'))
+    c->open++;
+}
+
+
+static void count_listener (const struct listener *l, struct lcount *c) {
+  int fam = l->addr.sa.ss_family;
+  const char *path = fam == AF_INET ? "/proc/net/tcp" :
+                     fam == AF_INET6 ? "/proc/net/tcp6" : "/proc/net/unix";
+  char line[512];
+  FILE *f;
+  memset(c, 0, sizeof *c);
+  if ((f = fopen(path, "re")) == NULL) return;
+  while (fgets(line, sizeof line, f) != NULL) {
+    if (fam == AF_UNIX) unix_line(line, l, c);
+    else tcp_line(line, l, fam == AF_INET6, c);
+  }
+  fclose(f);
+}
+
+
+/* A label value: the listener's name with '"' and '\\' escaped. */
+static void label (char *out, size_t len, const char *s) {
+  size_t j = 0;
+  for (; *s != '\0' && j + 3 < len; s++) {
+    if (*s == '"' || *s == '\\') out[j++] = '\\';
+    out[j++] = *s == '\n' ? ' ' : *s;
+  }
+  out[j] = '\0';
+}
+
+/* Every stream listener's connections, then its accept queue. */
+static void listener_families (struct out *o, const struct listener *ls,
+                               int nls) {
+  struct lcount c[64];
+  char name[2 * ADDRESS_STRLEN];
+  if (nls > 64) nls = 64;  /* CLI_MAX_LISTEN */
+  for (int i = 0; i < nls; i++)
+    if (ls[i].stream) count_listener(&ls[i], &c[i]);
+  put(o, "# HELP luasrv_listener_connections Stream connections open on the "
+      "listener (TCP: accepted or queued; Unix: accepted).\n"
+      "# TYPE luasrv_listener_connections "
+      "gauge\n");
+  for (int i = 0; i < nls; i++) {
+    if (!ls[i].stream) continue;
+    label(name, sizeof name, ls[i].name);
+    put(o, "luasrv_listener_connections{listener=\"%s\"} %lu\n", name,
+        c[i].open);
+  }
+  put(o, "# HELP luasrv_listener_queued Connections waiting in the TCP "
+      "listener's accept queue.\n# TYPE luasrv_listener_queued gauge\n");
+  for (int i = 0; i < nls; i++) {
+    if (!ls[i].stream || ls[i].addr.sa.ss_family == AF_UNIX) continue;
+    label(name, sizeof name, ls[i].name);
+    put(o, "luasrv_listener_queued{listener=\"%s\"} %lu\n", name,
+        c[i].queued);
+  }
+}
+
+/* }====================================================== */
+
+
+static void shared_family (struct out *o, const char *name, const char *help,
+                           size_t (*get) (struct shdict *)) {
+  if (shdict_ndicts() == 0) return;
+  put(o, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+  for (int i = 0; i < shdict_ndicts(); i++)
+    put(o, "%s{dict=\"%s\"} %zu\n", name, shdict_name_at(i),
+        get(shdict_at(i)));
+}
+
+
+long metrics_format (const struct mslot *m, int n, const struct listener *ls,
+                     int nls, char *buf, size_t cap) {
   struct out o = {buf, cap, 0, 0};
   const char *h = "luasrv_request_duration_seconds";
   family(&o, m, n, "luasrv_connections_open", "gauge",
@@ -115,5 +243,15 @@ long metrics_format (const struct mslot *m, int n, char *buf, size_t cap) {
         (double)LOAD(m[i].dur_usec) / 1e6);
     put(&o, "%s_count{worker=\"%d\"} %lu\n", h, i, cum);
   }
+  family(&o, m, n, "luasrv_lua_memory_bytes", "gauge",
+         "Bytes the worker's Lua state holds (at its last request).",
+         offsetof(struct mslot, lua_bytes));
+  listener_families(&o, ls, nls);
+  shared_family(&o, "luasrv_shared_bytes", "Size of the --shared "
+                "dictionary's heap.", shdict_capacity);
+  shared_family(&o, "luasrv_shared_free_bytes", "Bytes free in it.",
+                shdict_free_space);
+  shared_family(&o, "luasrv_shared_keys", "Items it holds (expired ones "
+                "until their room is reused).", shdict_count);
   return o.full ? -1 : (long)o.len;
 }

@@ -20,6 +20,7 @@ struct mslot {
   atomic_ulong bytes_in, bytes_out;
   atomic_ulong dur_bucket[METRICS_BUCKETS];  /* not cumulative */
   atomic_ulong dur_usec;      /* sum of durations, microseconds */
+  atomic_ulong lua_bytes;     /* the worker's Lua state, at its last request */
 };
 
 /* Shared memory for n workers (slots 1..n); NULL on failure. */
@@ -30,10 +31,15 @@ void metrics_free (struct mslot *m, int n);
 void metrics_request (struct mslot *s, int outcome, unsigned long long in,
                       unsigned long long out, double secs);
 
+struct listener;
+
 /*
-** Writes the Prometheus text exposition of slots 1..n into buf; returns
-** its length (at most cap - 1), or -1 when buf is too small.
+** Writes the Prometheus text exposition of slots 1..n into buf, then the
+** listeners' connections (from the kernel's socket tables, whichever
+** process holds them: TCP's accepted or queued, Unix's accepted) and the --shared dictionaries'
+** use; returns its length (at most cap - 1), or -1 when buf is too small.
 */
-long metrics_format (const struct mslot *m, int n, char *buf, size_t cap);
+long metrics_format (const struct mslot *m, int n, const struct listener *ls,
+                     int nls, char *buf, size_t cap);
 
 #endif

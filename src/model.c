@@ -1,7 +1,9 @@
 /*
 ** model.c -- what every concurrency model does the same way: start a Lua
 ** state and announce the listeners, count requests for --once, accept and
-** receive without surprises.
+** receive without surprises, make a request object without ever failing
+** the worker, and the skeleton (struct mloop): the loop, the accept loop
+** under the limit, signals, service_actions, the grace, running the flow.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,8 +20,10 @@
 #include "lsrv.h"
 #include "model.h"
 
+#define SERVICE_EVERY 0.5     /* seconds between service_actions calls */
 
-struct lctx *model_start (struct worker *w, const struct waitops *ops) {
+
+struct lctx *model_start (struct worker *w, const struct sched_ops *ops) {
   char err[1024];
   struct lctx *x = lstate_new(w, w->cfg->script, ops, err, sizeof err);
   if (x == NULL) {
@@ -31,6 +35,12 @@ struct lctx *model_start (struct worker *w, const struct waitops *ops) {
     return NULL;
   }
   return x;
+}
+
+
+int model_serve (const struct model *m, struct worker *w) {
+  int rc = m->serve(w);
+  return atomic_load(&w->oom) ? 1 : rc;
 }
 
 
@@ -72,6 +82,56 @@ static void log_limited (double *last, long *count,
     log_warn("%s %s", what, addr);
   *last = now;
   *count = 0;
+}
+
+
+void model_out_of_memory (struct worker *w) {
+  if (!atomic_exchange(&w->oom, 1))
+    log_error("the worker is out of memory (%s): it stops, to be replaced",
+              strerror(ENOMEM));
+  worker_stop(w);
+}
+
+
+/*
+** The state had no memory for a request. At its --memory-limit that is
+** the state's business: this client is refused, the others go on. A heap
+** that is full without a limit (ulimit -v) will not get better: the
+** worker stops, and exits 1 so that the master starts a fresh one.
+*/
+static void out_of_memory (struct lctx *x, const struct sockaddr_storage *peer) {
+  if (x->sys_oom || x->mem_limit == 0) {
+    model_out_of_memory(x->w);
+    return;
+  }
+  log_limited(&x->oom_logged, &x->oom_refused,
+              "out of memory (--memory-limit): refused a client of", peer);
+}
+
+
+void model_refuse (struct lctx *x, int fd, const struct sockaddr_storage *peer) {
+  out_of_memory(x, peer);
+  if (fd >= 0) {
+    close(fd);
+    model_release(x->w, (const struct sockaddr *)peer);
+  }
+}
+
+
+struct lconn *model_request (struct lctx *x, lua_State *L, int lindex, int fd,
+                             const char *data, size_t len,
+                             const struct sockaddr_storage *peer,
+                             socklen_t peerlen) {
+  const struct sockaddr *sa = (const struct sockaddr *)peer;
+  struct lconn *c = fd >= 0 ? lconn_new(L, x, fd, lindex, sa, peerlen)
+                            : lconn_new_dgram(L, x, lindex, data, len, sa,
+                                              peerlen);
+  if (c != NULL) {
+    lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
+    return c;
+  }
+  model_refuse(x, fd, peer);
+  return NULL;
 }
 
 
@@ -193,3 +253,147 @@ long model_recv (struct worker *w, int fd, char *buf, size_t cap,
     if (model_allowed(w, peer)) return (long)n;
   }
 }
+
+
+/* {====================================================== the skeleton */
+
+static long busy (struct mloop *ml) {
+  return ml->busy != NULL ? ml->busy(ml) : 0;
+}
+
+
+/*
+** Listeners are in the loop while the worker is not stopping and has
+** room under the limit; further clients wait in the backlog (the socket
+** buffer, for datagrams).
+*/
+static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data);
+
+void model_accepting (struct mloop *ml) {
+  int want = !worker_stopping(ml->w) && busy(ml) < ml->limit;
+  if (want == ml->accepting) return;
+  ml->accepting = want;
+  for (int i = 0; i < ml->w->nls; i++) {
+    if (want) evloop_add(ml->loop, ml->w->ls[i].fd, EV_READ, on_listener, ml);
+    else evloop_del(ml->loop, ml->w->ls[i].fd);
+  }
+}
+
+
+/*
+** The accept loop. The limit is looked at before every request taken: a
+** batch never takes more than the room left (--max-connections,
+** --max-children, --max-threads hold exactly). --once takes one.
+*/
+static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct mloop *ml = data;
+  int i = 0, max = ml->w->cfg->once ? 1 : ml->batch;
+  (void)loop;
+  (void)ev;
+  while (ml->w->ls[i].fd != fd) i++;
+  for (int k = 0; k < max && !worker_stopping(ml->w); ) {
+    long room = ml->limit - busy(ml);
+    int n;
+    if (room <= 0) break;
+    if ((n = ml->take(ml, i, room < max - k ? (int)room : max - k)) <= 0)
+      break;
+    k += n;
+  }
+  model_accepting(ml);
+}
+
+
+static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct mloop *ml = data;
+  (void)loop;
+  (void)fd;
+  (void)ev;
+  worker_signals(ml->w);
+  model_accepting(ml);
+}
+
+
+/*
+** The stop pipe turns readable when the worker stops, whichever thread
+** or process called worker_stop (server:shutdown() in a handler thread,
+** or in a fork model's child, which shares the pipe; --once; a signal).
+** It stays readable, so it leaves the loop.
+*/
+static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct mloop *ml = data;
+  (void)ev;
+  evloop_del(loop, fd);
+  worker_stop(ml->w);
+  if (ml->stopped != NULL) ml->stopped(ml);
+  model_accepting(ml);
+}
+
+
+static void on_service (struct evloop *loop, struct timer *t) {
+  struct mloop *ml = t->data;
+  lstate_call_hook(ml->x, "service_actions", 0);
+  lconnect_sweep(ml->x);  /* idle pooled connections past their time */
+  if (ml->serviced != NULL) ml->serviced(ml);
+  timer_start(loop, t, evloop_now(loop) + SERVICE_EVERY);
+}
+
+
+int model_loop_init (struct mloop *ml, struct worker *w) {
+  ml->w = w;
+  ml->accepting = 0;
+  timer_init(&ml->service, on_service, ml);
+  if ((ml->loop = evloop_new()) == NULL) {
+    log_error("error: %s", strerror(errno ? errno : ENOMEM));
+    return -1;
+  }
+  evloop_add(ml->loop, w->sig_fd[0], EV_READ, on_signal, ml);
+  evloop_add(ml->loop, w->stop_fd[0], EV_READ, on_stop, ml);
+  return 0;
+}
+
+
+long model_loop_run (struct mloop *ml) {
+  if (ml->x != NULL)
+    timer_start(ml->loop, &ml->service, evloop_now(ml->loop) + SERVICE_EVERY);
+  model_accepting(ml);
+  model_ready(ml->w);
+  for (;;) {
+    double wait = 1.0;
+    if (worker_stopping(ml->w)) {
+      double left = atomic_load(&ml->w->cut_at) + ml->slack -
+                    evloop_update_now(ml->loop);
+      long n;
+      model_accepting(ml);
+      if ((n = busy(ml)) == 0 || left <= 0) return n;
+      if (ml->stopping != NULL) ml->stopping(ml);
+      if (left < wait) wait = left;
+      if (ml->tick > 0 && wait > ml->tick) wait = ml->tick;
+    }
+    if (evloop_run_once(ml->loop, wait) < 0) return busy(ml);
+  }
+}
+
+
+void model_loop_free (struct mloop *ml) {
+  if (ml->loop == NULL) return;
+  timer_stop(ml->loop, &ml->service);
+  evloop_free(ml->loop);
+  ml->loop = NULL;
+}
+
+
+void model_run (struct lctx *x, struct lconn *c, int verified) {
+  lua_State *L = lsrv_L(x);
+  lstate_push_flow(L, x);
+  lua_pushvalue(L, -2);  /* flow, req */
+  lua_pushboolean(L, verified);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {  /* the flow itself failed */
+    lstate_report(L, c, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lstate_cpu_end(x);
+  lconn_abort(c);
+  lua_pop(L, 1);  /* the request */
+}
+
+/* }====================================================== */

@@ -1,7 +1,7 @@
 /*
 ** model_event.c -- every connection a coroutine on the worker's epoll loop,
 ** as OpenResty does it. Request I/O and luasrv.sleep yield here when they
-** would block (see waitio in lreq.c); readiness or a timer resumes them.
+** would block (sched_wait in sched.c); readiness or a timer resumes them.
 ** Connections are registered once, edge-triggered, and never modified:
 ** readiness is kept as flags on the connection.
 */
@@ -23,6 +23,7 @@
 #define ACCEPT_BATCH 64       /* accepts or datagrams per readiness event */
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
 #define TRIM_KEEP 16          /* ... of which kept through an idle spell */
+#define DGRAM_POOL 64         /* ... with their datagram request object */
 /*
 ** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
 ** the buffer is 2 MiB, but only the pages that datagrams reach become
@@ -41,15 +42,17 @@ struct smallpool {
 };
 
 struct eloop {
+  struct mloop ml;            /* first: the skeleton's hooks get it */
   struct worker *w;
   struct lctx *x;
-  struct evloop *loop;
+  struct evloop *loop;        /* ml's */
   long active;                /* requests running */
-  int accepting;              /* listeners are in the loop */
   struct task *pool;          /* finished tasks, coroutines reusable */
   struct task *running;       /* tasks of active requests */
   int npool;
-  struct timer service;
+  struct task *dgpool;        /* finished datagram tasks, their request
+                                 object kept at index 1 of their stack */
+  int ndgpool;
   char *dgram;                /* DGRAM_BATCH slots of DGRAM_MAX bytes */
   struct dgq dgq;             /* replies of the batch being run */
   struct smallpool small;     /* the state's allocator */
@@ -101,7 +104,7 @@ static void *small_alloc (struct smallpool *p, size_t size) {
 
 
 /*
-** Keeps script.c's l_alloc accounting: mem_used is what the state holds
+** Keeps lstate.c's l_alloc accounting: mem_used is what the state holds
 ** (a block in a free list is not), and --memory-limit refuses growth
 ** beyond mem_limit; Lua then collects and, failing that, raises "not
 ** enough memory" in the request that asked.
@@ -131,6 +134,7 @@ static void *small_lalloc (void *ud, void *ptr, size_t osize, size_t nsize) {
   else if (nsize <= osize)
     b = ptr;  /* a shrink must not fail: keep the block as it is */
   if (b != NULL) x->mem_used = x->mem_used - old + nsize;
+  else x->sys_oom = 1;
   return b;
 }
 
@@ -153,18 +157,41 @@ static void smallpool_free (struct smallpool *p) {
 
 static void on_timer (struct evloop *loop, struct timer *tm);
 
+/* new_thread(t): makes t's coroutine and its registry reference. */
+static int new_thread (lua_State *L) {
+  struct task *t = lua_touserdata(L, 1);
+  t->co = lua_newthread(L);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the thread */
+  return 0;
+}
+
+
+/*
+** A task from the pool, or a new one; NULL when there is no memory for
+** it (the coroutine is made protected: a state at its --memory-limit
+** must not panic the worker).
+*/
 static struct task *task_get (struct eloop *e) {
-  lua_State *L = lstate_L(e->x);
+  lua_State *L = lsrv_L(e->x);
   struct task *t = e->pool;
   if (t != NULL) {
     e->pool = t->next;
     e->npool--;
     return t;
   }
-  if ((t = calloc(1, sizeof *t)) == NULL) return NULL;
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    e->x->sys_oom = 1;
+    return NULL;
+  }
   t->x = e->x;
-  t->co = lua_newthread(L);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the thread */
+  e->x->sys_oom = 0;
+  lua_pushcfunction(L, new_thread);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    free(t);
+    return NULL;
+  }
   lsrv_settask(t->co, t);
   timer_init(&t->timer, on_timer, t);
   return t;
@@ -189,6 +216,7 @@ static void unlink_running (struct eloop *e, struct task *t) {
 
 /* A task whose coroutine ended cleanly goes back to the pool. */
 static void task_put (struct eloop *e, struct task *t, int reusable) {
+  struct lconn *c = t->req;
   t->req = NULL;
   t->wait_conn = NULL;
   t->th = NULL;
@@ -196,6 +224,17 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
   t->threads = NULL;
   t->nthreads = t->joining = t->suspended = 0;
   timer_stop(e->loop, &t->timer);
+  /* a datagram request that ended well keeps its task and its object:
+  ** the next datagram reuses both (start_dgram) */
+  if (reusable && c != NULL && (c->io.flags & LC_DGRAM) &&
+      e->ndgpool < DGRAM_POOL && lua_gettop(t->co) >= 1 &&
+      lua_touserdata(t->co, 1) == c) {
+    lua_settop(t->co, 1);
+    t->next = e->dgpool;
+    e->dgpool = t;
+    e->ndgpool++;
+    return;
+  }
   if (reusable && e->npool < TASK_POOL) {
     lua_settop(t->co, 0);
     t->next = e->pool;
@@ -203,12 +242,10 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
     e->npool++;
     return;
   }
-  luaL_unref(lstate_L(e->x), LUA_REGISTRYINDEX, t->ref);
+  luaL_unref(lsrv_L(e->x), LUA_REGISTRYINDEX, t->ref);
   free(t);
 }
 
-
-static void update_accepting (struct eloop *e);
 
 /*
 ** Resumes t with nargs values on its stack, from L (the loop: the main
@@ -229,10 +266,18 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
       t->suspended = 1;
       return;
     }
-    lua_pushliteral(co, "attempt to yield from a request outside a "
+    if (t->th == NULL) {  /* told by a static text: co's memory may be full */
+      lstate_report(co, t->req, "attempt to yield from a request outside a "
                     "coroutine of its own");
-    st = LUA_ERRRUN;
-    nres = 1;
+      lconn_abort(t->req);
+      st = LUA_ERRERR;  /* reported */
+    }
+    else {
+      lua_pushliteral(co, "attempt to yield from a request outside a "
+                      "coroutine of its own");
+      st = LUA_ERRRUN;
+      nres = 1;
+    }
   }
   if (t->th != NULL) {  /* a light thread ended: its outcome to its object */
     lspawn_ended(e->x, t, L, st, nres);
@@ -240,7 +285,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
     task_put(e, t, st == LUA_OK);
     return;
   }
-  if (st != LUA_OK) {
+  if (st != LUA_OK && st != LUA_ERRERR) {
     lstate_report(co, t->req, lua_tostring(co, -1));
     lconn_abort(t->req);
   }
@@ -251,12 +296,12 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
   e->active--;
   unlink_running(e, t);
   task_put(e, t, st == LUA_OK);
-  update_accepting(e);
+  model_accepting(&e->ml);
 }
 
 
 static void resume (struct eloop *e, struct task *t, int nargs) {
-  resume_from(e, t, lstate_L(e->x), nargs);
+  resume_from(e, t, lsrv_L(e->x), nargs);
 }
 
 
@@ -291,7 +336,7 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
 static void detach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
   if (e == NULL) return;  /* init: an outbound connection, no loop yet */
-  evloop_del(e->loop, c->fd);
+  evloop_del(e->loop, c->io.fd);
   /* closed under a waiting task (another light thread closed it): wake
   ** it to see "closed" */
   for (int k = 0; k < 2; k++) {
@@ -303,7 +348,6 @@ static void detach (struct lctx *x, struct lconn *c) {
   }
 }
 
-static const struct waitops event_ops = {1, arm, detach};
 
 
 /* {------------------------------------------------------ light threads */
@@ -357,9 +401,9 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   struct lconn *c = data;
   struct task *t = c->waiter, *w = c->wwaiter;
   (void)fd;
-  if (ev & EV_READ) c->flags |= LC_READABLE;
-  if (ev & EV_WRITE) c->flags |= LC_WRITABLE;
-  if (ev & EV_RDHUP) c->flags |= LC_RDHUP;
+  if (ev & EV_READ) c->io.flags |= LC_READABLE;
+  if (ev & EV_WRITE) c->io.flags |= LC_WRITABLE;
+  if (ev & EV_RDHUP) c->io.flags |= LC_RDHUP;
   if (w != NULL && (ev & EV_WRITE)) {  /* a light thread's write */
     c->wwaiter = NULL;
     w->wait_conn = NULL;
@@ -390,8 +434,25 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
 */
 static int attach (struct lctx *x, struct lconn *c) {
   struct eloop *e = eloop_of(x);
-  return evloop_add(e->loop, c->fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
+  return evloop_add(e->loop, c->io.fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
 }
+
+
+/*
+** Tasks yield to the loop; code that runs outside any request's task
+** (init, service_actions, server_close) blocks, as in the sync model.
+*/
+static const struct sched_ops event_ops = {
+  .name = "event",
+  .block = sched_block,
+  .arm = arm,
+  .attach = attach,
+  .detach = detach,
+  .spawn = spawn_task,
+  .start = spawn_start,
+  .wake = wake,
+  .kill = kill_task,
+};
 
 
 /* Starts the flow for the request just pushed on t's coroutine. */
@@ -410,9 +471,7 @@ static void start_stream (struct eloop *e, int lindex, int fd,
   struct lconn *c;
   int rc;
   if (t == NULL) {
-    log_warn("dropping a connection on %s: out of memory", e->w->ls[lindex].name);
-    close(fd);
-    model_release(e->w, (struct sockaddr *)peer);
+    model_refuse(e->x, fd, peer);
     return;
   }
   if (e->w->ls[lindex].addr.tr == TR_TCP) {
@@ -423,7 +482,11 @@ static void start_stream (struct eloop *e, int lindex, int fd,
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   lstate_push_flow(t->co, e->x);
-  c = lconn_new(t->co, e->x, fd, lindex, (struct sockaddr *)peer, len);
+  c = model_request(e->x, t->co, lindex, fd, NULL, 0, peer, len);
+  if (c == NULL) {  /* refused, released */
+    task_put(e, t, 1);
+    return;
+  }
   rc = evloop_add(e->loop, fd, EV_READ | EV_WRITE | EV_EDGE, on_conn, c);
   if (rc < 0) {
     log_warn("dropping a connection on %s: %s", e->w->ls[lindex].name,
@@ -439,15 +502,45 @@ static void start_stream (struct eloop *e, int lindex, int fd,
 }
 
 
+/*
+** A datagram's request. Datagrams come thick and short-lived, and a new
+** coroutine, request object and flow call for each cost a fifth of an
+** echo: a task whose datagram request ended well keeps the object at the
+** bottom of its stack, and the next datagram renews it (lconn_renew_dgram)
+** and calls the flow on it again. The stack is [req, flow, req]: resume
+** takes the flow and its argument, the object stays below.
+*/
 static void start_dgram (struct eloop *e, int lindex, const char *data,
                          size_t n, struct sockaddr_storage *peer,
                          socklen_t len) {
-  struct task *t = task_get(e);
-  struct lconn *c;
-  if (t == NULL) return;
+  struct task *t = e->dgpool;
+  struct lconn *c = NULL;
+  if (t != NULL) {
+    e->dgpool = t->next;
+    e->ndgpool--;
+    c = lconn_renew_dgram(t->co, e->x, lindex, data, n,
+                          (struct sockaddr *)peer, len);
+    if (c != NULL) lstate_cpu_begin(e->x, t, 1);
+    else {  /* no room for this peer, or no memory: a fresh one */
+      lua_settop(t->co, 0);
+      t->next = e->pool;
+      e->pool = t;
+      e->npool++;
+    }
+  }
+  if (c == NULL) {
+    if ((t = task_get(e)) == NULL) {
+      model_refuse(e->x, -1, peer);
+      return;
+    }
+    c = model_request(e->x, t->co, lindex, -1, data, n, peer, len);
+    if (c == NULL) {
+      task_put(e, t, 1);
+      return;
+    }
+  }
   lstate_push_flow(t->co, e->x);
-  c = lconn_new_dgram(t->co, e->x, lindex, data, n,
-                      (struct sockaddr *)peer, len);
+  lua_pushvalue(t->co, 1);  /* flow, req */
   start(e, t, c);
 }
 
@@ -462,10 +555,7 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
   struct iovec iov[DGRAM_BATCH];
   struct sockaddr_storage peers[DGRAM_BATCH];
   int fd = e->w->ls[lindex].fd, n;
-  long room = e->w->cfg->max_connections - e->active;  /* > 0: accepting */
   if (max > DGRAM_BATCH) max = DGRAM_BATCH;
-  if (max > room) max = (int)room;
-  if (max <= 0) return 0;
   memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)max);
   for (int k = 0; k < max; k++) {
     iov[k].iov_base = e->dgram + (size_t)k * DGRAM_MAX;
@@ -497,60 +587,42 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
 }
 
 
-static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct eloop *e = data;
+/*
+** Takes up to max requests from listener i (the skeleton keeps max under
+** the room --max-connections leaves): a batch of datagrams, or one
+** connection. Returns how many it took.
+*/
+static int take (struct mloop *ml, int i, int max) {
+  struct eloop *e = (struct eloop *)ml;
   struct sockaddr_storage peer;
   socklen_t len;
-  int i = 0;
-  (void)loop;
-  (void)ev;
-  while (e->w->ls[i].fd != fd) i++;
-  if (!e->w->ls[i].stream) {
-    /* --once serves one datagram: take no more from the socket */
-    int max = e->w->cfg->once ? 1 : ACCEPT_BATCH;
-    for (int k = 0; k < max && e->accepting && !worker_stopping(e->w); ) {
-      int n = recv_batch(e, i, max - k);
-      if (n == 0) return;
-      k += n;
-    }
-    return;
+  int cfd;
+  if (!e->w->ls[i].stream) return recv_batch(e, i, max);
+  if ((cfd = model_accept(e->w, e->w->ls[i].fd, &peer, &len)) < 0) {
+    if (cfd != -EAGAIN && cfd != -ECONNABORTED)
+      log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
+    return 0;
   }
-  for (int k = 0; k < ACCEPT_BATCH && e->accepting && !worker_stopping(e->w);
-       k++) {
-    int cfd = model_accept(e->w, fd, &peer, &len);
-    if (cfd < 0) {
-      if (cfd != -EAGAIN && cfd != -ECONNABORTED)
-        log_warn("accept on %s: %s", e->w->ls[i].name, strerror(-cfd));
-      return;
-    }
-    start_stream(e, i, cfd, &peer, len);
-  }
+  start_stream(e, i, cfd, &peer, len);
+  return 1;
 }
 
 
-/*
-** Listeners are in the loop while the worker is not stopping and has room
-** under --max-connections; further clients wait in the backlog.
-*/
-static void update_accepting (struct eloop *e) {
-  int want = !worker_stopping(e->w) &&
-             e->active < e->w->cfg->max_connections;
-  if (want == e->accepting) return;
-  e->accepting = want;
-  for (int i = 0; i < e->w->nls; i++) {
-    if (want) evloop_add(e->loop, e->w->ls[i].fd, EV_READ, on_listener, e);
-    else evloop_del(e->loop, e->w->ls[i].fd);
-  }
+static long busy (struct mloop *ml) {
+  return ((struct eloop *)ml)->active;
 }
 
 
-static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct eloop *e = data;
-  (void)loop;
-  (void)fd;
-  (void)ev;
-  worker_signals(e->w);
-  update_accepting(e);
+/* Frees tasks from *list until at most keep are left. */
+static void trim_tasks (struct eloop *e, struct task **list, int *n, int keep) {
+  lua_State *L = lsrv_L(e->x);
+  while (*n > keep) {
+    struct task *t = *list;
+    *list = t->next;
+    (*n)--;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
+  }
 }
 
 
@@ -562,14 +634,9 @@ static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
 ** 8,000 abandoned connections, 40 MB after seven such rounds.
 */
 static void trim_idle (struct eloop *e) {
-  lua_State *L = lstate_L(e->x);
-  while (e->npool > TRIM_KEEP) {
-    struct task *t = e->pool;
-    e->pool = t->next;
-    e->npool--;
-    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
-    free(t);
-  }
+  lua_State *L = lsrv_L(e->x);
+  trim_tasks(e, &e->pool, &e->npool, TRIM_KEEP);
+  trim_tasks(e, &e->dgpool, &e->ndgpool, TRIM_KEEP);
   lua_gc(L, LUA_GCCOLLECT);
   smallpool_free(&e->small);
   bufpool_free(&e->x->pool);
@@ -578,36 +645,15 @@ static void trim_idle (struct eloop *e) {
 }
 
 
-static void on_service (struct evloop *loop, struct timer *t) {
-  struct eloop *e = t->data;
+/* The skeleton's service tick, after service_actions. */
+static void service (struct mloop *ml) {
+  struct eloop *e = (struct eloop *)ml;
   long served = atomic_load(&e->w->served);
-  lstate_call_hook(e->x, "service_actions", 0);
-  lconnect_sweep(e->x);  /* idle pooled connections past their time */
   if (e->active == 0 && served == e->served_seen && served != e->trimmed_at) {
     trim_idle(e);
     e->trimmed_at = served;
   }
   e->served_seen = served;
-  timer_start(loop, t, evloop_now(loop) + 0.5);
-}
-
-
-static void serve (struct eloop *e) {
-  for (;;) {
-    double wait = 1.0;
-    if (worker_stopping(e->w)) {
-      double left = atomic_load(&e->w->cut_at) - evloop_update_now(e->loop);
-      update_accepting(e);
-      if (e->active == 0) return;
-      if (left <= 0) {
-        log_warn("grace period over: cutting %ld request%s short", e->active,
-                 e->active == 1 ? "" : "s");
-        return;
-      }
-      if (left < wait) wait = left;
-    }
-    if (evloop_run_once(e->loop, wait) < 0) return;
-  }
 }
 
 
@@ -620,15 +666,19 @@ static void free_tasks (struct task *t) {
 }
 
 
-int model_event_serve (struct worker *w) {
+static int serve_event (struct worker *w) {
   struct eloop e;
+  long left;
   int rc = 1;
   memset(&e, 0, sizeof e);
   e.w = w;
-  if ((e.loop = evloop_new()) == NULL) {
-    log_error("error: %s", strerror(errno ? errno : ENOMEM));
-    goto out;
-  }
+  e.ml.limit = w->cfg->max_connections;
+  e.ml.batch = ACCEPT_BATCH;
+  e.ml.take = take;
+  e.ml.busy = busy;
+  e.ml.serviced = service;
+  if (model_loop_init(&e.ml, w) < 0) goto out;
+  e.loop = e.ml.loop;
   for (int i = 0; i < w->nls; i++) {
     if (!w->ls[i].stream && e.dgram == NULL &&
         (e.dgram = malloc((size_t)DGRAM_BATCH * DGRAM_MAX)) == NULL) {
@@ -638,26 +688,25 @@ int model_event_serve (struct worker *w) {
   }
   if ((e.x = model_start(w, &event_ops)) == NULL) goto out;
   e.x->model = &e;
-  e.x->attach = attach;
-  e.x->spawn_task = spawn_task;
-  e.x->start = spawn_start;
-  e.x->wake = wake;
-  e.x->kill = kill_task;
-  lua_setallocf(lstate_L(e.x), small_lalloc, &e);
-  evloop_add(e.loop, w->sig_fd[0], EV_READ, on_signal, &e);
-  timer_init(&e.service, on_service, &e);
-  timer_start(e.loop, &e.service, evloop_now(e.loop) + 0.5);
-  update_accepting(&e);
-  model_ready(w);
-  serve(&e);
-  timer_stop(e.loop, &e.service);
+  e.ml.x = e.x;
+  lua_setallocf(lsrv_L(e.x), small_lalloc, &e);
+  if ((left = model_loop_run(&e.ml)) > 0)
+    log_warn("grace period over: cutting %ld request%s short", left,
+             left == 1 ? "" : "s");
   model_finish(e.x);  /* closes what was cut short, through __gc */
   smallpool_free(&e.small);
   free_tasks(e.pool);
+  free_tasks(e.dgpool);
   free_tasks(e.running);  /* cut short at the end of the grace period */
   rc = 0;
 out:
-  evloop_free(e.loop);
+  model_loop_free(&e.ml);
   free(e.dgram);
   return rc;
 }
+
+
+const struct model model_event = {
+  .name = "event",
+  .serve = serve_event,
+};

@@ -26,21 +26,16 @@
 #define ACCEPT_BATCH 16       /* requests forked per readiness event */
 
 struct forker {
+  struct mloop ml;            /* first: the skeleton's hooks get it */
   struct worker *w;
   struct lctx *x;
-  struct evloop *loop;
-  struct timer service;
   char *dgram;                /* DGRAM_MAX bytes for model_recv */
   pid_t *pids;                /* children alive: max_children slots, 0 free */
   struct sockaddr_in6 *srcs;  /* --max-per-source: each child's client */
   int nchildren;
-  int accepting;              /* listeners are in the loop */
   int chld_fd;                /* signalfd for SIGCHLD */
   sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
 };
-
-static const struct waitops fork_ops = {0, NULL, NULL};
-
 
 /* {====================================================== the child */
 
@@ -87,17 +82,9 @@ static void child_setup (struct forker *f, pid_t parent) {
 ** clean-up (_exit, not exit).
 */
 static void child_run (struct forker *f, struct lconn *c) {
-  lua_State *L = lstate_L(f->x);
-  lstate_push_flow(L, f->x);
-  lua_pushvalue(L, -2);  /* flow, req */
   /* verified by the worker before the fork; not with --proxy-protocol,
   ** whose header (which says who the client is) the child reads first */
-  lua_pushboolean(L, !f->w->cfg->proxy_protocol);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {  /* the flow itself failed */
-    lstate_report(L, c, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  lconn_abort(c);
+  model_run(f->x, c, !f->w->cfg->proxy_protocol);
   fflush(NULL);  /* what the handler print()ed; the worker flushed its own */
   _exit(0);
 }
@@ -106,8 +93,6 @@ static void child_run (struct forker *f, struct lconn *c) {
 
 
 /* {====================================================== children */
-
-static void update_accepting (struct forker *f);
 
 static void track (struct forker *f, pid_t pid, const struct sockaddr *src,
                    socklen_t len) {
@@ -160,7 +145,7 @@ static void on_child (struct evloop *loop, int fd, unsigned ev, void *data) {
   while (read(fd, si, sizeof si) > 0)
     ;
   reap(f);
-  update_accepting(f);
+  model_accepting(&f->ml);
 }
 
 
@@ -189,30 +174,34 @@ static int spawn (struct forker *f, struct lconn *c, const struct sockaddr *src,
 
 
 /*
-** Takes one request from listener i, verifies it and forks it; 0, or -1
+** Takes one request from listener i, verifies it and forks it; 1, or 0
 ** when there is none.
 */
-static int take (struct forker *f, int i) {
+static int take (struct mloop *ml, int i, int max) {
+  struct forker *f = (struct forker *)ml;
   struct listener *l = &f->w->ls[i];
-  lua_State *L = lstate_L(f->x);
+  lua_State *L = lsrv_L(f->x);
   struct sockaddr_storage peer;
   struct lconn *c;
   socklen_t len;
   int rc = 0;
+  (void)max;
   if (l->stream) {
     int cfd = model_accept(f->w, l->fd, &peer, &len);
     if (cfd < 0) {
       if (cfd != -EAGAIN && cfd != -ECONNABORTED)
         log_warn("accept on %s: %s", l->name, strerror(-cfd));
-      return -1;
+      return 0;
     }
-    c = lconn_new(L, f->x, cfd, i, (struct sockaddr *)&peer, len);
+    if ((c = model_request(f->x, L, i, cfd, NULL, 0, &peer, len)) == NULL)
+      return 1;  /* refused, released: try the next */
   }
   else {
     long n = model_recv(f->w, l->fd, f->dgram, DGRAM_MAX, &peer, &len);
-    if (n < 0) return n == -EAGAIN ? -1 : 0;
-    c = lconn_new_dgram(L, f->x, i, f->dgram, (size_t)n,
-                        (struct sockaddr *)&peer, len);
+    if (n < 0) return n == -EAGAIN ? 0 : 1;
+    if ((c = model_request(f->x, L, i, -1, f->dgram, (size_t)n, &peer,
+                           len)) == NULL)
+      return 1;
   }
   model_count_request(f->w);
   /* socketserver runs verify_request in the server process: what it
@@ -225,85 +214,12 @@ static int take (struct forker *f, int i) {
   lstate_cpu_end(f->x);  /* the worker's part (verify_request) is done */
   lconn_abort(c);  /* the worker's copy: the child has its own */
   lua_pop(L, 1);
-  return rc < 0 ? -1 : 0;
+  return rc < 0 ? 0 : 1;
 }
 
 
-static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct forker *f = data;
-  int i = 0;
-  (void)loop;
-  (void)ev;
-  while (f->w->ls[i].fd != fd) i++;
-  for (int k = 0; k < ACCEPT_BATCH; k++) {
-    if (worker_stopping(f->w) || f->nchildren >= f->w->cfg->max_children ||
-        take(f, i) < 0)
-      break;
-  }
-  update_accepting(f);
-}
-
-
-/*
-** Listeners are in the loop while the worker is not stopping and has
-** room for another child; further clients wait in the backlog (socket
-** buffer for datagrams).
-*/
-static void update_accepting (struct forker *f) {
-  int want = !worker_stopping(f->w) &&
-             f->nchildren < f->w->cfg->max_children;
-  if (want == f->accepting) return;
-  f->accepting = want;
-  for (int i = 0; i < f->w->nls; i++) {
-    if (want) evloop_add(f->loop, f->w->ls[i].fd, EV_READ, on_listener, f);
-    else evloop_del(f->loop, f->w->ls[i].fd);
-  }
-}
-
-
-/*
-** The stop pipe turns readable when the worker stops, or when a child
-** called server:shutdown() (it shares the pipe): then the whole worker
-** stops. It stays readable, so it leaves the loop.
-*/
-static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct forker *f = data;
-  (void)ev;
-  evloop_del(loop, fd);
-  worker_stop(f->w);
-  update_accepting(f);
-}
-
-
-static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct forker *f = data;
-  (void)loop;
-  (void)fd;
-  (void)ev;
-  worker_signals(f->w);
-  update_accepting(f);
-}
-
-
-static void on_service (struct evloop *loop, struct timer *t) {
-  struct forker *f = t->data;
-  lstate_call_hook(f->x, "service_actions", 0);
-  timer_start(loop, t, evloop_now(loop) + 0.5);
-}
-
-
-/* Serves until stopping, then waits for the children up to the grace. */
-static void serve (struct forker *f) {
-  for (;;) {
-    double wait = 1.0;
-    if (worker_stopping(f->w)) {
-      double left = atomic_load(&f->w->cut_at) - evloop_update_now(f->loop);
-      update_accepting(f);
-      if (f->nchildren == 0 || left <= 0) return;
-      if (left < wait) wait = left;
-    }
-    if (evloop_run_once(f->loop, wait) < 0) return;
-  }
+static long busy (struct mloop *ml) {
+  return ((struct forker *)ml)->nchildren;
 }
 
 
@@ -346,12 +262,10 @@ static int watch_children (struct forker *f) {
 
 static int start (struct forker *f) {
   int rc;
-  f->loop = evloop_new();
   f->dgram = malloc(DGRAM_MAX);
   f->pids = calloc((size_t)f->w->cfg->max_children, sizeof *f->pids);
   f->srcs = calloc((size_t)f->w->cfg->max_children, sizeof *f->srcs);
-  if (f->loop == NULL || f->dgram == NULL || f->pids == NULL ||
-      f->srcs == NULL) {
+  if (f->dgram == NULL || f->pids == NULL || f->srcs == NULL) {
     log_error("error: %s", strerror(ENOMEM));
     return -1;
   }
@@ -363,24 +277,22 @@ static int start (struct forker *f) {
 }
 
 
-int model_fork_serve (struct worker *w) {
+static int serve_fork (struct worker *w) {
   struct forker f;
   int rc = 1;
   memset(&f, 0, sizeof f);
   f.w = w;
   f.chld_fd = -1;
-  if (start(&f) < 0) goto out;
-  if ((f.x = model_start(w, &fork_ops)) == NULL) goto out;
-  evloop_add(f.loop, f.chld_fd, EV_READ, on_child, &f);
-  evloop_add(f.loop, w->sig_fd[0], EV_READ, on_signal, &f);
-  evloop_add(f.loop, w->stop_fd[0], EV_READ, on_stop, &f);
-  timer_init(&f.service, on_service, &f);
-  timer_start(f.loop, &f.service, evloop_now(f.loop) + 0.5);
-  update_accepting(&f);
-  model_ready(w);
-  serve(&f);
+  f.ml.limit = w->cfg->max_children;
+  f.ml.batch = ACCEPT_BATCH;
+  f.ml.take = take;
+  f.ml.busy = busy;
+  if (model_loop_init(&f.ml, w) < 0 || start(&f) < 0) goto out;
+  if ((f.x = model_start(w, &sched_blocking)) == NULL) goto out;
+  f.ml.x = f.x;
+  evloop_add(f.ml.loop, f.chld_fd, EV_READ, on_child, &f);
+  model_loop_run(&f.ml);
   kill_children(&f);
-  timer_stop(f.loop, &f.service);
   model_finish(f.x);
   rc = 0;
 out:
@@ -388,9 +300,15 @@ out:
     close(f.chld_fd);
     sigprocmask(SIG_SETMASK, &f.oldmask, NULL);
   }
-  evloop_free(f.loop);
+  model_loop_free(&f.ml);
   free(f.dgram);
   free(f.pids);
   free(f.srcs);
   return rc;
 }
+
+
+const struct model model_fork = {
+  .name = "fork",
+  .serve = serve_fork,
+};

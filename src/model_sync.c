@@ -1,12 +1,12 @@
 /*
 ** model_sync.c -- socketserver's plain servers: one request at a time in
-** the worker. The loop only decides which listener goes next; the request
-** runs to its end inside the callback, its waits blocking in poll.
+** the worker. The skeleton's loop (model.c) only decides which listener
+** goes next; the request runs to its end inside take, its waits blocking
+** in poll (sched_block).
 */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <lua.h>
 
@@ -15,97 +15,69 @@
 #include "model.h"
 
 struct sync {
-  struct worker *w;
-  struct lctx *x;
-  struct evloop *loop;
-  struct timer service;
+  struct mloop ml;            /* first: take gets it */
   char *dgram;                /* DGRAM_MAX bytes */
 };
 
-static const struct waitops sync_ops = {0, NULL, NULL};
 
-
-/* Runs the flow on the request at the top of the stack; pops it. */
-static void run (struct sync *s, struct lconn *c) {
-  lua_State *L = lstate_L(s->x);
-  model_count_request(s->w);
-  lstate_push_flow(L, s->x);
-  lua_pushvalue(L, -2);  /* flow, req */
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
-    lstate_report(L, c, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  lstate_cpu_end(s->x);
-  lconn_abort(c);
-  lua_pop(L, 1);  /* the request */
-}
-
-
-static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct sync *s = data;
+/* Takes one request from listener i and runs it to its end. */
+static int take (struct mloop *ml, int i, int max) {
+  struct sync *s = (struct sync *)ml;
+  struct listener *l = &ml->w->ls[i];
+  lua_State *L = lsrv_L(ml->x);
   struct sockaddr_storage peer;
+  struct lconn *c;
   socklen_t len;
-  int i = 0;
-  (void)loop;
-  (void)ev;
-  while (s->w->ls[i].fd != fd) i++;
-  if (worker_stopping(s->w)) return;
-  if (s->w->ls[i].stream) {
-    int cfd = model_accept(s->w, fd, &peer, &len);
-    if (cfd == -EAGAIN) return;
+  (void)max;
+  if (l->stream) {
+    int cfd = model_accept(ml->w, l->fd, &peer, &len);
     if (cfd < 0) {
-      log_warn("accept on %s: %s", s->w->ls[i].name, strerror(-cfd));
-      return;
+      if (cfd != -EAGAIN) log_warn("accept on %s: %s", l->name, strerror(-cfd));
+      return 0;
     }
-    run(s, lconn_new(lstate_L(s->x), s->x, cfd, i, (struct sockaddr *)&peer,
-                     len));
-    model_release(s->w, (struct sockaddr *)&peer);
+    if ((c = model_request(ml->x, L, i, cfd, NULL, 0, &peer, len)) == NULL)
+      return 0;  /* refused, released */
+    model_count_request(ml->w);
+    model_run(ml->x, c, 0);
+    model_release(ml->w, (struct sockaddr *)&peer);
   }
   else {
-    long n = model_recv(s->w, fd, s->dgram, DGRAM_MAX, &peer, &len);
-    if (n < 0) return;
-    run(s, lconn_new_dgram(lstate_L(s->x), s->x, i, s->dgram, (size_t)n,
-                           (struct sockaddr *)&peer, len));
+    long n = model_recv(ml->w, l->fd, s->dgram, DGRAM_MAX, &peer, &len);
+    if (n < 0) return 0;
+    if ((c = model_request(ml->x, L, i, -1, s->dgram, (size_t)n, &peer,
+                           len)) == NULL)
+      return 0;
+    model_count_request(ml->w);
+    model_run(ml->x, c, 0);
   }
+  return 1;
 }
 
 
-static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct sync *s = data;
-  (void)loop;
-  (void)fd;
-  (void)ev;
-  worker_signals(s->w);
-}
-
-
-static void on_service (struct evloop *loop, struct timer *t) {
-  struct sync *s = t->data;
-  lstate_call_hook(s->x, "service_actions", 0);
-  timer_start(loop, t, evloop_now(loop) + 0.5);
-}
-
-
-int model_sync_serve (struct worker *w) {
-  struct sync s = {w, NULL, NULL, {0, -1, NULL, NULL}, NULL};
+static int serve_sync (struct worker *w) {
+  struct sync s;
   int rc = 1;
-  if ((s.loop = evloop_new()) == NULL || (s.dgram = malloc(DGRAM_MAX)) == NULL) {
-    log_error("error: %s", strerror(errno ? errno : ENOMEM));
+  memset(&s, 0, sizeof s);
+  s.ml.limit = 1;
+  s.ml.batch = 1;
+  s.ml.take = take;
+  if (model_loop_init(&s.ml, w) < 0) goto out;
+  if ((s.dgram = malloc(DGRAM_MAX)) == NULL) {
+    log_error("error: %s", strerror(ENOMEM));
     goto out;
   }
-  if ((s.x = model_start(w, &sync_ops)) == NULL) goto out;
-  for (int i = 0; i < w->nls; i++)
-    evloop_add(s.loop, w->ls[i].fd, EV_READ, on_listener, &s);
-  evloop_add(s.loop, w->sig_fd[0], EV_READ, on_signal, &s);
-  model_ready(w);
-  timer_init(&s.service, on_service, &s);
-  timer_start(s.loop, &s.service, evloop_now(s.loop) + 0.5);
-  while (!worker_stopping(w))
-    if (evloop_run_once(s.loop, 1.0) < 0) break;
-  model_finish(s.x);
+  if ((s.ml.x = model_start(w, &sched_blocking)) == NULL) goto out;
+  model_loop_run(&s.ml);
+  model_finish(s.ml.x);
   rc = 0;
 out:
-  evloop_free(s.loop);
+  model_loop_free(&s.ml);
   free(s.dgram);
   return rc;
 }
+
+
+const struct model model_sync = {
+  .name = "sync",
+  .serve = serve_sync,
+};

@@ -57,6 +57,7 @@ struct hthread {
 };
 
 struct tpool {
+  struct mloop ml;            /* first: the skeleton's hooks get it */
   struct worker *w;
   pthread_mutex_t mu;         /* guards the fields down to 'main_waits' */
   pthread_cond_t work;        /* a job was queued, or quit was set */
@@ -72,38 +73,38 @@ struct tpool {
   /* the main thread's alone */
   struct hthread **threads;
   int nthreads, cap;
-  struct evloop *loop;
+  struct evloop *loop;        /* ml's */
   int done_fd;                /* eventfd: a job ended while main_waits */
-  int accepting;
   struct timer grow;          /* armed while jobs wait for a new thread */
   char *dgram;
 };
 
-static const struct waitops thread_ops = {0, NULL, NULL};
+/*
+** A handler thread blocks in its waits, and waits for input in the read
+** itself (lconn_block_read) when it can.
+*/
+static int thread_block (struct lctx *x, struct lconn *c, unsigned ev,
+                         double deadline) {
+  if (c != NULL && ev == EV_READ && lconn_block_read(c)) return 0;
+  return sched_block(x, c, ev, deadline);
+}
+
+static const struct sched_ops thread_ops = {
+  .name = "thread",
+  .block = thread_block,
+};
 
 
 /* {====================================================== handler threads */
 
-/* Runs the flow on job j in h's state, as model_sync's run() does. */
+/* Runs the flow on job j in h's state. */
 static void run_job (struct hthread *h, struct job *j) {
-  lua_State *L = lstate_L(h->x);
-  struct sockaddr *peer = (struct sockaddr *)&j->peer;
-  struct lconn *c;
-  if (j->fd >= 0)
-    c = lconn_new(L, h->x, j->fd, j->lindex, peer, j->peerlen);
-  else
-    c = lconn_new_dgram(L, h->x, j->lindex, j->data, j->len, peer,
-                        j->peerlen);
-  lstate_push_flow(L, h->x);
-  lua_pushvalue(L, -2);  /* flow, req */
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* the flow itself failed */
-    lstate_report(L, c, lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  lstate_cpu_end(h->x);
-  lconn_abort(c);
-  lua_pop(L, 1);  /* the request */
-  if (j->fd >= 0) model_release(h->p->w, peer);  /* the table is locked */
+  struct lconn *c = model_request(h->x, lsrv_L(h->x), j->lindex, j->fd,
+                                  j->data, j->len, &j->peer, j->peerlen);
+  if (c == NULL) return;  /* refused (and released) */
+  model_run(h->x, c, 0);
+  if (j->fd >= 0)  /* the table is locked */
+    model_release(h->p->w, (struct sockaddr *)&j->peer);
 }
 
 
@@ -173,7 +174,7 @@ static void *thread_main (void *arg) {
   struct tpool *p = h->p;
   int ok = h->x != NULL || load(h) == 0;
   sigset_t kick;
-  /* a stop interrupts a read blocked in lreq.c's fill (EINTR) */
+  /* a stop interrupts a read blocked in conn.c's read (EINTR) */
   sigemptyset(&kick);
   sigaddset(&kick, KICK_SIG);
   pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
@@ -250,8 +251,6 @@ static int spawn (struct tpool *p, struct lctx *x) {
 
 /* {====================================================== the main thread */
 
-static void update_accepting (struct tpool *p);
-
 /* More jobs wait than threads will look at the queue (p->mu held). */
 static int short_of_threads (struct tpool *p) {
   return monotonic_now() >= p->nogrow_until &&
@@ -326,12 +325,17 @@ static void dispatch (struct tpool *p, struct job *j) {
 }
 
 
-/* Takes one request from listener i and queues it; 0, or -1 when none. */
-static int take (struct tpool *p, int i) {
+/* Takes one request from listener i and queues it; 1, or 0 when none. */
+static int take (struct mloop *ml, int i, int max) {
+  struct tpool *p = (struct tpool *)ml;
   struct listener *l = &p->w->ls[i];
   struct job *j = malloc(sizeof *j);
   long n;
-  if (j == NULL) return -1;
+  (void)max;
+  if (j == NULL) {
+    model_out_of_memory(p->w);
+    return 0;
+  }
   j->lindex = i;
   j->fd = -1;
   j->data = NULL;
@@ -341,67 +345,38 @@ static int take (struct tpool *p, int i) {
       if (j->fd != -EAGAIN && j->fd != -ECONNABORTED)
         log_warn("accept on %s: %s", l->name, strerror(-j->fd));
       free(j);
-      return -1;
+      return 0;
     }
   }
   else {
     n = model_recv(p->w, l->fd, p->dgram, DGRAM_MAX, &j->peer, &j->peerlen);
     if (n < 0 || (n > 0 && (j->data = malloc((size_t)n)) == NULL)) {
+      if (n > 0) model_out_of_memory(p->w);
       free(j);
-      return n == -EAGAIN ? -1 : 0;  /* a bad datagram: try the next */
+      return n == -EAGAIN ? 0 : 1;  /* a bad datagram: try the next */
     }
     if (n > 0) memcpy(j->data, p->dgram, (size_t)n);  /* no NULL to memcpy */
     j->len = (size_t)n;
   }
   dispatch(p, j);
-  return 0;
-}
-
-
-/* Jobs queued or running. */
-static long busy_jobs (struct tpool *p) {
-  long busy;
-  pthread_mutex_lock(&p->mu);
-  busy = p->busy;
-  pthread_mutex_unlock(&p->mu);
-  return busy;
-}
-
-
-static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct tpool *p = data;
-  int i = 0;
-  (void)loop;
-  (void)ev;
-  while (p->w->ls[i].fd != fd) i++;
-  for (int k = 0; k < ACCEPT_BATCH; k++) {
-    if (worker_stopping(p->w) ||
-        busy_jobs(p) >= p->w->cfg->max_threads || take(p, i) < 0)
-      break;
-  }
-  update_accepting(p);
+  return 1;
 }
 
 
 /*
-** Listeners are in the loop while the worker is not stopping and fewer
-** than --max-threads requests are queued or running. Otherwise the
-** threads wake the main thread (done_fd) whenever a request ends; the
-** flag is set under the same lock the count is read under, so an end
-** cannot slip between the two.
+** Jobs queued or running. While there is no room for more (or the worker
+** stops), the threads wake the main thread (done_fd) whenever a request
+** ends: the flag is set under the same lock the count is read under, so
+** an end cannot slip between the two.
 */
-static void update_accepting (struct tpool *p) {
-  int want;
+static long busy_jobs (struct mloop *ml) {
+  struct tpool *p = (struct tpool *)ml;
+  long busy;
   pthread_mutex_lock(&p->mu);
-  want = !worker_stopping(p->w) && p->busy < p->w->cfg->max_threads;
-  p->main_waits = !want;
+  busy = p->busy;
+  p->main_waits = worker_stopping(p->w) || busy >= p->w->cfg->max_threads;
   pthread_mutex_unlock(&p->mu);
-  if (want == p->accepting) return;
-  p->accepting = want;
-  for (int i = 0; i < p->w->nls; i++) {
-    if (want) evloop_add(p->loop, p->w->ls[i].fd, EV_READ, on_listener, p);
-    else evloop_del(p->loop, p->w->ls[i].fd);
-  }
+  return busy;
 }
 
 
@@ -410,7 +385,7 @@ static void on_done (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)loop;
   (void)ev;
   if (read(fd, &n, sizeof n) < 0) { /* nothing pending: spurious */ }
-  update_accepting(data);
+  model_accepting(data);
 }
 
 
@@ -423,27 +398,9 @@ static void quit (struct tpool *p) {
 }
 
 
-/*
-** The stop pipe turns readable when the worker stops, whichever thread
-** called worker_stop (server:shutdown() in a handler, --once, a signal).
-** It stays readable, so it leaves the loop.
-*/
-static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct tpool *p = data;
-  (void)ev;
-  evloop_del(loop, fd);
-  quit(p);
-  update_accepting(p);
-}
-
-
-static void on_signal (struct evloop *loop, int fd, unsigned ev, void *data) {
-  struct tpool *p = data;
-  (void)loop;
-  (void)fd;
-  (void)ev;
-  worker_signals(p->w);
-  update_accepting(p);
+/* The worker stops: the threads leave once the queue is empty. */
+static void stopped (struct mloop *ml) {
+  quit((struct tpool *)ml);
 }
 
 
@@ -453,41 +410,19 @@ static void on_kick (int signo) {
 
 
 /*
-** Handler threads may sleep in a blocking read (lreq.c) that the stop
+** Handler threads may sleep in a blocking read (lconn_block_read) that the stop
 ** pipe cannot wake: signal the running ones. A signal that lands just
 ** before a thread enters its read is lost, hence the repeats while
 ** stopping.
 */
-static void kick_running (struct tpool *p) {
+static void kick_running (struct mloop *ml) {
+  struct tpool *p = (struct tpool *)ml;
   pthread_mutex_lock(&p->mu);
   for (int i = 0; i < p->nthreads; i++)
     if (p->threads[i]->running) pthread_kill(p->threads[i]->tid, KICK_SIG);
   pthread_mutex_unlock(&p->mu);
 }
 
-
-/*
-** Serves until stopping, then waits for the requests in flight: up to
-** the grace, when worker_block cuts their waits, and a little more for
-** them to unwind. Returns the number still running.
-*/
-static long serve (struct tpool *p) {
-  for (;;) {
-    double wait = 1.0;
-    if (worker_stopping(p->w)) {
-      double left = atomic_load(&p->w->cut_at) + CUT_SLACK -
-                    evloop_update_now(p->loop);
-      long busy;
-      update_accepting(p);  /* which also asks to hear of each end */
-      busy = busy_jobs(p);
-      if (busy == 0 || left <= 0) return busy;
-      kick_running(p);
-      if (left < wait) wait = left;
-      if (wait > KICK_EVERY) wait = KICK_EVERY;
-    }
-    if (evloop_run_once(p->loop, wait) < 0) return busy_jobs(p);
-  }
-}
 
 /* }====================================================== */
 
@@ -558,7 +493,18 @@ static struct tpool *pool_new (struct worker *w) {
   pthread_condattr_t ca;
   if (p == NULL) return NULL;
   p->w = w;
-  p->loop = evloop_new();
+  p->ml.limit = w->cfg->max_threads;
+  p->ml.batch = ACCEPT_BATCH;
+  /* after the grace, when sched_block cuts their waits, cut requests get
+  ** a little more to unwind; running ones are signalled out of a
+  ** blocking read meanwhile */
+  p->ml.slack = CUT_SLACK;
+  p->ml.tick = KICK_EVERY;
+  p->ml.take = take;
+  p->ml.busy = busy_jobs;
+  p->ml.stopping = kick_running;
+  p->ml.stopped = stopped;
+  if (model_loop_init(&p->ml, w) == 0) p->loop = p->ml.loop;
   p->dgram = malloc(DGRAM_MAX);
   p->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   timer_init(&p->grow, on_grow, p);
@@ -579,7 +525,7 @@ static void pool_free (struct tpool *p, int stuck) {
   pthread_mutex_destroy(&p->mu);
   pthread_mutex_destroy(&p->load);
   if (p->done_fd >= 0) close(p->done_fd);
-  evloop_free(p->loop);
+  model_loop_free(&p->ml);
   free(p->dgram);
   free(p->threads);
   free(p);
@@ -601,7 +547,7 @@ static int first_thread (struct tpool *p) {
 }
 
 
-int model_thread_serve (struct worker *w) {
+static int serve_thread (struct worker *w) {
   struct tpool *p = pool_new(w);
   int stuck;
   if (p == NULL || p->loop == NULL || p->dgram == NULL || p->done_fd < 0) {
@@ -621,13 +567,15 @@ int model_thread_serve (struct worker *w) {
     pool_free(p, 0);
     return 1;
   }
-  evloop_add(p->loop, w->sig_fd[0], EV_READ, on_signal, p);
-  evloop_add(p->loop, w->stop_fd[0], EV_READ, on_stop, p);
   evloop_add(p->loop, p->done_fd, EV_READ, on_done, p);
-  update_accepting(p);
-  model_ready(w);
-  stuck = finish(p, serve(p));
+  stuck = finish(p, model_loop_run(&p->ml));
   timer_stop(p->loop, &p->grow);
   pool_free(p, stuck);
   return 0;
 }
+
+
+const struct model model_thread = {
+  .name = "thread",
+  .serve = serve_thread,
+};

@@ -1,7 +1,8 @@
 /*
-** worker.c -- a worker's stop state and signals, and the blocking wait the
-** sync, fork and thread models share. Signal handlers only set flags and
-** write to pipes; everything else happens in the loop.
+** worker.c -- a worker's stop state and signals, and the blocking wait
+** (worker_block) under the scheduler's. Signal handlers only set flags
+** and write to pipes; everything else happens in the loop. It knows no
+** model: the master runs one in it (model_serve).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,11 +16,11 @@
 
 #include "evloop.h"
 #include "log.h"
-#include "model.h"
 #include "worker.h"
 
 /* Set by signal handlers; read by the worker's loop. */
 static volatile sig_atomic_t sig_ints;
+static volatile sig_atomic_t sig_reopen;  /* SIGUSR1: reopen the log */
 /* Also read by handler threads (worker_block): an atomic, which is as
 ** safe in a signal handler as sig_atomic_t when lock-free. */
 static atomic_int sig_stop;
@@ -29,10 +30,14 @@ static int sig_stop_wfd = -1, sig_wake_wfd = -1;
 
 static void on_signal (int signo) {
   int saved = errno;
+  if (signo == SIGUSR2) return;  /* the master's upgrade: not ours */
   /* a second ^C: leave now (the master removes the socket files) */
   if (signo == SIGINT && sig_ints++ > 0) _exit(130);
-  sig_stop = 1;
-  if (write(sig_stop_wfd, "s", 1) < 0) { /* full pipe: already stopping */ }
+  if (signo == SIGUSR1) sig_reopen = 1;
+  else sig_stop = 1;
+  if (signo != SIGUSR1 && write(sig_stop_wfd, "s", 1) < 0) {
+    /* full pipe: already stopping */
+  }
   if (write(sig_wake_wfd, "w", 1) < 0) { /* full pipe: a wake-up is pending */ }
   errno = saved;
 }
@@ -66,6 +71,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   atomic_init(&w->orphaned, 0);
   atomic_init(&w->cut_at, 0.0);
   atomic_init(&w->served, 0);
+  atomic_init(&w->oom, 0);
   if (make_pipe(w->stop_fd) < 0) return -errno;
   if (make_pipe(w->sig_fd) < 0) {
     int en = errno;
@@ -100,6 +106,9 @@ void worker_signals_install (struct worker *w) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  /* a handler, not SIG_IGN: a program a handler runs gets the default */
+  sigaction(SIGUSR2, &sa, NULL);
   signal(SIGHUP, SIG_IGN);  /* the master reloads (master.c) */
   signal(SIGPIPE, SIG_IGN);
 }
@@ -144,6 +153,10 @@ void worker_signals (struct worker *w) {
   char drain[64];
   while (read(w->sig_fd[0], drain, sizeof drain) > 0)
     ;
+  if (sig_reopen) {
+    sig_reopen = 0;
+    log_reopen();  /* a failure: the master said so; lines go on to the old */
+  }
   if (sig_stop) worker_stop(w);
 }
 
@@ -179,13 +192,3 @@ int worker_block (struct worker *w, int fd, short events, double deadline) {
   }
 }
 
-
-int worker_run (struct worker *w) {
-  switch (w->cfg->model) {
-    case MODEL_SYNC: return model_sync_serve(w);
-    case MODEL_EVENT: return model_event_serve(w);
-    case MODEL_FORK: return model_fork_serve(w);
-    case MODEL_THREAD: return model_thread_serve(w);
-  }
-  return 1;
-}

@@ -26,6 +26,7 @@ struct worker {
   atomic_int stopping;
   _Atomic double cut_at;      /* monotonic deadline for in-flight work */
   atomic_long served;         /* requests started (for --once) */
+  atomic_int oom;             /* the heap is exhausted: exit 1, be replaced */
   /* The accepting thread's alone (model.c): */
   int spare_fd;               /* given up to accept-and-close at EMFILE */
   double shed_logged, refused_logged;  /* when last logged (rate limit) */
@@ -39,7 +40,9 @@ int worker_init (struct worker *w, const struct config *cfg,
 void worker_close (struct worker *w);
 
 /*
-** Installs the handlers (SIGTERM, SIGINT); SIGHUP and SIGPIPE are ignored:
+** Installs the handlers (SIGTERM, SIGINT; SIGUSR1 reopens the log file;
+** SIGUSR2, the master's, does nothing);
+** SIGHUP and SIGPIPE are ignored:
 ** the master reloads, and a vanished client is an error, not a death.
 */
 void worker_signals_install (struct worker *w);
@@ -68,8 +71,5 @@ static inline int worker_stopping (struct worker *w) {
 ** -errno. Used by the blocking models.
 */
 int worker_block (struct worker *w, int fd, short events, double deadline);
-
-/* Runs the configured model until the worker stops; returns an exit code. */
-int worker_run (struct worker *w);
 
 #endif

@@ -37,6 +37,10 @@ The API:
     wait = true,                  -- wait for every "listening on" line
     wait_timeout = 5,             -- for that long
     env = { NAME = "value" },     -- extra environment variables
+    config = "luasrv.conf",       -- starts "luasrv --config FILE [SCRIPT]":
+                                  -- no script needed, no listener added
+    listeners = 2,                -- startup lines to wait for (default:
+                                  -- the listener options, 1 with config)
   }
   With no listener at all, tcp = true is assumed. Listener options are
   passed in the order tcp, tcp6, udp, udp6, unix, unixgram, then args.
@@ -534,9 +538,12 @@ function T.start (opts)
     writefile(srv.script, opts.source)
   else
     srv.script = opts.script
-    if not srv.script then rmrf(dir); error("T.start: no script", 2) end
+    if not srv.script and not opts.config then
+      rmrf(dir); error("T.start: no script", 2)
+    end
   end
   local argv = { T.bin, srv.script }
+  if opts.config then argv = { T.bin, "--config", opts.config, srv.script } end
   local nu, ng = 0, 0
   add_listeners(argv, "--tcp", opts.tcp, function () return "127.0.0.1:0" end)
   add_listeners(argv, "--tcp", opts.tcp6, function () return "[::1]:0" end)
@@ -550,11 +557,12 @@ function T.start (opts)
     argv[#argv + 1] = "--model"; argv[#argv + 1] = opts.model
   end
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = tostring(a) end
-  if expected_listeners(argv) == 0 then
+  if expected_listeners(argv) == 0 and not opts.config then
     table.insert(argv, 3, "--tcp"); table.insert(argv, 4, "127.0.0.1:0")
   end
   srv.argv = argv
-  srv.nlisteners = expected_listeners(argv)
+  srv.nlisteners = opts.listeners or
+    math.max(expected_listeners(argv), opts.config and 1 or 0)
   srv.setsid = has_setsid()
   if srv.setsid then table.insert(argv, 1, "setsid") end
   local env = { LUASRV_TEST_PID = "1" }

@@ -1,5 +1,5 @@
 /*
-** script.c -- a Lua state for serving: load the handler script, find its
+** lstate.c -- a Lua state for serving: load the handler script, find its
 ** hooks, build the server tables and the request flow, run hooks with a
 ** traceback (lua.c's docall). The flow itself is Lua, so that it yields
 ** wherever a handler does, in every model.
@@ -57,7 +57,7 @@ static const char flow_src[] =
   "local function flow(req, skip_verify)\n"
   "  local t0 = done and now()\n"
   "  if proxy and not proxy(req) then return end\n"
-  "  if not skip_verify and not verified(req, t0) then return end\n"
+  "  if verify and not skip_verify and not verified(req, t0) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
   "    if not ok then\n"
@@ -265,7 +265,8 @@ static void openlibs (lua_State *L) {
   lua_setfield(L, -2, "luasrv");
   { int luaopen_luasrv_ngxc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_ngxc); lua_setfield(L, -2, "luasrv.ngxc"); }  /* lngxc.c */
   lua_pop(L, 1);
-  luaopen_lreq(L);
+  luaopen_lconn(L);
+  lconnect_open(L);
 }
 
 
@@ -287,13 +288,17 @@ static int flow_done (lua_State *L) {
   static const char *const names[] = {"ok", "error", "refused"};
   if (c == NULL || c->tag != &lsrv_conn_tag || outcome < 0 || outcome > 2)
     return 0;
-  if (w->mslot != NULL) metrics_request(w->mslot, outcome, c->nin, c->nout, secs);
+  if (w->mslot != NULL) {
+    metrics_request(w->mslot, outcome, c->io.nin, c->io.nout, secs);
+    atomic_store_explicit(&w->mslot->lua_bytes, lsrv_ctx(L)->mem_used,
+                          memory_order_relaxed);
+  }
   if (w->cfg->access_log) {
     char peer[ADDRESS_STRLEN];
     address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
                         sizeof peer);
     log_info("access %s %s in=%llu out=%llu time=%.6f %s", peer,
-             transport_name(w->ls[c->lindex].addr.tr), c->nin, c->nout, secs,
+             transport_name(w->ls[c->lindex].addr.tr), c->io.nin, c->io.nout, secs,
              names[outcome]);
   }
   return 0;
@@ -340,6 +345,7 @@ static void *l_alloc (void *ud, void *ptr, size_t osize, size_t nsize) {
       x->mem_used + (nsize - old) > x->mem_limit)
     return NULL;
   if ((p = realloc(ptr, nsize)) != NULL) x->mem_used = x->mem_used - old + nsize;
+  else x->sys_oom = 1;
   return p;
 }
 
@@ -396,7 +402,7 @@ static void cpu_hook (lua_State *L, lua_Debug *ar) {
 
 
 struct lctx *lstate_new (struct worker *w, const char *script,
-                         const struct waitops *ops, char *err, size_t errlen) {
+                         const struct sched_ops *ops, char *err, size_t errlen) {
   struct lctx *x = calloc(1, sizeof *x);
   lua_State *L;
   if (x == NULL || (L = luaL_newstate()) == NULL) {
@@ -435,11 +441,6 @@ struct lctx *lstate_new (struct worker *w, const char *script,
 }
 
 
-lua_State *lstate_L (struct lctx *x) {
-  return x->main_task.co;
-}
-
-
 void lstate_close (struct lctx *x) {
   if (x == NULL) return;
   lua_close(x->main_task.co);
@@ -448,37 +449,57 @@ void lstate_close (struct lctx *x) {
 }
 
 
+/* call_hook(x, name, fatal): looks the hook up and calls it; raises. */
+static int call_hook (lua_State *L) {
+  struct lctx *x = lua_touserdata(L, 1);
+  const char *name = lua_touserdata(L, 2);
+  int fatal = lua_toboolean(L, 3);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
+  if (lua_getfield(L, -1, name) != LUA_TFUNCTION) return 0;
+  if (fatal) lua_pushnil(L);
+  else lua_pushcfunction(L, msghandler);
+  lua_insert(L, -2);  /* message handler under the hook */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
+  lua_rawgeti(L, -1, 1);  /* the first listener's server table */
+  lua_remove(L, -2);
+  if (lua_pcall(L, 1, 0, fatal ? 0 : -3) != LUA_OK) {
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    if (fatal) log_error("error: %s", msg);
+    else log_error("error in %s: %s", name, msg);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  return 0;
+}
+
+
 /*
 ** Calls hook NAME with the first listener's server table, if the script
 ** has it. A fatal hook (init) reports its error as the one line
 ** "error: FILE:LINE: MSG" the server exits with; the others log the
-** error with its traceback and the server goes on.
+** error with its traceback and the server goes on. All of it runs
+** protected: looking the hook up may need memory the state lacks.
 */
 int lstate_call_hook (struct lctx *x, const char *name, int fatal) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   int top = lua_gettop(L), rc = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->hooks_ref);
-  if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
-    if (fatal) lua_pushnil(L);
-    else lua_pushcfunction(L, msghandler);
-    lua_insert(L, -2);  /* message handler under the hook */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, x->servers_ref);
-    lua_rawgeti(L, -1, 1);  /* the first listener's server table */
-    lua_remove(L, -2);
-    if (lua_pcall(L, 1, 0, fatal ? 0 : -3) != LUA_OK) {
-      const char *msg = luaL_tolstring(L, -1, NULL);
-      if (fatal) log_error("error: %s", msg);
-      else log_error("error in %s: %s", name, msg);
-      rc = -1;
-    }
+  lua_pushcfunction(L, call_hook);
+  lua_pushlightuserdata(L, x);
+  lua_pushlightuserdata(L, (void *)name);
+  lua_pushboolean(L, fatal);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    log_error("error in %s: %s", name, lua_tostring(L, -1));
+    rc = -1;
   }
+  else if (lua_toboolean(L, -1)) rc = -1;
   lua_settop(L, top);
   return rc;
 }
 
 
 int lstate_verify (struct lctx *x) {
-  lua_State *L = lstate_L(x);
+  lua_State *L = lsrv_L(x);
   int ok;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->verify_ref);
   lua_pushvalue(L, -2);  /* verify step, req */

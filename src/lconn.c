@@ -1,9 +1,9 @@
 /*
-** lreq.c -- the request object ("luasrv.conn"), modelled on liolib's file
+** lconn.c -- the request object ("luasrv.conn"), modelled on liolib's file
 ** handles: read formats, lines, recv, buffered write, flush, close,
 ** settimeout. Every method is written once for every model: an operation
-** that would block goes through waitio(), where the model either polls
-** (sync, fork, thread) or yields to its loop (event), and the continuation
+** that would block goes through waitio() to sched_wait, which either
+** blocks the thread or yields to the model's loop, and the continuation
 ** simply retries. Failures return nil, msg; only misuse raises.
 */
 #include <errno.h>
@@ -22,12 +22,7 @@
 #include "lsrv.h"
 #include "log.h"
 
-#define FILL_MAX     (1u << 20)  /* most a read reserves ahead of data */
 #define WRITE_HIGH   65536    /* flush when this much is buffered */
-#define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
-#define LC_BLOCKING 0x4000u   /* thread model: the socket was made blocking */
-#define LC_BLOCKRD  0x8000u   /* the next fill may block (read_waitio) */
-#define DIRECT_WRITE 16384    /* write large strings without copying */
 /*
 ** User values. A stream request has one, a datagram two; the fields
 ** table is made when first needed, and also caches client_address
@@ -38,26 +33,14 @@
 #define UV_DATA 2             /* datagram string */
 #define ADDRESS_KEY ((void *)&lsrv_conn_tag)
 
-char lsrv_yield_token;
 char lsrv_conn_tag;
+static char methods_key;  /* the registry holds the methods table here */
 
-
-
-const char *lsrv_strerror (int rc) {
-  switch (rc) {
-    case ERR_TIMEOUT: return "timeout";
-    case ERR_CLOSED: return "closed";
-    case ERR_LINE: return "line too long";
-    case ERR_CUT: return "closed";
-    case -EPIPE: return "closed";
-    default: return strerror(-rc);
-  }
-}
 
 
 static int pushfail (lua_State *L, int rc) {
   luaL_pushfail(L);
-  lua_pushstring(L, lsrv_strerror(rc));
+  lua_pushstring(L, conn_strerror(rc));
   return 2;
 }
 
@@ -91,7 +74,7 @@ static double conn_timeout (struct lconn *c) {
 */
 static void start_op (struct lconn *c) {
   c->deadline = -1;
-  c->flags &= ~LC_BLOCKRD;
+  c->io.flags &= ~LC_BLOCKRD;
 }
 
 
@@ -106,79 +89,50 @@ static double deadline_of (struct lconn *c) {
 
 
 /*
-** Waits for c to be ready for ev. Blocking models return 0 or a failure
-** code. In the event model a task yields here and the loop resumes it
-** into k; the continuation reads the outcome with wait_result().
+** Waits for c to be ready for ev, until the operation's deadline: the
+** scheduler yields (the loop resumes the task into k, which reads the
+** outcome with sched_result) or blocks and returns the outcome.
 */
 static int waitio (lua_State *L, struct lconn *c, unsigned ev,
                    lua_KContext kc, lua_KFunction k) {
-  struct task *t = lsrv_task(L);
-  int rc;
-  if (c->x->ops->yields && t != &c->x->main_task) {
-    /* an outbound connection joins the loop when a task first waits on
-    ** it: one made or pooled in init (main task) has no loop yet */
-    if ((c->flags & LC_UNWATCHED) && (rc = c->x->attach(c->x, c)) < 0)
-      return rc;
-    c->flags &= ~LC_UNWATCHED;
-    c->x->ops->arm(t, c, ev, deadline_of(c));
-    lua_pushlightuserdata(L, &lsrv_yield_token);
-    return lua_yieldk(L, 1, kc, k);
-  }
-  rc = worker_block(c->x->w, c->fd, ev & EV_READ ? POLLIN : POLLOUT,
-                    deadline_of(c));
-  if (rc == 0) c->flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
-  return rc;
+  return sched_wait(L, c, ev, deadline_of(c), kc, k);
 }
 
 
 /*
-** Thread model: a handler thread waiting for input sleeps in the read
-** itself (blocking socket, SO_RCVTIMEO) instead of poll + read, which
-** saves a syscall per message. Only for an accepted stream whose timeout
-** is the server's: SO_RCVTIMEO (set once) then ends the read no later
-** than BLOCK_SLACK after the operation's deadline. A stop interrupts the
-** read (model_thread.c signals the running threads: EINTR, since a
-** timeout is set), and the wait then polls as before, up to the cut.
+** The thread model's blocking wait for input (its sched_ops block): a
+** handler thread waiting for input sleeps in the read itself (blocking
+** socket, SO_RCVTIMEO) instead of poll + read, which saves a syscall per
+** message. Only for an accepted stream whose timeout is the server's:
+** SO_RCVTIMEO (set once) then ends the read no later than BLOCK_SLACK
+** after the operation's deadline. A stop interrupts the read (the model
+** signals its running threads: EINTR, since a timeout is set), and the
+** wait then polls as before, up to the cut.
 */
 #define BLOCK_SLACK 0.01
 #define BLOCK_NOTIMEOUT 3600  /* --timeout 0: SO_RCVTIMEO so that EINTR */
 
-static int try_block_read (struct lconn *c) {
+int lconn_block_read (struct lconn *c) {
   const struct config *cfg = c->x->w->cfg;
   double d, t = cfg->timeout > 0 ? cfg->timeout : BLOCK_NOTIMEOUT;
-  if (cfg->model != MODEL_THREAD || c->timeout >= 0 ||
-      (c->flags & (LC_OUTBOUND | LC_UDP | LC_DGRAM | LC_EOF | LC_CLOSED)) ||
-      worker_stopping(c->x->w))
-    return 0;
+  if (c->io.tr != &conn_stream || c->timeout >= 0 ||
+      (c->io.flags & (LC_EOF | LC_CLOSED)) || worker_stopping(c->x->w))
+    return 0;  /* not an accepted stream (a lookup waits on an eventfd) */
   if ((d = deadline_of(c)) > 0 && d < monotonic_now() + t - BLOCK_SLACK)
     return 0;  /* a later wait of the operation: poll for the rest */
-  if (!(c->flags & LC_BLOCKING)) {
+  if (!(c->io.flags & LC_BLOCKING)) {
     struct timeval tv;
-    int fl = fcntl(c->fd, F_GETFL);
+    int fl = fcntl(c->io.fd, F_GETFL);
     tv.tv_sec = (time_t)t;
     tv.tv_usec = (suseconds_t)((t - (double)tv.tv_sec) * 1e6);
     if (fl < 0 ||
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        setsockopt(c->io.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+        fcntl(c->io.fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
       return 0;
-    c->flags |= LC_BLOCKING;
+    c->io.flags |= LC_BLOCKING;
   }
-  c->flags |= LC_BLOCKRD | LC_READABLE;
+  c->io.flags |= LC_BLOCKRD | LC_READABLE;
   return 1;
-}
-
-
-/* waitio for the reads, which fill right after it returns. */
-static int read_waitio (lua_State *L, struct lconn *c, unsigned ev,
-                        lua_KContext kc, lua_KFunction k) {
-  if (ev == EV_READ && !c->x->ops->yields && try_block_read(c)) return 0;
-  return waitio(L, c, ev, kc, k);
-}
-
-
-/* The outcome of the wait a continuation was resumed from. */
-static int wait_result (lua_State *L, int status) {
-  return status == LUA_YIELD ? lsrv_task(L)->wait_rc : 0;
 }
 
 
@@ -188,149 +142,11 @@ int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
 }
 
 
-int lconn_wait_result (lua_State *L, int status) {
-  return wait_result(L, status);
-}
-
-
-/* {====================================================== low-level I/O */
-
-/*
-** fill for outbound UDP: the datagram in c->in is the whole input, its
-** end reads as EOF (as a datagram request's does); the next one is only
-** received once it is used up. An empty datagram reads as EOF too.
-*/
-static int fill_udp (struct lconn *c) {
-  ssize_t n;
-  if (buf_len(&c->in) > 0) return 0;
-  if (!(c->flags & LC_READABLE)) return -EAGAIN;
-  if (buf_reserve(&c->in, UDP_ROOM, &c->x->pool) < 0) return -ENOMEM;
-  do n = recv(c->fd, buf_tail(&c->in), buf_space(&c->in), 0);
-  while (n < 0 && errno == EINTR);
-  if (n >= 0) {  /* more may be queued: stay readable until EAGAIN */
-    c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
-    return (int)n;
-  }
-  if (errno == EAGAIN) c->flags &= ~LC_READABLE;
-  return -errno;
-}
-
-
-/*
-** Reads what the socket has into c->in. Returns bytes read, 0 at EOF,
-** -EAGAIN when nothing is there, or another failure code.
-*/
-static int fill (struct lconn *c, size_t want) {
-  ssize_t n;
-  size_t space;
-  if (c->flags & LC_EOF) return 0;
-  if (c->flags & LC_UDP) return fill_udp(c);
-  if (!(c->flags & LC_READABLE)) return -EAGAIN;
-  if (want < BUF_CHUNK) want = BUF_CHUNK;
-  /* read(n) with a client-supplied n must not reserve n bytes before
-  ** any arrive: the buffer grows as data comes, FILL_MAX at a time */
-  if (want > FILL_MAX) want = FILL_MAX;
-  if (buf_space(&c->in) < want / 2 &&
-      buf_reserve(&c->in, want, &c->x->pool) < 0)
-    return -ENOMEM;
-  space = buf_space(&c->in);
-  if (c->flags & LC_BLOCKRD) {  /* one blocking try; EINTR: a stop */
-    c->flags &= ~LC_BLOCKRD;
-    n = recv(c->fd, buf_tail(&c->in), space, 0);
-    if (n < 0 && errno == EINTR) errno = EAGAIN;
-  }
-  else {
-    do n = recv(c->fd, buf_tail(&c->in), space, MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-  }
-  if (n > 0) {
-    c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
-    /* A short read drained the socket; the next edge says when more
-    ** comes (nginx does the same), so we save a read that would fail.
-    ** Not when the peer's EOF is pending: it brings no further edge. */
-    if ((size_t)n < space && !(c->flags & LC_RDHUP))
-      c->flags &= ~LC_READABLE;
-    return (int)n;
-  }
-  if (n == 0) {
-    c->flags |= LC_EOF;
-    return 0;
-  }
-  if (errno == EAGAIN) {
-    c->flags &= ~LC_READABLE;
-    return -EAGAIN;
-  }
-  return -errno;
-}
-
-
-int lconn_fill (struct lconn *c, size_t want) {
-  return fill(c, want);
-}
-
-
-/* Sends buffered output. Returns 0 when all is sent, -EAGAIN, or failure. */
-static int flush_some (struct lconn *c) {
-  while (buf_len(&c->out) > 0) {
-    ssize_t n;
-    if (!(c->flags & LC_WRITABLE)) return -EAGAIN;
-    n = send(c->fd, buf_head(&c->out), buf_len(&c->out),
-             MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      if ((size_t)n < buf_len(&c->out)) c->flags &= ~LC_WRITABLE;
-      buf_consume(&c->out, (size_t)n);
-      c->nout += (unsigned long long)n;
-    }
-    else if (n < 0 && errno == EINTR) continue;
-    else if (n < 0 && errno == EAGAIN) {
-      c->flags &= ~LC_WRITABLE;
-      return -EAGAIN;
-    }
-    else {
-      int rc = n < 0 ? -errno : ERR_CLOSED;
-      /* a datagram that cannot go (too long, refused) is lost, as any
-      ** datagram may be: keeping it would fail every later flush */
-      if (c->flags & LC_UDP) buf_consume(&c->out, buf_len(&c->out));
-      return rc;
-    }
-  }
-  buf_release(&c->out, &c->x->pool);
-  return 0;
-}
-
-
-int lconn_flush_some (struct lconn *c) {
-  return flush_some(c);
-}
-
-
-static void release_in (struct lconn *c) {
-  if (c->flags & LC_BORROWED) {
-    if (buf_len(&c->in) == 0) {
-      c->in.data = NULL;
-      c->in.start = c->in.end = c->in.cap = 0;
-    }
-    return;
-  }
-  buf_release(&c->in, &c->x->pool);
-}
-
-
 /* Gives the descriptor back; the object stays, closed. */
 static void close_fd (struct lconn *c) {
-  if (c->flags & LC_CLOSED) return;
-  c->flags |= LC_CLOSED;
-  if (!(c->flags & LC_DGRAM) && c->fd >= 0) {
-    if (c->x->ops->detach) c->x->ops->detach(c->x, c);
-    close(c->fd);
-  }
-  c->fd = -1;
-  if (!(c->flags & LC_BORROWED)) buf_free(&c->in, &c->x->pool);
-  c->in.data = NULL;
-  c->in.start = c->in.end = c->in.cap = 0;
-  buf_free(&c->out, &c->x->pool);
+  if (c->io.flags & LC_CLOSED) return;
+  if (c->io.fd >= 0 && !(c->io.flags & LC_DGRAM)) sched_detach(c);
+  conn_close(&c->io);
 }
 
 
@@ -338,41 +154,39 @@ void lconn_abort (struct lconn *c) {
   close_fd(c);
 }
 
-/* }====================================================== */
-
 
 /* {====================================================== reading */
 
-/* Pushes n bytes from the front of c->in and drops them. */
+/* Pushes n bytes from the front of c->io.in and drops them. */
 static void push_bytes (lua_State *L, struct lconn *c, size_t n) {
-  lua_pushlstring(L, buf_head(&c->in), n);
-  buf_consume(&c->in, n);
-  c->scan = 0;
+  lua_pushlstring(L, buf_head(&c->io.in), n);
+  buf_consume(&c->io.in, n);
+  c->io.scan = 0;
 }
 
 
 /*
 ** One read format. Returns 1 (a value pushed), 0 (EOF: nothing pushed),
-** -EAGAIN (wait for input), or a failure code.
+** CONN_WANT_* (wait, then again), or a failure code.
 */
 static int read_line (lua_State *L, struct lconn *c, int keep) {
   size_t max = c->x->w->cfg->max_line;
   for (;;) {
-    long nl = buf_findnl(&c->in, c->scan);
+    long nl = buf_findnl(&c->io.in, c->io.scan);
     int rc;
     if (nl >= 0) {
       if ((size_t)nl > max) return ERR_LINE;
-      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (keep ? 1 : 0));
-      buf_consume(&c->in, (size_t)nl + 1);
-      c->scan = 0;
+      lua_pushlstring(L, buf_head(&c->io.in), (size_t)nl + (keep ? 1 : 0));
+      buf_consume(&c->io.in, (size_t)nl + 1);
+      c->io.scan = 0;
       return 1;
     }
-    c->scan = buf_len(&c->in);
-    if (c->scan > max) return ERR_LINE;
-    if ((rc = fill(c, 0)) < 0) return rc;
+    c->io.scan = buf_len(&c->io.in);
+    if (c->io.scan > max) return ERR_LINE;
+    if ((rc = conn_fill(&c->io, 0)) < 0) return rc;
     if (rc == 0) {  /* EOF: the last line may lack its newline */
-      if (buf_len(&c->in) == 0) return 0;
-      push_bytes(L, c, buf_len(&c->in));
+      if (buf_len(&c->io.in) == 0) return 0;
+      push_bytes(L, c, buf_len(&c->io.in));
       return 1;
     }
   }
@@ -381,21 +195,21 @@ static int read_line (lua_State *L, struct lconn *c, int keep) {
 
 static int read_all (lua_State *L, struct lconn *c) {
   int rc;
-  while ((rc = fill(c, buf_len(&c->in))) > 0)
+  while ((rc = conn_fill(&c->io, buf_len(&c->io.in))) > 0)
     ;
   if (rc < 0) return rc;
-  push_bytes(L, c, buf_len(&c->in));  /* "" at EOF, never nil */
+  push_bytes(L, c, buf_len(&c->io.in));  /* "" at EOF, never nil */
   return 1;
 }
 
 
 static int read_count (lua_State *L, struct lconn *c, size_t n) {
   int rc = 1;
-  while (buf_len(&c->in) < (n ? n : 1) && (rc = fill(c, n - buf_len(&c->in))) > 0)
+  while (buf_len(&c->io.in) < (n ? n : 1) && (rc = conn_fill(&c->io, n - buf_len(&c->io.in))) > 0)
     ;
   if (rc < 0) return rc;
-  if (buf_len(&c->in) == 0) return 0;  /* EOF */
-  push_bytes(L, c, n < buf_len(&c->in) ? n : buf_len(&c->in));
+  if (buf_len(&c->io.in) == 0) return 0;  /* EOF */
+  push_bytes(L, c, n < buf_len(&c->io.in) ? n : buf_len(&c->io.in));
   return 1;
 }
 
@@ -429,15 +243,17 @@ static void check_formats (lua_State *L, int first, int last) {
 
 
 /*
-** Before waiting for input, pending output goes out: returns the event to
-** wait for (EV_READ, or EV_WRITE while output is stuck) or a failure.
+** What to wait for after a read that could not go on (rc: CONN_WANT_*):
+** pending output goes out first, so the event is EV_WRITE while output
+** is stuck, or what the transport wants. Returns it, or a failure.
 */
-static int read_wait_event (struct lconn *c) {
-  int rc;
-  if (buf_len(&c->out) == 0) return EV_READ;
-  rc = flush_some(c);
-  if (rc == -EAGAIN) return EV_WRITE;
-  return rc < 0 ? rc : (int)EV_READ;
+static int read_wait_event (struct lconn *c, int rc) {
+  if (buf_len(&c->io.out) > 0) {
+    int frc = conn_flush(&c->io);
+    if (conn_wants(frc)) return (int)conn_want_event(frc);
+    if (frc < 0) return frc;
+  }
+  return (int)conn_want_event(rc);
 }
 
 
@@ -461,9 +277,10 @@ static int read_k (lua_State *L, int status, lua_KContext ctx);
 static int lines_idle_end (struct lconn *c, int rc) {
   char peer[ADDRESS_STRLEN];
   const char *why;
-  if (buf_len(&c->in) > 0) return 0;
+  if (buf_len(&c->io.in) > 0) return 0;
   if (rc == ERR_TIMEOUT) why = "idle past its timeout";
-  else if (rc == -ECONNRESET || rc == -EPIPE) why = "reset by the client";
+  else if (rc == ERR_CLOSED && !(c->io.flags & LC_CLOSED))  /* conn_errno */
+    why = "reset by the client";
   else if (rc == ERR_CUT) why = "idle when the shutdown grace ended";
   else return 0;
   if (log_enabled(LOG_INFO)) {
@@ -479,7 +296,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
   int lines = (int)(ctx & READ_LINES);
   int i = (int)(ctx & ~(lua_KContext)READ_LINES);
   int nfmt = lua_gettop(L) - (i - 2) - 1;  /* formats are args 2..nfmt+1 */
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && i <= nfmt + 1) {
     rc = read_one(L, c, i);
     if (rc == 1) {
@@ -490,19 +307,19 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
       luaL_pushfail(L);
       return i - 1;
     }
-    if (rc != -EAGAIN) break;
-    if (buf_len(&c->in) == 0) release_in(c);  /* idle: no read buffer */
-    if ((rc = read_wait_event(c)) < 0) break;
-    rc = read_waitio(L, c, (unsigned)rc, i | lines, read_k);
+    if (!conn_wants(rc)) break;
+    if (buf_len(&c->io.in) == 0) conn_release_in(&c->io);  /* idle: no read buffer */
+    if ((rc = read_wait_event(c, rc)) < 0) break;
+    rc = waitio(L, c, (unsigned)rc, i | lines, read_k);
   }
   if (rc < 0) {
     if (lines && i == 2 && lines_idle_end(c, rc)) {
       luaL_pushfail(L);  /* ends the loop */
       return 1;
     }
-    if (lines) return luaL_error(L, "%s", lsrv_strerror(rc));
+    if (lines) return luaL_error(L, "%s", conn_strerror(rc));
     luaL_pushfail(L);
-    lua_pushstring(L, lsrv_strerror(rc));
+    lua_pushstring(L, conn_strerror(rc));
     return i - 2 + 2;
   }
   return nfmt;
@@ -510,7 +327,7 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
 
 
 static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  return read_run(L, tolconn(L), wait_result(L, status), ctx);
+  return read_run(L, tolconn(L), sched_result(L, status), ctx);
 }
 
 
@@ -522,7 +339,7 @@ static int req_read (lua_State *L) {
     n = 2;
   }
   check_formats(L, 2, n);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   start_op(c);
   return read_run(L, c, 0, 2);
 }
@@ -531,21 +348,21 @@ static int req_read (lua_State *L) {
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   size_t max = (size_t)ctx;
-  int rc = wait_result(L, status);
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && buf_len(&c->in) == 0) {
-    rc = fill(c, max);
+  int rc = sched_result(L, status);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && buf_len(&c->io.in) == 0) {
+    rc = conn_fill(&c->io, max);
     if (rc == 0) {
       luaL_pushfail(L);
       return 1;
     }
-    if (rc != -EAGAIN) break;
-    release_in(c);
-    if ((rc = read_wait_event(c)) < 0) break;
-    rc = read_waitio(L, c, (unsigned)rc, ctx, recv_k);
+    if (!conn_wants(rc)) break;
+    conn_release_in(&c->io);
+    if ((rc = read_wait_event(c, rc)) < 0) break;
+    rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
-  push_bytes(L, c, max < buf_len(&c->in) ? max : buf_len(&c->in));
+  push_bytes(L, c, max < buf_len(&c->io.in) ? max : buf_len(&c->io.in));
   return 1;
 }
 
@@ -554,7 +371,7 @@ static int req_recv (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_Integer max = luaL_optinteger(L, 2, BUF_CHUNK);
   luaL_argcheck(L, max > 0, 2, "must be positive");
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   lua_settop(L, 1);
   start_op(c);
   return recv_k(L, LUA_OK, (lua_KContext)max);
@@ -574,7 +391,7 @@ static int lines_aux (lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   for (int i = 1; i <= nfmt; i++)
     lua_pushvalue(L, lua_upvalueindex(2 + i));
-  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
   start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
@@ -586,19 +403,19 @@ static int lines_aux (lua_State *L) {
 */
 static int lines_fast (lua_State *L, int keep) {
   struct lconn *c = lua_touserdata(L, lua_upvalueindex(1));
-  if (!(c->flags & LC_CLOSED)) {
-    long nl = buf_findnl(&c->in, c->scan);
+  if (!(c->io.flags & LC_CLOSED)) {
+    long nl = buf_findnl(&c->io.in, c->io.scan);
     if (nl >= 0 && (size_t)nl <= c->x->w->cfg->max_line) {
-      lua_pushlstring(L, buf_head(&c->in), (size_t)nl + (size_t)keep);
-      buf_consume(&c->in, (size_t)nl + 1);
-      c->scan = 0;
+      lua_pushlstring(L, buf_head(&c->io.in), (size_t)nl + (size_t)keep);
+      buf_consume(&c->io.in, (size_t)nl + 1);
+      c->io.scan = 0;
       return 1;
     }
   }
   lua_settop(L, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushstring(L, keep ? "L" : "l");
-  if (c->flags & LC_CLOSED) return luaL_error(L, "%s", lsrv_strerror(ERR_CLOSED));
+  if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
   start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
@@ -638,27 +455,13 @@ static int req_lines (lua_State *L) {
 
 static int flush_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
-  int rc = wait_result(L, status);
-  if (c->flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
-    rc = waitio(L, c, EV_WRITE, ctx, flush_k);
+  int rc = sched_result(L, status);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+    rc = waitio(L, c, conn_want_event(rc), ctx, flush_k);
   if (rc < 0) return pushfail(L, rc);
   lua_settop(L, 1);
   return 1;  /* the connection, for chaining */
-}
-
-
-/* Sends s directly when nothing is queued before it; returns bytes sent. */
-static size_t write_direct (struct lconn *c, const char *s, size_t len) {
-  ssize_t n;
-  if (buf_len(&c->out) > 0 || len < DIRECT_WRITE || !(c->flags & LC_WRITABLE))
-    return 0;
-  do n = send(c->fd, s, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  if (n <= 0) return 0;  /* the buffered path reports the error */
-  if ((size_t)n < len) c->flags &= ~LC_WRITABLE;
-  c->nout += (unsigned long long)n;
-  return (size_t)n;
 }
 
 
@@ -666,30 +469,30 @@ static int req_write (lua_State *L) {
   struct lconn *c = tolconn(L);
   int n = lua_gettop(L);
   if (n == 2 && lua_type(L, 2) == LUA_TSTRING &&  /* the common case */
-      (c->flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
+      (c->io.flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
     size_t len, sent;
     const char *s = lua_tolstring(L, 2, &len);
-    sent = write_direct(c, s, len);
-    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+    sent = conn_write_direct(&c->io, s, len);
+    if (buf_append(&c->io.out, s + sent, len - sent, &c->x->pool) < 0)
       return pushfail(L, -ENOMEM);
     lua_pop(L, 1);
-    if (buf_len(&c->out) < WRITE_HIGH) return 1;
+    if (buf_len(&c->io.out) < WRITE_HIGH) return 1;
     start_op(c);
     return flush_k(L, LUA_OK, 0);
   }
   for (int i = 2; i <= n; i++)
     luaL_checklstring(L, i, NULL);  /* argument errors before any output */
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   for (int i = 2; i <= n; i++) {
     size_t len, sent = 0;
     const char *s = lua_tolstring(L, i, &len);
-    if (!(c->flags & (LC_DGRAM | LC_UDP))) sent = write_direct(c, s, len);
-    if (buf_append(&c->out, s + sent, len - sent, &c->x->pool) < 0)
+    sent = conn_write_direct(&c->io, s, len);
+    if (buf_append(&c->io.out, s + sent, len - sent, &c->x->pool) < 0)
       return pushfail(L, -ENOMEM);
   }
   lua_settop(L, 1);
   /* a UDP connection's output waits for flush: it is one datagram */
-  if ((c->flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->out) < WRITE_HIGH)
+  if ((c->io.flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->io.out) < WRITE_HIGH)
     return 1;
   start_op(c);
   return flush_k(L, LUA_OK, 0);
@@ -699,87 +502,23 @@ static int req_write (lua_State *L) {
 static int req_flush (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_settop(L, 1);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  if (c->flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
   start_op(c);
   return flush_k(L, LUA_OK, 0);
 }
 
 
-/* {------ datagram replies, sent together (see struct dgq) */
-
-void dgq_flush (struct dgq *q, struct bufpool *pool) {
-  struct mmsghdr msgs[DGQ_MAX];
-  struct iovec iov[DGQ_MAX];
-  int i = 0;
-  memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)q->n);
-  for (int k = 0; k < q->n; k++) {
-    iov[k].iov_base = (char *)buf_head(&q->data[k]);
-    iov[k].iov_len = buf_len(&q->data[k]);
-    msgs[k].msg_hdr.msg_iov = &iov[k];
-    msgs[k].msg_hdr.msg_iovlen = 1;
-    msgs[k].msg_hdr.msg_name = &q->to[k];
-    msgs[k].msg_hdr.msg_namelen = q->tolen[k];
-  }
-  while (i < q->n) {  /* bounded: each round sends one or drops one */
-    int n = sendmmsg(q->fd, msgs + i, (unsigned)(q->n - i), MSG_NOSIGNAL);
-    if (n > 0) i += n;
-    else if (n < 0 && errno == EINTR) continue;
-    else i++;  /* as sendto's failure: this reply is lost, go on */
-  }
-  for (int k = 0; k < q->n; k++) buf_free(&q->data[k], pool);
-  q->n = 0;
-}
-
-
-/*
-** Queues the reply of c: its output buffer moves to the queue, so nothing
-** is copied. The queue goes out when full or when it is for another
-** listener; the model flushes the rest.
-*/
-static void dgq_add (struct dgq *q, struct lconn *c) {
-  if (q->n > 0 && q->fd != c->fd) dgq_flush(q, &c->x->pool);
-  q->fd = c->fd;
-  q->data[q->n] = c->out;
-  memset(&c->out, 0, sizeof c->out);
-  memcpy(&q->to[q->n], &c->peer, c->peerlen);
-  q->tolen[q->n] = c->peerlen;
-  c->nout += buf_len(&q->data[q->n]);
-  if (++q->n == DGQ_MAX) dgq_flush(q, &c->x->pool);
-}
-
-
-/*
-** Sends a datagram request's reply, if anything was written. Queued
-** replies report no error: a datagram can be lost on the way anyway.
-*/
-static int send_reply (struct lconn *c) {
-  ssize_t n;
-  if (buf_len(&c->out) == 0) return 0;
-  if (c->x->dgq != NULL) {
-    dgq_add(c->x->dgq, c);
-    return 0;
-  }
-  do n = sendto(c->fd, buf_head(&c->out), buf_len(&c->out), MSG_NOSIGNAL,
-                (const struct sockaddr *)&c->peer, c->peerlen);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  c->nout += (unsigned long long)n;
-  return 0;
-}
-
-/* }------ */
-
-
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
-  int rc = wait_result(L, status);
+  int rc = sched_result(L, status);
   (void)ctx;
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  if (c->flags & LC_DGRAM) rc = send_reply(c);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_DGRAM)
+    rc = conn_reply(&c->io, c->x->dgq, (struct sockaddr *)&c->peer, c->peerlen);
   else
-    while (rc >= 0 && (rc = flush_some(c)) == -EAGAIN)
-      rc = waitio(L, c, EV_WRITE, 0, close_k);
+    while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+      rc = waitio(L, c, conn_want_event(rc), 0, close_k);
   close_fd(c);
   if (rc < 0) return pushfail(L, rc);
   lua_pushboolean(L, 1);
@@ -790,7 +529,7 @@ static int close_k (lua_State *L, int status, lua_KContext ctx) {
 static int req_close (lua_State *L) {
   struct lconn *c = tolconn(L);
   lua_settop(L, 1);
-  if (c->flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   start_op(c);
   return close_k(L, LUA_OK, 0);
 }
@@ -821,7 +560,7 @@ static int req_gc (lua_State *L) {
 static int req_tostring (lua_State *L) {
   struct lconn *c = tolconn(L);
   char peer[ADDRESS_STRLEN];
-  if (c->flags & LC_CLOSED) {
+  if (c->io.flags & LC_CLOSED) {
     lua_pushliteral(L, "luasrv.conn (closed)");
     return 1;
   }
@@ -906,13 +645,13 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
     return 1;
   }
   if (strcmp(k, "server") == 0) {
-    if (c->flags & LC_OUTBOUND) return 0;  /* no listener: nil */
+    if (c->io.flags & LC_OUTBOUND) return 0;  /* no listener: nil */
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->x->servers_ref);
     lua_rawgeti(L, -1, c->lindex + 1);
     return 1;
   }
   if (strcmp(k, "request") == 0) {
-    if (c->flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
+    if (c->io.flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
     else lua_pushvalue(L, 1);
     return 1;
   }
@@ -986,8 +725,9 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
   c = lua_newuserdatauv(L, size, nuv);
   memset(c, 0, size);
   c->tag = &lsrv_conn_tag;
-  c->fd = -1;
-  c->flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
+  c->io.fd = -1;
+  c->io.flags = LC_CLOSED;  /* closed until it has a descriptor, as in liolib */
+  c->io.pool = &x->pool;
   c->timeout = -1;
   c->x = x;
   c->lindex = lindex;
@@ -999,13 +739,115 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
 }
 
 
+/* What a protected constructor of a request is given (see lconn_new). */
+struct newreq {
+  struct lctx *x;
+  int fd;                     /* the connection; -1: a datagram */
+  int lindex;
+  const char *data;           /* the datagram */
+  size_t len;
+  const struct sockaddr *peer;
+  socklen_t peerlen;
+  struct lconn *c;            /* the result */
+};
+
+
+/* new_request(a): pushes the request a describes (may raise). */
+static int new_request (lua_State *L) {
+  struct newreq *a = lua_touserdata(L, 1);
+  struct lctx *x = a->x;
+  struct lconn *c = newconn(L, x, a->lindex, a->peer, a->peerlen,
+                            a->fd >= 0 ? 1 : 2);
+  if (a->fd >= 0) {
+    c->io.tr = &conn_stream;
+    c->io.fd = a->fd;
+    c->io.flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
+    if (x->w->cfg->proxy_protocol) c->io.flags |= LC_PROXY;
+  }
+  else {
+    const char *s = lua_pushlstring(L, a->data, a->len);
+    lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
+    c->io.tr = &conn_dgram;
+    c->io.fd = x->w->ls[a->lindex].fd;
+    c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+    c->io.in.data = (char *)s;
+    c->io.in.end = c->io.in.cap = a->len;
+  }
+  a->c = c;
+  return 1;
+}
+
+
+/*
+** Runs new_request protected: a state at its --memory-limit (or a heap
+** that is full) must not panic the worker for want of a request object.
+*/
+static struct lconn *protected_new (lua_State *L, struct newreq *a) {
+  a->c = NULL;
+  a->x->sys_oom = 0;
+  lua_pushcfunction(L, new_request);
+  lua_pushlightuserdata(L, a);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);  /* the error: only memory can fail here */
+    return NULL;
+  }
+  return a->c;
+}
+
+
 struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
                          const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 1);
-  lstate_cpu_begin(x, lsrv_task(L), 1);  /* a request starts on L's task */
-  c->fd = fd;
-  c->flags = LC_READABLE | LC_WRITABLE;  /* optimistic until told */
-  if (x->w->cfg->proxy_protocol) c->flags |= LC_PROXY;
+  struct newreq a = {x, fd, lindex, NULL, 0, peer, peerlen, NULL};
+  return protected_new(L, &a);
+}
+
+
+/* renew_dgram(c, a): sets the datagram of a reused request (may raise). */
+static int renew_dgram (lua_State *L) {
+  struct lconn *c = lua_touserdata(L, 1);
+  struct newreq *a = lua_touserdata(L, 2);
+  const char *s = lua_pushlstring(L, a->data, a->len);
+  lua_setiuservalue(L, 1, UV_DATA);  /* keeps s alive: reads borrow it */
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_FIELDS);  /* no fields of the last request */
+  c->io.in.data = (char *)s;
+  c->io.in.end = c->io.in.cap = a->len;
+  return 0;
+}
+
+
+struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
+                                 const char *data, size_t len,
+                                 const struct sockaddr *peer,
+                                 socklen_t peerlen) {
+  struct lconn *c = lua_touserdata(L, 1);
+  struct newreq a = {x, -1, lindex, data, len, peer, peerlen, NULL};
+  if (c == NULL || c->tag != &lsrv_conn_tag || !(c->io.flags & LC_CLOSED) ||
+      !(c->io.flags & LC_DGRAM) || lua_rawlen(L, 1) < LCONN_SIZE(peerlen))
+    return NULL;
+  memset(&c->io, 0, sizeof c->io);
+  c->io.tr = &conn_dgram;
+  c->io.pool = &x->pool;
+  c->io.fd = x->w->ls[lindex].fd;
+  c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+  c->timeout = -1;
+  c->deadline = 0;
+  c->x = x;
+  c->lindex = lindex;
+  c->waiter = c->wwaiter = NULL;
+  c->wait_ev = c->reused = 0;
+  memcpy(&c->peer, peer, peerlen);
+  c->peerlen = peerlen;
+  x->sys_oom = 0;
+  lua_pushcfunction(L, renew_dgram);
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    c->io.flags = LC_DGRAM | LC_CLOSED;
+    c->io.in.data = NULL;
+    return NULL;
+  }
   return c;
 }
 
@@ -1020,16 +862,8 @@ struct lconn *lconn_new_out (lua_State *L, struct lctx *x) {
 struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const char *data, size_t len,
                                const struct sockaddr *peer, socklen_t peerlen) {
-  struct lconn *c = newconn(L, x, lindex, peer, peerlen, 2);
-  const char *s;
-  lstate_cpu_begin(x, lsrv_task(L), 1);
-  c->fd = x->w->ls[lindex].fd;
-  c->flags = LC_DGRAM | LC_EOF | LC_BORROWED;
-  s = lua_pushlstring(L, data, len);
-  lua_setiuservalue(L, -2, UV_DATA);  /* keeps s alive: reads borrow it */
-  c->in.data = (char *)s;
-  c->in.end = c->in.cap = len;
-  return c;
+  struct newreq a = {x, -1, lindex, data, len, peer, peerlen, NULL};
+  return protected_new(L, &a);
 }
 
 
@@ -1041,8 +875,6 @@ static const luaL_Reg methods[] = {
   {"flush", req_flush},
   {"close", req_close},
   {"settimeout", req_settimeout},
-  {"setkeepalive", lconn_setkeepalive},
-  {"getreusedtimes", lconn_getreusedtimes},
   {NULL, NULL}
 };
 
@@ -1055,7 +887,7 @@ static const luaL_Reg metamethods[] = {
 };
 
 
-int luaopen_lreq (lua_State *L) {
+int luaopen_lconn (lua_State *L) {
   luaL_newmetatable(L, LCONN_MT);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lsrv_conn_tag);  /* for newconn */
@@ -1063,6 +895,8 @@ int luaopen_lreq (lua_State *L) {
   if (luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=req") != LUA_OK)
     return lua_error(L);
   luaL_newlib(L, methods);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &methods_key);  /* lconn_add_methods */
   lua_pushcfunction(L, req_field);
   lua_call(L, 2, 1);
   lua_setfield(L, -2, "__index");
@@ -1072,4 +906,11 @@ int luaopen_lreq (lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   return 0;
+}
+
+
+void lconn_add_methods (lua_State *L, const luaL_Reg *l) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &methods_key);
+  luaL_setfuncs(L, l, 0);
+  lua_pop(L, 1);
 }

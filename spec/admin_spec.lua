@@ -1,0 +1,157 @@
+-- --admin PATH and `luasrv ctl PATH COMMAND`: status, workers, reload
+-- (answered once the new code serves, or why not) and drain.
+local H = require "helper"
+local T = H.T
+local json = require "cjson"
+
+local function writefile (path, s)
+  local f = assert(io.open(path, "w"))
+  f:write(s)
+  f:close()
+end
+
+local function versioned (v)
+  return ([[
+return { handle = function (req)
+  for line in req:lines() do req:write(%q, " ", line, "\n") end
+end }]]):format(v)
+end
+
+local function ctl (sock, ...)
+  return T.run{ "ctl", sock, ... }
+end
+
+local function ask (srv)
+  local c = srv:connect()
+  c:settimeout(5 * H.scale)
+  c:send("x\n")
+  local r = c:receive()
+  c:close()
+  return r
+end
+
+
+H.for_models(function (model)
+  it("status, workers, reload and drain", function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock, script = dir .. "/admin.sock", dir .. "/handler.lua"
+    writefile(script, versioned("v1"))
+    local srv = H.start{ model = model, script = script,
+                         args = { "--workers", "2", "--admin", sock } }
+    local p = io.popen("stat -c %a " .. sock)
+    assert.equals("600", p:read("l"))
+    p:close()
+    assert.equals("v1 x", ask(srv))
+
+    local code, out, err = ctl(sock, "status")
+    assert.equals(0, code, err)
+    local st = json.decode(out)
+    assert.equals(srv.pid, st.pid)
+    assert.equals(2, #st.workers)
+    assert.equals(1, st.requests)
+
+    code, out = ctl(sock, "workers")
+    assert.equals(0, code)
+    local lines = H.lines(out)
+    assert.equals(3, #lines)
+    assert.matches("^ID +PID +GEN +STATE +CONNECTIONS +REQUESTS$", lines[1])
+    local pids = {}
+    for i = 2, 3 do
+      local id, pid = lines[i]:match("^(%d+) +(%d+) +1 +serving ")
+      assert.truthy(id, lines[i])
+      pids[#pids + 1] = tonumber(pid)
+    end
+    table.sort(pids)
+    assert.same(H.children(srv.pid), pids)
+
+    -- reload answers once the new code serves
+    writefile(script, versioned("v2"))
+    code, out = ctl(sock, "reload")
+    assert.equals(0, code)
+    assert.equals("reloaded " .. script .. ": 2 workers serve the new code\n",
+                  out)
+    assert.equals("v2 x", ask(srv))
+    -- or why it failed; the old code serves on
+    writefile(script, "return {")
+    code, out, err = ctl(sock, "reload")
+    assert.equals(1, code)
+    assert.equals("", out)
+    assert.matches("^luasrv: error: reload failed: worker 1 of the new code "
+                   .. "exited with status 1", err)
+    assert.equals("v2 x", ask(srv))
+
+    code, _, err = ctl(sock, "bogus")
+    assert.equals(1, code)
+    assert.matches("unknown command 'bogus'", err, 1, true)
+
+    code, out = ctl(sock, "drain")
+    assert.equals(0, code)
+    assert.matches("^stopping", out)
+    assert.equals(0, srv:wait(10))
+    assert.is_false(H.exists(sock))
+  end)
+end)
+
+
+describe("luasrv ctl shared", function ()
+  it("lists the dictionaries, a dictionary's keys and a key's value",
+     function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock = dir .. "/admin.sock"
+    local srv = H.start{ args = { "--admin", sock, "--shared", "cache:64k",
+                                  "--shared", "hits:16k" }, source = [[
+local cache = require("luasrv").shared.cache
+return { handle = function (req)
+  req:read("l")
+  cache:set("name", "a \"b\"\n")
+  cache:set("n", 42)
+  cache:set("pi", 3.5, 60)
+  cache:set("yes", true)
+  req:write("done\n")
+end }]] }
+    local c = srv:connect()
+    c:settimeout(5)
+    c:send("x\n")
+    assert.equals("done", c:receive())
+    c:close()
+    local code, out = ctl(sock, "shared")
+    assert.equals(0, code)
+    local lines = H.lines(out)
+    assert.matches("^NAME +BYTES +FREE +KEYS$", lines[1])
+    assert.matches("^cache +%d+ +%d+ +4$", lines[2])
+    assert.matches("^hits +%d+ +%d+ +0$", lines[3])
+    code, out = ctl(sock, "shared", "cache")
+    assert.equals(0, code)
+    local keys = H.lines(out)
+    table.sort(keys)
+    assert.same({ '"n"', '"name"', '"pi"', '"yes"' }, keys)
+    assert.equals('"a \\"b\\"\\010"\n', select(2, ctl(sock, "shared", "cache",
+                                                       "name")))
+    assert.equals("42\n", select(2, ctl(sock, "shared", "cache", "n")))
+    assert.matches("^3%.5 %(expires in %d+%.%d+ s%)\n$",
+                   select(2, ctl(sock, "shared", "cache", "pi")))
+    assert.equals("true\n", select(2, ctl(sock, "shared", "cache", "yes")))
+    local err
+    code, _, err = ctl(sock, "shared", "cache", "nope")
+    assert.equals(1, code)
+    assert.equals("luasrv: error: cache: no such key\n", err)
+    code, _, err = ctl(sock, "shared", "other")
+    assert.equals(1, code)
+    assert.matches("no dictionary 'other'", err, 1, true)
+  end)
+end)
+
+
+describe("luasrv ctl", function ()
+  it("a socket nobody serves: exit 1 and why; no command: usage, exit 2",
+     function ()
+    local code, _, err = ctl("/nonexistent/admin.sock", "status")
+    assert.equals(1, code)
+    assert.matches("cannot connect to /nonexistent/admin.sock", err, 1, true)
+    code, _, err = T.run{ "ctl" }
+    assert.equals(2, code)
+    assert.matches("usage: luasrv ctl SOCKET COMMAND", err, 1, true)
+  end)
+end)

@@ -1,0 +1,102 @@
+/*
+** ctl.c -- the --admin socket's client. One command per connection: the
+** words joined by spaces and a newline; the server answers and closes.
+** An answer that starts with "error: " is the server refusing the
+** command. A reload's answer comes once the new workers serve or failed,
+** so a script can chain on it.
+*/
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ctl.h"
+
+#define CTL_WAIT_MS 120000    /* a reload may take its workers' start-up */
+
+
+static int usage (void) {
+  fputs("usage: luasrv ctl SOCKET COMMAND\n"
+        "commands: status, workers, shared [NAME [KEY]], reload, drain\n",
+        stderr);
+  return 2;
+}
+
+
+static int connect_to (const char *path) {
+  struct sockaddr_un sun;
+  int fd;
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sun.sun_path) {
+    fprintf(stderr, "luasrv: ctl: socket path too long: %s\n", path);
+    return -1;
+  }
+  strcpy(sun.sun_path, path);
+  if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+      connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+    fprintf(stderr, "luasrv: ctl: cannot connect to %s: %s\n", path,
+            strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+
+static int send_command (int fd, int argc, char **argv) {
+  char line[4096];
+  size_t n = 0;
+  for (int i = 2; i < argc; i++) {
+    int k = snprintf(line + n, sizeof line - n, "%s%s", i > 2 ? " " : "",
+                     argv[i]);
+    if (k < 0 || (size_t)k >= sizeof line - n - 1 || strchr(argv[i], '\n')) {
+      fputs("luasrv: ctl: command too long or holds a newline\n", stderr);
+      return -1;
+    }
+    n += (size_t)k;
+  }
+  line[n++] = '\n';
+  if (send(fd, line, n, MSG_NOSIGNAL) != (ssize_t)n) {
+    fprintf(stderr, "luasrv: ctl: %s\n", strerror(errno));
+    return -1;
+  }
+  shutdown(fd, SHUT_WR);
+  return 0;
+}
+
+
+int ctl_main (int argc, char **argv) {
+  char buf[65536];
+  size_t got = 0;
+  int fd;
+  if (argc < 3) return usage();
+  if ((fd = connect_to(argv[1])) < 0) return 1;
+  if (send_command(fd, argc, argv) < 0) {
+    close(fd);
+    return 1;
+  }
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    ssize_t n;
+    if (poll(&p, 1, CTL_WAIT_MS) <= 0) {
+      fputs("luasrv: ctl: no answer\n", stderr);
+      close(fd);
+      return 1;
+    }
+    if ((n = read(fd, buf + got, sizeof buf - 1 - got)) <= 0) break;
+    got += (size_t)n;
+    if (got == sizeof buf - 1) break;
+  }
+  close(fd);
+  buf[got] = '\0';
+  if (strncmp(buf, "error: ", 7) == 0) {
+    fprintf(stderr, "luasrv: %s", buf);
+    return 1;
+  }
+  fputs(buf, stdout);
+  return got > 0 ? 0 : 1;
+}
