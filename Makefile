@@ -48,7 +48,7 @@ CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev libssl-dev
 DEPS_RUN = lua-cjson
 DEPS_TEST = lua5.4 lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy \
-            lua-rex-pcre2 memcached dnsmasq-base nodejs
+            lua-rex-pcre2 memcached dnsmasq-base nodejs lua-filesystem media-types
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event

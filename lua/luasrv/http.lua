@@ -19,7 +19,12 @@ router of luasrv.http.router (lua/luasrv/http/router.lua).
 The parser is pure Lua over a buffer of its own (see "Reading a
 request" below): one req:recv per head, plain finds, and heads seen
 before recalled by their bytes. The whole body is read (up to max_body)
-before the handler runs.
+before the handler runs, unless opts.stream_body (true, or a function of
+the request returning true or the route's options: the router makes it
+from the routes' { stream_body = true }) says the handler reads it
+itself, with r:body_reader(). r:websocket() upgrades the connection
+(luasrv.websocket has the frames); http.static(root) serves files
+(luasrv.http.static).
 
 Deadlines: a request head must arrive whole within header_timeout (10 s;
 for the first request of a connection, counted from its start; for a
@@ -42,7 +47,10 @@ What a handler gets, `r`:
               r.headers["Content-Type"]); a repeated header's values are
               joined with ", " ("; " for Cookie)
   r:header_values(name)  every value of a header, in order (a list)
-  r.body      the request body ("" when there is none)
+  r.body      the request body ("" when there is none; false when the
+              route streams it: r:body_reader([chunk]) is an iterator
+              over its pieces)
+  r:websocket([opts])  the handshake, then a luasrv.websocket connection
   r.params    the router's captures (":id" -> r.params.id, decoded)
   r.req       the luasrv request (r.req.client_address, r.req.server);
               do not read from it: the module reads ahead (pipelined
@@ -293,7 +301,7 @@ local function new_reader (conn, opts)
   return { conn = conn, buf = "", pos = 1,
     recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
     write = conn.write, idle = opts.keepalive_timeout, timeout = nil,
-    last = false, last_entry = false }
+    last = false, last_entry = false, stream = false }
 end
 
 -- Sets the timeout of the next wait: what is left until deadline, or the
@@ -678,6 +686,154 @@ local function read_body (rd, r, headers, opts)
   return true
 end
 
+--[[ Streaming bodies: routes with stream_body read their body with
+r:body_reader() while the handler runs, a piece at a time, instead of
+having it read whole before. The framing is checked as read_body checks
+it; what is read goes through the connection's buffer, never more than
+one recv (64 KiB) of it at a time. ]]
+
+-- Checks the framing of a body to stream and sets r._body, its state:
+-- left (bytes of the body or of the chunk being read), chunked, total,
+-- max, deadline, continue (100 Continue still to send), done; or fails.
+-- route: true, or the route's options (their max_body and body_timeout
+-- over opts').
+local function stream_body (rd, r, headers, opts, route)
+  local te, cl, expect = headers["transfer-encoding"],
+    headers["content-length"], headers.expect
+  if expect then
+    if lower(expect) ~= "100-continue" then return fail(417) end
+    expect = r.version == "1.1"
+  end
+  local max = type(route) == "table" and route.max_body or opts.max_body
+  local st = { left = 0, total = 0, max = max, continue = expect,
+    done = false }
+  if te then
+    if cl or r.version == "1.0" then return fail(400) end
+    if lower(te) ~= "chunked" then return fail(501) end
+    st.chunked = true
+  elseif cl then
+    local status
+    cl, status = content_length(cl)
+    if not cl then return nil, status end
+    if #cl > 15 or tonumber(cl) > max then
+      r.unread = not expect
+      return fail(413)
+    end
+    st.left = tonumber(cl)
+  end
+  if st.left == 0 and not st.chunked then st.done = true end
+  local t = opts.body_timeout
+  if type(route) == "table" and route.body_timeout then
+    t = route.body_timeout
+  end
+  if t and t > 0 then st.deadline = now() + t end
+  r._body, r.body = st, false
+  rd.stream = st        -- (for serve_requests: a field, not an __index)
+  return true
+end
+
+-- The size line of the next chunk: sets st.left, or st.done after the
+-- last chunk's trailer. true, or nil and the status to answer (nil: the
+-- connection ended).
+local function next_chunk (rd, st, opts)
+  if st.crlf then
+    local crlf, err = read_line(rd, st.deadline, 1)
+    if crlf ~= "" and crlf ~= "\r" then
+      if crlf == nil and err ~= "line too long" then
+        return lost(err, true)
+      end
+      return fail(400)
+    end
+    st.crlf = false
+  end
+  local line, err = read_line(rd, st.deadline, opts.max_header_line)
+  if not line then
+    if err == "line too long" then return fail(400) end
+    return lost(err, true)
+  end
+  local hex, rest = match(line, "^(%x+)[ \t]*(.-)\r?$")
+  if not hex or (rest ~= "" and byte(rest) ~= 59) then return fail(400) end
+  hex = match(hex, "^0*(.*)$")
+  if #hex > 8 then return fail(413) end
+  local size = hex == "" and 0 or tonumber(hex, 16)
+  if size == 0 then
+    local ok, status = read_trailer(rd, opts, st.deadline)
+    if not ok then return nil, status end
+    st.done = true
+    return true
+  end
+  st.total = st.total + size
+  if st.total > st.max then return fail(413) end
+  st.left, st.crlf = size, true
+  return true
+end
+
+-- The next piece of a streamed body, up to n bytes; nil at its end; or
+-- nil, false and the status to answer (nil: the connection ended).
+local function body_piece (rd, st, n, opts)
+  if st.chunked and st.left == 0 and not st.done then
+    local ok, status = next_chunk(rd, st, opts)
+    if not ok then return nil, false, status end
+  end
+  if st.done then return nil end
+  local buf, pos = rd.buf, rd.pos
+  if pos > #buf then
+    local ok, err = fill(rd, st.deadline)
+    if not ok then
+      local _, status = lost(err, true)
+      return nil, false, status
+    end
+    buf, pos = rd.buf, rd.pos
+  end
+  local have = #buf - pos + 1
+  if have < n then n = have end
+  if st.left < n then n = st.left end
+  rd.pos = pos + n
+  st.left = st.left - n
+  if st.left == 0 and not st.chunked then st.done = true end
+  return sub(buf, pos, pos + n - 1)
+end
+
+local ERRORS = { [400] = "bad body", [408] = "timeout", [413] = "too large" }
+
+-- An iterator over the body of a stream_body route: each call returns
+-- the next piece (up to chunk bytes, 64 KiB by default) and nil at the
+-- end; or nil and "timeout", "too large", "bad body" or "closed" (the
+-- server then answers 408, 413 or 400 itself and closes). Without
+-- stream_body, the body already read, in one piece.
+function Request:body_reader (chunk)
+  chunk = chunk or RECV_MAX
+  local st = self._body
+  if not st then
+    local body = self.body
+    return function ()
+      local b = body
+      body = nil
+      if b == "" then return nil end
+      return b
+    end
+  end
+  local rd, opts = self._rd, self._opts
+  return function ()
+    if st.status ~= nil then return nil, st.err end
+    if st.continue then
+      st.continue = false
+      self.req:write(CONTINUE)
+    end
+    local piece, _, status = body_piece(rd, st, chunk, opts)
+    if rd.timeout ~= nil then        -- the handler's writes: --timeout
+      rd.settimeout(rd.conn, nil)
+      rd.timeout = nil
+    end
+    if piece == nil and not st.done then
+      st.status = status or false
+      st.err = ERRORS[status] or "closed"
+      return nil, st.err
+    end
+    return piece
+  end
+end
+
 -- A request from a remembered head (below) holds only the head's entry,
 -- _e: its fields are read from the entry (its headers table is made on
 -- first use and kept in the request). The index of each in an entry:
@@ -699,10 +855,11 @@ end
 -- (over Request); r.args and r.params are made on their first use, and a
 -- remembered head's fields too. So a request is built with only its own
 -- fields: each costs in a constructor.
-local function request_mt (conn, opts)
-  local shared = setmetatable({ req = conn, _opts = opts, last = false,
+local function request_mt (conn, opts, rd)
+  local shared = setmetatable({ req = conn, _opts = opts, _rd = rd,
+    last = false,
     unread = false, _multi = false, _started = false, keepalive = true,
-    body = "", _e = false }, Request)
+    body = "", _e = false , _body = false}, Request)
   return { __index = function (r, k)
     local e = r._e                  -- a field of every request: no loop
     if e then
@@ -837,7 +994,16 @@ local function read_new_head (rd, opts, mt, deadline, tried, tried_buf,
   end
   local r, headers, partial = parse_head(rd, s, pos, opts, mt)
   if not r then return nil, headers, partial end
-  ok, status = read_body(rd, r, headers, opts)
+  local streams = opts.stream_body
+  if streams and streams ~= true and (headers["transfer-encoding"] or
+      headers["content-length"]) then
+    streams = streams(r)
+  end
+  if streams then
+    ok, status = stream_body(rd, r, headers, opts, streams)
+  else
+    ok, status = read_body(rd, r, headers, opts)
+  end
   if not ok then return nil, status, r end
   setmetatable(headers, headers_mt)
   return r
@@ -988,6 +1154,22 @@ local function send_response (conn, r, opts, status, headers, body)
   return keep
 end
 
+-- Before closing a connection whose client may still be sending a body:
+-- closing with unread data would reset the connection and could destroy
+-- the response before the client reads it. Drains for a while (nginx's
+-- lingering close).
+local function linger (conn, opts)
+  if not (opts.linger and opts.linger > 0) then return end
+  conn:flush()
+  conn:settimeout(opts.linger)
+  local deadline, drained = luasrv.now() + opts.linger, 0
+  while luasrv.now() < deadline and drained < 16 * opts.max_body do
+    local data = conn:recv(65536)
+    if not data then break end
+    drained = drained + #data
+  end
+end
+
 -- the server's own answer to a request it refused; the connection closes
 local function send_error (conn, status, r, opts)
   local reason = M.reasons[status] or "Error"
@@ -995,19 +1177,7 @@ local function send_error (conn, status, r, opts)
   r.keepalive = false
   send_response(conn, r, opts, status,
     { ["Content-Type"] = "text/plain; charset=utf-8" }, reason .. "\n")
-  if r.unread and opts.linger and opts.linger > 0 then
-    -- the client may still be sending the body: closing with unread data
-    -- would reset the connection and could destroy the response before
-    -- the client reads it. Drain for a while (nginx's lingering close).
-    conn:flush()
-    conn:settimeout(opts.linger)
-    local deadline, drained = luasrv.now() + opts.linger, 0
-    while luasrv.now() < deadline and drained < 16 * opts.max_body do
-      local data = conn:recv(65536)
-      if not data then break end
-      drained = drained + #data
-    end
-  end
+  if r.unread then linger(conn, opts) end
 end
 
 -- Streaming: r:start(status, headers), r:write(...), r:flush()
@@ -1051,6 +1221,83 @@ end
 function Request:flush ()
   self.req:flush()
   return self
+end
+
+--[[ WebSocket: r:websocket([opts]) (luasrv.websocket has the rest) ]]
+
+-- Refuses an upgrade: the answer, and the connection closes after it.
+local function refuse_upgrade (r, status, headers, why)
+  r.keepalive = false
+  headers["Content-Type"] = "text/plain; charset=utf-8"
+  send_response(r.req, r, r._opts, status, headers,
+    (M.reasons[status] or "Error") .. "\n")
+  r._started, r._framing, r._keep = true, "length", false
+  return nil, why
+end
+
+-- The subprotocol: the first of the server's (opts.protocols) that the
+-- client offered, or nil.
+local function pick_protocol (r, protocols)
+  local offered = r.headers["sec-websocket-protocol"]
+  if not (offered and protocols) then return nil end
+  local set = {}
+  for p in offered:gmatch("[^,%s]+") do set[p] = true end
+  for _, p in ipairs(protocols) do
+    if set[p] then return p end
+  end
+  return nil
+end
+
+-- Upgrades the connection to a WebSocket (RFC 6455 4.2): checks the
+-- handshake, answers 101, and returns the luasrv.websocket connection;
+-- or answers 400 / 426 and returns nil and why. The connection ends with
+-- the handler.
+function Request:websocket (opts)
+  if self._started then error("response already started", 2) end
+  local h = self.headers
+  if self.method ~= "GET" or self.version ~= "1.1" then
+    return refuse_upgrade(self, 400, {}, "a WebSocket upgrade is a GET " ..
+      "in HTTP/1.1")
+  end
+  if not (h.upgrade and has_token(lower(h.upgrade), "websocket")) then
+    return refuse_upgrade(self, 426, { Upgrade = "websocket",
+      Connection = "Upgrade" }, "no Upgrade: websocket")
+  end
+  if not (h.connection and has_token(lower(h.connection), "upgrade")) then
+    return refuse_upgrade(self, 400, {}, "no Connection: Upgrade")
+  end
+  if h["sec-websocket-version"] ~= "13" then
+    return refuse_upgrade(self, 426, { ["Sec-WebSocket-Version"] = "13" },
+      "Sec-WebSocket-Version is not 13")
+  end
+  local websocket = require "luasrv.websocket"
+  local key = h["sec-websocket-key"]
+  if not websocket.valid_key(key) then
+    return refuse_upgrade(self, 400, {}, "bad Sec-WebSocket-Key")
+  end
+  if h["content-length"] or h["transfer-encoding"] then
+    return refuse_upgrade(self, 400, {}, "a body in a WebSocket upgrade")
+  end
+  opts = opts or {}
+  local protocol = pick_protocol(self, opts.protocols)
+  local conn, rd = self.req, self._rd
+  conn:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" ..
+    "Connection: Upgrade\r\nSec-WebSocket-Accept: " ..
+    websocket.accept_key(key) .. "\r\n" ..
+    (protocol and "Sec-WebSocket-Protocol: " .. protocol .. "\r\n" or "") ..
+    "\r\n")
+  self._started, self._framing, self._keep = true, "upgrade", false
+  -- what the client sent after the handshake is the WebSocket's
+  local rest = ""
+  if rd then
+    if rd.pos <= #rd.buf then rest = sub(rd.buf, rd.pos) end
+    rd.buf, rd.pos, rd.last = "", 1, false
+    rd.timeout = false        -- the WebSocket sets its own
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.protocol = protocol
+  return websocket.new(conn, rest, o)
 end
 
 -- after a handler that streamed: the last chunk; whether to keep alive
@@ -1174,8 +1421,22 @@ local function serve_requests (st)
     local headers, body
     status, headers, body = handler(r)
     st.r = false
+    local sb = rd.stream
+    if sb then                  -- a streamed body: failed, or left unread
+      rd.stream = false
+      if sb.status ~= nil then
+        if sb.status and not r._started then
+          send_error(conn, sb.status, r, opts)
+        end
+        return
+      end
+      if not sb.done then
+        r.keepalive, r.unread = false, true
+      end
+    end
     if not respond(conn, r, opts, write, n == max, status, headers, body)
     then
+      if sb and not sb.done then linger(conn, opts) end
       return
     end
   end
@@ -1208,7 +1469,7 @@ end
 function M.serve (conn, handler, opts)
   opts = options(opts)
   local rd = new_reader(conn, opts)
-  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts),
+  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts, rd),
     opts = opts, handler = handler, n = 0, r = false,
     deadline = first_deadline(opts) }
   while true do                   -- once more after each handler's error
@@ -1221,6 +1482,12 @@ function M.serve (conn, handler, opts)
       r.target, tostring(conn.client_address), err))
     if r._started then
       return                  -- cut: the client sees an unfinished body
+    end
+    local sb = rd.stream       -- a streamed body: failed, or not all read
+    if sb then
+      rd.stream = false
+      if sb.status then return send_error(conn, sb.status, r, opts) end
+      if not sb.done then r.keepalive, r.unread = false, true end
     end
     if not send_response(conn, r, opts, 500, TEXT,
         "Internal Server Error\n") or st.n >= opts.max_requests then
@@ -1247,7 +1514,7 @@ function M.read_request (conn, opts)
     deadline = first_deadline(opts)
   end
   if rd.opts ~= opts then       -- heads are checked against opts' limits
-    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts), false
+    rd.opts, rd.mt, rd.last = opts, request_mt(conn, opts, rd), false
   end
   local r, status, partial = read_request(rd, opts, rd.mt, deadline)
   if rd.timeout ~= nil then
@@ -1271,6 +1538,11 @@ function M.json (value, status, headers)
   return status or 200, h, cjson.encode(value)
 end
 
+
+-- A route handler serving the files under root (luasrv.http.static).
+function M.static (root, opts)
+  return require("luasrv.http.static").new(root, opts, M)
+end
 
 -- A router (luasrv.http.router): app:get(path, fn), ..., app:handler().
 function M.router (opts)

@@ -40,31 +40,64 @@ end
 
 -- A new router; opts are handler()'s default luasrv.http options.
 function M.new (opts)
-  return setmetatable({ exact = {}, patterns = {}, opts = opts }, Router)
+  return setmetatable({ exact = {}, exact_opts = {}, patterns = {},
+    opts = opts }, Router)
 end
 
 -- Adds a route: method ("GET", ...; "*" for any) and a path, where
--- ":name" matches one segment and "*name" the rest of the path.
-function Router:route (method, path, fn)
+-- ":name" matches one segment and "*name" the rest of the path. ropts:
+-- the route's options: stream_body = true (the handler reads the body
+-- with r:body_reader()), max_body and body_timeout (over the server's).
+function Router:route (method, path, fn, ropts)
   assert(type(fn) == "function", "route: a function is expected")
+  if ropts and ropts.stream_body then self.streams = true end
   if find(path, "[:*]") then
     local pattern, names = compile(path)
     self.patterns[#self.patterns + 1] = { method = method, path = path,
-      pattern = pattern, names = names, fn = fn }
+      pattern = pattern, names = names, fn = fn, opts = ropts }
   else
     local byMethod = self.exact[path] or {}
     byMethod[method] = fn
     self.exact[path] = byMethod
+    if ropts then
+      local o = self.exact_opts[path] or {}
+      o[method] = ropts
+      self.exact_opts[path] = o
+    end
   end
   return self
 end
 
 for _, m in ipairs{ "get", "post", "put", "delete", "patch", "options" } do
   local method = m:upper()
-  Router[m] = function (self, path, fn) return self:route(method, path, fn) end
+  Router[m] = function (self, path, fn, ropts)
+    return self:route(method, path, fn, ropts)
+  end
 end
 
-function Router:any (path, fn) return self:route("*", path, fn) end
+function Router:any (path, fn, ropts)
+  return self:route("*", path, fn, ropts)
+end
+
+-- The options of the route r would run (nil for none): r's method, then
+-- "*", among the exact paths, then the patterns in order.
+function Router:route_opts (r)
+  local method, path = r.method, r.path
+  local byMethod = self.exact[path]
+  if byMethod then
+    if byMethod[method] or byMethod["*"] then
+      local o = self.exact_opts[path]
+      return o and (o[method] or (not byMethod[method] and o["*"])) or nil
+    end
+  end
+  for _, route in ipairs(self.patterns) do
+    local m = route.method
+    if (m == method or m == "*") and find(path, route.pattern) then
+      return route.opts
+    end
+  end
+  return nil
+end
 
 -- the function for a method among those of a path; HEAD falls back to GET
 local function pick (byMethod, method)
@@ -131,12 +164,22 @@ end
 -- The hooks table of a script served by this router.
 function Router:handler (opts)
   local router, exact, dispatch = self, self.exact, self.dispatch
+  opts = opts or self.opts
+  if self.streams then        -- which requests stream their body
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.stream_body = function (r)
+      local ro = router:route_opts(r)
+      return ro and ro.stream_body and ro or false
+    end
+    opts = o
+  end
   return http.handler(function (r)
     local byMethod = exact[r.path]       -- the usual case, inline
     local fn = byMethod and byMethod[r.method]
     if fn then return fn(r) end
     return dispatch(router, r)
-  end, opts or self.opts)
+  end, opts)
 end
 
 return M

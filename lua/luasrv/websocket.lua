@@ -1,0 +1,435 @@
+--[==[ luasrv.websocket -- WebSocket (RFC 6455), the server side: frames,
+the handshake's accept key, and a connection object over a luasrv
+connection. luasrv.http's r:websocket() does the handshake and hands the
+connection here; the frame functions are pure and can be used alone.
+
+  app:get("/ws", function (r)
+    local ws = assert(r:websocket{ protocols = { "chat" } })
+    while true do
+      local data, typ, code = ws:recv()
+      if not data then break end              -- closed, timeout, error
+      if typ == "text" then ws:send_text(data)
+      elseif typ == "binary" then ws:send_binary(data)
+      elseif typ == "close" then break end    -- answered already
+    end
+  end)
+
+The connection object:
+  ws:recv()   data, type: "text", "binary", "ping" (answered with a pong
+              already), "pong", or "close" (data is the reason, the third
+              value the code; the close is answered already); nil and
+              "closed", "timeout" or what went wrong (the connection has
+              then been closed with the right code: 1002 for a protocol
+              error, 1007 for text that is not UTF-8, 1009 for a message
+              over max_payload)
+  ws:send_text(s), ws:send_binary(s), ws:ping([s]), ws:pong([s])
+              true, or nil and an error; each sends now
+  ws:close([code [, reason]])  the close handshake: sends a close frame,
+              waits up to close_timeout for the peer's, closes
+  ws.protocol  the subprotocol chosen (or nil)
+
+Options (r:websocket's opts):
+  protocols     the subprotocols the server speaks, preferred first
+  max_payload   bytes in one message (all its fragments), else close 1009
+                (1 MiB)
+  timeout       seconds recv waits for a frame (nil: --timeout)
+  ping_interval seconds of silence after which recv sends a ping; when
+                another interval passes without a byte from the peer, the
+                connection is dead: closed, and recv returns nil, "timeout"
+  close_timeout seconds ws:close waits for the peer's close frame (5)
+
+Messages are reassembled from their fragments before recv returns them;
+control frames between fragments are handled as they come. Text is
+checked to be UTF-8 when the message is whole.
+]==]
+
+-- (luasrv.ngxc and luasrv are the binary's: without them, as in a plain
+-- lua5.4, the frame functions still work, for tests)
+local has_ngxc, ngxc = pcall(require, "luasrv.ngxc")
+if not has_ngxc then ngxc = {} end
+local function now () return require("luasrv").now() end
+
+local byte, char, sub, pack, unpack, rep = string.byte, string.char,
+  string.sub, string.pack, string.unpack, string.rep
+local concat = table.concat
+local utf8len = utf8.len
+
+local M = {}
+
+M.defaults = {
+  max_payload = 1024 * 1024,
+  timeout = nil,
+  ping_interval = nil,
+  close_timeout = 5,
+}
+
+local GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+-- The Sec-WebSocket-Accept value for a Sec-WebSocket-Key
+function M.accept_key (key)
+  return ngxc.encode_base64(ngxc.sha1_bin(key .. GUID))
+end
+
+-- Is key a valid Sec-WebSocket-Key (16 bytes, base64: 24 characters)?
+function M.valid_key (key)
+  if type(key) ~= "string" or #key ~= 24 then return false end
+  local raw = ngxc.decode_base64(key)
+  return raw ~= nil and #raw == 16
+end
+
+M.TEXT, M.BINARY, M.CLOSE, M.PING, M.PONG, M.CONTINUATION =
+  0x1, 0x2, 0x8, 0x9, 0xA, 0x0
+local TYPES = { [0x1] = "text", [0x2] = "binary", [0x8] = "close",
+  [0x9] = "ping", [0xA] = "pong" }
+
+--[[ Masking. In C (luasrv.ngxc's mask): in Lua it is the cost of a
+small message (4 us for 64 bytes, 60 MB/s for big ones, where the rest of
+a frame costs about 1 us). The Lua one, kept for luasrv.ngxc without
+mask: 8 bytes at a time: string.unpack and pack of 16
+64-bit integers per call (128 bytes), each XORed with the key repeated
+twice; the tail byte by byte. ]]
+
+local BLOCK_FMT = "<" .. rep("i8", 16)
+local block = load([[
+  local unpack, pack, fmt = ...
+  return function (s, i, k)
+    local a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14,
+      a15, a16 = unpack(fmt, s, i)
+    return pack(fmt, a1 ~ k, a2 ~ k, a3 ~ k, a4 ~ k, a5 ~ k, a6 ~ k,
+      a7 ~ k, a8 ~ k, a9 ~ k, a10 ~ k, a11 ~ k, a12 ~ k, a13 ~ k, a14 ~ k,
+      a15 ~ k, a16 ~ k)
+  end]])(unpack, pack, BLOCK_FMT)
+
+-- data XORed with the 4-byte key (masking and unmasking are the same)
+function M.lua_mask (data, key)
+  local n = #data
+  if n == 0 then return data end
+  local k4 = unpack("<I4", key)
+  local k8 = k4 | (k4 << 32)
+  local parts, np, i = {}, 0, 1
+  while i + 127 <= n do
+    np = np + 1
+    parts[np] = block(data, i, k8)
+    i = i + 128
+  end
+  while i + 7 <= n do
+    np = np + 1
+    parts[np] = pack("<i8", unpack("<i8", data, i) ~ k8)
+    i = i + 8
+  end
+  -- the tail (under 8 bytes): i - 1 is a multiple of 8, so the key
+  -- starts again at its first byte
+  if i <= n then
+    local k = { byte(key, 1, 4) }
+    local t = {}
+    for j = i, n do
+      t[#t + 1] = char(byte(data, j) ~ k[(j - i) % 4 + 1])
+    end
+    np = np + 1
+    parts[np] = concat(t)
+  end
+  return concat(parts)
+end
+
+-- luasrv.ngxc's mask in C when there (1 GB/s and more), else the Lua one
+M.mask = ngxc.mask or M.lua_mask
+
+--[[ Frames ]]
+
+-- A frame: opcode, payload, fin (default true), mask key (4 bytes: a
+-- client's frame; nil: a server's, unmasked).
+function M.frame (opcode, payload, fin, key)
+  payload = payload or ""
+  local n = #payload
+  local b1 = (fin == false and 0 or 0x80) | opcode
+  local m = key and 0x80 or 0
+  local head
+  if n < 126 then head = char(b1, m | n)
+  elseif n < 65536 then head = pack(">BBI2", b1, m | 126, n)
+  else head = pack(">BBI8", b1, m | 127, n) end
+  if key then return head .. key .. M.mask(payload, key) end
+  return head .. payload
+end
+
+-- The header of a frame at pos of buf: opcode, fin, the mask key (or
+-- nil), the payload length, and the position of the payload. nil when
+-- buf does not hold the whole header yet; false, the code to close with
+-- and why for a header no frame may have (RFC 6455 5.2, 5.5).
+function M.parse_header (buf, pos)
+  local b1, b2 = byte(buf, pos, pos + 1)
+  if not b2 then return nil end
+  local fin, rsv, opcode = b1 & 0x80 ~= 0, b1 & 0x70, b1 & 0xF
+  local n = b2 & 0x7F
+  local p = pos + 2
+  if n == 126 then
+    if #buf < p + 1 then return nil end
+    n = unpack(">I2", buf, p)
+    p = p + 2
+  elseif n == 127 then
+    if #buf < p + 7 then return nil end
+    n = unpack(">i8", buf, p)
+    if n < 0 then return false, 1002, "payload length over 2^63" end
+    p = p + 8
+  end
+  local key
+  if b2 & 0x80 ~= 0 then
+    if #buf < p + 3 then return nil end
+    key = sub(buf, p, p + 3)
+    p = p + 4
+  end
+  if rsv ~= 0 then return false, 1002, "reserved bits set" end
+  if not TYPES[opcode] and opcode ~= 0 then
+    return false, 1002, "unknown opcode " .. opcode
+  end
+  if opcode >= 8 then
+    if not fin then return false, 1002, "fragmented control frame" end
+    if n > 125 then return false, 1002, "control frame over 125 bytes" end
+  end
+  return opcode, fin, key, n, p
+end
+
+-- May code be sent in a close frame (RFC 6455 7.4; 1012-1014 since
+-- registered with IANA)? 1004-1006 and 1015 never; 1016-2999 are
+-- reserved; 3000-4999 are the libraries' and applications'.
+function M.valid_close_code (code)
+  return math.type(code) == "integer" and ((code >= 1000 and code <= 1003)
+    or (code >= 1007 and code <= 1014) or (code >= 3000 and code <= 4999))
+end
+
+-- A close frame's payload: code and reason; or nil, 1005 (no code) for
+-- an empty one; or false, the code to close with and why.
+function M.parse_close (payload)
+  if payload == "" then return nil, 1005 end
+  if #payload == 1 then return false, 1002, "close payload of 1 byte" end
+  local code = unpack(">I2", payload)
+  if not M.valid_close_code(code) then
+    return false, 1002, "invalid close code " .. code
+  end
+  local reason = sub(payload, 3)
+  if not utf8len(reason) then
+    return false, 1007, "close reason not UTF-8"
+  end
+  return code, reason
+end
+
+-- The payload of a close frame with code and reason
+function M.close_payload (code, reason)
+  if not code then return "" end
+  return pack(">I2", code) .. (reason or "")
+end
+
+--[[ The connection ]]
+
+local WS = {}
+WS.__index = WS
+
+-- A WebSocket on the luasrv connection conn (recv, write, flush,
+-- settimeout, close), with buffered the bytes already read past the
+-- handshake. opts: see the head of this file.
+function M.new (conn, buffered, opts)
+  local o = {}
+  for k, v in pairs(M.defaults) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return setmetatable({ conn = conn, buf = buffered or "", pos = 1,
+    opts = o, closed = false, close_sent = false, timeout = false,
+    protocol = o.protocol }, WS)
+end
+
+-- Sets the connection's timeout for the next wait (only when it changes)
+local function set_timeout (self, t)
+  if t ~= self.timeout then
+    self.conn:settimeout(t)
+    self.timeout = t
+  end
+end
+
+-- One recv of the connection into the buffer, waiting up to the
+-- timeout: recv's (timeout, or ping_interval with its ping), or the given
+-- one. true, or nil and "timeout", "closed" or the error.
+local function fill (self, t)
+  local opts = self.opts
+  while true do       -- at most twice: a ping, then the peer is dead
+    local interval = not t and opts.ping_interval
+    set_timeout(self, t or interval or opts.timeout)
+    local data, err = self.conn:recv(65536)
+    if data then
+      self.pinged = false
+      local buf, pos = self.buf, self.pos
+      if pos <= #buf then data = sub(buf, pos) .. data end
+      self.buf, self.pos = data, 1
+      return true
+    end
+    if err ~= "timeout" or not interval or self.pinged then
+      return nil, err or "closed"
+    end
+    self.pinged = true
+    local ok, werr = self:ping("")
+    if not ok then return nil, werr end
+  end
+end
+
+-- Waits until the buffer holds n bytes from pos (pieces gathered in a
+-- table, joined once: a big frame is not copied again at every recv).
+local function need (self, n, t)
+  local have = #self.buf - self.pos + 1
+  if have >= n then return true end
+  local parts = { sub(self.buf, self.pos) }
+  self.buf, self.pos = "", 1
+  while have < n do
+    local ok, err = fill(self, t)
+    if not ok then
+      self.buf = concat(parts) .. self.buf
+      return nil, err
+    end
+    parts[#parts + 1] = self.buf
+    have = have + #self.buf
+    self.buf = ""
+  end
+  self.buf = concat(parts)
+  return true
+end
+
+-- Sends a frame now; true, or nil and the error.
+local function send (self, opcode, payload, fin)
+  if self.close_sent then return nil, "closed" end
+  if opcode == M.CLOSE then self.close_sent = true end
+  local conn = self.conn
+  local ok, err = conn:write(M.frame(opcode, payload, fin))
+  if ok then ok, err = conn:flush() end
+  if not ok then return nil, err end
+  return true
+end
+
+-- Fails the connection: a close frame with code, then the end of it.
+-- Returns nil and reason (what recv returns).
+local function fail (self, code, reason)
+  if not self.close_sent then send(self, M.CLOSE, M.close_payload(code)) end
+  self.closed = true
+  self.conn:close()
+  return nil, reason
+end
+
+-- The next frame: opcode, payload (unmasked), fin; or nil and an error
+-- (after failing the connection for a bad frame). t: the wait's timeout
+-- (nil: recv's).
+local function read_frame (self, t)
+  while true do        -- bounded: each pass waits for more bytes
+    local opcode, fin, key, n, p = M.parse_header(self.buf, self.pos)
+    if opcode == false then return fail(self, fin, key) end
+    if opcode then
+      if not key then return fail(self, 1002, "unmasked client frame") end
+      if n > self.opts.max_payload then
+        return fail(self, 1009, "frame over max_payload")
+      end
+      local hlen = p - self.pos
+      local ok, err = need(self, hlen + n, t)
+      if not ok then return nil, err end
+      p = self.pos + hlen
+      local payload = M.mask(sub(self.buf, p, p + n - 1), key)
+      self.pos = p + n
+      return opcode, payload, fin
+    end
+    local ok, err = fill(self, t)
+    if not ok then return nil, err end
+  end
+end
+
+-- A close frame from the peer: answered (with its code), and the end.
+-- Returns what recv returns: the reason, "close", the code.
+local function peer_close (self, payload)
+  local code, reason, why = M.parse_close(payload)
+  if code == false then return fail(self, reason, why) end
+  if not self.close_sent then
+    send(self, M.CLOSE, M.close_payload(code))
+  end
+  self.closed = true
+  self.conn:close()
+  if code then return reason, "close", code end
+  return "", "close", 1005
+end
+
+-- The next message or control frame (see the head of this file).
+function WS:recv ()
+  if self.closed then return nil, "closed" end
+  local parts, size, kind = nil, 0, nil
+  while true do        -- bounded: each frame is read from the peer
+    local opcode, payload, fin = read_frame(self)
+    if not opcode then
+      if self.closed then return nil, payload end
+      if payload == "timeout" then
+        if self.opts.ping_interval then return fail(self, 1001, "timeout") end
+        return nil, "timeout"
+      end
+      self.closed = true          -- the peer went away without a close
+      self.conn:close()
+      return nil, payload
+    end
+    if opcode == M.CLOSE then return peer_close(self, payload) end
+    if opcode == M.PING then
+      send(self, M.PONG, payload)
+      if not kind then return payload, "ping" end
+    elseif opcode == M.PONG then
+      if not kind then return payload, "pong" end
+    -- (a ping or pong amid a fragmented message: answered, the message
+    -- goes on)
+    elseif opcode == 0 and not kind then
+      return fail(self, 1002, "continuation without a message")
+    elseif opcode ~= 0 and kind then
+      return fail(self, 1002, "new message inside a fragmented one")
+    else
+      kind = kind or opcode
+      parts = parts or {}
+      size = size + #payload
+      if size > self.opts.max_payload then
+        return fail(self, 1009, "message over max_payload")
+      end
+      parts[#parts + 1] = payload
+      if fin then
+        local data = #parts == 1 and parts[1] or concat(parts)
+        if kind == M.TEXT and not utf8len(data) then
+          return fail(self, 1007, "text not UTF-8")
+        end
+        return data, TYPES[kind]
+      end
+    end
+  end
+end
+
+function WS:send_text (s) return send(self, M.TEXT, s) end
+function WS:send_binary (s) return send(self, M.BINARY, s) end
+
+function WS:ping (s)
+  if s and #s > 125 then error("ping payload over 125 bytes", 2) end
+  return send(self, M.PING, s)
+end
+
+function WS:pong (s)
+  if s and #s > 125 then error("pong payload over 125 bytes", 2) end
+  return send(self, M.PONG, s)
+end
+
+-- The close handshake from this side: a close frame, then the peer's
+-- (data frames before it are dropped), up to close_timeout; then the end.
+function WS:close (code, reason)
+  if self.closed then return nil, "closed" end
+  if code ~= nil and not M.valid_close_code(code) then
+    error("invalid close code: " .. tostring(code), 2)
+  end
+  if reason and #reason > 123 then error("close reason over 123 bytes", 2) end
+  local ok, err = send(self, M.CLOSE, M.close_payload(code, reason))
+  if ok then
+    local deadline = now() + (self.opts.close_timeout or 5)
+    for _ = 1, 1000 do         -- bounded: frames until the peer's close
+      local t = deadline - now()
+      if t <= 0 then break end
+      local opcode = read_frame(self, t)
+      if not opcode or opcode == M.CLOSE then break end
+    end
+  end
+  self.closed = true
+  self.conn:close()
+  if not ok then return nil, err end
+  return true
+end
+
+return M
