@@ -195,7 +195,7 @@ uninstall:
 # make deb: the Debian package, built by debhelper from debian/ in a copy
 # of the tree (dpkg-buildpackage writes beside the source): the result is
 # $(DEBDIR)/luasrv_VERSION_ARCH.deb, checked by lintian.
-DEPS_DEB = build-essential dpkg-dev debhelper lintian pkg-config liblua5.4-dev logrotate
+DEPS_DEB = build-essential dpkg-dev debhelper lintian pkg-config liblua5.4-dev libssl-dev logrotate
 DEBDIR ?= $(BUILD)/deb
 DEB_TREE = Makefile README.md bench/README.md contrib debian doc \
            fuzz/fuzz.mk lua scripts spec/c src
