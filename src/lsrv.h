@@ -280,6 +280,10 @@ void lspawn_orphan (struct lctx *x, struct task *t);
 /* Registers the thread objects' metatable. */
 void lspawn_open (lua_State *L);
 
+/* lsync.c: push luasrv.semaphore and luasrv.queue (the first makes both types) */
+void lsync_push_semaphore (lua_State *L);
+void lsync_push_queue (lua_State *L);
+
 /* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
 void lshdict_push (lua_State *L);
 
