@@ -29,6 +29,7 @@ static const char usage_text[] =
 "  --workers N            worker processes (default 1)\n"
 "  --max-children N       fork: children alive at once (default 40)\n"
 "  --max-threads N        thread: handler threads at once (default 256)\n"
+"  --max-timers N         timers pending or running per state (default 1024)\n"
 "  --max-connections N    event: open connections per worker (default 10000)\n"
 "  --timeout SECS         read/write timeout, 0 = never (default 60)\n"
 "  --max-line BYTES       longest line a read accepts (default 65536)\n"
@@ -81,6 +82,7 @@ static const struct option options[] = {
   {"workers", K_INT, F(workers), 1, 1024, 0},
   {"max-children", K_INT, F(max_children), 1, 100000, 0},
   {"max-threads", K_INT, F(max_threads), 1, 100000, 0},
+  {"max-timers", K_INT, F(max_timers), 1, 10000000, 0},
   {"max-connections", K_INT, F(max_connections), 1, 10000000, 0},
   {"timeout", K_SECS, F(timeout), 0, 0, 0},
   {"max-line", K_SIZE, F(max_line), 0, 0, 0},
@@ -125,6 +127,7 @@ static void defaults (struct config *c) {
   c->workers = 1;
   c->max_children = 40;
   c->max_threads = 256;
+  c->max_timers = 1024;
   c->max_connections = 10000;
   c->timeout = 60;
   c->max_line = 65536;

@@ -1,6 +1,6 @@
 /*
 ** lluasrv.c -- require "luasrv": sleep, now, log, and the functions of
-** lconnect.c, lspawn.c and lsync.c. sleep waits through sched_wait, as I/O does.
+** lconnect.c, lspawn.c, lsync.c and ltimer.c. sleep waits through sched_wait, as I/O does.
 */
 #include <errno.h>
 #include <string.h>
@@ -79,5 +79,7 @@ int luaopen_luasrv (lua_State *L) {
   lua_setfield(L, -2, "semaphore");
   lsync_push_queue(L);
   lua_setfield(L, -2, "queue");
+  ltimer_push(L);  /* ltimer.c */
+  lua_setfield(L, -2, "timer");
   return 1;
 }
