@@ -619,6 +619,71 @@ TEST(list_strings_longer_than_the_buffer) {
 }
 
 
+/* Lists and values mixed at random, against a model of deques. */
+TEST(list_random_against_model) {
+  enum { NK = 50, CAP = 64 };
+  struct shdict *d = shdict_create(256 * 1024, errbuf, sizeof errbuf);
+  static int64_t dq[NK][CAP];
+  static int first[NK], len[NK], isval[NK];
+  char key[16], buf[256];
+  unsigned seed = 777;
+  for (int op = 0; op < 60000; op++) {
+    int k = (int)(rand_r(&seed) % NK), what = (int)(rand_r(&seed) % 12);
+    struct shd_val v;
+    long n;
+    int rc;
+    snprintf(key, sizeof key, "l%d", k);
+    if (what < 4 && len[k] < CAP) {          /* push */
+      int left = what & 1;
+      rc = push(d, left, key, I(op), &n);
+      if (isval[k]) { ASSERT_EQ(rc, SHD_NOTLIST); continue; }
+      ASSERT_EQ(rc, 0);
+      if (left) { first[k] = (first[k] + CAP - 1) % CAP; dq[k][first[k]] = op; }
+      else dq[k][(first[k] + len[k]) % CAP] = op;
+      ASSERT_EQ(n, ++len[k]);
+    }
+    else if (what < 8) {                     /* pop */
+      int left = what & 1;
+      rc = pop(d, left, key, &v, buf);
+      if (isval[k]) { ASSERT_EQ(rc, SHD_NOTLIST); continue; }
+      if (len[k] == 0) { ASSERT_EQ(rc, SHD_NOTFOUND); continue; }
+      ASSERT_EQ(rc, 0);
+      ASSERT(v.type == SHD_INT);
+      if (left) {
+        ASSERT_EQ(v.i, dq[k][first[k]]);
+        first[k] = (first[k] + 1) % CAP;
+      }
+      else ASSERT_EQ(v.i, dq[k][(first[k] + len[k] - 1) % CAP]);
+      len[k]--;
+    }
+    else if (what == 8) {                    /* llen */
+      rc = shdict_llen(d, key, strlen(key), &n);
+      if (isval[k]) ASSERT_EQ(rc, SHD_NOTLIST);
+      else { ASSERT_EQ(rc, 0); ASSERT_EQ(n, len[k]); }
+    }
+    else if (what == 9) {                    /* a value replaces it */
+      ASSERT_EQ(set(d, key, S("v"), 0), 0);
+      isval[k] = 1;
+      len[k] = first[k] = 0;
+    }
+    else if (what == 10) {
+      ASSERT_EQ(shdict_delete(d, key, strlen(key)), 0);
+      isval[k] = 0;
+      len[k] = first[k] = 0;
+    }
+    else {
+      rc = get(d, key, &v, buf);
+      ASSERT_EQ(rc, isval[k] ? 0 : len[k] > 0 ? SHD_ISLIST : SHD_NOTFOUND);
+    }
+    if (op % 500 == 0) ASSERT_EQ(shdict_verify(d), 0);
+  }
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_flush_all(d);
+  ASSERT_EQ(shdict_free_space(d), shdict_capacity(d));
+  shdict_destroy(d);
+}
+
+
 TEST(list_processes_push_and_pop_exactly) {
   enum { NPUSH = 4, NPOP = 2, EACH = 2000 };
   struct shdict *d = shdict_create(1024 * 1024, errbuf, sizeof errbuf);
@@ -691,6 +756,7 @@ int main (void) {
   RUN(list_and_value_kept_apart);
   RUN(list_space_and_eviction);
   RUN(list_strings_longer_than_the_buffer);
+  RUN(list_random_against_model);
   RUN(list_processes_push_and_pop_exactly);
   RUN(random_against_model);
   RUN(processes_share_and_incr_exactly);
