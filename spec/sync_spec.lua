@@ -125,6 +125,18 @@ H.for_models(function (model)
         assert.same({ true, 0, n = 2 }, r)
       end)
 
+      it("lets a stop cut a request that waits for ever", function ()
+        local srv = H.start{ model = model, source = SHARED,
+                             args = { "--grace", "0.3" } }
+        local c = srv:connect()
+        c:send("return SEM:wait()\n")
+        assert(H.eventually(function ()
+          return ask(srv, "return SEM:count()")[1] == -1 end, 2))
+        assert.is_true(srv:signal("TERM"))
+        assert.is_true(srv:wait_stderr("cutting 1 request short", 5, true))
+        assert.is_true(srv:wait(5) ~= nil)
+      end)
+
       it("keeps a client that only shut its sending side down waiting",
          function ()
         local srv = H.start{ model = model, source = SHARED }
