@@ -106,6 +106,21 @@ H.for_models(function (model)
       assert.is_true(span >= 0.99 and span < 5, tostring(span))
     end)
 
+    if model == "event" then
+      it("skips an 'every' tick while its last run still runs", function ()
+        local srv = start(model, [[
+          luasrv.timer.every(0.02, function ()
+            local now = d:incr("running", 1, 0)
+            d:set("most", math.max(now, d:get("most") or 0))
+            d:incr("runs", 1, 0)
+            luasrv.sleep(0.07)
+            d:incr("running", -1)
+          end)]])
+        assert(H.eventually(function () return (get(srv, "runs") or 0) >= 4 end, 3))
+        assert.equal(1, get(srv, "most"))
+      end)
+    end
+
     it("can be cancelled before it runs, and from within its own run",
        function ()
       local srv = start(model, [[

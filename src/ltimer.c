@@ -220,16 +220,22 @@ static int run_due (lua_State *L) {
   }
   for (int k = 0; k < n; k++) {
     struct ltimer *t = due[k];
-    t->running++;
-    set->running++;
     if (t->interval > 0 && !premature) {
       /* the same period, whatever a run costs; ticks missed by a busy
-      ** worker are skipped, not run in a burst */
+      ** worker, or while the last run still runs, are skipped */
+      int busy = t->running > 0;
       do t->when += t->interval; while (t->when <= now);
       if (pend(t) < 0) log_error("a timer is lost: %s", "out of memory");
+      if (busy) {
+        due[k] = NULL;
+        continue;
+      }
     }
+    t->running++;
+    set->running++;
   }
-  for (int k = 0; k < n; k++) fire(L, due[k], premature);
+  for (int k = 0; k < n; k++)
+    if (due[k] != NULL) fire(L, due[k], premature);
   return 0;
 }
 
