@@ -296,6 +296,9 @@ int lspawn_detached (lua_State *L, int nargs) {
     luaL_checkstack(nt->co, nargs + 2, "too many arguments");
     lua_xmove(L, nt->co, nargs + 1);
     x->ops->start(x, nt, L, nargs);
+    /* started from the loop (no task runs): --cpu-limit has nobody to
+    ** count for now, not the main task (.start resumed its count) */
+    if (t == &x->main_task) x->cpu_task = NULL;
     return 0;
   }
 }
