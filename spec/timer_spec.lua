@@ -28,10 +28,10 @@ return {
 ]]
 end
 
-local function start (model, init, args)
+local function start (model, init, args, env)
   local a = { table.unpack(SHARED) }
   for _, v in ipairs(args or {}) do a[#a + 1] = v end
-  return H.start{ model = model, source = script(init), args = a }
+  return H.start{ model = model, source = script(init), args = a, env = env }
 end
 
 local function get (srv, key)
@@ -66,6 +66,22 @@ H.for_models(function (model)
         end)]])
       -- (thread: init, and so the timer, runs in each handler state)
       assert(H.eventually(function () return (get(srv, "n") or 0) >= 1 end, 3))
+    end)
+
+    it("may connect, as a request does", function ()
+      local up = H.start{ model = "event", source = [[
+        return { handle = function (req)
+          req:write((req:read("l") or ""):upper(), "\n") end }]] }
+      local l = up.listeners[1]
+      local srv = start(model, [[
+        luasrv.timer.at(0, function ()
+          local c = assert(luasrv.connect(os.getenv("UPSTREAM"), { timeout = 2 }))
+          c:write("from a timer\n")
+          d:set("reply", c:read("l"))
+          c:close()
+        end)]], nil, { UPSTREAM = ("tcp://%s:%d"):format(l.host, l.port) })
+      assert(H.eventually(function () return get(srv, "reply") end, 3))
+      assert.equal("FROM A TIMER", get(srv, "reply"))
     end)
 
     it("fires on time while a request runs elsewhere", function ()
