@@ -14,24 +14,27 @@
 -- one worker for one room.
 --
 -- Each connection has a writer: a light thread (luasrv.spawn) that sends
--- what others queued for it, so a slow reader delays nobody else; its
--- queue is capped (MAX_QUEUE lines; beyond it the client is dropped).
--- The writer looks at its queue every POLL seconds when it is empty
--- (luasrv has no semaphore to wake it yet): that is the delivery latency.
+-- what others put in its queue (luasrv.queue), so a slow reader delays
+-- nobody else. The writer waits in the queue's pop and is woken by the
+-- next line; the queue is capped (MAX_QUEUE lines; beyond it the client
+-- is dropped).
 local luasrv = require "luasrv"
 
 local MAX_QUEUE = 1000
-local POLL = 0.02
 local room = {}        -- req -> member { nick, queue, closed }
+
+local function drop (m)
+  m.closed = true
+  m.queue:close()  -- the writer's pop returns nil, "closed"
+end
 
 local function send (m, line)
   if m.closed then return end
-  local q = m.queue
-  if #q >= MAX_QUEUE then  -- cannot keep up: drop it
-    m.closed = true
+  if m.queue:len() >= MAX_QUEUE then  -- cannot keep up: drop it
+    drop(m)
     return
   end
-  q[#q + 1] = line
+  m.queue:push(line)
 end
 
 local function broadcast (line)
@@ -40,15 +43,12 @@ end
 
 local function writer (req, m)
   while not m.closed do
-    if #m.queue > 0 then
-      local q = m.queue
-      m.queue = {}
-      req:write(table.concat(q, "\n"), "\n")
-      local ok = req:flush()
-      if not ok then break end
-    else
-      luasrv.sleep(POLL)
-    end
+    local line = m.queue:pop()  -- waits for the next line
+    if not line or m.closed then break end
+    local lines = { line }
+    while m.queue:len() > 0 do lines[#lines + 1] = m.queue:pop() end
+    req:write(table.concat(lines, "\n"), "\n")
+    if not req:flush() then break end
   end
   m.closed = true
   req:close()  -- also ends the reader: its read fails with "closed"
@@ -67,7 +67,7 @@ function chat.handle (req)
   local nick = req:read("l")
   if not nick or nick == "" then return end
   nick = nick:gsub("[%c]", ""):sub(1, 32)
-  local m = { nick = nick, queue = {}, closed = false }
+  local m = { nick = nick, queue = luasrv.queue.new(), closed = false }
   room[req] = m
   broadcast("* " .. nick .. " joined")
   local w = luasrv.spawn(writer, req, m)
@@ -85,7 +85,7 @@ function chat.handle (req)
   end
   room[req] = nil
   broadcast("* " .. nick .. " left")
-  m.closed = true
+  drop(m)
   luasrv.wait(w)
 end
 

@@ -32,6 +32,7 @@ static const char usage_text[] =
 "  --workers N            worker processes (default 1)\n"
 "  --max-children N       fork: children alive at once (default 40)\n"
 "  --max-threads N        thread: handler threads at once (default 256)\n"
+"  --max-timers N         timers pending or running per state (default 1024)\n"
 "  --max-connections N    event: open connections per worker (default 10000)\n"
 "  --timeout SECS         read/write timeout, 0 = never (default 60)\n"
 "  --max-line BYTES       longest line a read accepts (default 65536)\n"
@@ -98,6 +99,7 @@ static const struct option options[] = {
   {"workers", K_INT, F(workers), 1, 1024, 0, R_RESTART},
   {"max-children", K_INT, F(max_children), 1, 100000, 0, R_YES},
   {"max-threads", K_INT, F(max_threads), 1, 100000, 0, R_YES},
+  {"max-timers", K_INT, F(max_timers), 1, 10000000, 0, R_YES},
   {"max-connections", K_INT, F(max_connections), 1, 10000000, 0, R_YES},
   {"timeout", K_SECS, F(timeout), 0, 0, 0, R_YES},
   {"max-line", K_SIZE, F(max_line), 0, 0, 0, R_YES},
@@ -146,6 +148,7 @@ static void defaults (struct config *c) {
   c->workers = 1;
   c->max_children = 40;
   c->max_threads = 256;
+  c->max_timers = 1024;
   c->max_connections = 10000;
   c->timeout = 60;
   c->max_line = 65536;

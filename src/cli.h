@@ -35,6 +35,7 @@ struct config {
   int workers;
   int max_children;
   int max_threads;
+  int max_timers;             /* luasrv.timer: pending + running per state */
   int max_connections;
   double timeout;             /* seconds; 0 = never */
   size_t max_line;

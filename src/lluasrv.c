@@ -1,6 +1,6 @@
 /*
 ** lluasrv.c -- require "luasrv": sleep, now, log, and the functions of
-** lconnect.c and lspawn.c. sleep waits through sched_wait, as I/O does.
+** lconnect.c, lspawn.c, lsync.c and ltimer.c. sleep waits through sched_wait, as I/O does.
 */
 #include <errno.h>
 #include <string.h>
@@ -75,5 +75,11 @@ int luaopen_luasrv (lua_State *L) {
   lua_setfield(L, -2, "version");
   lshdict_push(L);  /* luasrv.shared.NAME: the --shared dictionaries */
   lua_setfield(L, -2, "shared");
+  lsync_push_semaphore(L);  /* lsync.c */
+  lua_setfield(L, -2, "semaphore");
+  lsync_push_queue(L);
+  lua_setfield(L, -2, "queue");
+  ltimer_push(L);  /* ltimer.c */
+  lua_setfield(L, -2, "timer");
   return 1;
 }

@@ -272,7 +272,71 @@ static int l_tostring (lua_State *L) {
 }
 
 
+/* dict:lpush(key, value) / rpush -> length | nil, err */
+static int push (lua_State *L, int left) {
+  struct shdict *d = check_dict(L);
+  size_t klen;
+  const char *key = check_key(L, 2, &klen);
+  struct shd_val v;
+  long len;
+  int forcible, rc;
+  check_value(L, 3, &v);
+  luaL_argcheck(L, v.type != SHD_NIL, 3, "value expected (not nil)");
+  rc = shdict_push(d, left, key, klen, &v, &len, &forcible);
+  if (rc < 0) return fail(L, rc, klen, 0, 2);
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+static int l_lpush (lua_State *L) { return push(L, 1); }
+static int l_rpush (lua_State *L) { return push(L, 0); }
+
+
+/* dict:lpop(key) / rpop -> value | nil (empty or absent) | nil, err */
+static int pop (lua_State *L, int left) {
+  struct shdict *d = check_dict(L);
+  size_t klen, cap = 512;
+  const char *key = check_key(L, 2, &klen);
+  char stackbuf[512], *buf = stackbuf;
+  struct shd_val v;
+  int rc;
+  while ((rc = shdict_pop(d, left, key, klen, &v, buf, cap)) == SHD_AGAIN) {
+    if (buf != stackbuf) lua_pop(L, 1);
+    cap = v.len;
+    buf = lua_newuserdatauv(L, cap, 0);  /* scratch, outside the lock */
+  }
+  if (rc == SHD_NOTFOUND) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (rc < 0) return fail(L, rc, klen, 0, 2);
+  push_value(L, &v);
+  return 1;
+}
+
+static int l_lpop (lua_State *L) { return pop(L, 1); }
+static int l_rpop (lua_State *L) { return pop(L, 0); }
+
+
+/* dict:llen(key) -> length (0: absent) | nil, err */
+static int l_llen (lua_State *L) {
+  struct shdict *d = check_dict(L);
+  size_t klen;
+  const char *key = check_key(L, 2, &klen);
+  long len;
+  int rc = shdict_llen(d, key, klen, &len);
+  if (rc < 0) return fail(L, rc, klen, 0, 2);
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+
 static const luaL_Reg methods[] = {
+  {"lpush", l_lpush},
+  {"rpush", l_rpush},
+  {"lpop", l_lpop},
+  {"rpop", l_rpop},
+  {"llen", l_llen},
   {"get", l_get},
   {"set", l_set},
   {"add", l_add},

@@ -34,6 +34,7 @@ struct sthread {
   struct task *waiter;        /* a task in luasrv.wait for it */
   int state;
   int ref;                    /* registry ref while owner lists it */
+  int detached;               /* lspawn_detached: of no request */
   struct sthread *next;       /* owner's list */
 };
 
@@ -45,6 +46,7 @@ static struct sthread *checkthread (lua_State *L, int i) {
 
 /* The request task that threads spawned by the running code belong to. */
 static struct task *owner_of (struct task *t) {
+  if (t->th != NULL && t->th->detached) return t;  /* a timer's own */
   if (t->th != NULL) return t->th->owner;  /* may be NULL: orphaned */
   return t;
 }
@@ -256,6 +258,52 @@ int lspawn_spawn (lua_State *L) {
 }
 
 
+int lspawn_detached (lua_State *L, int nargs) {
+  struct task *t = lsrv_task(L);
+  struct lctx *x = t->x;
+  struct sthread *s;
+  int base = lua_gettop(L) - nargs;  /* the function's index */
+  s = lua_newuserdatauv(L, sizeof *s, 1);
+  memset(s, 0, sizeof *s);
+  s->state = TH_RUNNING;
+  s->detached = 1;
+  luaL_setmetatable(L, THREAD_MT);
+  s->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* unref'd when it stops */
+  if (!loop_task(t)) {
+    lua_State *co = lua_newthread(L);
+    int nres, st;
+    lua_insert(L, base);  /* co, fn, args */
+    lua_xmove(L, co, nargs + 1);
+    st = lua_resume(co, L, nargs, &nres);
+    lua_pop(co, st == LUA_OK || st == LUA_YIELD ? nres : 1);
+    s->state = st == LUA_OK ? TH_DONE : TH_FAILED;
+    stopped(x, L, s);
+    lua_pop(L, 1);  /* co */
+    return 0;
+  }
+  {
+    struct task *nt = x->ops->spawn(x);
+    if (nt == NULL) {
+      s->state = TH_KILLED;
+      stopped(x, L, s);
+      lua_pop(L, nargs + 1);
+      return -1;
+    }
+    nt->th = s;
+    nt->req = NULL;
+    nt->cpu_used = 0;
+    s->t = nt;
+    luaL_checkstack(nt->co, nargs + 2, "too many arguments");
+    lua_xmove(L, nt->co, nargs + 1);
+    x->ops->start(x, nt, L, nargs);
+    /* started from the loop (no task runs): --cpu-limit has nobody to
+    ** count for now, not the main task (.start resumed its count) */
+    if (t == &x->main_task) x->cpu_task = NULL;
+    return 0;
+  }
+}
+
+
 /*
 ** Looks at the threads given to wait (arguments 1..n) for one that ended:
 ** pushes its outcome and returns how many values; 0 if none has. A thread
@@ -369,7 +417,8 @@ static int join_k (lua_State *L, int status, lua_KContext ctx) {
   struct sthread *s;
   (void)status;
   (void)ctx;
-  if (t->th != NULL) return 0;  /* a thread's own code: not a request */
+  if (t->th != NULL && !t->th->detached)
+    return 0;  /* a thread's own code: not a request */
   if (t->nthreads > 0 && loop_task(t)) {
     t->joining = 1;
     return sched_wait(L, NULL, 0, 0, 0, join_k);  /* the last end wakes it */

@@ -23,6 +23,7 @@ struct lctx;
 struct lconn;
 struct luaL_Reg;
 struct sthread;
+struct ltimers;
 
 /*
 ** A task is one coroutine driven by the event loop (a request). Code that
@@ -109,6 +110,7 @@ struct lctx {
   struct task *cpu_task;      /* --cpu-limit: the task running now, if any */
   double cpu_mark;            /* thread CPU time when it started running */
   struct dgq *dgq;            /* datagram replies go here, if not NULL */
+  struct ltimers *timers;     /* luasrv.timer's (ltimer.c); NULL: none yet */
 };
 
 /* Request flags, beside the connection's own (conn.h). */
@@ -277,8 +279,37 @@ void lspawn_ended (struct lctx *x, struct task *t, lua_State *L, int st,
                    int nres);
 /* Request task t ends without having joined: its threads go on alone. */
 void lspawn_orphan (struct lctx *x, struct task *t);
+/*
+** Runs the function below the nargs values on top of L (all popped) as a
+** thread of no request, for luasrv.timer: in a loop, a task of its own
+** that runs now until it first waits; elsewhere to its end, now. Its
+** outcome is dropped: the function reports its own errors. Threads it
+** spawns are its own. 0, or -1 when there was no memory for a task.
+*/
+int lspawn_detached (lua_State *L, int nargs);
 /* Registers the thread objects' metatable. */
 void lspawn_open (lua_State *L);
+
+/* lsync.c: push luasrv.semaphore and luasrv.queue (the first makes both types) */
+void lsync_push_semaphore (lua_State *L);
+void lsync_push_queue (lua_State *L);
+
+/* ltimer.c: luasrv.timer */
+/* Pushes the luasrv.timer table and registers the handles' type. */
+void ltimer_push (lua_State *L);
+/* When the next timer of x is due (monotonic); 0: none pending. */
+double ltimer_next (struct lctx *x);
+/* Runs the timers of x that are due (the model's loop, between requests). */
+void ltimer_run (struct lctx *x);
+/*
+** The worker stops or reloads: runs each pending timer once, now, with
+** premature = true; none is made or run after.
+*/
+void ltimer_stop (struct lctx *x);
+/* Runs of x's timers in progress (the grace waits for them). */
+long ltimer_running (struct lctx *x);
+/* In a fork model's child: the worker's timers are not run here. */
+void ltimer_forked (struct lctx *x);
 
 /* lshdict.c: pushes a table of the --shared dictionaries (luasrv.shared) */
 void lshdict_push (lua_State *L);

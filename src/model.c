@@ -324,6 +324,7 @@ static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
   (void)ev;
   evloop_del(loop, fd);
   worker_stop(ml->w);
+  if (ml->x != NULL) ltimer_stop(ml->x);  /* premature runs, then none */
   if (ml->stopped != NULL) ml->stopped(ml);
   model_accepting(ml);
 }
@@ -359,12 +360,24 @@ long model_loop_run (struct mloop *ml) {
   model_ready(ml->w);
   for (;;) {
     double wait = 1.0;
+    if (ml->x != NULL) {  /* timers run between requests */
+      double next;
+      ltimer_run(ml->x);
+      if ((next = ltimer_next(ml->x)) > 0) {
+        double d = next - evloop_update_now(ml->loop);
+        wait = d < 0 ? 0 : d < wait ? d : wait;
+      }
+    }
     if (worker_stopping(ml->w)) {
       double left = atomic_load(&ml->w->cut_at) + ml->slack -
                     evloop_update_now(ml->loop);
       long n;
       model_accepting(ml);
-      if ((n = busy(ml)) == 0 || left <= 0) return n;
+      if (ml->x != NULL) ltimer_stop(ml->x);
+      n = busy(ml);
+      if ((n == 0 && (ml->x == NULL || ltimer_running(ml->x) == 0)) ||
+          left <= 0)
+        return n;
       if (ml->stopping != NULL) ml->stopping(ml);
       if (left < wait) wait = left;
       if (ml->tick > 0 && wait > ml->tick) wait = ml->tick;

@@ -82,6 +82,7 @@ static void child_setup (struct forker *f, pid_t parent) {
 ** clean-up (_exit, not exit).
 */
 static void child_run (struct forker *f, struct lconn *c) {
+  ltimer_forked(f->x);  /* the worker's timers run in the worker */
   /* verified by the worker before the fork; not with --proxy-protocol,
   ** whose header (which says who the client is) the child reads first */
   model_run(f->x, c, !f->w->cfg->proxy_protocol);

@@ -165,9 +165,15 @@ static void job_done (struct tpool *p) {
 }
 
 
+static int timer_due (struct lctx *x) {
+  double next = ltimer_next(x);
+  return next > 0 && next <= monotonic_now();
+}
+
+
 /*
 ** Serves jobs until quit is set and the queue is empty. While idle it
-** runs service_actions in its state when they are due.
+** runs service_actions and the timers of its state when they are due.
 */
 static void *thread_main (void *arg) {
   struct hthread *h = arg;
@@ -197,14 +203,26 @@ static void *thread_main (void *arg) {
       h->running = 0;
       job_done(p);
     }
-    else if (p->quit) break;
+    else if (p->quit) {
+      pthread_mutex_unlock(&p->mu);
+      ltimer_stop(h->x);  /* its timers' premature runs, here */
+      pthread_mutex_lock(&p->mu);
+      break;
+    }
     else if (monotonic_now() >= h->next_service) {
       pthread_mutex_unlock(&p->mu);
       maybe_service(h);
       pthread_mutex_lock(&p->mu);
     }
+    else if (timer_due(h->x)) {  /* its state's timers run when it is idle */
+      pthread_mutex_unlock(&p->mu);
+      ltimer_run(h->x);
+      pthread_mutex_lock(&p->mu);
+    }
     else {
-      struct timespec ts = abstime(h->next_service);
+      double until = ltimer_next(h->x);
+      struct timespec ts = abstime(until > 0 && until < h->next_service
+                                   ? until : h->next_service);
       p->nidle++;
       pthread_cond_timedwait(&p->work, &p->mu, &ts);
       p->nidle--;

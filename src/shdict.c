@@ -433,6 +433,7 @@ int shdict_get (struct shdict *d, const char *key, size_t klen,
       case SHD_INT: memcpy(&v->i, p, 8); break;
       case SHD_NUM: memcpy(&v->n, p, 8); break;
       case SHD_BOOL: v->b = *p != 0; break;
+      case SHD_LIST: rc = SHD_ISLIST; break;
       default: break;
     }
     if (rc == 0) touch(d, off);
@@ -528,7 +529,7 @@ int shdict_incr (struct shdict *d, const char *key, size_t klen,
     cur.type = it->type;
     if (it->type == SHD_INT) memcpy(&cur.i, p, 8);
     else if (it->type == SHD_NUM) memcpy(&cur.n, p, 8);
-    else rc = SHD_NAN;
+    else rc = it->type == SHD_LIST ? SHD_ISLIST : SHD_NAN;
     if (rc == 0) {
       add_numbers(&cur, delta, out);
       mark(d);
@@ -540,6 +541,199 @@ int shdict_incr (struct shdict *d, const char *key, size_t klen,
   unlock(d);
   return rc;
 }
+
+
+/* {====================================================== lists */
+
+/*
+** A list is one item whose value is a 4-byte count and its elements, end
+** to end, each framed at both ends so that either end can be taken:
+** [type:1][len:4][bytes][len:4]. A push makes the item anew one element
+** longer (the old one stays out of the eviction's reach meanwhile); a
+** pop moves what is left into place and gives the block's tail back.
+*/
+#define ELEM_OVER 9u          /* bytes of framing per element */
+
+static uint32_t rd32 (const char *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+static void wr32 (char *p, uint32_t v) {
+  memcpy(p, &v, 4);
+}
+
+
+/* Writes element v at p: ELEM_OVER + its length bytes. */
+static void elem_write (char *p, const struct shd_val *v) {
+  uint32_t n = (uint32_t)value_len(v);
+  p[0] = (char)v->type;
+  wr32(p + 1, n);
+  write_value(p + 5, v);
+  wr32(p + 5 + n, n);
+}
+
+
+/* Reads the element at p into v (a string copied to buf, if it fits). */
+static int elem_read (const char *p, struct shd_val *v, char *buf,
+                      size_t bufsize) {
+  uint32_t n = rd32(p + 1);
+  const char *q = p + 5;
+  memset(v, 0, sizeof *v);
+  v->type = (unsigned char)p[0];
+  switch (v->type) {
+    case SHD_STR:
+      v->len = n;
+      if (n > bufsize) return SHD_AGAIN;
+      memcpy(buf, q, n);
+      v->s = buf;
+      break;
+    case SHD_INT: memcpy(&v->i, q, 8); break;
+    case SHD_NUM: memcpy(&v->n, q, 8); break;
+    case SHD_BOOL: v->b = *q != 0; break;
+    default: break;
+  }
+  return 0;
+}
+
+
+/* Gives the tail of used block off past need bytes back to the heap. */
+static void blk_shrink (struct shdict *d, uint32_t off, uint32_t need) {
+  uint32_t size = bsize(B(d, off)), rest = off + need;
+  if (size - need < MIN_BLOCK) return;
+  B(d, off)->size = need | USED;
+  B(d, rest)->size = (size - need) | USED;
+  B(d, rest)->prev = need;
+  if (off + size < d->heap_end) B(d, off + size)->prev = size - need;
+  blk_free(d, rest);  /* counts it free, merges it with what follows */
+}
+
+
+/* The live item at key (an expired one is removed), or 0. */
+static uint32_t find_live (struct shdict *d, const char *key, size_t klen,
+                           uint32_t h, int64_t now) {
+  uint32_t off = find(d, key, klen, h);
+  if (off != 0 && expired(IT(d, off), now)) {
+    mark(d);
+    item_remove(d, off);
+    off = 0;
+  }
+  return off;
+}
+
+
+int shdict_push (struct shdict *d, int left, const char *key, size_t klen,
+                 const struct shd_val *v, long *len, int *forcible) {
+  uint32_t off, nb, h = hash_key(key, klen), oldv = 4, count = 0, need;
+  size_t elen = ELEM_OVER + value_len(v);
+  int64_t now, expires = 0;
+  int rc;
+  *forcible = 0;
+  *len = 0;
+  if ((rc = check_key(klen)) < 0) return rc;
+  if (v->type == SHD_NIL || v->type == SHD_LIST) return SHD_NOTLIST;
+  if ((rc = lock(d)) < 0) return rc;
+  now = now_ms();
+  off = find_live(d, key, klen, h, now);
+  if (off != 0 && IT(d, off)->type != SHD_LIST) {
+    unlock(d);
+    return SHD_NOTLIST;
+  }
+  if (off != 0) {
+    oldv = IT(d, off)->vlen;
+    count = rd32(DATA(d, off) + klen);
+    expires = IT(d, off)->expires;
+  }
+  need = item_need(klen, (size_t)oldv + elen);
+  mark(d);
+  if (off != 0) lru_unlink(d, off);  /* not to be evicted for its own room */
+  nb = need != 0 && oldv + elen <= UINT32_MAX ? make_room(d, need, now, forcible) : 0;
+  if (off != 0) lru_push(d, off);
+  if (nb == 0) {
+    unlock(d);
+    return SHD_NOMEM;
+  }
+  {
+    struct item *it = IT(d, nb);
+    char *p = DATA(d, nb);
+    uint32_t *bk = bucket(d, h);
+    it->hash = h;
+    it->klen = (uint16_t)klen;
+    it->vlen = (uint32_t)(oldv + elen);
+    it->type = SHD_LIST;
+    it->pad = 0;
+    it->expires = expires;
+    memcpy(p, key, klen);
+    wr32(p + klen, count + 1);
+    if (left) {
+      elem_write(p + klen + 4, v);
+      if (off != 0) memcpy(p + klen + 4 + elen, DATA(d, off) + klen + 4, oldv - 4);
+    }
+    else {
+      if (off != 0) memcpy(p + klen + 4, DATA(d, off) + klen + 4, oldv - 4);
+      elem_write(p + klen + oldv, v);
+    }
+    if (off != 0) item_remove(d, off);
+    it->hnext = *bk;
+    *bk = nb;
+    lru_push(d, nb);
+    d->nitems++;
+  }
+  *len = (long)count + 1;
+  unlock(d);
+  return 0;
+}
+
+
+int shdict_pop (struct shdict *d, int left, const char *key, size_t klen,
+                struct shd_val *v, char *buf, size_t bufsize) {
+  uint32_t off, h = hash_key(key, klen);
+  int rc;
+  memset(v, 0, sizeof *v);
+  if ((rc = check_key(klen)) < 0) return rc;
+  if ((rc = lock(d)) < 0) return rc;
+  off = find_live(d, key, klen, h, now_ms());
+  if (off == 0) rc = SHD_NOTFOUND;
+  else if (IT(d, off)->type != SHD_LIST) rc = SHD_NOTLIST;
+  else {
+    struct item *it = IT(d, off);
+    char *body = DATA(d, off) + klen, *e;
+    uint32_t count = rd32(body), elen;
+    if (left) e = body + 4;
+    else e = body + it->vlen - 4 - rd32(body + it->vlen - 4) - 5;
+    elen = ELEM_OVER + rd32(e + 1);
+    if ((rc = elem_read(e, v, buf, bufsize)) == 0) {
+      mark(d);
+      if (count <= 1) item_remove(d, off);
+      else {
+        if (left) memmove(e, e + elen, it->vlen - 4 - elen);
+        wr32(body, count - 1);
+        it->vlen -= elen;
+        blk_shrink(d, off, (uint32_t)ALIGN8(DATA_OFF + klen + it->vlen));
+        touch(d, off);
+      }
+    }
+  }
+  unlock(d);
+  return rc;
+}
+
+
+int shdict_llen (struct shdict *d, const char *key, size_t klen, long *len) {
+  uint32_t off, h = hash_key(key, klen);
+  int rc;
+  *len = 0;
+  if ((rc = check_key(klen)) < 0) return rc;
+  if ((rc = lock(d)) < 0) return rc;
+  off = find_live(d, key, klen, h, now_ms());
+  if (off != 0 && IT(d, off)->type != SHD_LIST) rc = SHD_NOTLIST;
+  else if (off != 0) *len = (long)rd32(DATA(d, off) + klen);
+  unlock(d);
+  return rc;
+}
+
+/* }====================================================== */
 
 
 int shdict_delete (struct shdict *d, const char *key, size_t klen) {
@@ -634,6 +828,8 @@ const char *shdict_strerror (int rc) {
     case SHD_BADKEY: return "bad key";
     case SHD_BADTTL: return "bad ttl";
     case SHD_LOCK: return "cannot lock";
+    case SHD_NOTLIST: return "value not a list";
+    case SHD_ISLIST: return "value is a list";
     default: return "unknown error";
   }
 }

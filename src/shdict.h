@@ -30,8 +30,8 @@
 #define SHD_MAX_NAME 63
 #define SHD_MAX_DICTS 64
 
-/* Value types: they keep Lua's subtypes. */
-enum shd_type { SHD_NIL = 0, SHD_STR, SHD_INT, SHD_NUM, SHD_BOOL };
+/* Value types: they keep Lua's subtypes. A list holds values of the others. */
+enum shd_type { SHD_NIL = 0, SHD_STR, SHD_INT, SHD_NUM, SHD_BOOL, SHD_LIST };
 
 struct shd_val {
   int type;                   /* enum shd_type */
@@ -52,6 +52,8 @@ struct shd_val {
 #define SHD_BADKEY    (-6)    /* empty or too long */
 #define SHD_BADTTL    (-7)
 #define SHD_LOCK      (-8)    /* the mutex cannot be taken */
+#define SHD_NOTLIST   (-9)    /* a list operation on a plain value */
+#define SHD_ISLIST    (-10)   /* a value operation (get, incr) on a list */
 
 /* Store modes. */
 enum shd_mode { SHD_SET, SHD_ADD, SHD_REPLACE };
@@ -91,6 +93,23 @@ int shdict_incr (struct shdict *d, const char *key, size_t klen,
                  double init_ttl, struct shd_val *out, int *forcible);
 
 int shdict_delete (struct shdict *d, const char *key, size_t klen);
+
+/*
+** Lists, as OpenResty's lpush/rpush/lpop/rpop/llen: a key holds a list
+** or a value, never both (SHD_NOTLIST; get and incr on a list give
+** SHD_ISLIST). A list is one item, evicted and expired like the others
+** (set and delete replace or drop it); pushing to an absent key makes a
+** list without expiry, and popping its last value removes the key.
+** push: v (not nil, not a list) at the left or right end; the new length
+** in *len. pop: the value at that end into v, a string copied into buf
+** as shdict_get does (SHD_AGAIN: nothing was removed); SHD_NOTFOUND for
+** an absent key. llen: the length in *len, 0 for an absent key.
+*/
+int shdict_push (struct shdict *d, int left, const char *key, size_t klen,
+                 const struct shd_val *v, long *len, int *forcible);
+int shdict_pop (struct shdict *d, int left, const char *key, size_t klen,
+                struct shd_val *v, char *buf, size_t bufsize);
+int shdict_llen (struct shdict *d, const char *key, size_t klen, long *len);
 
 /* Seconds left in *secs (0: never expires), or SHD_NOTFOUND. */
 int shdict_ttl (struct shdict *d, const char *key, size_t klen,

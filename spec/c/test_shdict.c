@@ -487,6 +487,262 @@ TEST(registry) {
 }
 
 
+/* {------------------------------------------------------ lists */
+
+static int push (struct shdict *d, int left, const char *k, struct shd_val v,
+                 long *len) {
+  int f;
+  return shdict_push(d, left, k, strlen(k), &v, len, &f);
+}
+
+static int pop (struct shdict *d, int left, const char *k, struct shd_val *v,
+                char *buf) {
+  return shdict_pop(d, left, k, strlen(k), v, buf, 256);
+}
+
+
+TEST(list_ends_and_types) {
+  struct shdict *d = shdict_create(64 * 1024, errbuf, sizeof errbuf);
+  struct shd_val v;
+  char buf[256];
+  long n;
+  ASSERT(d != NULL);
+  ASSERT_EQ(push(d, 0, "l", S("b"), &n), 0);
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(push(d, 0, "l", I(3), &n), 0);
+  ASSERT_EQ(push(d, 1, "l", S("a"), &n), 0);
+  ASSERT_EQ(push(d, 0, "l", N(0.5), &n), 0);
+  ASSERT_EQ(push(d, 1, "l", Bo(1), &n), 0);
+  ASSERT_EQ(n, 5);                              /* true a b 3 0.5 */
+  ASSERT_EQ(shdict_llen(d, "l", 1, &n), 0);
+  ASSERT_EQ(n, 5);
+  ASSERT_EQ(shdict_verify(d), 0);
+  ASSERT_EQ(pop(d, 1, "l", &v, buf), 0);
+  ASSERT(v.type == SHD_BOOL && v.b == 1);
+  ASSERT_EQ(pop(d, 0, "l", &v, buf), 0);
+  ASSERT(v.type == SHD_NUM && v.n == 0.5);
+  ASSERT_EQ(pop(d, 0, "l", &v, buf), 0);
+  ASSERT(v.type == SHD_INT && v.i == 3);
+  ASSERT_EQ(pop(d, 1, "l", &v, buf), 0);
+  ASSERT(v.type == SHD_STR && v.len == 1 && buf[0] == 'a');
+  ASSERT_EQ(shdict_verify(d), 0);
+  ASSERT_EQ(pop(d, 1, "l", &v, buf), 0);
+  ASSERT(v.type == SHD_STR && buf[0] == 'b');
+  ASSERT_EQ(pop(d, 1, "l", &v, buf), SHD_NOTFOUND);  /* the key went */
+  ASSERT_EQ(shdict_count(d), 0);
+  ASSERT_EQ(shdict_llen(d, "l", 1, &n), 0);
+  ASSERT_EQ(n, 0);
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_destroy(d);
+}
+
+
+TEST(list_and_value_kept_apart) {
+  struct shdict *d = shdict_create(64 * 1024, errbuf, sizeof errbuf);
+  struct shd_val v, one = I(1), out;
+  char buf[256];
+  long n;
+  int f;
+  ASSERT_EQ(set(d, "v", S("x"), 0), 0);
+  ASSERT_EQ(push(d, 1, "v", S("y"), &n), SHD_NOTLIST);
+  ASSERT_EQ(pop(d, 0, "v", &v, buf), SHD_NOTLIST);
+  ASSERT_EQ(shdict_llen(d, "v", 1, &n), SHD_NOTLIST);
+  ASSERT_EQ(get(d, "v", &v, buf), 0);           /* untouched */
+  ASSERT(v.type == SHD_STR && buf[0] == 'x');
+  ASSERT_EQ(push(d, 1, "l", I(1), &n), 0);
+  ASSERT_EQ(get(d, "l", &v, buf), SHD_ISLIST);
+  ASSERT_EQ(shdict_incr(d, "l", 1, &one, NULL, 0, &out, &f), SHD_ISLIST);
+  ASSERT_EQ(set(d, "l", S("now a value"), 0), 0);  /* set replaces a list */
+  ASSERT_EQ(get(d, "l", &v, buf), 0);
+  ASSERT_EQ(shdict_delete(d, "v", 1), 0);
+  ASSERT_EQ(push(d, 1, "v", S("y"), &n), 0);     /* deleted: a list now */
+  ASSERT_STR(shdict_strerror(SHD_NOTLIST), "value not a list");
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_destroy(d);
+}
+
+
+TEST(list_space_and_eviction) {
+  struct shdict *d = shdict_create(8 * 1024, errbuf, sizeof errbuf);
+  struct shd_val v, big = S("");
+  char buf[256], payload[100];
+  size_t empty = shdict_free_space(d);
+  long n = 0;
+  int rc = 0, i;
+  memset(payload, 'q', sizeof payload);
+  big.s = payload;
+  big.len = sizeof payload;
+  for (i = 0; i < 10; i++) ASSERT_EQ(push(d, 0, "l", big, &n), 0);
+  ASSERT(shdict_free_space(d) < empty - 10 * sizeof payload);
+  for (i = 0; i < 9; i++) ASSERT_EQ(pop(d, 1, "l", &v, buf), 0);
+  ASSERT(shdict_free_space(d) > empty - 2 * sizeof payload - 200);  /* given back */
+  ASSERT_EQ(shdict_verify(d), 0);
+  ASSERT_EQ(pop(d, 1, "l", &v, buf), 0);
+  ASSERT_EQ(shdict_free_space(d), empty);
+  /* a list that cannot grow any more is left whole */
+  for (i = 0; i < 200 && (rc = push(d, 0, "l", big, &n)) == 0; i++) {}
+  ASSERT_EQ(rc, SHD_NOMEM);
+  ASSERT_EQ(shdict_llen(d, "l", 1, &n), 0);
+  ASSERT_EQ(n, i);
+  ASSERT_EQ(shdict_verify(d), 0);
+  /* and it is evicted like any item when room is needed */
+  {
+    static char more[8 * 1024];
+    struct shd_val m = S("");
+    m.s = more;
+    m.len = shdict_free_space(d) + 100;
+    ASSERT_EQ(set(d, "other", m, 0), 0);
+  }
+  ASSERT_EQ(shdict_llen(d, "l", 1, &n), 0);
+  ASSERT_EQ(n, 0);
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_destroy(d);
+}
+
+
+TEST(list_strings_longer_than_the_buffer) {
+  struct shdict *d = shdict_create(64 * 1024, errbuf, sizeof errbuf);
+  struct shd_val v, s = S("");
+  static char longs[1000], back[1000];
+  long n;
+  memset(longs, 'z', sizeof longs);
+  s.s = longs;
+  s.len = sizeof longs;
+  ASSERT_EQ(push(d, 0, "l", s, &n), 0);
+  ASSERT_EQ(shdict_pop(d, 1, "l", 1, &v, back, 10), SHD_AGAIN);
+  ASSERT_EQ(v.len, sizeof longs);
+  ASSERT_EQ(shdict_llen(d, "l", 1, &n), 0);
+  ASSERT_EQ(n, 1);                              /* nothing taken */
+  ASSERT_EQ(shdict_pop(d, 1, "l", 1, &v, back, sizeof back), 0);
+  ASSERT(memcmp(back, longs, sizeof longs) == 0);
+  shdict_destroy(d);
+}
+
+
+/* Lists and values mixed at random, against a model of deques. */
+TEST(list_random_against_model) {
+  enum { NK = 50, CAP = 64 };
+  struct shdict *d = shdict_create(256 * 1024, errbuf, sizeof errbuf);
+  static int64_t dq[NK][CAP];
+  static int first[NK], len[NK], isval[NK];
+  char key[16], buf[256];
+  unsigned seed = 777;
+  for (int op = 0; op < 60000; op++) {
+    int k = (int)(rand_r(&seed) % NK), what = (int)(rand_r(&seed) % 12);
+    struct shd_val v;
+    long n;
+    int rc;
+    snprintf(key, sizeof key, "l%d", k);
+    if (what < 4 && len[k] < CAP) {          /* push */
+      int left = what & 1;
+      rc = push(d, left, key, I(op), &n);
+      if (isval[k]) { ASSERT_EQ(rc, SHD_NOTLIST); continue; }
+      ASSERT_EQ(rc, 0);
+      if (left) { first[k] = (first[k] + CAP - 1) % CAP; dq[k][first[k]] = op; }
+      else dq[k][(first[k] + len[k]) % CAP] = op;
+      ASSERT_EQ(n, ++len[k]);
+    }
+    else if (what < 8) {                     /* pop */
+      int left = what & 1;
+      rc = pop(d, left, key, &v, buf);
+      if (isval[k]) { ASSERT_EQ(rc, SHD_NOTLIST); continue; }
+      if (len[k] == 0) { ASSERT_EQ(rc, SHD_NOTFOUND); continue; }
+      ASSERT_EQ(rc, 0);
+      ASSERT(v.type == SHD_INT);
+      if (left) {
+        ASSERT_EQ(v.i, dq[k][first[k]]);
+        first[k] = (first[k] + 1) % CAP;
+      }
+      else ASSERT_EQ(v.i, dq[k][(first[k] + len[k] - 1) % CAP]);
+      len[k]--;
+    }
+    else if (what == 8) {                    /* llen */
+      rc = shdict_llen(d, key, strlen(key), &n);
+      if (isval[k]) ASSERT_EQ(rc, SHD_NOTLIST);
+      else { ASSERT_EQ(rc, 0); ASSERT_EQ(n, len[k]); }
+    }
+    else if (what == 9) {                    /* a value replaces it */
+      ASSERT_EQ(set(d, key, S("v"), 0), 0);
+      isval[k] = 1;
+      len[k] = first[k] = 0;
+    }
+    else if (what == 10) {
+      ASSERT_EQ(shdict_delete(d, key, strlen(key)), 0);
+      isval[k] = 0;
+      len[k] = first[k] = 0;
+    }
+    else {
+      rc = get(d, key, &v, buf);
+      ASSERT_EQ(rc, isval[k] ? 0 : len[k] > 0 ? SHD_ISLIST : SHD_NOTFOUND);
+    }
+    if (op % 500 == 0) ASSERT_EQ(shdict_verify(d), 0);
+  }
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_flush_all(d);
+  ASSERT_EQ(shdict_free_space(d), shdict_capacity(d));
+  shdict_destroy(d);
+}
+
+
+TEST(list_processes_push_and_pop_exactly) {
+  enum { NPUSH = 4, NPOP = 2, EACH = 2000 };
+  struct shdict *d = shdict_create(1024 * 1024, errbuf, sizeof errbuf);
+  static unsigned char seen[NPUSH * EACH];
+  int pipes[NPOP][2];
+  for (int p = 0; p < NPUSH; p++) {
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+      long n;
+      for (int i = 0; i < EACH; i++)
+        if (push(d, p & 1, "q", I(p * EACH + i), &n) != 0) _exit(1);
+      _exit(0);
+    }
+  }
+  for (int p = 0; p < NPOP; p++) {
+    pid_t pid;
+    ASSERT(pipe(pipes[p]) == 0);
+    pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+      struct shd_val v;
+      char buf[256];
+      int idle = 0;
+      close(pipes[p][0]);
+      while (idle < 200) {  /* until the pushers are long done */
+        int rc = pop(d, p & 1, "q", &v, buf);
+        if (rc == SHD_NOTFOUND) { idle++; sleep_ms(1); continue; }
+        if (rc != 0 || v.type != SHD_INT) _exit(1);
+        idle = 0;
+        if (write(pipes[p][1], &v.i, sizeof v.i) != sizeof v.i) _exit(1);
+      }
+      _exit(0);
+    }
+    close(pipes[p][1]);
+  }
+  for (int p = 0; p < NPOP; p++) {
+    int64_t x;
+    while (read(pipes[p][0], &x, sizeof x) == sizeof x) {
+      ASSERT(x >= 0 && x < NPUSH * EACH);
+      ASSERT_EQ(seen[x], 0);                     /* never twice */
+      seen[x] = 1;
+    }
+    close(pipes[p][0]);
+  }
+  for (int p = 0; p < NPUSH + NPOP; p++) {
+    int st;
+    ASSERT(wait(&st) > 0);
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  for (int i = 0; i < NPUSH * EACH; i++) ASSERT_EQ(seen[i], 1);  /* all */
+  ASSERT_EQ(shdict_count(d), 0);
+  ASSERT_EQ(shdict_verify(d), 0);
+  shdict_destroy(d);
+}
+
+/* }------------------------------------------------------ */
+
+
 int main (void) {
   log_setup(LOG_ERROR, 0);  /* the repairs log warnings */
   RUN(types_round_trip);
@@ -496,6 +752,12 @@ int main (void) {
   RUN(lru_eviction);
   RUN(expired_go_before_live);
   RUN(keys);
+  RUN(list_ends_and_types);
+  RUN(list_and_value_kept_apart);
+  RUN(list_space_and_eviction);
+  RUN(list_strings_longer_than_the_buffer);
+  RUN(list_random_against_model);
+  RUN(list_processes_push_and_pop_exactly);
   RUN(random_against_model);
   RUN(processes_share_and_incr_exactly);
   RUN(threads_incr_exactly);
