@@ -359,16 +359,38 @@ H.for_models(function (model)
         local function err (f) local ok, e = pcall(f) return (tostring(e):gsub("^.-:%d+: ", "")) end
         return err(function () return ngx.var.uri end),
                err(function () return ngx.req.get_headers() end),
-               err(function () return ngx.timer.at(0, print) end),
-               err(function () return require "ngx.semaphore" end):match("ngx.semaphore is not supported by luasrv yet"),
+               err(function () return ngx.timer.nope end),
                err(function () return ngx.socket.nope end),
                err(function () return ngx.re.split end) ]]
       assert.same({ "ngx.var is not supported by luasrv",
                     "ngx.req.get_headers is not supported by luasrv",
-                    "ngx.timer.at is not supported by luasrv yet",
-                    "ngx.semaphore is not supported by luasrv yet",
+                    "ngx.timer.nope is not supported by luasrv",
                     "ngx.socket.nope is not supported by luasrv",
-                    "ngx.re.split is not supported by luasrv", n = 6 }, res)
+                    "ngx.re.split is not supported by luasrv", n = 5 }, res)
+    end)
+
+    it("ngx.timer and ngx.semaphore are luasrv's timers and semaphores",
+    function ()
+      local res = ask [[
+        local semaphore = require "ngx.semaphore"
+        local sema = semaphore.new(0)
+        sema:post(2)
+        local a = sema:wait(0)
+        local n = sema:count()
+        local ok = ngx.timer.at(60, function (premature) end)
+        local pending = ngx.timer.pending_count()
+        local running = ngx.timer.running_count()
+        return a, n, ok, pending, running, pcall(ngx.timer.at, "x", print) ]]
+      assert.equals(true, res[1])
+      assert.equals(1, res[2])
+      if model == "fork" then   -- a fork-model request makes no timers
+        assert.is_nil(res[3])
+      else
+        assert.equals(1, res[3])
+        assert.is_true(res[4] >= 1)
+      end
+      assert.equals(0, res[5])
+      assert.equals(false, res[6])
     end)
   end)
 end)

@@ -1098,11 +1098,27 @@ ngx.shared = setmetatable({}, { __index = function (t, name)
   return p
 end })
 
+-- ngx.timer on luasrv.timer: the same premature first argument, the
+-- same "too many timers" refusal; ngx returns a true value, not the handle
+local function ngx_timer (make)
+  return function (delay, fn, ...)
+    local h, err = make(delay, fn, ...)
+    if h == nil then return nil, err end
+    return 1
+  end
+end
+
 ngx.timer = strict({
-  at = not_yet("ngx.timer.at"),
-  every = not_yet("ngx.timer.every"),
-  running_count = not_yet("ngx.timer.running_count"),
-  pending_count = not_yet("ngx.timer.pending_count"),
+  at = ngx_timer(luasrv.timer.at),
+  every = ngx_timer(luasrv.timer.every),
+  running_count = function ()
+    local running = luasrv.timer.count()
+    return running
+  end,
+  pending_count = function ()
+    local _, pending = luasrv.timer.count()
+    return pending
+  end,
 }, "ngx.timer.")
 
 -- }======================================================
@@ -1307,7 +1323,11 @@ package.preload["bit"] = package.preload["bit"] or function () return bit end
 package.preload["table.new"] = function () return table.new end
 package.preload["table.clear"] = function () return table.clear end
 package.preload["ffi"] = package.preload["ffi"] or function () return ffi end
-package.preload["ngx.semaphore"] = not_yet("ngx.semaphore")
+-- ngx.semaphore is luasrv.semaphore: new(n) -> sema; wait(timeout) ->
+-- true | nil, "timeout"; post(n); count()
+package.preload["ngx.semaphore"] = function ()
+  return { new = function (n) return luasrv.semaphore.new(n) end }
+end
 
 -- }======================================================
 
