@@ -23,6 +23,19 @@ static const char usage_text[] =
 "  --udp [HOST]:PORT      UDP, same forms\n"
 "  --unix PATH            Unix stream socket\n"
 "  --unixgram PATH        Unix datagram socket\n"
+"  --tls [HOST]:PORT      TLS over TCP, same forms as --tcp (needs --tls-cert)\n"
+"\n"
+"TLS (see doc/tls.md):\n"
+"  --tls-cert FILE        certificate chain, PEM (repeatable, in pairs with\n"
+"                         --tls-key; the client's SNI name picks the one that\n"
+"                         names it, the first is the default)\n"
+"  --tls-key FILE         its private key, PEM (read before --user applies)\n"
+"  --tls-client-ca FILE   CA certificates that client certificates must chain to\n"
+"  --tls-verify-client M  required or optional (default optional with\n"
+"                         --tls-client-ca)\n"
+"  --tls-min-version V    1.2 or 1.3 (default 1.2)\n"
+"  --tls-ciphers LIST     OpenSSL cipher list for TLS 1.2\n"
+"  --tls-alpn LIST        protocols accepted, in order, e.g. h2,http/1.1\n"
 "\n"
 "Concurrency and limits:\n"
 "  --model MODEL          sync, fork, thread or event (default event)\n"
@@ -60,7 +73,8 @@ static const char usage_text[] =
 "  --help, --version\n";
 
 enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
-            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED };
+            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED, K_CERT,
+            K_VERIFY, K_TLSVER };
 
 struct option {
   const char *name;
@@ -77,6 +91,14 @@ static const struct option options[] = {
   {"udp", K_LISTEN, 0, 0, 0, TR_UDP},
   {"unix", K_LISTEN, 0, 0, 0, TR_UNIX},
   {"unixgram", K_LISTEN, 0, 0, 0, TR_UNIXGRAM},
+  {"tls", K_LISTEN, 0, 0, 0, TR_TLS},
+  {"tls-cert", K_CERT, 0, 0, 0, 0},
+  {"tls-key", K_CERT, 0, 0, 0, 1},
+  {"tls-client-ca", K_STR, F(tls_client_ca), 0, 0, 0},
+  {"tls-verify-client", K_VERIFY, F(tls_verify_client), 0, 0, 0},
+  {"tls-min-version", K_TLSVER, F(tls_min_version), 0, 0, 0},
+  {"tls-ciphers", K_STR, F(tls_ciphers), 0, 0, 0},
+  {"tls-alpn", K_STR, F(tls_alpn), 0, 0, 0},
   {"model", K_MODEL, F(model), 0, 0, 0},
   {"workers", K_INT, F(workers), 1, 1024, 0},
   {"max-children", K_INT, F(max_children), 1, 100000, 0},
@@ -174,6 +196,12 @@ static void expected (const struct option *o, char *buf, size_t len) {
     case K_LOGLEVEL:
       snprintf(buf, len, " (expected error, warn, info or debug)");
       return;
+    case K_VERIFY:
+      snprintf(buf, len, " (expected required or optional)");
+      return;
+    case K_TLSVER:
+      snprintf(buf, len, " (expected 1.2 or 1.3)");
+      return;
     default:
       buf[0] = '\0';
   }
@@ -235,7 +263,8 @@ static int set (struct config *cfg, const struct option *o, const char *v,
                  CLI_MAX_LISTEN);
         return -1;
       }
-      if ((o->tr == TR_TCP || o->tr == TR_UDP) && check_inet(v, err, errlen) < 0)
+      if ((o->tr == TR_TCP || o->tr == TR_UDP || o->tr == TR_TLS) &&
+          check_inet(v, err, errlen) < 0)
         return -1;
       cfg->listen[cfg->nlisten].tr = (enum transport)o->tr;
       cfg->listen[cfg->nlisten++].text = v;
@@ -285,6 +314,26 @@ static int set (struct config *cfg, const struct option *o, const char *v,
       cfg->nshared++;
       return 0;
     }
+    case K_CERT: {  /* --tls-cert (tr 0) and --tls-key (tr 1) */
+      int *n = o->tr ? &cfg->ntls_key : &cfg->ntls_cert;
+      if (*n == CLI_MAX_CERTS) {
+        snprintf(err, errlen, "too many --%s (at most %d)", o->name,
+                 CLI_MAX_CERTS);
+        return -1;
+      }
+      (o->tr ? cfg->tls_key : cfg->tls_cert)[(*n)++] = v;
+      return 0;
+    }
+    case K_VERIFY:
+      if (strcmp(v, "required") == 0) cfg->tls_verify_client = 2;
+      else if (strcmp(v, "optional") == 0) cfg->tls_verify_client = 1;
+      else goto bad;
+      return 0;
+    case K_TLSVER:
+      if (strcmp(v, "1.2") == 0) cfg->tls_min_version = 12;
+      else if (strcmp(v, "1.3") == 0) cfg->tls_min_version = 13;
+      else goto bad;
+      return 0;
     case K_LOGLEVEL: {
       enum log_level l;
       if (log_parse_level(v, &l) < 0) goto bad;
@@ -390,6 +439,23 @@ static int option (int argc, char **argv, int *i, struct config *cfg,
 }
 
 
+/* The --tls-* options make sense together. */
+static int check_tls (const struct config *cfg, char *err, size_t errlen) {
+  int tls = 0;
+  for (int i = 0; i < cfg->nlisten; i++) tls |= cfg->listen[i].tr == TR_TLS;
+  if (cfg->ntls_cert != cfg->ntls_key)
+    snprintf(err, errlen, "--tls-cert and --tls-key come in pairs (%d "
+             "certificates, %d keys)", cfg->ntls_cert, cfg->ntls_key);
+  else if (tls && cfg->ntls_cert == 0)
+    snprintf(err, errlen, "--tls needs a certificate (--tls-cert FILE "
+             "--tls-key FILE)");
+  else if (cfg->tls_verify_client && cfg->tls_client_ca == NULL)
+    snprintf(err, errlen, "--tls-verify-client needs --tls-client-ca FILE");
+  else return 0;
+  return -1;
+}
+
+
 enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
                            char *err, size_t errlen) {
   defaults(cfg);
@@ -420,9 +486,10 @@ enum cli_result cli_parse (int argc, char **argv, struct config *cfg,
     snprintf(err, errlen, "no script given");
     return CLI_USAGE;
   }
+  if (check_tls(cfg, err, errlen) < 0) return CLI_USAGE;
   if (!cfg->check && cfg->nlisten == 0 && getenv("LISTEN_FDS") == NULL) {
-    snprintf(err, errlen, "no listener given (use --tcp, --udp, --unix or "
-             "--unixgram)");
+    snprintf(err, errlen, "no listener given (use --tcp, --tls, --udp, --unix "
+             "or --unixgram)");
     return CLI_USAGE;
   }
   return CLI_RUN;

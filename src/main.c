@@ -18,6 +18,7 @@
 #include "master.h"
 #include "lsrv.h"
 #include "shdict.h"
+#include "tls.h"
 #include "worker.h"
 
 
@@ -200,6 +201,12 @@ int main (int argc, char **argv) {
       return 1;
     }
   if (cfg.check) return check(&cfg);
+  /* the keys are read now, by the master, before --user applies: the
+  ** workers inherit the contexts and never open a key file */
+  if (tls_server_load(&cfg, err, sizeof err) < 0) {
+    log_error("error: %s", err);
+    return 1;
+  }
   if ((nls = open_listeners(&cfg, ls)) < 0) return 1;
   if (nls == 0) {
     log_error("error: no listener: systemd passed no socket");

@@ -39,6 +39,7 @@
 #include "master.h"
 #include "metrics.h"
 #include "model.h"
+#include "tls.h"
 #include "worker.h"
 
 #define MAX_WORKERS 1024
@@ -456,6 +457,13 @@ static void reload (struct master *m) {
     return;
   }
   m->next_gen = ++m->last_gen;  /* never a failed generation's number */
+  {  /* the certificates and keys are read again, by the master */
+    char why[600];
+    if (tls_server_load(m->cfg, why, sizeof why) < 0) {
+      reload_failed(m, why);
+      return;
+    }
+  }
   if (spawn(m, 1, m->next_gen) == NULL)
     reload_failed(m, "cannot start its first worker");
 }
