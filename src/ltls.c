@@ -8,7 +8,6 @@
 ** a second, and no hook runs for it.
 */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -49,27 +48,14 @@ static void drop (struct lconn *c) {
 
 /* A failed handshake of a client: one line a second at most. */
 static void log_refused (struct lconn *c, const char *why) {
-  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-  static double last;
-  static long quiet;
-  double now = monotonic_now();
   char peer[ADDRESS_STRLEN];
   long n;
-  pthread_mutex_lock(&mu);
-  if (now - last < 1.0 && last > 0) {
-    quiet++;
-    pthread_mutex_unlock(&mu);
-    return;
-  }
-  last = now;
-  n = quiet;
-  quiet = 0;
-  pthread_mutex_unlock(&mu);
+  if (!tls_log_allowed(&n)) return;
   address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
                       sizeof peer);
   if (n > 0)
     log_warn("closed a connection from %s: TLS handshake failed: %s "
-             "(and %ld more in the last second)", peer, why, n);
+             "(%ld more not logged)", peer, why, n);
   else
     log_warn("closed a connection from %s: TLS handshake failed: %s", peer, why);
 }

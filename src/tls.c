@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -52,6 +55,28 @@ static struct tls_server *server;
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 static _Thread_local char errbuf[256];
+
+/*
+** The rate limit of failed handshakes' log lines, in memory the master
+** maps before it forks: every worker and fork-model child shares it.
+*/
+struct loglimit {
+  atomic_long second;         /* the second of the last line */
+  atomic_long quiet;          /* failures not logged since */
+};
+static struct loglimit *loglimit, local_limit;
+
+
+int tls_log_allowed (long *quiet) {
+  struct loglimit *l = loglimit != NULL ? loglimit : &local_limit;
+  long now = (long)time(NULL), last = atomic_load(&l->second);
+  if (last == now || !atomic_compare_exchange_strong(&l->second, &last, now)) {
+    atomic_fetch_add(&l->quiet, 1);
+    return 0;
+  }
+  *quiet = atomic_exchange(&l->quiet, 0);
+  return 1;
+}
 
 
 const char *tls_error (void) {
@@ -450,6 +475,11 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
   struct tls_server *s;
   if (cfg->ntls_cert == 0) return 0;
   pthread_once(&bio_once, make_bio_meth);
+  if (loglimit == NULL) {
+    void *p = mmap(NULL, sizeof *loglimit, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) loglimit = p;
+  }
   if ((s = calloc(1, sizeof *s)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;

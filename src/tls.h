@@ -56,6 +56,12 @@ int tls_handshake (struct conn *c);
 /* Why the last TLS call of this thread failed (OpenSSL's reason). */
 const char *tls_error (void);
 
+/*
+** May a failed handshake be logged now? At most one line a second across
+** all processes; quiet gets how many were not logged before it.
+*/
+int tls_log_allowed (long *quiet);
+
 /* The connection object holding c's bytes moves: its TLS goes with it. */
 void tls_move (struct conn *from, struct conn *to);
 

@@ -1,0 +1,214 @@
+-- --tls listeners, proven with real clients: openssl s_client (SNI picks
+-- the certificate, ALPN, client certificates), curl against
+-- scripts/http.lua (keep-alive reuse, a chunked upload), Python's ssl
+-- module, redis-cli --tls against scripts/resp.lua; a plaintext, garbage
+-- or silent client is closed with one log line and no hook runs; bad
+-- certificate files stop the start with one error line naming the file.
+local H = require "helper"
+local T = H.T
+local C = require "tls_certs"
+
+local INFO = [[
+local luasrv = require "luasrv"
+return {
+  setup = function (req) luasrv.log("setup ran") end,
+  handle = function (req)
+    local line = req:read("l")
+    local t = req.tls
+    local p = t and t.peer
+    req:write("transport=", req.server.transport, " version=", t.version,
+      " sni=", tostring(t.sni), " alpn=", tostring(t.alpn),
+      " resumed=", tostring(t.resumed), " peer=", p and p.subject or "nil",
+      " issuer=", p and p.issuer or "nil", " serial=", p and p.serial or "nil",
+      " fp=", p and p.fingerprint or "nil", " expiry=", p and p.expiry or "nil",
+      " line=", tostring(line), "\n")
+  end,
+}]]
+
+local function tls_args (d, more)
+  local args = { "--tls", "127.0.0.1:0",
+    "--tls-cert", d .. "/server.pem", "--tls-key", d .. "/server.key",
+    "--tls-cert", d .. "/wild.pem", "--tls-key", d .. "/wild.key",
+    "--timeout", "5" }
+  for _, a in ipairs(more or {}) do args[#args + 1] = a end
+  return args
+end
+
+-- runs a shell command; its output (stdout and stderr)
+local function run (cmd)
+  local p = io.popen(cmd:find("2>", 1, true) and cmd or cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- openssl s_client to srv's listener with flags, sending line; its output
+local function s_client (srv, flags, line)
+  return run(("printf '%s\\n' | timeout 10 openssl s_client -connect " ..
+    "127.0.0.1:%d -ign_eof %s"):format(line or "hi", srv.tls.port, flags))
+end
+
+H.for_models(function (model)
+
+  it("serves TLS 1.3: req.tls, SNI picks the certificate, ALPN", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO,
+      args = tls_args(d, { "--tls-alpn", "h2,http/1.1" }) }
+    assert.matches("listening on tls://127%.0%.0%.1:%d+", srv:stderr())
+    local out = s_client(srv, "-servername localhost -CAfile " .. d ..
+      "/ca.pem -verify_return_error -alpn http/1.1")
+    assert.matches("Verify return code: 0 %(ok%)", out)
+    assert.matches("subject=CN = localhost", out)
+    assert.matches("ALPN protocol: http/1.1", out)
+    assert.matches("transport=tls version=TLSv1.3 sni=localhost " ..
+      "alpn=http/1.1 resumed=false peer=nil", out)
+    assert.matches("line=hi", out, 1, true)
+    -- the wildcard certificate for a name under example.test
+    out = s_client(srv, "-servername www.example.test -CAfile " .. d ..
+      "/ca.pem -verify_return_error -alpn h2,http/1.1")
+    assert.matches("subject=CN = %*%.example%.test", out)
+    assert.matches("Verify return code: 0 %(ok%)", out)
+    assert.matches("ALPN protocol: h2", out)  -- the server's order
+    -- no SNI, or one no certificate names: the first pair
+    out = s_client(srv, "-noservername -CAfile " .. d .. "/ca.pem")
+    assert.matches("subject=CN = localhost", out)
+    assert.matches("sni=nil alpn=nil", out)
+    out = s_client(srv, "-servername nobody.test -CAfile " .. d .. "/ca.pem")
+    assert.matches("subject=CN = localhost", out)
+    -- TLS 1.1 is refused by default
+    out = s_client(srv, "-tls1_1 -CAfile " .. d .. "/ca.pem")
+    assert.not_matches("transport=tls", out)
+  end)
+
+  it("closes plaintext, garbage and silent clients with a log line, no hook",
+     function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO,
+      args = tls_args(d, { "--timeout", "1" }) }
+    local c = srv:connect("tls")
+    c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    local r, err = c:receive("a")
+    assert.is_true(r == nil or r == "" or not r:find("HTTP/1"), tostring(r))
+    assert(srv:wait_stderr("TLS handshake failed", 5))
+    -- a silent client is closed at --timeout
+    local s = srv:connect("tls")
+    s:settimeout(6)
+    local t0 = T.now()
+    r, err = s:receive("a")
+    assert.is_true(T.now() - t0 < 5 * H.scale)
+    -- garbage, many times at once: the log line is rate-limited
+    for _ = 1, 8 do
+      local g = srv:connect("tls")
+      g:send(string.rep("\22\3\1\0\5garbage", 20))
+      g:receive("a")
+      g:close()
+    end
+    T.sleep(0.2)
+    local n = H.count(srv:stderr(), "TLS handshake failed", true)
+    assert.is_true(n >= 1 and n <= 4, srv:stderr())
+    assert.equals(0, H.count(srv:stderr(), "setup ran", true))
+    assert.equals(0, H.count(srv:stderr(), "error handling", true))
+  end)
+
+  it("checks client certificates (--tls-verify-client)", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO, args = tls_args(d,
+      { "--tls-client-ca", d .. "/ca.pem", "--tls-verify-client", "required" }) }
+    local out = s_client(srv, "-CAfile " .. d .. "/ca.pem -cert " .. d ..
+      "/client.pem -key " .. d .. "/client.key")
+    assert.matches("peer=CN=alice issuer=CN=luasrv test CA serial=%x+ " ..
+      "fp=%x%x:[%x:]+ expiry=%a+ +%d+ [%d:]+ %d+ GMT", out)
+    -- no certificate, and one from another CA: refused
+    out = s_client(srv, "-CAfile " .. d .. "/ca.pem")
+    assert.not_matches("transport=tls", out)
+    out = s_client(srv, "-CAfile " .. d .. "/ca.pem -cert " .. d ..
+      "/evil.pem -key " .. d .. "/evil.key")
+    assert.not_matches("transport=tls", out)
+    assert(srv:wait_stderr("TLS handshake failed", 5))
+    assert.equals(1, H.count(srv:stderr(), "setup ran", true))  -- alice's
+    srv:stop()
+    -- optional: no certificate is served, peer nil
+    srv = H.start{ model = model, source = INFO, args = tls_args(d,
+      { "--tls-client-ca", d .. "/ca.pem", "--tls-verify-client", "optional" }) }
+    out = s_client(srv, "-CAfile " .. d .. "/ca.pem")
+    assert.matches("transport=tls .* peer=nil", out)
+    out = s_client(srv, "-CAfile " .. d .. "/ca.pem -cert " .. d ..
+      "/client.pem -key " .. d .. "/client.key")
+    assert.matches("peer=CN=alice", out)
+  end)
+
+  it("serves scripts/http.lua to curl: keep-alive, chunked upload", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, script = "scripts/http.lua",
+      args = tls_args(d) }
+    local url = ("https://localhost:%d"):format(srv.tls.port)
+    local out = run(("curl -sv --cacert %s/ca.pem %s/hello %s/hello 2>%s/v")
+      :format(d, url, url, srv.dir))
+    local verbose = C.read(srv.dir .. "/v")
+    assert.equals("hello\nhello\n", out)
+    assert.matches("Re-using existing connection", verbose, 1, true)
+    assert.matches("SSL connection using TLSv1.3", verbose)
+    local body = string.rep("0123456789", 3000)
+    local f = io.open(srv.dir .. "/body", "w")
+    f:write(body)
+    f:close()
+    out = run(("curl -s --cacert %s/ca.pem -H 'Transfer-Encoding: chunked' " ..
+      "--data-binary @%s/body %s/echo"):format(d, srv.dir, url))
+    assert.equals(body, out)
+  end)
+
+  it("serves Python's ssl module", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO, args = tls_args(d) }
+    local out = run(([[python3 -c '
+import socket, ssl
+ctx = ssl.create_default_context(cafile="%s/ca.pem")
+with socket.create_connection(("127.0.0.1", %d), timeout=5) as s:
+    with ctx.wrap_socket(s, server_hostname="localhost") as t:
+        t.sendall(b"from python\n")
+        print(t.version(), t.recv(4096).decode())
+']]):format(d, srv.tls.port))
+    assert.matches("^TLSv1.3 transport=tls version=TLSv1.3 sni=localhost", out)
+    assert.matches("line=from python", out, 1, true)
+  end)
+
+  it("serves scripts/resp.lua to redis-cli --tls", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, script = "scripts/resp.lua",
+      args = tls_args(d) }
+    local cli = ("timeout 10 redis-cli --tls --cacert %s/ca.pem -h 127.0.0.1 -p %d ")
+      :format(d, srv.tls.port)
+    assert.equals("PONG\n", run(cli .. "PING"))
+    -- one connection (the fork model's children share no data)
+    assert.equals("OK\nv\n", run("printf 'SET k v\\nGET k\\n' | " .. cli))
+  end)
+
+end)
+
+describe("--tls options", function ()
+
+  it("bad files stop the start with one error line naming the file", function ()
+    local d = C.dir()
+    local cases = {
+      { d .. "/nope.pem", d .. "/server.key", "nope.pem" },
+      { d .. "/server.pem", d .. "/client.key", "does not match" },
+      { d .. "/server.ext", d .. "/server.key", "server.ext" },
+      { d .. "/server.pem", d .. "/server.ext", "server.ext" },
+    }
+    for _, case in ipairs(cases) do
+      local code, _, err = T.run{ "{script}", "--tls", "127.0.0.1:0",
+        "--tls-cert", case[1], "--tls-key", case[2],
+        source = "return { handle = function () end }" }
+      assert.equals(1, code)
+      local lines = H.error_lines(err)
+      assert.equals(1, #lines, err)
+      assert.matches(case[3], lines[1], 1, true)
+      assert.equals(0, H.count(err, "listening on", true))
+    end
+    local code, _, err = T.run{ "{script}", "--tls", "127.0.0.1:0",
+      source = "return { handle = function () end }" }
+    assert.equals(2, code)
+    assert.matches("--tls needs a certificate", err, 1, true)
+  end)
+
+end)
