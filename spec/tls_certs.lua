@@ -6,6 +6,7 @@ spec asks (ECDSA P-256; nothing here is committed or outlives the run).
   local d = C.dir()    -- the directory; files:
     ca.pem                    the test CA
     server.pem/.key           CN=localhost, SAN localhost and 127.0.0.1
+    server2.pem/.key          the same names, another certificate
     wild.pem/.key             CN=*.example.test, SAN *.example.test
     client.pem/.key           a client certificate, CN=alice, by the CA
     evil-ca.pem, evil.pem/.key   another CA and a client certificate by it
@@ -97,6 +98,7 @@ function C.dir ()
   make_ca("ca", "luasrv test CA")
   make_ca("evil-ca", "some other CA")
   leaf("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n", "ca")
+  leaf("server2", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n", "ca")
   leaf("wild", "*.example.test", "subjectAltName=DNS:*.example.test\n", "ca")
   leaf("other", "other.test", "subjectAltName=DNS:other.test\n", "ca")
   leaf("client", "alice", "extendedKeyUsage=clientAuth\n", "ca")

@@ -21,7 +21,7 @@ return {
       " resumed=", tostring(t.resumed), " peer=", p and p.subject or "nil",
       " issuer=", p and p.issuer or "nil", " serial=", p and p.serial or "nil",
       " fp=", p and p.fingerprint or "nil", " expiry=", p and p.expiry or "nil",
-      " line=", tostring(line), "\n")
+      " worker=", req.server.worker, " line=", tostring(line), "\n")
   end,
 }]]
 
@@ -155,6 +155,87 @@ H.for_models(function (model)
     out = run(("curl -s --cacert %s/ca.pem -H 'Transfer-Encoding: chunked' " ..
       "--data-binary @%s/body %s/echo"):format(d, srv.dir, url))
     assert.equals(body, out)
+  end)
+
+  it("resumes a session on any worker (shared ticket keys)", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO,
+      args = tls_args(d, { "--workers", "2" }) }
+    local sess = srv.dir .. "/sess"
+    local out = s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_out " .. sess)
+    local first = assert(out:match("worker=(%d)"), out)
+    assert.matches("resumed=false", out)
+    local other = false
+    for _ = 1, 30 do
+      out = s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_in " .. sess)
+      assert.matches("\nReused, TLSv1.3", out)
+      assert.matches("resumed=true", out)
+      if out:match("worker=(%d)") ~= first then other = true; break end
+    end
+    assert.is_true(other, "every resumed session was on worker " .. first)
+  end)
+
+  it("upgrades with STARTTLS (scripts/smtp_starttls.lua)", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, script = "scripts/smtp_starttls.lua",
+      args = { "--tcp", "127.0.0.1:0", "--tls-cert", d .. "/server.pem",
+               "--tls-key", d .. "/server.key", "--timeout", "5" } }
+    local out = run(("(sleep 0.3; printf 'EHLO me\\r\\nMAIL FROM:<a@b.test>\\r\\n" ..
+      "QUIT\\r\\n') | timeout 10 openssl s_client -starttls smtp -connect " ..
+      "127.0.0.1:%d -CAfile %s/ca.pem -verify_return_error -crlf -ign_eof")
+      :format(srv.tcp.port, d))
+    assert.matches("Verify return code: 0 (ok)", out, 1, true)
+    assert.matches("New, TLSv1.3", out, 1, true)
+    -- over TLS: EHLO offers STARTTLS no more, mail is accepted
+    local after = out:match("\n%-%-%-\n(250%-luasrv.*)$") or out
+    assert.not_matches("STARTTLS", after, 1, true)
+    assert.matches("250 OK\r?\n221 bye", after)
+    -- in plain text, mail is refused
+    local c = srv:connect("tcp")
+    assert.equals("220 luasrv ESMTP", c:receive())
+    c:send("MAIL FROM:<a@b.test>\r\n")
+    assert.equals("530 issue STARTTLS first", c:receive())
+  end)
+
+  it("SIGHUP reloads the certificate; no request fails", function ()
+    local d = C.dir()
+    local dir = T.tmpdir()
+    H.defer(function () os.execute("rm -rf " .. dir) end)
+    C.sh(("cp %s/server.pem %s/cert.pem && cp %s/server.key %s/key.pem")
+      :format(d, dir, d, dir))
+    local srv = H.start{ model = model, script = "scripts/http.lua",
+      args = { "--tls", "127.0.0.1:0", "--tls-cert", dir .. "/cert.pem",
+               "--tls-key", dir .. "/key.pem", "--grace", "5" } }
+    local function serial ()
+      return run(("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d " ..
+        "-servername localhost 2>/dev/null | openssl x509 -noout -serial")
+        :format(srv.tls.port))
+    end
+    assert.equals("serial=65\n", serial())
+    local sess = dir .. "/sess"
+    s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_out " .. sess)
+    -- requests all along the reload
+    local loop = io.popen(("for i in $(seq 60); do curl -s -o /dev/null -w " ..
+      "'%%{http_code}\\n' --cacert %s/ca.pem https://localhost:%d/hello || " ..
+      "echo FAIL; sleep 0.02; done"):format(d, srv.tls.port))
+    T.sleep(0.3)
+    C.sh(("cp %s/server2.pem %s/cert.pem && cp %s/server2.key %s/key.pem")
+      :format(d, dir, d, dir))
+    srv:signal("HUP")
+    assert(srv:wait_stderr("reloaded", 10), srv:stderr())
+    local codes = loop:read("a")
+    loop:close()
+    assert.equals(60, H.count(codes, "200\n", true), codes)
+    assert.equals("serial=66\n", serial())
+    -- a session from before the reload resumes after it
+    assert.matches("\nReused, TLSv1.3",
+      s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_in " .. sess))
+    -- a certificate that does not load: the old one keeps serving
+    C.sh("echo garbage > " .. dir .. "/cert.pem")
+    srv:signal("HUP")
+    assert(srv:wait_stderr("reload failed", 10), srv:stderr())
+    assert.matches("reload failed.*cert%.pem", srv:stderr())
+    assert.equals("serial=66\n", serial())
   end)
 
   it("serves Python's ssl module", function ()

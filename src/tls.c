@@ -12,8 +12,9 @@
 ** The server's contexts are built once by the master, before it forks:
 ** every worker inherits them, and with them the session ticket keys
 ** OpenSSL made for the default context, so a session resumes whichever
-** worker accepts it. A reload builds a new set (new ticket keys) for the
-** next generation; the old generation keeps its own.
+** worker accepts it. A reload builds a new set for the next generation
+** (the old generation keeps its own) and gives it the same ticket keys:
+** they live as long as the master, and a restart makes new ones.
 */
 #include <errno.h>
 #include <limits.h>
@@ -495,6 +496,12 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
       server_free(s);
       return -1;
     }
+  if (server != NULL) {  /* sessions outlive a reload: the keys carry on */
+    unsigned char keys[80];
+    if (SSL_CTX_get_tlsext_ticket_keys(server->ctx[0], keys, sizeof keys) == 1)
+      SSL_CTX_set_tlsext_ticket_keys(s->ctx[0], keys, sizeof keys);
+    OPENSSL_cleanse(keys, sizeof keys);
+  }
   server_free(server);  /* a worker of the old generation has its own copy */
   server = s;
   return 0;
