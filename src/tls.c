@@ -280,7 +280,7 @@ static int start (struct conn *c, SSL_CTX *ctx) {
   pthread_once(&bio_once, make_bio_meth);
   if (bio_meth == NULL || (t = malloc(sizeof *t + npre)) == NULL) return -ENOMEM;
   memset(t, 0, sizeof *t);
-  memcpy(t->pre, buf_head(&c->in), npre);
+  if (npre > 0) memcpy(t->pre, buf_head(&c->in), npre);
   t->npre = npre;
   t->c = c;
   if ((t->ssl = SSL_new(ctx)) == NULL || (b = BIO_new(bio_meth)) == NULL) {
