@@ -421,6 +421,9 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
   common_options(ctx, cfg->tls_min_version);
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"luasrv", 6);
+  /* sessions resume from their tickets, on any worker: a cache per
+  ** process would only hold memory */
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   if (cfg->tls_ciphers != NULL &&
       SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) != 1) {
     take_error(NULL);
