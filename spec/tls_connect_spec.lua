@@ -127,6 +127,44 @@ H.for_models(function (model)
     assert.matches("CN = alice", s, 1, true)
   end)
 
+  it("upgrades an outbound connection with conn:starttls", function ()
+    local d = C.dir()
+    local smtp = H.start{ model = model, script = "scripts/smtp_starttls.lua",
+      args = { "--tcp", "127.0.0.1:0", "--tls-cert", d .. "/server.pem",
+               "--tls-key", d .. "/server.key" } }
+    local srv = runner()
+    local r = H.ask(srv, ([[
+      local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+      local greeting = c:read("l")
+      c:write("STARTTLS\r\n")
+      local go = c:read("l")
+      local ok, err = c:starttls({ ca = "%s/ca.pem", sni = "localhost" })
+      if not ok then return nil, err end
+      local again = { c:starttls() }
+      c:write("EHLO me\r\n")
+      local first = c:read("l")
+      c:write("QUIT\r\n")
+      local bye
+      repeat bye = c:read("l") until bye == nil or bye:match("^221")
+      local version = c.tls.version
+      c:close()
+      return greeting, go, ok == c, version, first, bye, again[1], again[2]
+    ]]):format(smtp.tcp.port, d))
+    assert.same({ "220 luasrv ESMTP\r", "220 ready to start TLS\r", true,
+      "TLSv1.3", "250-luasrv\r", "221 bye\r", nil, "already TLS", n = 8 }, r)
+    -- an untrusted certificate: nil and OpenSSL's reason, the connection closed
+    r = H.ask(srv, ([[
+      local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+      c:read("l")
+      c:write("STARTTLS\r\n")
+      c:read("l")
+      local ok, err = c:starttls({ sni = "localhost" })
+      return ok, err, (c:write("x"))]]):format(smtp.tcp.port))
+    assert.is_nil(r[1])
+    assert.matches("^certificate verify failed", r[2])
+    assert.is_nil(r[3])
+  end)
+
   it("talks to redis-server --tls-port and pools the connection", function ()
     local d = C.dir()
     local port = H.free_port()
