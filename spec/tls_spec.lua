@@ -268,6 +268,28 @@ end)
 
 describe("--tls options", function ()
 
+  it("serves TLS on a socket systemd passed", function ()
+    local d = C.dir()
+    local dir = T.tmpdir()
+    H.defer(function () os.execute("rm -rf " .. dir) end)
+    local port = H.free_port()
+    os.execute(("systemd-socket-activate -l 127.0.0.1:%d %s scripts/echo.lua " ..
+      "--tls 127.0.0.1:%d --tls-cert %s/server.pem --tls-key %s/server.key --once " ..
+      ">/dev/null 2>%s/err </dev/null & echo $! >%s/pid"):format(port, T.bin,
+      port, d, d, dir, dir))
+    local pid = tonumber(C.read(dir .. "/pid"))
+    H.defer(function () os.execute("kill " .. pid .. " 2>/dev/null") end)
+    for _ = 1, 250 do
+      if C.read(dir .. "/err"):find("Listening on", 1, true) then break end
+      T.sleep(0.02)
+    end
+    local out = run(("(printf 'activated\\n'; sleep 1) | timeout 10 openssl " ..
+      "s_client -connect 127.0.0.1:%d -CAfile %s/ca.pem -verify_return_error")
+      :format(port, d))
+    assert.matches("activated", out, 1, true)
+    assert.matches("listening on tls://127.0.0.1:" .. port, C.read(dir .. "/err"), 1, true)
+  end)
+
   it("bad files stop the start with one error line naming the file", function ()
     local d = C.dir()
     local cases = {

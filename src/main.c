@@ -77,6 +77,10 @@ static int open_listeners (const struct config *cfg, struct listener *ls) {
     if (j < nfds) {
       used[j] = 1;
       rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
+      if (rc == 0 && a.tr == TR_TLS) {  /* systemd passed a TCP socket */
+        ls[i].addr.tr = TR_TLS;
+        address_format(&ls[i].addr, ls[i].name, sizeof ls[i].name);
+      }
     }
     else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
     if (rc < 0) goto fail;
