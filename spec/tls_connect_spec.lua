@@ -71,6 +71,23 @@ H.for_models(function (model)
     assert.same({ "slt olleh", "TLSv1.3", "localhost", true, "CN=localhost", n = 5 }, r)
   end)
 
+  it("resumes the session when it connects again", function ()
+    local d = C.dir()
+    local port = s_server("server")
+    local srv = runner()
+    local r = H.ask(srv, ([[
+      local resumed = {}
+      for i = 1, 3 do
+        local c = assert(luasrv.connect("tls://localhost:%d", { ca = "%s/ca.pem" }))
+        c:write("abc\n")
+        c:read("l")
+        resumed[i] = c.tls.resumed
+        c:close()
+      end
+      return table.unpack(resumed)]]):format(port, d))
+    assert.same({ false, true, true, n = 3 }, r)
+  end)
+
   it("fails with OpenSSL's reason: untrusted CA, wrong name, expired", function ()
     local d = C.dir()
     local port = s_server("server")
@@ -107,6 +124,11 @@ H.for_models(function (model)
       c:close()
       return line]]):format(eport))
     assert.same({ "cba", n = 1 }, r)
+    -- a session made without verification is never offered with it
+    r = H.ask(srv, ([[
+      return luasrv.connect("tls://localhost:%d", { ca = "%s/ca.pem" })]]):format(eport, d))
+    assert.is_nil(r[1])
+    assert.matches("^certificate verify failed: certificate has expired", r[2])
   end)
 
   it("offers ALPN and a client certificate", function ()

@@ -32,6 +32,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "address.h"
 #include "tls.h"
 
 /* A connection's TLS: its SSL and the input it had before TLS began. */
@@ -40,6 +41,7 @@ struct tlsconn {
   struct conn *c;
   int syserr;                 /* errno of the socket call that failed */
   int failed;                 /* a fatal error: no close_notify */
+  char *key;                  /* a client's session cache key, or NULL */
   size_t npre, off;
   char pre[];
 };
@@ -241,6 +243,7 @@ static void tls_free (struct conn *c) {
   if (!t->failed && SSL_is_init_finished(t->ssl)) SSL_shutdown(t->ssl);
   ERR_clear_error();
   SSL_free(t->ssl);
+  free(t->key);
   free(t);
   c->tls = NULL;
 }
@@ -529,6 +532,59 @@ int tls_server_start (struct conn *c) {
 
 /* {====================================================== the client */
 
+/*
+** Sessions of outbound connections, so that a reconnect resumes: one
+** per context (its verification and certificates), name and peer
+** address, the newest kept, at most SESS_MAX in a process. A session is
+** only ever offered under the context that made it.
+*/
+#define SESS_MAX 64
+
+struct sessentry {
+  SSL_CTX *ctx;
+  SSL_SESSION *sess;
+  char key[ADDRESS_STRLEN + 260];
+};
+
+static struct sessentry sessions[SESS_MAX];
+static int sess_next;
+static pthread_mutex_t sess_mu = PTHREAD_MUTEX_INITIALIZER;
+static int appdata_index = -1;
+
+
+static struct sessentry *sess_find (SSL_CTX *ctx, const char *key) {
+  for (int i = 0; i < SESS_MAX; i++)
+    if (sessions[i].ctx == ctx && strcmp(sessions[i].key, key) == 0)
+      return &sessions[i];
+  return NULL;
+}
+
+
+/* OpenSSL's new session callback: keeps sess (our reference now). */
+static int on_new_session (SSL *ssl, SSL_SESSION *sess) {
+  const char *key = SSL_get_ex_data(ssl, appdata_index);
+  SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+  struct sessentry *e;
+  if (key == NULL) return 0;
+  pthread_mutex_lock(&sess_mu);
+  if ((e = sess_find(ctx, key)) == NULL) {
+    e = &sessions[sess_next];
+    sess_next = (sess_next + 1) % SESS_MAX;
+    if (e->sess != NULL) SSL_SESSION_free(e->sess);
+    e->ctx = ctx;
+    snprintf(e->key, sizeof e->key, "%s", key);
+  }
+  else SSL_SESSION_free(e->sess);
+  e->sess = sess;
+  pthread_mutex_unlock(&sess_mu);
+  return 1;
+}
+
+
+static void make_appdata_index (void) {
+  appdata_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
 void *tls_client_ctx (const char *ca, const char *cert, const char *key,
                       int verify, char *err, size_t errlen) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -538,6 +594,9 @@ void *tls_client_ctx (const char *ca, const char *cert, const char *key,
     return NULL;
   }
   common_options(ctx, 12);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+                                 SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, on_new_session);
   if (verify) {
     int ok = ca != NULL ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
                         : SSL_CTX_set_default_verify_paths(ctx);
@@ -561,7 +620,39 @@ void *tls_client_ctx (const char *ca, const char *cert, const char *key,
 
 
 void tls_client_ctx_free (void *ctx) {
+  pthread_mutex_lock(&sess_mu);
+  for (int i = 0; i < SESS_MAX; i++)
+    if (sessions[i].ctx == ctx) {
+      SSL_SESSION_free(sessions[i].sess);
+      memset(&sessions[i], 0, sizeof sessions[i]);
+    }
+  pthread_mutex_unlock(&sess_mu);
   SSL_CTX_free(ctx);
+}
+
+
+/*
+** The session cache key of t: the name and the peer's address. The last
+** session made under ctx for it is offered to the server.
+*/
+static void resume_session (struct tlsconn *t, SSL_CTX *ctx, const char *sni) {
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  char peer[ADDRESS_STRLEN], key[sizeof sessions[0].key];
+  struct sessentry *e;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, make_appdata_index);
+  if (appdata_index < 0 ||
+      getpeername(t->c->fd, (struct sockaddr *)&sa, &len) < 0)
+    return;
+  address_format_peer((struct sockaddr *)&sa, len, peer, sizeof peer);
+  snprintf(key, sizeof key, "%.255s|%s", sni ? sni : "", peer);
+  if ((t->key = strdup(key)) == NULL) return;
+  SSL_set_ex_data(t->ssl, appdata_index, t->key);
+  pthread_mutex_lock(&sess_mu);
+  if ((e = sess_find(ctx, t->key)) != NULL && e->sess != NULL)
+    SSL_set_session(t->ssl, e->sess);
+  pthread_mutex_unlock(&sess_mu);
 }
 
 
@@ -584,6 +675,7 @@ int tls_client_start (struct conn *c, void *ctx, const char *sni, int verify,
   }
   ASN1_OCTET_STRING_free(ip);
   if (alpn != NULL && alpnlen > 0) SSL_set_alpn_protos(t->ssl, alpn, (unsigned)alpnlen);
+  resume_session(t, ctx, sni);
   ERR_clear_error();
   return 0;
 }
