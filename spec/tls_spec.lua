@@ -277,12 +277,18 @@ describe("--tls options", function ()
       "--tls 127.0.0.1:%d --tls-cert %s/server.pem --tls-key %s/server.key --once " ..
       ">/dev/null 2>%s/err </dev/null & echo $! >%s/pid"):format(port, T.bin,
       port, d, d, dir, dir))
-    local pid = tonumber(C.read(dir .. "/pid"))
-    H.defer(function () os.execute("kill " .. pid .. " 2>/dev/null") end)
+    local function read (name)
+      local f = io.open(dir .. "/" .. name)
+      local s = f and f:read("a") or ""
+      if f then f:close() end
+      return s
+    end
     for _ = 1, 250 do
-      if C.read(dir .. "/err"):find("Listening on", 1, true) then break end
+      if read("err"):find("Listening on", 1, true) and read("pid") ~= "" then break end
       T.sleep(0.02)
     end
+    local pid = assert(tonumber(read("pid")))
+    H.defer(function () os.execute("kill " .. pid .. " 2>/dev/null") end)
     local out = run(("(printf 'activated\\n'; sleep 1) | timeout 10 openssl " ..
       "s_client -connect 127.0.0.1:%d -CAfile %s/ca.pem -verify_return_error")
       :format(port, d))

@@ -41,6 +41,7 @@ struct tlsconn {
   struct conn *c;
   int syserr;                 /* errno of the socket call that failed */
   int failed;                 /* a fatal error: no close_notify */
+  int drained;                /* the last recv was short: the socket is empty */
   char *key;                  /* a client's session cache key, or NULL */
   size_t npre, off;
   char pre[];
@@ -128,6 +129,7 @@ static int bio_read (BIO *b, char *p, int n) {
   }
   do r = recv(t->c->fd, p, (size_t)n, MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
+  t->drained = r >= 0 && r < n;
   if (r >= 0) return (int)r;
   if (errno == EAGAIN) {
     BIO_set_retry_read(b);
@@ -199,6 +201,12 @@ static long tls_read (struct conn *c, char *p, size_t n) {
     int rc;
     if (r > 0) {
       got += (size_t)r;
+      /* read ahead: a short recv emptied the socket, and nothing is left
+      ** in OpenSSL's buffer, so another try would only find EAGAIN */
+      if (t->drained && !SSL_has_pending(t->ssl)) {
+        c->flags &= ~LC_READABLE;
+        return (long)got;
+      }
       continue;
     }
     rc = ssl_result(t, r);
@@ -407,6 +415,9 @@ static void common_options (SSL_CTX *ctx, int minver) {
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS |
                    SSL_MODE_ENABLE_PARTIAL_WRITE |
                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  /* records are read as many as the socket has at once (one recv, not
+  ** two per record), and a short recv tells that the socket is empty */
+  SSL_CTX_set_read_ahead(ctx, 1);
 }
 
 
