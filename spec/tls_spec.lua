@@ -238,6 +238,42 @@ H.for_models(function (model)
     assert.equals("serial=66\n", serial())
   end)
 
+  it("reads --proxy-protocol's header and runs verify_request before the " ..
+     "handshake", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = [[
+local luasrv = require "luasrv"
+return {
+  verify_request = function (addr)
+    luasrv.log("verify " .. tostring(addr))
+    return addr.host ~= "10.9.9.9"
+  end,
+  handle = function (req)
+    req:read("l")
+    req:write("from ", tostring(req.client_address), " over ", req.tls.version, "\n")
+  end,
+}]], args = tls_args(d, { "--proxy-protocol" }) }
+    local py = [[python3 -c '
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile="%s/ca.pem")
+s = socket.create_connection(("127.0.0.1", %d), timeout=5)
+s.sendall(b"PROXY TCP4 %s 127.0.0.1 5555 443\r\n")
+try:
+    t = ctx.wrap_socket(s, server_hostname="localhost")
+    t.sendall(b"hi\n")
+    print(t.recv(4096).decode(), end="")
+except (ssl.SSLError, OSError) as e:
+    print("refused", type(e).__name__)
+']]
+    local out = run(py:format(d, srv.tls.port, "10.1.2.3"))
+    assert.equals("from 10.1.2.3:5555 over TLSv1.3\n", out)
+    -- refused by verify_request: closed before any TLS, so no handshake log
+    out = run(py:format(d, srv.tls.port, "10.9.9.9"))
+    assert.matches("^refused", out)
+    assert(srv:wait_stderr("verify 10.9.9.9:5555", 5, true))
+    assert.equals(0, H.count(srv:stderr(), "TLS handshake failed", true))
+  end)
+
   it("serves Python's ssl module", function ()
     local d = C.dir()
     local srv = H.start{ model = model, source = INFO, args = tls_args(d) }
