@@ -218,3 +218,47 @@ H.for_models(function (model)
   end)
 
 end)
+
+describe("model fork", function ()
+
+  it("a child leaves the session of its parent's pooled connection alone", function ()
+    local d = C.dir()
+    local port = H.free_port()
+    local log = os.tmpname()
+    H.defer(function () os.remove(log) end)
+    spawn(("redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
+           "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
+           "--tls-ca-cert-file %s/ca.pem --tls-auth-clients no --save '' " ..
+           "--appendonly no --dir %s"):format(port, d, d, d, d), log)
+    wait_port(port)
+    local url = ("tls://localhost:%d"):format(port)
+    local ca = d .. "/ca.pem"
+    local srv = H.start{ model = "fork", source = ([[
+local luasrv = require "luasrv"
+local url, opts = %q, { ca = %q }
+return {
+  init = function ()  -- the worker pools a connection before any fork
+    local c = assert(luasrv.connect(url, opts))
+    c:write("PING\r\n")
+    c:read("l")
+    assert(c:setkeepalive())
+  end,
+  handle = function (req)
+    req:read("l")
+    local c = assert(luasrv.connect(url, opts))  -- the parent's is not ours
+    luasrv.sleep(0.3)
+    c:write("CLIENT LIST\r\n")
+    local head = c:read("l")
+    local list = c:read(tonumber(head:match("%%d+")) + 2)
+    local _, n = list:gsub("id=", "")
+    req:write(n, " ", c:getreusedtimes(), "\n")
+    c:close()
+  end,
+}]]):format(url, ca) }
+    local c = srv:connect()
+    c:send("go\n")
+    assert.equals("2 0", c:receive())  -- the pooled one is still open
+  end)
+
+end)
+

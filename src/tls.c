@@ -42,6 +42,7 @@ struct tlsconn {
   int syserr;                 /* errno of the socket call that failed */
   int failed;                 /* a fatal error: no close_notify */
   int drained;                /* the last recv was short: the socket is empty */
+  pid_t pid;                  /* the process whose session it is */
   char *key;                  /* a client's session cache key, or NULL */
   size_t npre, off;
   char pre[];
@@ -238,17 +239,23 @@ static long tls_write (struct conn *c, const char *p, size_t n) {
 
 static int tls_shutdown (struct conn *c) {
   struct tlsconn *t = c->tls;
-  if (!t->failed && SSL_is_init_finished(t->ssl)) SSL_shutdown(t->ssl);
+  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
+    SSL_shutdown(t->ssl);
   ERR_clear_error();
   return shutdown(c->fd, SHUT_WR) < 0 ? conn_errno(errno) : 0;
 }
 
 
-/* Frees c's TLS, telling the peer (close_notify) if the session is sound. */
+/*
+** Frees c's TLS, telling the peer (close_notify) if the session is sound
+** and ours: a fork-model child that closes its copy of a connection its
+** parent keeps (a pooled one) must leave the parent's session alone.
+*/
 static void tls_free (struct conn *c) {
   struct tlsconn *t = c->tls;
   if (t == NULL) return;
-  if (!t->failed && SSL_is_init_finished(t->ssl)) SSL_shutdown(t->ssl);
+  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
+    SSL_shutdown(t->ssl);
   ERR_clear_error();
   SSL_free(t->ssl);
   free(t->key);
@@ -294,6 +301,7 @@ static int start (struct conn *c, SSL_CTX *ctx) {
   if (npre > 0) memcpy(t->pre, buf_head(&c->in), npre);
   t->npre = npre;
   t->c = c;
+  t->pid = getpid();
   if ((t->ssl = SSL_new(ctx)) == NULL || (b = BIO_new(bio_meth)) == NULL) {
     if (t->ssl != NULL) SSL_free(t->ssl);
     free(t);
