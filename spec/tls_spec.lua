@@ -175,6 +175,28 @@ H.for_models(function (model)
     assert.is_true(other, "every resumed session was on worker " .. first)
   end)
 
+  it("rotates the session ticket keys; a session lives across one rotation",
+     function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO,
+      args = tls_args(d, { "--tls-ticket-rotate", "2" }) }
+    local sess = srv.dir .. "/sess"
+    local function resume ()
+      return s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_in " .. sess)
+    end
+    local t0 = T.now()
+    s_client(srv, "-CAfile " .. d .. "/ca.pem -sess_out " .. sess)
+    assert.matches("\nReused, TLSv1.3", resume())
+    -- one rotation later the key is the previous one: still resumed
+    T.sleep(math.max(0, t0 + 2.6 - T.now()))
+    assert.matches("\nReused, TLSv1.3", resume())
+    -- two rotations later, gone: a full handshake
+    T.sleep(math.max(0, t0 + 6.5 - T.now()))
+    local out = resume()
+    assert.matches("\nNew, TLSv1.3", out)
+    assert.matches("resumed=false", out)
+  end)
+
   it("upgrades with STARTTLS (scripts/smtp_starttls.lua)", function ()
     local d = C.dir()
     local srv = H.start{ model = model, script = "scripts/smtp_starttls.lua",

@@ -36,6 +36,8 @@ static const char usage_text[] =
 "  --tls-min-version V    1.2 or 1.3 (default 1.2)\n"
 "  --tls-ciphers LIST     OpenSSL cipher list for TLS 1.2\n"
 "  --tls-alpn LIST        protocols accepted, in order, e.g. h2,http/1.1\n"
+"  --tls-ticket-rotate SECS  a new session ticket key this often; sessions\n"
+"                         resume across one rotation (default 43200, 0 = never)\n"
 "\n"
 "Concurrency and limits:\n"
 "  --model MODEL          sync, fork, thread or event (default event)\n"
@@ -99,6 +101,7 @@ static const struct option options[] = {
   {"tls-min-version", K_TLSVER, F(tls_min_version), 0, 0, 0},
   {"tls-ciphers", K_STR, F(tls_ciphers), 0, 0, 0},
   {"tls-alpn", K_STR, F(tls_alpn), 0, 0, 0},
+  {"tls-ticket-rotate", K_SECS, F(tls_ticket_rotate), 0, 0, 0},
   {"model", K_MODEL, F(model), 0, 0, 0},
   {"workers", K_INT, F(workers), 1, 1024, 0},
   {"max-children", K_INT, F(max_children), 1, 100000, 0},
@@ -154,6 +157,7 @@ static void defaults (struct config *c) {
   c->backlog = 511;
   c->unix_mode = -1;
   c->log_level = LOG_INFO;
+  c->tls_ticket_rotate = 43200;
 }
 
 

@@ -68,6 +68,7 @@ struct config {
   int tls_min_version;        /* 12 or 13 */
   const char *tls_ciphers;
   const char *tls_alpn;       /* "h2,http/1.1" */
+  double tls_ticket_rotate;   /* seconds a ticket key is the current one */
 };
 
 enum cli_result { CLI_RUN, CLI_EXIT_OK, CLI_USAGE };

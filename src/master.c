@@ -507,6 +507,10 @@ static int next_wait_ms (struct master *m) {
     if (m->respawn_at[id] > 0 && (until == 0 || m->respawn_at[id] < until))
       until = m->respawn_at[id];
   if (m->stopping && (until == 0 || m->kill_at < until)) until = m->kill_at;
+  {  /* the session ticket keys' rotation */
+    double r = tls_rotate(now);
+    if (r > 0 && (until == 0 || r < until)) until = r;
+  }
   if (until == 0) return -1;
   return until <= now ? 0 : (int)ceil((until - now) * 1000.0);
 }

@@ -10,11 +10,10 @@
 ** full or the socket is empty, so a short result still means "drained".
 **
 ** The server's contexts are built once by the master, before it forks:
-** every worker inherits them, and with them the session ticket keys
-** OpenSSL made for the default context, so a session resumes whichever
-** worker accepts it. A reload builds a new set for the next generation
-** (the old generation keeps its own) and gives it the same ticket keys:
-** they live as long as the master, and a restart makes new ones.
+** every worker inherits them. The session ticket keys are in memory they
+** all share, made and rotated by the master, so a session resumes
+** whichever worker accepts it, across reloads too. A reload builds a new
+** set of certificates for the next generation; the old keeps its own.
 */
 #include <errno.h>
 #include <limits.h>
@@ -28,11 +27,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include "address.h"
+#include "evloop.h"
+#include "log.h"
 #include "tls.h"
 
 /* A connection's TLS: its SSL and the input it had before TLS began. */
@@ -62,18 +65,32 @@ static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 static _Thread_local char errbuf[256];
 
 /*
-** The rate limit of failed handshakes' log lines, in memory the master
-** maps before it forks: every worker and fork-model child shares it.
+** What every process of the server shares, in memory the master maps
+** before it forks: the rate limit of failed handshakes' log lines, and
+** the session ticket keys. The master alone writes the keys (a seqlock:
+** seq is odd while it does); a worker encrypts new tickets with the
+** current key and takes the previous one too, so a session lives across
+** one rotation (--tls-ticket-rotate).
 */
+#define TICKET_KEY 80         /* name 16, HMAC 32, AES 32 */
+
 struct loglimit {
   atomic_long second;         /* the second of the last line */
   atomic_long quiet;          /* failures not logged since */
 };
-static struct loglimit *loglimit, local_limit;
+
+struct shared {
+  struct loglimit log;
+  atomic_uint seq;
+  unsigned char keys[2][TICKET_KEY];  /* current, previous */
+};
+static struct shared *shared;
+static struct loglimit local_limit;
+static double rotate_secs, rotate_at;  /* the master's */
 
 
 int tls_log_allowed (long *quiet) {
-  struct loglimit *l = loglimit != NULL ? loglimit : &local_limit;
+  struct loglimit *l = shared != NULL ? &shared->log : &local_limit;
   long now = (long)time(NULL), last = atomic_load(&l->second);
   if (last == now || !atomic_compare_exchange_strong(&l->second, &last, now)) {
     atomic_fetch_add(&l->quiet, 1);
@@ -344,6 +361,10 @@ int tls_handshake (struct conn *c) {
 
 /* {====================================================== the server */
 
+static int on_ticket_key (SSL *ssl, unsigned char *name, unsigned char *iv,
+                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc);
+
+
 /* SNI: the first context whose certificate names the client's server. */
 static int on_servername (SSL *ssl, int *al, void *arg) {
   struct tls_server *s = arg;
@@ -483,11 +504,104 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (cfg->tls_verify_client == 2 ?
                        SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
   }
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
   SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
   SSL_CTX_set_tlsext_servername_arg(ctx, s);
   if (s->alpnlen > 0) SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);
   return 0;
 }
+
+
+/* {------------------------------------------------------ ticket keys */
+
+/* The master: a new current key, the current one becomes the previous. */
+static int new_key (void) {
+  unsigned char k[TICKET_KEY];
+  if (RAND_bytes(k, sizeof k) != 1) return -1;
+  atomic_fetch_add_explicit(&shared->seq, 1, memory_order_acq_rel);
+  memcpy(shared->keys[1], shared->keys[0], TICKET_KEY);
+  memcpy(shared->keys[0], k, TICKET_KEY);
+  atomic_fetch_add_explicit(&shared->seq, 1, memory_order_acq_rel);
+  OPENSSL_cleanse(k, sizeof k);
+  return 0;
+}
+
+
+/* A worker: a consistent copy of both keys; -1 if the master never let go. */
+static int read_keys (unsigned char out[2][TICKET_KEY]) {
+  for (int tries = 0; tries < 1000; tries++) {
+    unsigned s1 = atomic_load_explicit(&shared->seq, memory_order_acquire);
+    if (s1 & 1) continue;
+    memcpy(out, shared->keys, sizeof shared->keys);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&shared->seq, memory_order_relaxed) == s1) return 0;
+  }
+  return -1;
+}
+
+
+/*
+** OpenSSL's ticket key callback: encrypts with the current key, decrypts
+** with whichever of the two named it (2 for the previous: a fresh ticket
+** is sent), or 0 for a ticket of no key of ours (a full handshake).
+*/
+static int on_ticket_key (SSL *ssl, unsigned char *name, unsigned char *iv,
+                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc) {
+  unsigned char k[2][TICKET_KEY];
+  char sha256[] = "SHA256";
+  OSSL_PARAM params[2];
+  int which = -1, ok;
+  (void)ssl;
+  if (read_keys(k) < 0) return -1;
+  if (enc) {
+    if (RAND_bytes(iv, 16) != 1) return -1;
+    memcpy(name, k[0], 16);
+    which = 0;
+  }
+  else
+    for (int i = 1; i >= 0; i--)
+      if (memcmp(name, k[i], 16) == 0) which = i;
+  if (which < 0) return 0;
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, sha256, 0);
+  params[1] = OSSL_PARAM_construct_end();
+  ok = EVP_MAC_init(hctx, k[which] + 16, 32, params) == 1 &&
+       (enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k[which] + 48, iv)
+            : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k[which] + 48, iv)) == 1;
+  OPENSSL_cleanse(k, sizeof k);
+  if (!ok) return -1;
+  return which == 1 ? 2 : 1;
+}
+
+
+/* The master, once: maps what every process shares and makes the keys. */
+static int map_shared (const struct config *cfg, char *err, size_t errlen) {
+  void *p = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    snprintf(err, errlen, "cannot map the session ticket keys: %s", strerror(errno));
+    return -1;
+  }
+  shared = p;
+  if (new_key() < 0 || new_key() < 0) {  /* no previous key either */
+    snprintf(err, errlen, "cannot make session ticket keys");
+    return -1;
+  }
+  rotate_secs = cfg->tls_ticket_rotate;
+  rotate_at = rotate_secs > 0 ? monotonic_now() + rotate_secs : 0;
+  return 0;
+}
+
+
+double tls_rotate (double now) {
+  if (rotate_at <= 0 || shared == NULL) return 0;
+  if (now >= rotate_at) {
+    if (new_key() < 0) log_error("cannot make a new session ticket key");
+    rotate_at = now + rotate_secs;
+  }
+  return rotate_at;
+}
+
+/* }------------------------------------------------------ */
 
 
 static void server_free (struct tls_server *s) {
@@ -501,11 +615,7 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
   struct tls_server *s;
   if (cfg->ntls_cert == 0) return 0;
   pthread_once(&bio_once, make_bio_meth);
-  if (loglimit == NULL) {
-    void *p = mmap(NULL, sizeof *loglimit, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED) loglimit = p;
-  }
+  if (shared == NULL && map_shared(cfg, err, errlen) < 0) return -1;
   if ((s = calloc(1, sizeof *s)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;
@@ -521,12 +631,6 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
       server_free(s);
       return -1;
     }
-  if (server != NULL) {  /* sessions outlive a reload: the keys carry on */
-    unsigned char keys[80];
-    if (SSL_CTX_get_tlsext_ticket_keys(server->ctx[0], keys, sizeof keys) == 1)
-      SSL_CTX_set_tlsext_ticket_keys(s->ctx[0], keys, sizeof keys);
-    OPENSSL_cleanse(keys, sizeof keys);
-  }
   server_free(server);  /* a worker of the old generation has its own copy */
   server = s;
   return 0;

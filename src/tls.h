@@ -24,6 +24,13 @@ extern const struct conn_ops conn_tls;
 */
 int tls_server_load (const struct config *cfg, char *err, size_t errlen);
 
+/*
+** The master: makes a new session ticket key when --tls-ticket-rotate says
+** (tickets of the one before still resume); returns the monotonic time of
+** the next rotation, 0 for none.
+*/
+double tls_rotate (double now);
+
 /* Are server certificates loaded (--tls-cert)? */
 int tls_server_ready (void);
 
