@@ -21,10 +21,12 @@ WARN = -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wstrict-prototypes \
        -Wmissing-prototypes -Wformat=2
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_LIBS = $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+SSL_CFLAGS = $(shell pkg-config --cflags openssl 2>/dev/null)
+SSL_LIBS = $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -DLUASRV_LUADIR='"$(LUADIR)"' \
-             $(OPT) $(WARN) $(WERROR) $(LUA_CFLAGS) \
+             $(OPT) $(WARN) $(WERROR) $(LUA_CFLAGS) $(SSL_CFLAGS) \
              -MMD -MP $(SANITIZE_FLAGS) $(CFLAGS)
-LDLIBS_ALL = $(LUA_LIBS) -lcrypto -lm -lpthread $(LDLIBS)
+LDLIBS_ALL = $(LUA_LIBS) $(SSL_LIBS) -lm -lpthread $(LDLIBS)
 
 PREFIX ?= /usr/local
 BINDIR = $(PREFIX)/bin
@@ -48,7 +50,8 @@ CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 DEPS_BUILD = gcc make pkg-config liblua5.4-dev libssl-dev
 DEPS_RUN = lua-cjson
 DEPS_TEST = lua5.4 lua-busted lua-socket redis-tools redis-server socat bsdutils systemd curl wrk haproxy \
-            lua-rex-pcre2 memcached dnsmasq-base nodejs lua-filesystem media-types
+            lua-rex-pcre2 memcached dnsmasq-base nodejs lua-filesystem media-types \
+            openssl python3
 PORT ?= 9999
 # The models every spec runs under.
 MODELS ?= sync,fork,thread,event

@@ -26,6 +26,9 @@ TARGETS.j, TARGETS.j16 = 0.70, 0.70
 REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
 -- (h) HTTP hello (scripts/http.lua) against nginx with its Lua module.
 TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
+-- (t, t1) the same over TLS 1.3: keep-alive, and a full handshake per request.
+TARGETS.t, REFERENCE.t = 1.00, "nginx-lua"
+TARGETS.t1, REFERENCE.t1 = 0.95, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-lua"] = "nginx + ngx_http_lua_module" }
 -- The thread and fork models against the C reference built the same way.

@@ -12,7 +12,7 @@
 
 #include "address.h"
 
-static const char *const tr_names[] = {"tcp", "udp", "unix", "unixgram"};
+static const char *const tr_names[] = {"tcp", "udp", "unix", "unixgram", "tls"};
 
 
 const char *transport_name (enum transport tr) {
@@ -21,7 +21,7 @@ const char *transport_name (enum transport tr) {
 
 
 int transport_is_stream (enum transport tr) {
-  return tr == TR_TCP || tr == TR_UNIX;
+  return tr == TR_TCP || tr == TR_UNIX || tr == TR_TLS;
 }
 
 
@@ -93,7 +93,7 @@ static int parse_inet (const char *text, struct address *out,
     return -1;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = out->tr == TR_TCP ? SOCK_STREAM : SOCK_DGRAM;
+  hints.ai_socktype = out->tr == TR_TCP || out->tr == TR_TLS ? SOCK_STREAM : SOCK_DGRAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   rc = getaddrinfo(host[0] ? host : "0.0.0.0", port, &hints, &res);
   if (rc != 0) {
@@ -132,7 +132,7 @@ int address_parse (enum transport tr, const char *text, struct address *out,
                    char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   out->tr = tr;
-  if (tr == TR_TCP || tr == TR_UDP)
+  if (tr == TR_TCP || tr == TR_UDP || tr == TR_TLS)
     return parse_inet(text, out, err, errlen);
   return parse_unix(text, out, err, errlen);
 }
@@ -190,7 +190,7 @@ void address_format (const struct address *a, char *buf, size_t len) {
   char peer[ADDRESS_STRLEN];
   address_format_peer((const struct sockaddr *)&a->sa, a->salen,
                       peer, sizeof peer);
-  if (a->tr == TR_TCP || a->tr == TR_UDP)
+  if (a->tr == TR_TCP || a->tr == TR_UDP || a->tr == TR_TLS)
     snprintf(buf, len, "%s://%s", transport_name(a->tr), peer);
   else  /* "unix:PATH" -> "unixgram:PATH" as needed */
     snprintf(buf, len, "%s:%s", transport_name(a->tr), peer + 5);

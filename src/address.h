@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-enum transport { TR_TCP, TR_UDP, TR_UNIX, TR_UNIXGRAM };
+enum transport { TR_TCP, TR_UDP, TR_UNIX, TR_UNIXGRAM, TR_TLS };  /* TLS: over TCP */
 
 struct address {
   enum transport tr;

@@ -26,6 +26,21 @@ static const char usage_text[] =
 "  --udp [HOST]:PORT      UDP, same forms\n"
 "  --unix PATH            Unix stream socket\n"
 "  --unixgram PATH        Unix datagram socket\n"
+"  --tls [HOST]:PORT      TLS over TCP, same forms as --tcp (needs --tls-cert)\n"
+"\n"
+"TLS (see doc/tls.md):\n"
+"  --tls-cert FILE        certificate chain, PEM (repeatable, in pairs with\n"
+"                         --tls-key; the client's SNI name picks the one that\n"
+"                         names it, the first is the default)\n"
+"  --tls-key FILE         its private key, PEM (read before --user applies)\n"
+"  --tls-client-ca FILE   CA certificates that client certificates must chain to\n"
+"  --tls-verify-client M  required or optional (default optional with\n"
+"                         --tls-client-ca)\n"
+"  --tls-min-version V    1.2 or 1.3 (default 1.2)\n"
+"  --tls-ciphers LIST     OpenSSL cipher list for TLS 1.2\n"
+"  --tls-alpn LIST        protocols accepted, in order, e.g. h2,http/1.1\n"
+"  --tls-ticket-rotate SECS  a new session ticket key this often; sessions\n"
+"                         resume across one rotation (default 43200, 0 = never)\n"
 "\n"
 "Concurrency and limits:\n"
 "  --model MODEL          sync, fork, thread or event (default event)\n"
@@ -74,7 +89,8 @@ static const char usage_text[] =
 "  --help, --version\n";
 
 enum kind { K_FLAG, K_INT, K_SECS, K_SIZE, K_STR, K_LISTEN, K_MODEL, K_MODE,
-            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED, K_CONFIG };
+            K_LOGFMT, K_LOGLEVEL, K_QUIET, K_ACL, K_SHARED, K_CONFIG,
+            K_CERT, K_VERIFY, K_TLSVER };
 
 /* What a reload (SIGHUP re-reading --config) can change of an option. */
 enum { R_YES, R_RESTART, R_NEVER };
@@ -95,6 +111,15 @@ static const struct option options[] = {
   {"udp", K_LISTEN, 0, 0, 0, TR_UDP, R_YES},
   {"unix", K_LISTEN, 0, 0, 0, TR_UNIX, R_YES},
   {"unixgram", K_LISTEN, 0, 0, 0, TR_UNIXGRAM, R_YES},
+  {"tls", K_LISTEN, 0, 0, 0, TR_TLS, R_YES},
+  {"tls-cert", K_CERT, 0, 0, 0, 0, R_YES},
+  {"tls-key", K_CERT, 0, 0, 0, 1, R_YES},
+  {"tls-client-ca", K_STR, F(tls_client_ca), 0, 0, 0, R_YES},
+  {"tls-verify-client", K_VERIFY, F(tls_verify_client), 0, 0, 0, R_YES},
+  {"tls-min-version", K_TLSVER, F(tls_min_version), 0, 0, 0, R_YES},
+  {"tls-ciphers", K_STR, F(tls_ciphers), 0, 0, 0, R_YES},
+  {"tls-alpn", K_STR, F(tls_alpn), 0, 0, 0, R_YES},
+  {"tls-ticket-rotate", K_SECS, F(tls_ticket_rotate), 0, 0, 0, R_RESTART},
   {"model", K_MODEL, F(model), 0, 0, 0, R_RESTART},
   {"workers", K_INT, F(workers), 1, 1024, 0, R_RESTART},
   {"max-children", K_INT, F(max_children), 1, 100000, 0, R_YES},
@@ -156,6 +181,7 @@ static void defaults (struct config *c) {
   c->backlog = 511;
   c->unix_mode = -1;
   c->log_level = LOG_INFO;
+  c->tls_ticket_rotate = 43200;
 }
 
 
@@ -197,6 +223,12 @@ static void expected (const struct option *o, char *buf, size_t len) {
       return;
     case K_LOGLEVEL:
       snprintf(buf, len, " (expected error, warn, info or debug)");
+      return;
+    case K_VERIFY:
+      snprintf(buf, len, " (expected required or optional)");
+      return;
+    case K_TLSVER:
+      snprintf(buf, len, " (expected 1.2 or 1.3)");
       return;
     default:
       buf[0] = '\0';
@@ -259,7 +291,8 @@ static int set (struct config *cfg, const struct option *o, const char *v,
                  CLI_MAX_LISTEN);
         return -1;
       }
-      if ((o->tr == TR_TCP || o->tr == TR_UDP) && check_inet(v, err, errlen) < 0)
+      if ((o->tr == TR_TCP || o->tr == TR_UDP || o->tr == TR_TLS) &&
+          check_inet(v, err, errlen) < 0)
         return -1;
       cfg->listen[cfg->nlisten].tr = (enum transport)o->tr;
       cfg->listen[cfg->nlisten++].text = v;
@@ -309,6 +342,26 @@ static int set (struct config *cfg, const struct option *o, const char *v,
       cfg->nshared++;
       return 0;
     }
+    case K_CERT: {  /* --tls-cert (tr 0) and --tls-key (tr 1) */
+      int *n = o->tr ? &cfg->ntls_key : &cfg->ntls_cert;
+      if (*n == CLI_MAX_CERTS) {
+        snprintf(err, errlen, "too many --%s (at most %d)", o->name,
+                 CLI_MAX_CERTS);
+        return -1;
+      }
+      (o->tr ? cfg->tls_key : cfg->tls_cert)[(*n)++] = v;
+      return 0;
+    }
+    case K_VERIFY:
+      if (strcmp(v, "required") == 0) cfg->tls_verify_client = 2;
+      else if (strcmp(v, "optional") == 0) cfg->tls_verify_client = 1;
+      else goto bad;
+      return 0;
+    case K_TLSVER:
+      if (strcmp(v, "1.2") == 0) cfg->tls_min_version = 12;
+      else if (strcmp(v, "1.3") == 0) cfg->tls_min_version = 13;
+      else goto bad;
+      return 0;
     case K_LOGLEVEL: {
       enum log_level l;
       if (log_parse_level(v, &l) < 0) goto bad;
@@ -386,23 +439,26 @@ static void unknown (const char *name, size_t n, char *err, size_t errlen) {
 
 
 /*
-** Repeatable options (listeners, --allow/--deny, --shared) given on the
-** command line replace the file's list of that kind as a whole: the bit
-** of a kind is set while the file's list still stands.
+** Repeatable options (listeners, --allow/--deny, --shared, --tls-cert
+** and --tls-key) given on the command line replace the file's list of
+** that kind as a whole: the bit of a kind is set while the file's list
+** still stands.
 */
 #define RESET_LISTEN 1u
 #define RESET_ACL 2u
 #define RESET_SHARED 4u
+#define RESET_CERT 8u
 
 static void reset_repeatable (struct config *cfg, enum kind k,
                               unsigned *reset) {
   unsigned bit = k == K_LISTEN ? RESET_LISTEN : k == K_ACL ? RESET_ACL :
-                 k == K_SHARED ? RESET_SHARED : 0;
+                 k == K_SHARED ? RESET_SHARED : k == K_CERT ? RESET_CERT : 0;
   if ((*reset & bit) == 0) return;
   *reset &= ~bit;
   if (bit == RESET_LISTEN) cfg->nlisten = 0;
   if (bit == RESET_ACL) cfg->nacl = 0;
   if (bit == RESET_SHARED) cfg->nshared = 0;
+  if (bit == RESET_CERT) cfg->ntls_cert = cfg->ntls_key = 0;
 }
 
 
@@ -428,6 +484,23 @@ static int apply (struct config *cfg, const struct option *o, const char *v,
   if (o->kind == K_CONFIG) return 0;  /* read before the command line */
   reset_repeatable(cfg, o->kind, reset);
   return set(cfg, o, v, err, errlen);
+}
+
+
+/* The --tls-* options make sense together. */
+static int check_tls (const struct config *cfg, char *err, size_t errlen) {
+  int tls = 0;
+  for (int i = 0; i < cfg->nlisten; i++) tls |= cfg->listen[i].tr == TR_TLS;
+  if (cfg->ntls_cert != cfg->ntls_key)
+    snprintf(err, errlen, "--tls-cert and --tls-key come in pairs (%d "
+             "certificates, %d keys)", cfg->ntls_cert, cfg->ntls_key);
+  else if (tls && cfg->ntls_cert == 0)
+    snprintf(err, errlen, "--tls needs a certificate (--tls-cert FILE "
+             "--tls-key FILE)");
+  else if (cfg->tls_verify_client && cfg->tls_client_ca == NULL)
+    snprintf(err, errlen, "--tls-verify-client needs --tls-client-ca FILE");
+  else return 0;
+  return -1;
 }
 
 
@@ -573,7 +646,7 @@ static enum cli_result parse (int argc, char **argv, struct config *cfg,
     if ((cfg->config_text = read_file(cfg->config, err, errlen)) == NULL ||
         cli_parse_text(cfg->config, cfg->config_text, cfg, err, errlen) < 0)
       return CLI_CONFIG;
-    reset = RESET_LISTEN | RESET_ACL | RESET_SHARED;
+    reset = RESET_LISTEN | RESET_ACL | RESET_SHARED | RESET_CERT;
   }
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -608,9 +681,10 @@ static enum cli_result parse (int argc, char **argv, struct config *cfg,
              "no script given", cfg->config);
     return CLI_USAGE;
   }
+  if (check_tls(cfg, err, errlen) < 0) return CLI_USAGE;
   if (!cfg->check && cfg->nlisten == 0 && need_listener) {
-    snprintf(err, errlen, "no listener given (use --tcp, --udp, --unix or "
-             "--unixgram)");
+    snprintf(err, errlen, "no listener given (use --tcp, --tls, --udp, --unix "
+             "or --unixgram)");
     return CLI_USAGE;
   }
   return CLI_RUN;

@@ -13,6 +13,7 @@
 #define CLI_MAX_LISTEN 64
 #define CLI_MAX_ACL 64
 #define CLI_MAX_SHARED 64
+#define CLI_MAX_CERTS 16
 
 enum model_kind { MODEL_SYNC, MODEL_FORK, MODEL_THREAD, MODEL_EVENT };
 
@@ -68,6 +69,15 @@ struct config {
   int activated;              /* main: systemd passed the listeners */
   int argc;                   /* as given: a reload re-reads them */
   char **argv;
+  /* TLS (tls.c): certificate and key pairs, the first is the default */
+  const char *tls_cert[CLI_MAX_CERTS], *tls_key[CLI_MAX_CERTS];
+  int ntls_cert, ntls_key;
+  const char *tls_client_ca;  /* --tls-client-ca */
+  int tls_verify_client;      /* 0 none, 1 optional, 2 required */
+  int tls_min_version;        /* 12 or 13 */
+  const char *tls_ciphers;
+  const char *tls_alpn;       /* "h2,http/1.1" */
+  double tls_ticket_rotate;   /* seconds a ticket key is the current one */
 };
 
 enum cli_result { CLI_RUN, CLI_EXIT_OK, CLI_USAGE, CLI_CONFIG };

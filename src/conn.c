@@ -30,6 +30,7 @@ const char *conn_strerror (int rc) {
     case ERR_TIMEOUT: return "timeout";
     case ERR_CLOSED: return "closed";
     case ERR_LINE: return "line too long";
+    case ERR_TLS: return "TLS error";
     case ERR_CUT: return "closed";
     case -EPIPE: return "closed";
     case CONN_WANT_WRITE: return strerror(EAGAIN);

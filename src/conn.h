@@ -20,6 +20,7 @@
 #define ERR_CLOSED   (-100001)
 #define ERR_LINE     (-100002)
 #define ERR_CUT      (-ECANCELED)
+#define ERR_TLS      (-100004)  /* the TLS layer failed: tls_error() says why */
 
 /*
 ** "Try again once ...": the two results of a transport that cannot go on
@@ -80,6 +81,7 @@ struct conn {
   size_t scan;                /* bytes of in already searched for '\n' */
   unsigned long long nin, nout;
   struct bufpool *pool;       /* where the buffers come from */
+  void *tls;                  /* conn_tls: its session (tls.c), else NULL */
 };
 
 /*

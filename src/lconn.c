@@ -650,6 +650,10 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
     lua_rawgeti(L, -1, c->lindex + 1);
     return 1;
   }
+  if (strcmp(k, "tls") == 0) {
+    ltls_push_info(L, c);
+    return 1;
+  }
   if (strcmp(k, "request") == 0) {
     if (c->io.flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
     else lua_pushvalue(L, 1);
@@ -696,7 +700,7 @@ static int req_newindex (lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
     if (strcmp(k, "client_address") == 0 || strcmp(k, "server") == 0 ||
-        strcmp(k, "request") == 0)
+        strcmp(k, "request") == 0 || strcmp(k, "tls") == 0)
       return luaL_error(L, "field '%s' of a request is read-only", k);
   }
   lua_settop(L, 3);
@@ -875,6 +879,7 @@ static const luaL_Reg methods[] = {
   {"flush", req_flush},
   {"close", req_close},
   {"settimeout", req_settimeout},
+  {"starttls", ltls_starttls},
   {NULL, NULL}
 };
 

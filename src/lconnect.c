@@ -30,6 +30,7 @@
 
 #include "address.h"
 #include "lsrv.h"
+#include "tls.h"
 
 #define MAX_ADDRS 8           /* addresses of a name tried in turn */
 #define MAX_LOOKUPS 64        /* lookup threads running at once, per process */
@@ -160,6 +161,7 @@ struct addrs {
   struct query *q;            /* the lookup in flight, or NULL */
   int n, i;                   /* addresses; the one being tried */
   int socktype;
+  int tls;                    /* tls://: TLS once connected */
   int gai_err, syserr;        /* why the lookup failed */
   socklen_t len[MAX_ADDRS];
   struct sockaddr_storage a[MAX_ADDRS];
@@ -272,9 +274,13 @@ static int parse_url (const char *url, struct addrs *a, char *port,
   }
   if (strncmp(url, "tcp://", 6) == 0) a->socktype = SOCK_STREAM;
   else if (strncmp(url, "udp://", 6) == 0) a->socktype = SOCK_DGRAM;
+  else if (strncmp(url, "tls://", 6) == 0) {
+    a->socktype = SOCK_STREAM;
+    a->tls = 1;
+  }
   else {
     snprintf(err, errlen, "bad url '%s' (expected tcp://HOST:PORT, "
-             "udp://HOST:PORT or unix:PATH)", url);
+             "tls://HOST:PORT, udp://HOST:PORT or unix:PATH)", url);
     return -1;
   }
   if (address_split(url + 6, a->host, sizeof a->host, port, portlen, err,
@@ -369,6 +375,7 @@ static int connect_result (struct lconn *c) {
 ** flags the loop set meanwhile (a peer that already hung up) are kept.
 */
 static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
+  double deadline = c->deadline;  /* a TLS handshake still to come has it */
   memcpy(&c->peer, &a->a[a->i], a->len[a->i]);
   c->peerlen = a->len[a->i];
   c->io.flags = (c->io.flags & (LC_UNWATCHED | LC_RDHUP)) | LC_OUTBOUND |
@@ -376,6 +383,10 @@ static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
   c->io.tr = a->socktype == SOCK_DGRAM ? &conn_udp : &conn_outbound;
   c->deadline = 0;
   lua_settop(L, 3);
+  if (a->tls) {
+    c->deadline = deadline;
+    return ltls_client(L, c, 3, lua_istable(L, 2) ? 2 : 0, a->host);
+  }
   return 1;
 }
 
@@ -581,6 +592,7 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
   if (!(c->io.flags & LC_UNWATCHED)) sched_detach(c);
   p->io.fd = c->io.fd;
   p->io.tr = c->io.tr;
+  tls_move(&c->io, &p->io);
   p->io.flags = (c->io.flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
              LC_READABLE | LC_WRITABLE;
   p->reused = c->reused;
@@ -649,6 +661,51 @@ static int lconn_getreusedtimes (lua_State *L) {
 /* }====================================================== */
 
 
+/*
+** Pushes the pool key of a tls:// url (index 1) with opts (a table at
+** 2): the url and the TLS options, so that a connection is only reused
+** for the same verification, certificates, name and protocols.
+*/
+static void push_tls_key (lua_State *L) {
+  static const char *const keys[] = {"verify", "ca", "cert", "key", "sni",
+                                     "alpn", NULL};
+  int n = 1;
+  lua_pushvalue(L, 1);
+  for (int i = 0; keys[i] != NULL; i++) {
+    int t;
+    lua_pushliteral(L, "\n");
+    t = lua_getfield(L, 2, keys[i]);
+    n += 2;
+    if (t == LUA_TTABLE) {  /* alpn's list: its names, joined */
+      int tab = lua_gettop(L), k = 0;
+      lua_Integer len = (lua_Integer)lua_rawlen(L, tab);
+      luaL_checkstack(L, 2 * (len > 64 ? 64 : (int)len), "alpn list");
+      for (lua_Integer j = 1; j <= len && j <= 64; j++) {
+        lua_rawgeti(L, tab, j);
+        if (!lua_isstring(L, -1)) {
+          lua_pop(L, 1);
+          lua_pushliteral(L, "?");
+        }
+        lua_pushliteral(L, ",");
+        k += 2;
+      }
+      lua_concat(L, k);
+      lua_remove(L, tab);
+    }
+    else if (t == LUA_TBOOLEAN) {
+      int v = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      lua_pushstring(L, v ? "true" : "false");
+    }
+    else if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "");
+    }
+  }
+  lua_concat(L, n);
+}
+
+
 /* Reads opts at index 2: the connect timeout and the pool key (pushed). */
 static double read_opts (lua_State *L, struct lctx *x) {
   double timeout = x->w->cfg->timeout;
@@ -667,6 +724,10 @@ static double read_opts (lua_State *L, struct lctx *x) {
     lua_pop(L, 1);
   }
   else luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "table expected");
+  if (strncmp(lua_tostring(L, 1), "tls://", 6) == 0 && lua_istable(L, 2)) {
+    push_tls_key(L);  /* the url and the TLS options are the key */
+    return timeout;
+  }
   lua_pushvalue(L, 1);  /* the url is the key */
   return timeout;
 }

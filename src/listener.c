@@ -152,7 +152,9 @@ static int fd_transport (int fd, struct sockaddr_storage *sa, socklen_t *len) {
 int listener_matches (int fd, const struct address *addr) {
   struct sockaddr_storage sa;
   socklen_t len;
-  if (fd_transport(fd, &sa, &len) != (int)addr->tr) return 0;
+  int tr = fd_transport(fd, &sa, &len);
+  /* TLS is TCP to the kernel */
+  if (tr != (int)addr->tr && !(tr == TR_TCP && addr->tr == TR_TLS)) return 0;
   if (sa.ss_family != addr->sa.ss_family) return 0;
   switch (sa.ss_family) {
     case AF_INET: {

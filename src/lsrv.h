@@ -172,6 +172,20 @@ extern char lsrv_yield_token;
 /* What struct lconn's tag points to. */
 extern char lsrv_conn_tag;
 
+/* ltls.c: TLS for Lua (tls.c below it) */
+/* tls(req), the flow's handshake step on a --tls listener: true to go on */
+int ltls_accept (lua_State *L);
+/* req:starttls([opts]) / conn:starttls([opts]) */
+int ltls_starttls (lua_State *L);
+/*
+** Starts TLS as a client on outbound c (at idx) with opts (a table's
+** index, or 0), host the default name: pushes c or nil, msg. May yield.
+*/
+int ltls_client (lua_State *L, struct lconn *c, int idx, int opts,
+                 const char *host);
+/* Pushes req.tls: the session's table, or nil on a plain connection. */
+void ltls_push_info (lua_State *L, struct lconn *c);
+
 /* lconn.c: the request object */
 int luaopen_lconn (lua_State *L);
 /*

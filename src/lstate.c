@@ -29,7 +29,7 @@ static const char *const hook_names[] = {
 ** to handle_error, and the connection closed at the end.
 */
 static const char flow_src[] =
-  "local hooks, traceback, default_error, done, now, join, proxy = ...\n"
+  "local hooks, traceback, default_error, done, now, join, proxy, tls = ...\n"
   "local xpcall = xpcall\n"
   "local verify, setup, handle, finish, handle_error = hooks.verify_request,\n"
   "  hooks.setup, hooks.handle, hooks.finish, hooks.handle_error\n"
@@ -58,6 +58,7 @@ static const char flow_src[] =
   "  local t0 = done and now()\n"
   "  if proxy and not proxy(req) then return end\n"
   "  if verify and not skip_verify and not verified(req, t0) then return end\n"
+  "  if tls and not tls(req) then return end\n"
   "  if setup then\n"
   "    local ok, err = xpcall(setup, traceback, req)\n"
   "    if not ok then\n"
@@ -320,7 +321,14 @@ static void make_flow (lua_State *L, struct lctx *x) {
   lua_pushcfunction(L, lspawn_join);  /* waits for the request's threads */
   if (x->w->cfg->proxy_protocol) lua_pushcfunction(L, lconn_proxy);
   else lua_pushnil(L);  /* no PROXY header expected: the flow skips it */
-  lua_call(L, 7, 2);
+  lua_pushnil(L);  /* no --tls listener: no handshake step */
+  for (int i = 0; i < x->w->nls; i++)
+    if (x->w->ls[i].addr.tr == TR_TLS) {
+      lua_pop(L, 1);
+      lua_pushcfunction(L, ltls_accept);
+      break;
+    }
+  lua_call(L, 8, 2);
   x->verify_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   x->flow_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }

@@ -19,6 +19,7 @@
 #include "master.h"
 #include "lsrv.h"
 #include "shdict.h"
+#include "tls.h"
 #include "worker.h"
 
 
@@ -110,6 +111,10 @@ static int open_listeners (struct config *cfg, struct listener *ls) {
       rc = listener_adopt(&ls[i], 3 + j, err, sizeof err);
       if (rc == 0 && upgrade)
         ls[i].created_path = j < (int)strlen(owned) && owned[j] == '1';
+      if (rc == 0 && a.tr == TR_TLS) {  /* systemd passed a TCP socket */
+        ls[i].addr.tr = TR_TLS;
+        address_format(&ls[i].addr, ls[i].name, sizeof ls[i].name);
+      }
     }
     else rc = listener_open(&ls[i], &a, &o, err, sizeof err);
     if (rc < 0) goto fail;
@@ -247,6 +252,12 @@ int main (int argc, char **argv) {
       return 1;
     }
   if (cfg.check) return check(&cfg);
+  /* the keys are read now, by the master, before --user applies: the
+  ** workers inherit the contexts and never open a key file */
+  if (tls_server_load(&cfg, err, sizeof err) < 0) {
+    log_error("error: %s", err);
+    return 1;
+  }
   if ((nls = open_listeners(&cfg, ls)) < 0) return 1;
   if (nls == 0) {
     log_error("error: no listener: systemd passed no socket");

@@ -47,6 +47,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "shdict.h"
+#include "tls.h"
 #include "worker.h"
 
 #define MAX_WORKERS 1024
@@ -710,6 +711,13 @@ static void reload (struct master *m) {
   }
   if (next_config(m) < 0) return;
   m->next_gen = ++m->last_gen;  /* never a failed generation's number */
+  {  /* the certificates and keys are read again, by the master */
+    char why[600];
+    if (tls_server_load(m->next_cfg, why, sizeof why) < 0) {
+      reload_failed(m, why);
+      return;
+    }
+  }
   if (spawn(m, 1, m->next_gen) == NULL)
     reload_failed(m, "cannot start its first worker");
 }
@@ -777,6 +785,10 @@ static int next_wait_ms (struct master *m) {
     until = m->drain_until;
   if (m->up_pid != 0 && (until == 0 || m->up_until < until))
     until = m->up_until;
+  {  /* the session ticket keys' rotation */
+    double r = tls_rotate(now);
+    if (r > 0 && (until == 0 || r < until)) until = r;
+  }
   if (until == 0) return -1;
   return until <= now ? 0 : (int)ceil((until - now) * 1000.0);
 }

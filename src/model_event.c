@@ -474,7 +474,7 @@ static void start_stream (struct eloop *e, int lindex, int fd,
     model_refuse(e->x, fd, peer);
     return;
   }
-  if (e->w->ls[lindex].addr.tr == TR_TCP) {
+  if (e->w->ls[lindex].addr.tr == TR_TCP || e->w->ls[lindex].addr.tr == TR_TLS) {
     /* Replies are already coalesced until the handler waits for input
     ** (or flushes); Nagle would only hold the last one back for an ACK.
     ** nginx's tcp_nodelay does the same for the same reason. */

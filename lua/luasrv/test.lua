@@ -242,7 +242,7 @@ local function listening_lines (s)
 end
 
 
-local LISTENER_OPTS = { ["--tcp"] = true, ["--udp"] = true,
+local LISTENER_OPTS = { ["--tcp"] = true, ["--udp"] = true, ["--tls"] = true,
                         ["--unix"] = true, ["--unixgram"] = true }
 
 
@@ -302,6 +302,7 @@ local function new_client (srv, l, opts)
   local tr = l.transport
   local sock, ok, err
   local c = setmetatable({ transport = tr, listener = l }, Client)
+  if tr == "tls" then tr = "tcp" end  -- the bytes only: the spec speaks TLS
   if tr == "tcp" or tr == "udp" then
     local v6 = l.host:find(":", 1, true)
     sock = assert((tr == "tcp" and (v6 and socket.tcp6 or socket.tcp)

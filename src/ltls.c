@@ -1,0 +1,345 @@
+/*
+** ltls.c -- TLS for Lua: the request flow's handshake step on a --tls
+** listener, req:starttls / conn:starttls, the client side of
+** luasrv.connect("tls://..."), and req.tls. The handshake waits through
+** sched_wait like any read: the event model yields, the others block,
+** bounded by the connection's timeout. A client whose handshake fails
+** (plaintext, garbage, a stall) is closed with one log line, at most one
+** a second, and no hook runs for it.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "address.h"
+#include "log.h"
+#include "lsrv.h"
+#include "tls.h"
+
+#define CTX_MT "luasrv.tlsctx"
+
+/* What a handshake is for (the continuation's context, above the index). */
+enum { HS_ACCEPT, HS_CONNECT, HS_STARTTLS, HS_FLUSH };
+#define HS_CTX(mode, idx) ((lua_KContext)((mode) << 8 | (idx)))
+
+static char ctxcache_key;     /* registry: client contexts by their options */
+
+
+/* The deadline of the operation in progress (as lconn.c's), 0 for none. */
+static double deadline (struct lconn *c) {
+  if (c->deadline < 0) {
+    double t = c->timeout >= 0 ? c->timeout : c->x->w->cfg->timeout;
+    c->deadline = t > 0 ? monotonic_now() + t : 0;
+  }
+  return c->deadline;
+}
+
+
+/* Gives c's descriptor back, as lconn_abort does. */
+static void drop (struct lconn *c) {
+  if (c->io.flags & LC_CLOSED) return;
+  if (c->io.fd >= 0) sched_detach(c);
+  conn_close(&c->io);
+}
+
+
+/* A failed handshake of a client: one line a second at most. */
+static void log_refused (struct lconn *c, const char *why) {
+  char peer[ADDRESS_STRLEN];
+  long n;
+  if (!tls_log_allowed(&n)) return;
+  address_format_peer((struct sockaddr *)&c->peer, c->peerlen, peer,
+                      sizeof peer);
+  if (n > 0)
+    log_warn("closed a connection from %s: TLS handshake failed: %s "
+             "(%ld more not logged)", peer, why, n);
+  else
+    log_warn("closed a connection from %s: TLS handshake failed: %s", peer, why);
+}
+
+
+static int handshake_k (lua_State *L, int status, lua_KContext ctx);
+
+
+static int fail (lua_State *L, struct lconn *c, int mode, int rc) {
+  const char *why = rc == ERR_TLS ? tls_error() : conn_strerror(rc);
+  if (mode == HS_ACCEPT) {
+    log_refused(c, why);
+    drop(c);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushstring(L, why);
+  drop(c);
+  luaL_pushfail(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+
+/* Runs c's handshake (conn at index idx) to its end; may yield. */
+static int handshake (lua_State *L, struct lconn *c, int rc, lua_KContext ctx) {
+  int mode = (int)(ctx >> 8), idx = (int)(ctx & 0xff);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  if (mode == HS_FLUSH) {  /* req:starttls: what was written goes first */
+    while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+      rc = sched_wait(L, c, conn_want_event(rc), deadline(c), ctx, handshake_k);
+    if (rc < 0) return fail(L, c, HS_STARTTLS, rc);
+    if ((rc = tls_server_start(&c->io)) < 0) {
+      lua_pushnil(L);
+      lua_pushstring(L, rc == -ENOENT ? "no certificate (--tls-cert)"
+                                      : conn_strerror(rc));
+      return 2;
+    }
+    ctx = HS_CTX(HS_STARTTLS, idx);
+    mode = HS_STARTTLS;
+  }
+  while (rc >= 0) {
+    rc = tls_handshake(&c->io);
+    if (rc == 0) {
+      if (mode == HS_ACCEPT) lua_pushboolean(L, 1);
+      else lua_pushvalue(L, idx);
+      return 1;
+    }
+    if (!conn_wants(rc)) break;
+    rc = sched_wait(L, c, conn_want_event(rc), deadline(c), ctx, handshake_k);
+  }
+  return fail(L, c, mode, rc);
+}
+
+
+static int handshake_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = lua_touserdata(L, (int)(ctx & 0xff));
+  return handshake(L, c, sched_result(L, status), ctx);
+}
+
+
+int ltls_accept (lua_State *L) {
+  struct lconn *c = luaL_testudata(L, 1, LCONN_MT);
+  if (c == NULL || (c->io.flags & LC_CLOSED) ||
+      c->io.tls != NULL || c->lindex < 0 ||
+      c->x->w->ls[c->lindex].addr.tr != TR_TLS) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_settop(L, 1);
+  c->deadline = -1;  /* the handshake has the server's timeout */
+  if (tls_server_start(&c->io) < 0) return fail(L, c, HS_ACCEPT, -ENOMEM);
+  return handshake(L, c, 0, HS_CTX(HS_ACCEPT, 1));
+}
+
+
+/* {====================================================== client side */
+
+static int ctx_gc (lua_State *L) {
+  void **p = luaL_checkudata(L, 1, CTX_MT);
+  if (*p != NULL) tls_client_ctx_free(*p);
+  *p = NULL;
+  return 0;
+}
+
+
+static const char *optstring (lua_State *L, int opts, const char *k) {
+  const char *s = NULL;
+  if (opts == 0) return NULL;
+  if (lua_getfield(L, opts, k) != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "bad option '%s' (a string expected)", k);
+    s = lua_tostring(L, -1);
+  }
+  lua_pop(L, 1);  /* opts holds it */
+  return s;
+}
+
+
+/*
+** The client context for opts (a table at index opts, or 0): made once
+** per state for each set of ca, cert, key and verify. Returns it, or
+** NULL with the reason pushed.
+*/
+static void *client_ctx (lua_State *L, int opts, int verify) {
+  const char *ca = optstring(L, opts, "ca"), *cert = optstring(L, opts, "cert"),
+             *key = optstring(L, opts, "key");
+  char err[400];
+  void **p;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
+  }
+  lua_pushfstring(L, "%d\n%s\n%s\n%s", verify, ca ? ca : "", cert ? cert : "",
+                  key ? key : "");
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TUSERDATA) {
+    p = lua_touserdata(L, -1);
+    lua_pop(L, 3);
+    return *p;
+  }
+  lua_pop(L, 1);
+  p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  if (luaL_newmetatable(L, CTX_MT)) {
+    lua_pushcfunction(L, ctx_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if ((*p = tls_client_ctx(ca, cert, key, verify, err, sizeof err)) == NULL) {
+    lua_pop(L, 3);
+    lua_pushstring(L, err);
+    return NULL;
+  }
+  lua_rawset(L, -3);  /* key, ctx */
+  lua_pop(L, 1);
+  return *p;
+}
+
+
+/* Pushes opts.alpn ("h2,http/1.1" or {"h2", "http/1.1"}) in wire form. */
+static void push_alpn (lua_State *L, int opts) {
+  luaL_Buffer b;
+  int t;
+  if (opts == 0 || lua_getfield(L, opts, "alpn") == LUA_TNIL) {
+    if (opts != 0) lua_pop(L, 1);
+    lua_pushliteral(L, "");
+    return;
+  }
+  t = lua_gettop(L);
+  if (lua_type(L, t) == LUA_TSTRING) {  /* the list's names in a table */
+    const char *s = lua_tostring(L, t);
+    int n = 0;
+    lua_newtable(L);
+    while (*s) {
+      const char *comma = strchr(s, ',');
+      size_t k = comma ? (size_t)(comma - s) : strlen(s);
+      lua_pushlstring(L, s, k);
+      lua_rawseti(L, -2, ++n);
+      s += k + (comma ? 1 : 0);
+    }
+    lua_replace(L, t);
+  }
+  if (!lua_istable(L, t)) luaL_error(L, "bad option 'alpn' (a string or a table expected)");
+  luaL_buffinit(L, &b);
+  for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, t); i++) {
+    size_t k;
+    const char *s;
+    lua_rawgeti(L, t, i);
+    s = lua_tolstring(L, -1, &k);
+    lua_pop(L, 1);  /* the table keeps it */
+    if (s == NULL || k == 0 || k > 255) luaL_error(L, "bad option 'alpn'");
+    luaL_addchar(&b, (char)k);
+    luaL_addlstring(&b, s, k);
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, t);
+}
+
+
+/*
+** Starts the client side of TLS on outbound c (at idx) with opts (a
+** table at index opts, or 0) and host (the default name), then its
+** handshake: pushes c, or nil and the reason. May yield.
+*/
+int ltls_client (lua_State *L, struct lconn *c, int idx, int opts,
+                 const char *host) {
+  int verify = 1, rc;
+  const char *sni;
+  size_t alpnlen;
+  const char *alpn;
+  void *ctx;
+  if (opts != 0 && lua_getfield(L, opts, "verify") != LUA_TNIL)
+    verify = lua_toboolean(L, -1);
+  if (opts != 0) lua_pop(L, 1);
+  sni = optstring(L, opts, "sni");
+  if (sni == NULL) sni = host;
+  if ((ctx = client_ctx(L, opts, verify)) == NULL) {
+    drop(c);
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  push_alpn(L, opts);
+  alpn = lua_tolstring(L, -1, &alpnlen);
+  rc = tls_client_start(&c->io, ctx, sni, verify,
+                        (const unsigned char *)alpn, alpnlen);
+  lua_pop(L, 1);
+  if (rc < 0) return fail(L, c, HS_CONNECT, rc);
+  lua_settop(L, idx);
+  return handshake(L, c, 0, HS_CTX(HS_CONNECT, idx));
+}
+
+/* }====================================================== */
+
+
+/* req:starttls([opts]) and conn:starttls([opts]) */
+int ltls_starttls (lua_State *L) {
+  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
+  char host[ADDRESS_STRLEN];
+  int port;
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || lua_istable(L, 2), 2,
+                "table expected");
+  lua_settop(L, 2);
+  if (c->io.flags & LC_CLOSED) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (c->io.tls != NULL || (c->io.flags & (LC_DGRAM | LC_UDP)) ||
+      (c->io.tr != &conn_stream && c->io.tr != &conn_outbound)) {
+    luaL_pushfail(L);
+    lua_pushstring(L, c->io.tls ? "already TLS" : "not a stream");
+    return 2;
+  }
+  c->deadline = -1;
+  if (c->io.flags & LC_OUTBOUND) {
+    if (address_host_port((struct sockaddr *)&c->peer, host, sizeof host,
+                          &port) < 0)
+      host[0] = '\0';
+    return ltls_client(L, c, 1, lua_istable(L, 2) ? 2 : 0,
+                       host[0] ? host : NULL);
+  }
+  return handshake(L, c, 0, HS_CTX(HS_FLUSH, 1));
+}
+
+
+void ltls_push_info (lua_State *L, struct lconn *c) {
+  struct tls_info in;
+  if (c->io.tls == NULL || (c->io.flags & LC_CLOSED)) {
+    lua_pushnil(L);
+    return;
+  }
+  tls_get_info(&c->io, &in);
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, in.version);
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, in.cipher);
+  lua_setfield(L, -2, "cipher");
+  if (in.sni != NULL) {
+    lua_pushstring(L, in.sni);
+    lua_setfield(L, -2, "sni");
+  }
+  if (in.alpnlen > 0) {
+    lua_pushlstring(L, (const char *)in.alpn, in.alpnlen);
+    lua_setfield(L, -2, "alpn");
+  }
+  lua_pushboolean(L, in.resumed);
+  lua_setfield(L, -2, "resumed");
+  if (in.has_peer) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, in.subject);
+    lua_setfield(L, -2, "subject");
+    lua_pushstring(L, in.issuer);
+    lua_setfield(L, -2, "issuer");
+    lua_pushstring(L, in.serial);
+    lua_setfield(L, -2, "serial");
+    lua_pushstring(L, in.fingerprint);
+    lua_setfield(L, -2, "fingerprint");
+    lua_pushstring(L, in.expiry);
+    lua_setfield(L, -2, "expiry");
+    lua_setfield(L, -2, "peer");
+  }
+}

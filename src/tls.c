@@ -1,0 +1,867 @@
+/*
+** tls.c -- TLS on OpenSSL 3 as a transport of the connection layer
+** (conn_tls). A connection starts plain; starting TLS gives it an SSL
+** object over a small BIO of ours that reads and writes its socket
+** without blocking (and first hands the handshake any input already
+** buffered: a PROXY header's or a STARTTLS command's next bytes), and
+** keeps the connection's readiness flags true: a flag is cleared only
+** when the socket said EAGAIN, which is what the edge-triggered event
+** loop relies on. read and write loop over records until the buffer is
+** full or the socket is empty, so a short result still means "drained".
+**
+** The server's contexts are built once by the master, before it forks:
+** every worker inherits them. The session ticket keys are in memory they
+** all share, made and rotated by the master, so a session resumes
+** whichever worker accepts it, across reloads too. A reload builds a new
+** set of certificates for the next generation; the old keeps its own.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "address.h"
+#include "evloop.h"
+#include "log.h"
+#include "tls.h"
+
+/* A connection's TLS: its SSL and the input it had before TLS began. */
+struct tlsconn {
+  SSL *ssl;
+  struct conn *c;
+  int syserr;                 /* errno of the socket call that failed */
+  int failed;                 /* a fatal error: no close_notify */
+  int drained;                /* the last recv was short: the socket is empty */
+  pid_t pid;                  /* the process whose session it is */
+  char *key;                  /* a client's session cache key, or NULL */
+  size_t npre, off;
+  char pre[];
+};
+
+/* The server's certificates: one context per --tls-cert/--tls-key pair. */
+struct tls_server {
+  SSL_CTX *ctx[CLI_MAX_CERTS];
+  int n;
+  unsigned char alpn[256];    /* --tls-alpn in wire form */
+  size_t alpnlen;
+};
+
+static struct tls_server *server;
+static BIO_METHOD *bio_meth;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+static _Thread_local char errbuf[256];
+
+/*
+** What every process of the server shares, in memory the master maps
+** before it forks: the rate limit of failed handshakes' log lines, and
+** the session ticket keys. The master alone writes the keys (a seqlock:
+** seq is odd while it does); a worker encrypts new tickets with the
+** current key and takes the previous one too, so a session lives across
+** one rotation (--tls-ticket-rotate).
+*/
+#define TICKET_KEY 80         /* name 16, HMAC 32, AES 32 */
+
+struct loglimit {
+  atomic_long second;         /* the second of the last line */
+  atomic_long quiet;          /* failures not logged since */
+};
+
+struct shared {
+  struct loglimit log;
+  atomic_uint seq;
+  unsigned char keys[2][TICKET_KEY];  /* current, previous */
+};
+static struct shared *shared;
+static struct loglimit local_limit;
+static double rotate_secs, rotate_at;  /* the master's */
+
+
+int tls_log_allowed (long *quiet) {
+  struct loglimit *l = shared != NULL ? &shared->log : &local_limit;
+  long now = (long)time(NULL), last = atomic_load(&l->second);
+  if (last == now || !atomic_compare_exchange_strong(&l->second, &last, now)) {
+    atomic_fetch_add(&l->quiet, 1);
+    return 0;
+  }
+  *quiet = atomic_exchange(&l->quiet, 0);
+  return 1;
+}
+
+
+const char *tls_error (void) {
+  return errbuf;
+}
+
+
+/* errbuf gets OpenSSL's reason for the last failure (and the queue is emptied). */
+static void take_error (const char *what) {
+  unsigned long e = ERR_peek_last_error();
+  const char *r = e ? ERR_reason_error_string(e) : NULL;
+  if (r != NULL) snprintf(errbuf, sizeof errbuf, "%s%s%s", what ? what : "",
+                          what ? ": " : "", r);
+  else snprintf(errbuf, sizeof errbuf, "%s", what ? what : "TLS error");
+  ERR_clear_error();
+}
+
+
+/* {====================================================== the BIO */
+
+static int bio_write (BIO *b, const char *p, int n) {
+  struct tlsconn *t = BIO_get_data(b);
+  ssize_t r;
+  BIO_clear_retry_flags(b);
+  do r = send(t->c->fd, p, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  if (r >= 0) return (int)r;
+  if (errno == EAGAIN) {
+    BIO_set_retry_write(b);
+    t->c->flags &= ~LC_WRITABLE;
+  }
+  else t->syserr = errno;
+  return -1;
+}
+
+
+static int bio_read (BIO *b, char *p, int n) {
+  struct tlsconn *t = BIO_get_data(b);
+  ssize_t r;
+  BIO_clear_retry_flags(b);
+  if (t->off < t->npre) {  /* what came before TLS began */
+    size_t k = t->npre - t->off < (size_t)n ? t->npre - t->off : (size_t)n;
+    memcpy(p, t->pre + t->off, k);
+    t->off += k;
+    return (int)k;
+  }
+  do r = recv(t->c->fd, p, (size_t)n, MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  t->drained = r >= 0 && r < n;
+  if (r >= 0) return (int)r;
+  if (errno == EAGAIN) {
+    BIO_set_retry_read(b);
+    t->c->flags &= ~LC_READABLE;
+  }
+  else t->syserr = errno;
+  return -1;
+}
+
+
+static long bio_ctrl (BIO *b, int cmd, long num, void *ptr) {
+  (void)b;
+  (void)num;
+  (void)ptr;
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+
+static int bio_create (BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+
+static void make_bio_meth (void) {
+  bio_meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luasrv");
+  if (bio_meth == NULL) return;
+  BIO_meth_set_write(bio_meth, bio_write);
+  BIO_meth_set_read(bio_meth, bio_read);
+  BIO_meth_set_ctrl(bio_meth, bio_ctrl);
+  BIO_meth_set_create(bio_meth, bio_create);
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== the transport */
+
+/* The result of an SSL call that returned r <= 0. */
+static int ssl_result (struct tlsconn *t, int r) {
+  switch (SSL_get_error(t->ssl, r)) {
+    case SSL_ERROR_WANT_READ: return CONN_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return CONN_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_SYSCALL:
+      t->failed = 1;
+      ERR_clear_error();
+      if (t->syserr != 0) return conn_errno(t->syserr);
+      return ERR_CLOSED;
+    default: {
+      long v = SSL_get_verify_result(t->ssl);
+      t->failed = 1;
+      take_error(NULL);
+      if (v != X509_V_OK)
+        snprintf(errbuf, sizeof errbuf, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(v));
+      return ERR_TLS;
+    }
+  }
+}
+
+
+static long tls_read (struct conn *c, char *p, size_t n) {
+  struct tlsconn *t = c->tls;
+  size_t got = 0;
+  while (got < n) {
+    int want = n - got > INT_MAX ? INT_MAX : (int)(n - got);
+    int r = SSL_read(t->ssl, p + got, want);
+    int rc;
+    if (r > 0) {
+      got += (size_t)r;
+      /* read ahead: a short recv emptied the socket, and nothing is left
+      ** in OpenSSL's buffer, so another try would only find EAGAIN */
+      if (t->drained && !SSL_has_pending(t->ssl)) {
+        c->flags &= ~LC_READABLE;
+        return (long)got;
+      }
+      continue;
+    }
+    rc = ssl_result(t, r);
+    if (got > 0) return (long)got;  /* the socket is empty, or ended */
+    return rc;
+  }
+  return (long)got;
+}
+
+
+static long tls_write (struct conn *c, const char *p, size_t n) {
+  struct tlsconn *t = c->tls;
+  size_t put = 0;
+  while (put < n) {
+    int want = n - put > INT_MAX ? INT_MAX : (int)(n - put);
+    int r = SSL_write(t->ssl, p + put, want);
+    int rc;
+    if (r > 0) {
+      put += (size_t)r;
+      continue;
+    }
+    rc = ssl_result(t, r);
+    if (put > 0) return (long)put;
+    return rc == 0 ? ERR_CLOSED : rc;
+  }
+  return (long)put;
+}
+
+
+static int tls_shutdown (struct conn *c) {
+  struct tlsconn *t = c->tls;
+  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
+    SSL_shutdown(t->ssl);
+  ERR_clear_error();
+  return shutdown(c->fd, SHUT_WR) < 0 ? conn_errno(errno) : 0;
+}
+
+
+/*
+** Frees c's TLS, telling the peer (close_notify) if the session is sound
+** and ours: a fork-model child that closes its copy of a connection its
+** parent keeps (a pooled one) must leave the parent's session alone.
+*/
+static void tls_free (struct conn *c) {
+  struct tlsconn *t = c->tls;
+  if (t == NULL) return;
+  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
+    SSL_shutdown(t->ssl);
+  ERR_clear_error();
+  SSL_free(t->ssl);
+  free(t->key);
+  free(t);
+  c->tls = NULL;
+}
+
+
+static void tls_close (struct conn *c) {
+  tls_free(c);
+  close(c->fd);
+}
+
+
+const struct conn_ops conn_tls = {
+  .name = "tls",
+  .read = tls_read,
+  .write = tls_write,
+  .shutdown = tls_shutdown,
+  .close = tls_close,
+};
+
+
+void tls_move (struct conn *from, struct conn *to) {
+  struct tlsconn *t = from->tls;
+  from->tls = NULL;
+  to->tls = t;
+  if (t != NULL) t->c = to;
+}
+
+
+/*
+** Gives c an SSL of ctx over our BIO; the input c has buffered becomes
+** the first the handshake reads.
+*/
+static int start (struct conn *c, SSL_CTX *ctx) {
+  size_t npre = buf_len(&c->in);
+  struct tlsconn *t;
+  BIO *b;
+  pthread_once(&bio_once, make_bio_meth);
+  if (bio_meth == NULL || (t = malloc(sizeof *t + npre)) == NULL) return -ENOMEM;
+  memset(t, 0, sizeof *t);
+  if (npre > 0) memcpy(t->pre, buf_head(&c->in), npre);
+  t->npre = npre;
+  t->c = c;
+  t->pid = getpid();
+  if ((t->ssl = SSL_new(ctx)) == NULL || (b = BIO_new(bio_meth)) == NULL) {
+    if (t->ssl != NULL) SSL_free(t->ssl);
+    free(t);
+    ERR_clear_error();
+    return -ENOMEM;
+  }
+  BIO_set_data(b, t);
+  SSL_set_bio(t->ssl, b, b);
+  buf_consume(&c->in, npre);
+  c->scan = 0;
+  c->tls = t;
+  c->tr = &conn_tls;
+  return 0;
+}
+
+
+int tls_handshake (struct conn *c) {
+  struct tlsconn *t = c->tls;
+  int r = SSL_do_handshake(t->ssl);
+  int rc;
+  if (r == 1) {
+    if (t->npre == t->off && t->npre > 0) t->npre = t->off = 0;
+    c->flags |= LC_READABLE | LC_WRITABLE;  /* data may follow at once */
+    return 0;
+  }
+  rc = ssl_result(t, r);
+  if (rc == 0 || rc == ERR_CLOSED) {
+    snprintf(errbuf, sizeof errbuf, "the peer closed the connection");
+    return ERR_TLS;
+  }
+  if (rc != ERR_TLS && !conn_wants(rc)) {
+    snprintf(errbuf, sizeof errbuf, "%s", conn_strerror(rc));
+    return ERR_TLS;
+  }
+  return rc;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== the server */
+
+static int on_ticket_key (SSL *ssl, unsigned char *name, unsigned char *iv,
+                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc);
+
+
+/* SNI: the first context whose certificate names the client's server. */
+static int on_servername (SSL *ssl, int *al, void *arg) {
+  struct tls_server *s = arg;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  (void)al;
+  if (name == NULL) return SSL_TLSEXT_ERR_OK;
+  for (int i = 0; i < s->n; i++) {
+    X509 *x = SSL_CTX_get0_certificate(s->ctx[i]);
+    if (x != NULL && X509_check_host(x, name, 0, 0, NULL) == 1) {
+      if (i > 0) SSL_set_SSL_CTX(ssl, s->ctx[i]);
+      return SSL_TLSEXT_ERR_OK;
+    }
+  }
+  return SSL_TLSEXT_ERR_OK;  /* the default certificate */
+}
+
+
+/* ALPN: the first of our protocols that the client offers. */
+static int on_alpn (SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                    const unsigned char *in, unsigned inlen, void *arg) {
+  struct tls_server *s = arg;
+  unsigned char *o;
+  (void)ssl;
+  if (SSL_select_next_proto(&o, outlen, s->alpn, (unsigned)s->alpnlen, in,
+                            inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = o;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+
+/* "h2,http/1.1" to wire form; -1 when a name is empty or too long. */
+static int alpn_wire (const char *list, unsigned char *out, size_t cap,
+                      size_t *len) {
+  size_t n = 0;
+  while (*list != '\0') {
+    const char *comma = strchr(list, ',');
+    size_t k = comma ? (size_t)(comma - list) : strlen(list);
+    if (k == 0 || k > 255 || n + 1 + k > cap) return -1;
+    out[n++] = (unsigned char)k;
+    memcpy(out + n, list, k);
+    n += k;
+    list += k + (comma ? 1 : 0);
+  }
+  *len = n;
+  return 0;
+}
+
+
+/* Can path be opened for reading? err says why not. */
+static int readable (const char *what, const char *path, char *err,
+                     size_t errlen) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+    return -1;
+  }
+  fclose(f);
+  return 0;
+}
+
+
+static int ctx_fail (const char *what, const char *path, char *err,
+                     size_t errlen) {
+  take_error(NULL);
+  snprintf(err, errlen, "%s %s: %s", what, path, errbuf);
+  return -1;
+}
+
+
+/* The options every context shares: versions, modes, no renegotiation. */
+static void common_options (SSL_CTX *ctx, int minver) {
+  SSL_CTX_set_min_proto_version(ctx, minver == 13 ? TLS1_3_VERSION
+                                                  : TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                      SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS |
+                   SSL_MODE_ENABLE_PARTIAL_WRITE |
+                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  /* records are read as many as the socket has at once (one recv, not
+  ** two per record), and a short recv tells that the socket is empty */
+  SSL_CTX_set_read_ahead(ctx, 1);
+}
+
+
+/* Context i of s for the pair i of cfg; 0 or -1 with err naming the file. */
+static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
+                       char *err, size_t errlen) {
+  const char *cert = cfg->tls_cert[i], *key = cfg->tls_key[i];
+  SSL_CTX *ctx;
+  if (readable("--tls-cert", cert, err, errlen) < 0 ||
+      readable("--tls-key", key, err, errlen) < 0)
+    return -1;
+  if ((ctx = SSL_CTX_new(TLS_server_method())) == NULL)
+    return ctx_fail("--tls-cert", cert, err, errlen);
+  s->ctx[s->n++] = ctx;
+  common_options(ctx, cfg->tls_min_version);
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"luasrv", 6);
+  /* sessions resume from their tickets, on any worker: a cache per
+  ** process would only hold memory */
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (cfg->tls_ciphers != NULL &&
+      SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) != 1) {
+    take_error(NULL);
+    snprintf(err, errlen, "--tls-ciphers %s: %s", cfg->tls_ciphers, errbuf);
+    return -1;
+  }
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+    ERR_clear_error();
+    snprintf(err, errlen, "--tls-cert %s: no PEM certificate in it", cert);
+    return -1;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_REASON(e) != X509_R_KEY_VALUES_MISMATCH &&
+        ERR_GET_REASON(e) != X509_R_KEY_TYPE_MISMATCH) {
+      ERR_clear_error();
+      snprintf(err, errlen, "--tls-key %s: no PEM private key in it", key);
+      return -1;
+    }
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    ERR_clear_error();
+    snprintf(err, errlen, "--tls-key %s does not match --tls-cert %s", key,
+             cert);
+    return -1;
+  }
+  if (cfg->tls_client_ca != NULL) {
+    STACK_OF(X509_NAME) *names;
+    if (readable("--tls-client-ca", cfg->tls_client_ca, err, errlen) < 0)
+      return -1;
+    if (SSL_CTX_load_verify_locations(ctx, cfg->tls_client_ca, NULL) != 1 ||
+        (names = SSL_load_client_CA_file(cfg->tls_client_ca)) == NULL)
+      return ctx_fail("--tls-client-ca", cfg->tls_client_ca, err, errlen);
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (cfg->tls_verify_client == 2 ?
+                       SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+  }
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+  SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+  SSL_CTX_set_tlsext_servername_arg(ctx, s);
+  if (s->alpnlen > 0) SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);
+  return 0;
+}
+
+
+/* {------------------------------------------------------ ticket keys */
+
+/* The master: a new current key, the current one becomes the previous. */
+static int new_key (void) {
+  unsigned char k[TICKET_KEY];
+  if (RAND_bytes(k, sizeof k) != 1) return -1;
+  atomic_fetch_add_explicit(&shared->seq, 1, memory_order_acq_rel);
+  memcpy(shared->keys[1], shared->keys[0], TICKET_KEY);
+  memcpy(shared->keys[0], k, TICKET_KEY);
+  atomic_fetch_add_explicit(&shared->seq, 1, memory_order_acq_rel);
+  OPENSSL_cleanse(k, sizeof k);
+  return 0;
+}
+
+
+/* A worker: a consistent copy of both keys; -1 if the master never let go. */
+static int read_keys (unsigned char out[2][TICKET_KEY]) {
+  for (int tries = 0; tries < 1000; tries++) {
+    unsigned s1 = atomic_load_explicit(&shared->seq, memory_order_acquire);
+    if (s1 & 1) continue;
+    memcpy(out, shared->keys, sizeof shared->keys);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&shared->seq, memory_order_relaxed) == s1) return 0;
+  }
+  return -1;
+}
+
+
+/*
+** OpenSSL's ticket key callback: encrypts with the current key, decrypts
+** with whichever of the two named it (2 for the previous: a fresh ticket
+** is sent), or 0 for a ticket of no key of ours (a full handshake).
+*/
+static int on_ticket_key (SSL *ssl, unsigned char *name, unsigned char *iv,
+                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc) {
+  unsigned char k[2][TICKET_KEY];
+  char sha256[] = "SHA256";
+  OSSL_PARAM params[2];
+  int which = -1, ok;
+  (void)ssl;
+  if (read_keys(k) < 0) return -1;
+  if (enc) {
+    if (RAND_bytes(iv, 16) != 1) return -1;
+    memcpy(name, k[0], 16);
+    which = 0;
+  }
+  else
+    for (int i = 1; i >= 0; i--)
+      if (memcmp(name, k[i], 16) == 0) which = i;
+  if (which < 0) return 0;
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, sha256, 0);
+  params[1] = OSSL_PARAM_construct_end();
+  ok = EVP_MAC_init(hctx, k[which] + 16, 32, params) == 1 &&
+       (enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k[which] + 48, iv)
+            : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k[which] + 48, iv)) == 1;
+  OPENSSL_cleanse(k, sizeof k);
+  if (!ok) return -1;
+  return which == 1 ? 2 : 1;
+}
+
+
+/* The master, once: maps what every process shares and makes the keys. */
+static int map_shared (const struct config *cfg, char *err, size_t errlen) {
+  void *p = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    snprintf(err, errlen, "cannot map the session ticket keys: %s", strerror(errno));
+    return -1;
+  }
+  shared = p;
+  if (new_key() < 0 || new_key() < 0) {  /* no previous key either */
+    snprintf(err, errlen, "cannot make session ticket keys");
+    return -1;
+  }
+  rotate_secs = cfg->tls_ticket_rotate;
+  rotate_at = rotate_secs > 0 ? monotonic_now() + rotate_secs : 0;
+  return 0;
+}
+
+
+double tls_rotate (double now) {
+  if (rotate_at <= 0 || shared == NULL) return 0;
+  if (now >= rotate_at) {
+    if (new_key() < 0) log_error("cannot make a new session ticket key");
+    rotate_at = now + rotate_secs;
+  }
+  return rotate_at;
+}
+
+/* }------------------------------------------------------ */
+
+
+static void server_free (struct tls_server *s) {
+  if (s == NULL) return;
+  for (int i = 0; i < s->n; i++) SSL_CTX_free(s->ctx[i]);
+  free(s);
+}
+
+
+int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
+  struct tls_server *s;
+  if (cfg->ntls_cert == 0) return 0;
+  pthread_once(&bio_once, make_bio_meth);
+  if (shared == NULL && map_shared(cfg, err, errlen) < 0) return -1;
+  if ((s = calloc(1, sizeof *s)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (cfg->tls_alpn != NULL &&
+      alpn_wire(cfg->tls_alpn, s->alpn, sizeof s->alpn, &s->alpnlen) < 0) {
+    snprintf(err, errlen, "bad value '%s' for --tls-alpn", cfg->tls_alpn);
+    server_free(s);
+    return -1;
+  }
+  for (int i = 0; i < cfg->ntls_cert; i++)
+    if (server_ctx(s, cfg, i, err, errlen) < 0) {
+      server_free(s);
+      return -1;
+    }
+  server_free(server);  /* a worker of the old generation has its own copy */
+  server = s;
+  return 0;
+}
+
+
+int tls_server_ready (void) {
+  return server != NULL;
+}
+
+
+int tls_server_start (struct conn *c) {
+  int rc;
+  if (server == NULL) return -ENOENT;
+  if ((rc = start(c, server->ctx[0])) < 0) return rc;
+  SSL_set_accept_state(((struct tlsconn *)c->tls)->ssl);
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== the client */
+
+/*
+** Sessions of outbound connections, so that a reconnect resumes: one
+** per context (its verification and certificates), name and peer
+** address, the newest kept, at most SESS_MAX in a process. A session is
+** only ever offered under the context that made it.
+*/
+#define SESS_MAX 64
+
+struct sessentry {
+  SSL_CTX *ctx;
+  SSL_SESSION *sess;
+  char key[ADDRESS_STRLEN + 260];
+};
+
+static struct sessentry sessions[SESS_MAX];
+static int sess_next;
+static pthread_mutex_t sess_mu = PTHREAD_MUTEX_INITIALIZER;
+static int appdata_index = -1;
+
+
+static struct sessentry *sess_find (SSL_CTX *ctx, const char *key) {
+  for (int i = 0; i < SESS_MAX; i++)
+    if (sessions[i].ctx == ctx && strcmp(sessions[i].key, key) == 0)
+      return &sessions[i];
+  return NULL;
+}
+
+
+/* OpenSSL's new session callback: keeps sess (our reference now). */
+static int on_new_session (SSL *ssl, SSL_SESSION *sess) {
+  const char *key = SSL_get_ex_data(ssl, appdata_index);
+  SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+  struct sessentry *e;
+  if (key == NULL) return 0;
+  pthread_mutex_lock(&sess_mu);
+  if ((e = sess_find(ctx, key)) == NULL) {
+    e = &sessions[sess_next];
+    sess_next = (sess_next + 1) % SESS_MAX;
+    if (e->sess != NULL) SSL_SESSION_free(e->sess);
+    e->ctx = ctx;
+    snprintf(e->key, sizeof e->key, "%s", key);
+  }
+  else SSL_SESSION_free(e->sess);
+  e->sess = sess;
+  pthread_mutex_unlock(&sess_mu);
+  return 1;
+}
+
+
+static void make_appdata_index (void) {
+  appdata_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+void *tls_client_ctx (const char *ca, const char *cert, const char *key,
+                      int verify, char *err, size_t errlen) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == NULL) {
+    take_error("cannot make a TLS context");
+    snprintf(err, errlen, "%s", errbuf);
+    return NULL;
+  }
+  common_options(ctx, 12);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+                                 SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+  if (verify) {
+    int ok = ca != NULL ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
+                        : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+      ctx_fail("cannot load CA", ca ? ca : "(system)", err, errlen);
+      SSL_CTX_free(ctx);
+      return NULL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  }
+  if (cert != NULL &&
+      (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+       SSL_CTX_use_PrivateKey_file(ctx, key ? key : cert, SSL_FILETYPE_PEM) != 1 ||
+       SSL_CTX_check_private_key(ctx) != 1)) {
+    ctx_fail("cannot use certificate", cert, err, errlen);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+
+void tls_client_ctx_free (void *ctx) {
+  pthread_mutex_lock(&sess_mu);
+  for (int i = 0; i < SESS_MAX; i++)
+    if (sessions[i].ctx == ctx) {
+      SSL_SESSION_free(sessions[i].sess);
+      memset(&sessions[i], 0, sizeof sessions[i]);
+    }
+  pthread_mutex_unlock(&sess_mu);
+  SSL_CTX_free(ctx);
+}
+
+
+/*
+** The session cache key of t: the name and the peer's address. The last
+** session made under ctx for it is offered to the server.
+*/
+static void resume_session (struct tlsconn *t, SSL_CTX *ctx, const char *sni) {
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  char peer[ADDRESS_STRLEN], key[sizeof sessions[0].key];
+  struct sessentry *e;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, make_appdata_index);
+  if (appdata_index < 0 ||
+      getpeername(t->c->fd, (struct sockaddr *)&sa, &len) < 0)
+    return;
+  address_format_peer((struct sockaddr *)&sa, len, peer, sizeof peer);
+  snprintf(key, sizeof key, "%.255s|%s", sni ? sni : "", peer);
+  if ((t->key = strdup(key)) == NULL) return;
+  SSL_set_ex_data(t->ssl, appdata_index, t->key);
+  pthread_mutex_lock(&sess_mu);
+  if ((e = sess_find(ctx, t->key)) != NULL && e->sess != NULL)
+    SSL_set_session(t->ssl, e->sess);
+  pthread_mutex_unlock(&sess_mu);
+}
+
+
+int tls_client_start (struct conn *c, void *ctx, const char *sni, int verify,
+                      const unsigned char *alpn, size_t alpnlen) {
+  struct tlsconn *t;
+  ASN1_OCTET_STRING *ip = sni ? a2i_IPADDRESS(sni) : NULL;
+  int rc;
+  ERR_clear_error();
+  if ((rc = start(c, ctx)) < 0) {
+    ASN1_OCTET_STRING_free(ip);
+    return rc;
+  }
+  t = c->tls;
+  SSL_set_connect_state(t->ssl);
+  if (sni != NULL && ip == NULL) SSL_set_tlsext_host_name(t->ssl, sni);
+  if (verify && sni != NULL) {
+    if (ip != NULL) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), sni);
+    else SSL_set1_host(t->ssl, sni);
+  }
+  ASN1_OCTET_STRING_free(ip);
+  if (alpn != NULL && alpnlen > 0) SSL_set_alpn_protos(t->ssl, alpn, (unsigned)alpnlen);
+  resume_session(t, ctx, sni);
+  ERR_clear_error();
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== what a handler sees */
+
+static void name_line (X509_NAME *n, char *out, size_t len) {
+  BIO *b = BIO_new(BIO_s_mem());
+  int k;
+  out[0] = '\0';
+  if (b == NULL) return;
+  X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253);
+  k = BIO_read(b, out, (int)len - 1);
+  out[k > 0 ? k : 0] = '\0';
+  BIO_free(b);
+}
+
+
+static void peer_info (X509 *x, struct tls_info *in) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned mdlen = 0;
+  BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+  BIO *b;
+  name_line(X509_get_subject_name(x), in->subject, sizeof in->subject);
+  name_line(X509_get_issuer_name(x), in->issuer, sizeof in->issuer);
+  in->serial[0] = '\0';
+  if (bn != NULL) {
+    char *hex = BN_bn2hex(bn);
+    if (hex != NULL) snprintf(in->serial, sizeof in->serial, "%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+  }
+  in->fingerprint[0] = '\0';
+  if (X509_digest(x, EVP_sha256(), md, &mdlen) == 1)
+    for (unsigned i = 0; i < mdlen && 3 * i + 3 <= sizeof in->fingerprint; i++)
+      snprintf(in->fingerprint + 3 * i, 4, i + 1 < mdlen ? "%02X:" : "%02X", md[i]);
+  in->expiry[0] = '\0';
+  if ((b = BIO_new(BIO_s_mem())) != NULL) {
+    int k;
+    ASN1_TIME_print(b, X509_get0_notAfter(x));
+    k = BIO_read(b, in->expiry, (int)sizeof in->expiry - 1);
+    in->expiry[k > 0 ? k : 0] = '\0';
+    BIO_free(b);
+  }
+  in->has_peer = 1;
+}
+
+
+void tls_get_info (struct conn *c, struct tls_info *in) {
+  struct tlsconn *t = c->tls;
+  X509 *x;
+  memset(in, 0, sizeof *in);
+  in->version = SSL_get_version(t->ssl);
+  in->cipher = SSL_get_cipher_name(t->ssl);
+  in->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+  SSL_get0_alpn_selected(t->ssl, &in->alpn, &in->alpnlen);
+  in->resumed = SSL_session_reused(t->ssl);
+  x = SSL_get0_peer_certificate(t->ssl);
+  if (x != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK) peer_info(x, in);
+  ERR_clear_error();
+}
+
+/* }====================================================== */
