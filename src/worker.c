@@ -57,6 +57,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   w->id = id;
   w->pid = getpid();
   w->ready_fd = -1;
+  w->admin_fd = -1;
   /* libuv's trick: with no descriptor left, give this one up to accept
   ** the waiting client and close it, instead of spinning on EMFILE */
   w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);

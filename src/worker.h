@@ -21,6 +21,7 @@ struct worker {
   pid_t master;               /* the master's pid; 0: none (see worker_stop) */
   atomic_int orphaned;        /* the master died: listeners shut down */
   int ready_fd;               /* written once the worker serves; -1: none */
+  int admin_fd;               /* the console's requests (admin.c); -1: none */
   int stop_fd[2];             /* read end is readable once stopping */
   int sig_fd[2];              /* wakes the loop on any signal; drained */
   atomic_int stopping;

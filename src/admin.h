@@ -1,0 +1,22 @@
+/*
+** admin.h -- the worker's side of the console (--admin): the master hands
+** a worker a request ("connections" or "eval CODE") with the ctl client's
+** socket over the worker's channel, and the worker answers that client
+** itself and closes it.
+*/
+#ifndef LUASRV_ADMIN_H
+#define LUASRV_ADMIN_H
+
+struct mloop;
+struct lconn;
+struct admin_out;
+
+/* Answers the request waiting on ml->w->admin_fd (the skeleton's loop). */
+void admin_request (struct mloop *ml);
+
+/* Adds a line for connection c to o: waits is "read", "write", "sleep"
+** or "running". */
+void admin_conn (struct admin_out *o, const struct lconn *c,
+                 const char *waits);
+
+#endif
