@@ -200,15 +200,56 @@ static int receive (int afd, char *req, size_t cap, int *cfd) {
 }
 
 
-void admin_request (struct mloop *ml) {
-  static char req[ADMIN_REQ];
-  int cfd, rc = receive(ml->w->admin_fd, req, sizeof req, &cfd);
-  if (rc == 0 && cfd < 0) {  /* the master is gone */
-    evloop_del(ml->loop, ml->w->admin_fd);
-    close(ml->w->admin_fd);
-    ml->w->admin_fd = -1;
-    return;
+static char req[ADMIN_REQ];   /* the worker's one thread reads requests */
+static int held_fd = -1;      /* the client of a held eval */
+
+
+/* The master is gone: the channel leaves the loop. */
+static void gone (struct mloop *ml) {
+  evloop_del(ml->loop, ml->w->admin_fd);
+  close(ml->w->admin_fd);
+  ml->w->admin_fd = -1;
+}
+
+
+static void blocked_hook (struct worker *w, const char *waits) {
+  struct mloop *ml = w->admin_ud;
+  int cfd, rc = receive(w->admin_fd, req, sizeof req, &cfd);
+  if (rc == 0 && cfd < 0) gone(ml);
+  if (rc <= 0) return;
+  if (strcmp(req, "connections") == 0) {
+    ml->blocked = waits;
+    connections(ml, cfd);
+    ml->blocked = NULL;
   }
+  else if (strncmp(req, "eval ", 5) == 0) {  /* after the request */
+    memmove(req, req + 5, strlen(req + 5) + 1);
+    held_fd = cfd;
+    w->admin_held = 1;
+  }
+  else reply(cfd, "error: unknown worker request\n", 30);
+}
+
+
+void admin_watch_blocking (struct mloop *ml) {
+  ml->w->admin_ud = ml;
+  ml->w->admin_hook = blocked_hook;
+}
+
+
+void admin_pending (struct mloop *ml) {
+  if (!ml->w->admin_held) return;
+  ml->w->admin_held = 0;
+  eval(ml, held_fd, req);
+  held_fd = -1;
+}
+
+
+void admin_request (struct mloop *ml) {
+  int cfd, rc;
+  admin_pending(ml);
+  rc = receive(ml->w->admin_fd, req, sizeof req, &cfd);
+  if (rc == 0 && cfd < 0) gone(ml);
   if (rc <= 0) return;
   if (strcmp(req, "connections") == 0) connections(ml, cfd);
   else if (strncmp(req, "eval ", 5) == 0) eval(ml, cfd, req + 5);

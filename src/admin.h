@@ -14,6 +14,16 @@ struct admin_out;
 /* Answers the request waiting on ml->w->admin_fd (the skeleton's loop). */
 void admin_request (struct mloop *ml);
 
+/*
+** A blocking model with one request at a time (sync): the console's
+** requests are also read while that request waits (worker_block):
+** "connections" is answered there, "eval" waits for the request's end.
+*/
+void admin_watch_blocking (struct mloop *ml);
+
+/* Runs a request admin_watch_blocking's hook took (the loop's turn). */
+void admin_pending (struct mloop *ml);
+
 /* Adds a line for connection c to o: waits is "read", "write", "sleep"
 ** or "running". */
 void admin_conn (struct admin_out *o, const struct lconn *c,

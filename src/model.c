@@ -371,6 +371,7 @@ long model_loop_run (struct mloop *ml) {
   model_ready(ml->w);
   for (;;) {
     double wait = 1.0;
+    admin_pending(ml);  /* an eval the console asked for during a request */
     if (ml->x != NULL) {  /* timers run between requests */
       double next;
       ltimer_run(ml->x);

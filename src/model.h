@@ -70,6 +70,8 @@ struct mloop {
   */
   void (*conns) (struct mloop *ml, struct admin_out *o);
   const char *(*note) (struct mloop *ml);
+  const char *blocked;        /* a blocking model's request waits on this
+                                 now (admin.c, in worker_block); else NULL */
   /* the skeleton's own */
   int accepting;
   struct timer service;
