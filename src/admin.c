@@ -152,14 +152,8 @@ static int answer (lua_State *L) {
 }
 
 
-static void eval (struct mloop *ml, int fd, const char *code) {
-  lua_State *L;
-  if (ml->x == NULL) {
-    const char *e = "error: this worker has no state for eval\n";
-    reply(fd, e, strlen(e));
-    return;
-  }
-  L = lsrv_L(ml->x);
+void admin_eval (struct lctx *x, int fd, const char *code) {
+  lua_State *L = lsrv_L(x);
   if (luaL_loadbuffer(L, EVAL_BODY, sizeof EVAL_BODY - 1, "=console") !=
       LUA_OK) {
     lua_pop(L, 1);
@@ -172,6 +166,18 @@ static void eval (struct mloop *ml, int fd, const char *code) {
   lua_pushcfunction(L, traceback);
   if (lspawn_detached(L, 3) < 0)
     reply(fd, "error: out of memory\n", 21);
+}
+
+
+static void eval (struct mloop *ml, int fd, const char *code) {
+  if (ml->eval != NULL) ml->eval(ml, fd, code);
+  else if (ml->x != NULL) admin_eval(ml->x, fd, code);
+  else reply(fd, "error: this worker has no state for eval\n", 41);
+}
+
+
+void admin_reply (int fd, const char *text) {
+  reply(fd, text, strlen(text));
 }
 
 /* }====================================================== */

@@ -9,6 +9,7 @@
 
 struct mloop;
 struct lconn;
+struct lctx;
 struct admin_out;
 
 /* Answers the request waiting on ml->w->admin_fd (the skeleton's loop). */
@@ -23,6 +24,15 @@ void admin_watch_blocking (struct mloop *ml);
 
 /* Runs a request admin_watch_blocking's hook took (the loop's turn). */
 void admin_pending (struct mloop *ml);
+
+/*
+** Runs an eval's chunk in state x (its loop's thread, between requests)
+** and answers client fd.
+*/
+void admin_eval (struct lctx *x, int fd, const char *code);
+
+/* Sends text to a console client and closes it. */
+void admin_reply (int fd, const char *text);
 
 /* Adds a line for connection c to o: waits is "read", "write", "sleep"
 ** or "running". */

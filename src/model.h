@@ -70,6 +70,8 @@ struct mloop {
   */
   void (*conns) (struct mloop *ml, struct admin_out *o);
   const char *(*note) (struct mloop *ml);
+  /* Runs an eval for client fd elsewhere (NULL: in x, here). */
+  void (*eval) (struct mloop *ml, int fd, const char *code);
   const char *blocked;        /* a blocking model's request waits on this
                                  now (admin.c, in worker_block); else NULL */
   /* the skeleton's own */
