@@ -122,7 +122,11 @@ static const char EVAL_BODY[] =
 static int traceback (lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) msg = luaL_tolstring(L, 1, NULL);
+  const char *tb, *wrapper;
   luaL_traceback(L, L, msg, 1);
+  tb = lua_tostring(L, -1);  /* the console's own frames end it: cut them */
+  if ((wrapper = strstr(tb, "\n\t[C]: in function 'xpcall'")) != NULL)
+    lua_pushlstring(L, tb, (size_t)(wrapper - tb));
   return 1;
 }
 
