@@ -197,6 +197,56 @@ H.for_models(function (model)
 end)
 
 
+H.for_models(function (model)
+  it("eval while a client is held; two workers; a long result is cut",
+     function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock = dir .. "/admin.sock"
+    local srv = H.start{ model = model, source = COUNTER,
+                         args = { "--admin", sock, "--shared", "seen:64k",
+                                  "--workers", "2" } }
+    local code, out, err = ctl(sock, "connections")
+    assert.equals(0, code, err)
+    assert.equals(2, H.count(out, "\nworker %d %(pid %d+, " .. model .. "%)"))
+    code, out = ctl(sock, "eval", "2", "return #('x'):rep(10)")
+    assert.equals(0, code)
+    assert.equals("10\n", out)
+    code, out = ctl(sock, "eval", "1", "return ('x'):rep(100000)")
+    assert.equals(0, code)
+    assert.truthy(#out < 70000)
+    assert.matches("^xxxx", out)
+    assert.matches("\n%(cut at 64 KiB%)\n$", out)
+
+    -- clients held (a sync worker serves one at a time: two)
+    local held = {}
+    H.defer(function () for _, c in ipairs(held) do c:close() end end)
+    for i = 1, model == "sync" and 2 or 4 do
+      local c = srv:connect()
+      c:settimeout(5 * H.scale)
+      c:send("h" .. i .. "\n")
+      assert.equals("ok h" .. i, c:receive())
+      held[i] = c
+    end
+    -- event and fork workers answer at once; a sync worker, or a thread
+    -- worker whose first thread serves a client, once that request ends
+    local p = io.popen(("%s ctl %s eval 1 'return \"now\"' 2>&1; echo rc=$?")
+                       :format(T.bin, sock))
+    if model == "event" or model == "fork" then
+      assert.equals("now", p:read("l"))
+      assert.equals("rc=0", p:read("l"))
+    end
+    -- (the ctl process holds copies of the clients' sockets: shut down)
+    for _, c in ipairs(held) do c.sock:shutdown("both") end
+    if model == "sync" or model == "thread" then
+      assert.equals("now", p:read("l"))
+      assert.equals("rc=0", p:read("l"))
+    end
+    p:close()
+  end)
+end)
+
+
 describe("luasrv ctl shared", function ()
   it("lists the dictionaries, a dictionary's keys and a key's value",
      function ()
