@@ -185,6 +185,13 @@ H.for_models(function (model)
     code, _, err = ctl(sock, "eval", "1", "return +")
     assert.equals(1, code)
     assert.matches("^luasrv: error: eval:1: unexpected symbol", err)
+    -- a runaway chunk is stopped, and the worker serves on
+    if model == "event" or model == "sync" then
+      code, _, err = ctl(sock, "eval", "1", "while true do end")
+      assert.equals(1, code)
+      assert.matches("^luasrv: error: eval stopped: it ran past 5 s\n", err)
+      assert.equals("1\n", select(2, ctl(sock, "eval", "1", "return 1")))
+    end
     -- no such worker
     code, _, err = ctl(sock, "eval", "3", "return 1")
     assert.equals(1, code)

@@ -32,6 +32,8 @@
 
 #define ADMIN_MAX 65536       /* bytes of an answer at most */
 #define ADMIN_REQ 8192        /* bytes of a request at most */
+#define EVAL_LIMIT 5          /* seconds an eval may run (ctl waits 10) */
+#define EVAL_COUNT 10000      /* instructions between looks at the clock */
 
 struct admin_out {
   char buf[ADMIN_MAX];
@@ -109,10 +111,12 @@ static void connections (struct mloop *ml, int fd) {
 /* {====================================================== eval */
 
 static const char EVAL_BODY[] =
-  "local code, answer, traceback = ...\n"
+  "local code, answer, traceback, arm = ...\n"
   "local fn, err = load(code, '=eval', 't')\n"
   "if not fn then return answer(false, err) end\n"
+  "arm(true)\n"
   "local r = table.pack(xpcall(fn, traceback))\n"
+  "arm(false)\n"
   "if not r[1] then return answer(false, r[2]) end\n"
   "local out = {}\n"
   "for i = 2, r.n do out[#out + 1] = tostring(r[i]) end\n"
@@ -128,6 +132,33 @@ static int traceback (lua_State *L) {
   if ((wrapper = strstr(tb, "\n\t[C]: in function 'xpcall'")) != NULL)
     lua_pushlstring(L, tb, (size_t)(wrapper - tb));
   return 1;
+}
+
+
+/* The chunk's coroutine has run past EVAL_LIMIT: stop it. */
+static void overrun (lua_State *L, lua_Debug *ar) {
+  double until;
+  (void)ar;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, (void *)L);
+  until = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (until > 0 && monotonic_now() > until)
+    luaL_error(L, "eval stopped: it ran past %d s", EVAL_LIMIT);
+}
+
+
+/*
+** arm(on): from now on, the chunk stops with an error once EVAL_LIMIT
+** seconds have passed (checked every EVAL_COUNT instructions), so that
+** a runaway eval gives its worker back; arm(false) ends that.
+*/
+static int arm (lua_State *L) {
+  int on = lua_toboolean(L, 1);
+  if (on) lua_pushnumber(L, monotonic_now() + EVAL_LIMIT);
+  else lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)L);
+  lua_sethook(L, on ? overrun : NULL, on ? LUA_MASKCOUNT : 0, EVAL_COUNT);
+  return 0;
 }
 
 
@@ -168,7 +199,8 @@ void admin_eval (struct lctx *x, int fd, const char *code) {
   lua_pushinteger(L, fd);
   lua_pushcclosure(L, answer, 1);
   lua_pushcfunction(L, traceback);
-  if (lspawn_detached(L, 3) < 0)
+  lua_pushcfunction(L, arm);
+  if (lspawn_detached(L, 4) < 0)
     reply(fd, "error: out of memory\n", 21);
 }
 
