@@ -1,5 +1,6 @@
 -- --admin PATH and `luasrv ctl PATH COMMAND`: status, workers, reload
--- (answered once the new code serves, or why not) and drain.
+-- (answered once the new code serves, or why not), drain, and the
+-- commands a worker answers itself: connections and eval.
 local H = require "helper"
 local T = H.T
 local json = require "cjson"
@@ -90,6 +91,165 @@ H.for_models(function (model)
     assert.matches("^stopping", out)
     assert.equals(0, srv:wait(10))
     assert.is_false(H.exists(sock))
+  end)
+end)
+
+
+-- A handler with state of its own: a counter module, a global and a
+-- shared dictionary, all changed by each line a client sends.
+local COUNTER = [[
+local counter = { n = 0 }
+package.loaded.counter = counter
+hits = 0
+local seen = require("luasrv").shared.seen
+return { handle = function (req)
+  for line in req:lines() do
+    counter.n = counter.n + 1
+    hits = hits + 1
+    seen:set("last", line)
+    req:write("ok ", line, "\n")
+  end
+end }]]
+
+H.for_models(function (model)
+  it("connections and eval run inside a worker", function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock = dir .. "/admin.sock"
+    local srv = H.start{ model = model, source = COUNTER,
+                         args = { "--admin", sock, "--shared", "seen:64k" } }
+    -- a client held open, waiting to read its next line
+    local c = srv:connect()
+    H.defer(function () c:close() end)
+    c:settimeout(5 * H.scale)
+    c:send("one\n")
+    assert.equals("ok one", c:receive())
+    c:send("two\n")
+    assert.equals("ok two", c:receive())
+
+    local code, out, err = ctl(sock, "connections")
+    assert.equals(0, code, err)
+    local lines = H.lines(out)
+    assert.matches("^CLIENT +LISTENER +AGE +IN +OUT +WAITS$", lines[1])
+    if model == "fork" then
+      -- a fork worker's clients are its children's: counted, not listed
+      assert.matches("^worker 1 %(pid %d+, fork%): 0 connections; 1 child "
+                     .. "serving a client each", lines[#lines])
+    else
+      assert.equals(3, #lines, out)
+      local client, listener, age, nin, nout, waits = lines[2]:match(
+        "^(%S+) +(%S+) +([%d.]+) +(%d+) +(%d+) +(%S+)$")
+      assert.truthy(client, lines[2])
+      assert.matches("^127%.0%.0%.1:%d+$", client)
+      assert.equals("tcp://127.0.0.1:" .. srv.listeners[1].port, listener)
+      assert.truthy(tonumber(age) >= 0 and tonumber(age) < 60)
+      assert.equals("8", nin)
+      assert.equals("14", nout)
+      assert.equals("read", waits)
+      assert.matches("^worker 1 %(pid %d+, " .. model .. "%): 1 connection$",
+                     lines[3])
+    end
+
+    -- the held client was served throughout; a busy blocking worker runs
+    -- an eval once its request ends, so end it
+    c:send("three\n")
+    assert.equals("ok three", c:receive())
+    c:close()
+
+    -- eval sees the handler's state: its module, its globals, the
+    -- shared dictionaries
+    code, out, err = ctl(sock, "eval", "1", "return require('counter').n, "
+                         .. "hits, require('luasrv').shared.seen:get('last')")
+    assert.equals(0, code, err)
+    if model == "fork" then  -- the children counted, not the worker
+      assert.equals("0\t0\tthree\n", out)
+    else
+      assert.equals("3\t3\tthree\n", out)
+    end
+    code, out = ctl(sock, "eval", "1", "hits = 40 return hits + 2")
+    assert.equals(0, code)
+    assert.equals("42\n", out)
+    code, out = ctl(sock, "eval", "1", "return")
+    assert.equals(0, code)
+    assert.equals("\n", out)
+    -- an eval may sleep (a task of its own in the event model)
+    code, out, err = ctl(sock, "eval", "1",
+                         "require('luasrv').sleep(0.1) return 'woke'")
+    assert.equals(0, code, err)
+    assert.equals("woke\n", out)
+    -- errors: the message and a traceback; a chunk that does not compile
+    code, out, err = ctl(sock, "eval", "1", "error('boom')")
+    assert.equals(1, code)
+    assert.equals("", out)
+    assert.matches("^luasrv: error: eval:1: boom\nstack traceback:", err)
+    code, _, err = ctl(sock, "eval", "1", "return +")
+    assert.equals(1, code)
+    assert.matches("^luasrv: error: eval:1: unexpected symbol", err)
+    -- a runaway chunk is stopped, and the worker serves on
+    if model == "event" or model == "sync" then
+      code, _, err = ctl(sock, "eval", "1", "while true do end")
+      assert.equals(1, code)
+      assert.matches("^luasrv: error: eval stopped: it ran past 5 s\n", err)
+      assert.equals("1\n", select(2, ctl(sock, "eval", "1", "return 1")))
+    end
+    -- no such worker
+    code, _, err = ctl(sock, "eval", "3", "return 1")
+    assert.equals(1, code)
+    assert.equals("luasrv: error: no worker '3' (workers are 1 to 1; see "
+                  .. "workers)\n", err)
+    code, _, err = ctl(sock, "connections", "x")
+    assert.equals(1, code)
+    assert.matches("no worker 'x'", err, 1, true)
+  end)
+end)
+
+
+H.for_models(function (model)
+  it("eval while a client is held; two workers; a long result is cut",
+     function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local sock = dir .. "/admin.sock"
+    local srv = H.start{ model = model, source = COUNTER,
+                         args = { "--admin", sock, "--shared", "seen:64k",
+                                  "--workers", "2" } }
+    local code, out, err = ctl(sock, "connections")
+    assert.equals(0, code, err)
+    assert.equals(2, H.count(out, "\nworker %d %(pid %d+, " .. model .. "%)"))
+    code, out = ctl(sock, "eval", "2", "return #('x'):rep(10)")
+    assert.equals(0, code)
+    assert.equals("10\n", out)
+    code, out = ctl(sock, "eval", "1", "return ('x'):rep(100000)")
+    assert.equals(0, code)
+    assert.truthy(#out < 70000)
+    assert.matches("^xxxx", out)
+    assert.matches("\n%(cut at 64 KiB%)\n$", out)
+
+    -- clients held (a sync worker serves one at a time: two)
+    local held = {}
+    H.defer(function () for _, c in ipairs(held) do c:close() end end)
+    for i = 1, model == "sync" and 2 or 4 do
+      local c = srv:connect()
+      c:settimeout(5 * H.scale)
+      c:send("h" .. i .. "\n")
+      assert.equals("ok h" .. i, c:receive())
+      held[i] = c
+    end
+    -- event and fork workers answer at once; a sync worker, or a thread
+    -- worker whose first thread serves a client, once that request ends
+    local p = io.popen(("%s ctl %s eval 1 'return \"now\"' 2>&1; echo rc=$?")
+                       :format(T.bin, sock))
+    if model == "event" or model == "fork" then
+      assert.equals("now", p:read("l"))
+      assert.equals("rc=0", p:read("l"))
+    end
+    -- (the ctl process holds copies of the clients' sockets: shut down)
+    for _, c in ipairs(held) do c.sock:shutdown("both") end
+    if model == "sync" or model == "thread" then
+      assert.equals("now", p:read("l"))
+      assert.equals("rc=0", p:read("l"))
+    end
+    p:close()
   end)
 end)
 

@@ -734,6 +734,7 @@ static struct lconn *newconn (lua_State *L, struct lctx *x, int lindex,
   c->io.pool = &x->pool;
   c->timeout = -1;
   c->x = x;
+  c->born = monotonic_now();
   c->lindex = lindex;
   memcpy(&c->peer, peer, peerlen);
   c->peerlen = peerlen;

@@ -129,6 +129,7 @@ struct lconn {
   double deadline;            /* of the operation in progress; 0 = none,
                                  < 0 = not computed until it must wait */
   struct lctx *x;
+  double born;                /* monotonic: when it was made (the console) */
   int lindex;                 /* index of its listener */
   socklen_t peerlen;
   /* event model */

@@ -68,6 +68,7 @@ struct wproc {
   int retiring;               /* told to stop: its exit is expected */
   int respawned;              /* replaces a worker that died */
   double started;
+  int chan;                   /* the console's channel to it; -1: none */
 };
 
 struct master {
@@ -109,6 +110,7 @@ struct master {
   /* --admin, the console (see serve_admin()): */
   struct listener als;        /* its Unix socket; fd -1 when none */
   int admin_wait;             /* a "reload" client waiting; -1: none */
+  int child_chan;             /* in a new worker: its end of the channel */
 };
 
 
@@ -168,6 +170,9 @@ static void close_master_fds (struct master *m) {
   if (m->tell_fd >= 0) close(m->tell_fd);
   for (int i = 0; i < m->nprocs; i++)
     if (m->procs[i].ready_fd >= 0) close(m->procs[i].ready_fd);
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].pid != 0 && m->procs[i].chan >= 0)
+      close(m->procs[i].chan);
 }
 
 
@@ -230,6 +235,7 @@ static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
     exit(1);
   }
   w.ready_fd = ready_wfd;
+  w.admin_fd = m->child_chan;
   w.master = master_pid;  /* its death makes the worker give the port up */
   if (m->metrics != NULL) w.mslot = &m->metrics[id];
   /* the handlers first, then unblock: a SIGTERM that came after the fork
@@ -251,11 +257,14 @@ static struct wproc *free_slot (struct master *m) {
 }
 
 
+static int admin_channel (int chan[2]);
+
 static struct wproc *spawn (struct master *m, int id, unsigned gen) {
   struct wproc *p = free_slot(m);
-  int fds[2];
+  int fds[2], chan[2] = {-1, -1};
   pid_t pid, self = getpid();
   if (p == NULL) return NULL;
+  if (m->als.fd >= 0 && admin_channel(chan) < 0) return NULL;
   if (pipe2(fds, O_CLOEXEC) < 0) {
     log_error("cannot start worker %d: %s", id, strerror(errno));
     return NULL;
@@ -269,10 +278,14 @@ static struct wproc *spawn (struct master *m, int id, unsigned gen) {
   }
   if (pid == 0) {
     close(fds[0]);
+    if (chan[0] >= 0) close(chan[0]);
+    m->child_chan = chan[1];
     run_worker(m, id, gen, fds[1], self);
   }
   close(fds[1]);
+  if (chan[1] >= 0) close(chan[1]);
   memset(p, 0, sizeof *p);
+  p->chan = chan[0];
   p->pid = pid;
   p->id = id;
   p->gen = gen;
@@ -545,6 +558,8 @@ static void on_exit_status (struct master *m, struct wproc *p, int status) {
   if (p->ready_fd >= 0) on_ready(m, p);  /* it may have served already */
   dead = *p;
   p->pid = 0;
+  if (p->chan >= 0) close(p->chan);
+  p->chan = -1;
   if (dead.retiring || m->stopping) return;
   describe_exit(status, how, sizeof how);
   if (dead.gen == m->next_gen) {  /* the new code failed before it served */
@@ -1227,7 +1242,42 @@ static int open_metrics (struct master *m) {
 ** failed: the client is kept until then (one at a time).
 */
 
-#define ADMIN_UNKNOWN "(try status, workers, shared, reload or drain)"
+#define ADMIN_UNKNOWN "(try status, workers, connections, shared, eval, " \
+  "reload or drain)"
+
+/* A channel to a new worker: a datagram pair, close-on-exec. */
+static int admin_channel (int chan[2]) {
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) == 0)
+    return 0;
+  log_error("cannot start a worker: %s", strerror(errno));
+  return -1;
+}
+
+
+/* Sends head+tail and the descriptor fd over chan without waiting. */
+static int admin_pass (int chan, int fd, const char *head, const char *tail) {
+  char msg[8192], cbuf[CMSG_SPACE(sizeof(int))];
+  int n = snprintf(msg, sizeof msg, "%s%s", head, tail);
+  struct iovec iov = {msg, (size_t)n};
+  struct msghdr mh = {0};
+  struct cmsghdr *cm;
+  if (n < 0 || (size_t)n >= sizeof msg) {
+    errno = EMSGSIZE;
+    return -1;
+  }
+  memset(cbuf, 0, sizeof cbuf);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf;
+  mh.msg_controllen = sizeof cbuf;
+  cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  return sendmsg(chan, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? -1 : 0;
+}
+
 
 static void admin_reply (int fd, const char *text, size_t len) {
   send_all(fd, text, len);
@@ -1398,6 +1448,43 @@ static long shared_text (const char *args, char *buf, size_t cap) {
 }
 
 
+/*
+** "connections ID" and "eval ID CODE" go to worker ID with the client's
+** descriptor (admin.c answers); the master waits for nothing.
+*/
+static void admin_forward (struct master *m, int fd, const char *cmd) {
+  char buf[256];
+  const char *rest = strchr(cmd, ' ') + 1;
+  char *end;
+  long id = strtol(rest, &end, 10);
+  struct wproc *p = NULL;
+  int n;
+  for (int i = 0; i < m->nprocs && end != rest; i++)
+    if (m->procs[i].pid != 0 && m->procs[i].id == id && m->procs[i].chan >= 0
+        && m->procs[i].gen == m->gen && !m->procs[i].retiring)
+      p = &m->procs[i];
+  if (p == NULL) {
+    n = snprintf(buf, sizeof buf, "error: no worker '%.*s' (workers are "
+                 "1 to %d; see workers)\n", (int)strcspn(rest, " "), rest,
+                 m->cfg->workers);
+    admin_reply(fd, buf, (size_t)n);
+    return;
+  }
+  if (cmd[0] == 'e' && *end != ' ') {
+    admin_reply(fd, "error: usage: eval WORKER 'lua code'\n", 37);
+    return;
+  }
+  n = snprintf(buf, sizeof buf, "%s", cmd[0] == 'e' ? "eval " : "connections");
+  if (admin_pass(p->chan, fd, buf, cmd[0] == 'e' ? end + 1 : "") < 0) {
+    n = snprintf(buf, sizeof buf, "error: worker %ld is busy (%s)\n", id,
+                 strerror(errno));
+    admin_reply(fd, buf, (size_t)n);
+    return;
+  }
+  close(fd);
+}
+
+
 static void admin_command (struct master *m, int fd, const char *cmd) {
   char buf[65536];
   long len;
@@ -1428,6 +1515,9 @@ static void admin_command (struct master *m, int fd, const char *cmd) {
     if (len < 0 || (size_t)len >= sizeof buf) len = (long)strlen(buf);
     admin_reply(fd, buf, (size_t)len);
   }
+  else if (strncmp(cmd, "connections ", 12) == 0 ||
+           strncmp(cmd, "eval ", 5) == 0)
+    admin_forward(m, fd, cmd);
   else if (strcmp(cmd, "drain") == 0) {
     if (m->cfg->drain_delay > 0 && !m->draining && !m->stopping)
       len = snprintf(buf, sizeof buf, "draining: /readyz answers 503; "
@@ -1446,7 +1536,7 @@ static void admin_command (struct master *m, int fd, const char *cmd) {
 
 
 static void serve_admin (struct master *m) {
-  char req[512];
+  char req[4096];
   size_t got = 0;
   int fd = accept4(m->als.fd, NULL, NULL, SOCK_CLOEXEC);
   if (fd < 0) return;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "acl.h"
+#include "admin.h"
 #include "address.h"
 #include "evloop.h"
 #include "log.h"
@@ -330,6 +331,15 @@ static void on_stop (struct evloop *loop, int fd, unsigned ev, void *data) {
 }
 
 
+/* A console request from the master (admin.c), between requests. */
+static void on_admin (struct evloop *loop, int fd, unsigned ev, void *data) {
+  (void)loop;
+  (void)fd;
+  (void)ev;
+  admin_request(data);
+}
+
+
 static void on_service (struct evloop *loop, struct timer *t) {
   struct mloop *ml = t->data;
   lstate_call_hook(ml->x, "service_actions", 0);
@@ -349,6 +359,7 @@ int model_loop_init (struct mloop *ml, struct worker *w) {
   }
   evloop_add(ml->loop, w->sig_fd[0], EV_READ, on_signal, ml);
   evloop_add(ml->loop, w->stop_fd[0], EV_READ, on_stop, ml);
+  if (w->admin_fd >= 0) evloop_add(ml->loop, w->admin_fd, EV_READ, on_admin, ml);
   return 0;
 }
 
@@ -360,6 +371,7 @@ long model_loop_run (struct mloop *ml) {
   model_ready(ml->w);
   for (;;) {
     double wait = 1.0;
+    admin_pending(ml);  /* an eval the console asked for during a request */
     if (ml->x != NULL) {  /* timers run between requests */
       double next;
       ltimer_run(ml->x);

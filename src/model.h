@@ -13,6 +13,7 @@
 struct lctx;
 struct lconn;
 struct sched_ops;
+struct admin_out;
 
 /* A concurrency model: what the master runs in a worker. */
 struct model {
@@ -62,6 +63,17 @@ struct mloop {
   void (*stopped) (struct mloop *ml);
   /* Each service tick, after service_actions (NULL: nothing to do). */
   void (*serviced) (struct mloop *ml);
+  /*
+  ** The console's "connections" (admin.c): calls admin_conn for each open
+  ** connection (NULL: none to list); note, if not NULL, adds to the
+  ** summary line (e.g. a fork worker's children).
+  */
+  void (*conns) (struct mloop *ml, struct admin_out *o);
+  const char *(*note) (struct mloop *ml);
+  /* Runs an eval for client fd elsewhere (NULL: in x, here). */
+  void (*eval) (struct mloop *ml, int fd, const char *code);
+  const char *blocked;        /* a blocking model's request waits on this
+                                 now (admin.c, in worker_block); else NULL */
   /* the skeleton's own */
   int accepting;
   struct timer service;

@@ -16,6 +16,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "admin.h"
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
@@ -666,6 +667,20 @@ static void free_tasks (struct task *t) {
 }
 
 
+/* The console's "connections": each active request and what it waits on. */
+static void conns (struct mloop *ml, struct admin_out *o) {
+  struct eloop *e = (struct eloop *)ml;
+  for (struct task *t = e->running; t != NULL; t = t->next) {
+    const char *waits = "running";
+    if (t->req == NULL || t->req->io.fd < 0) continue;
+    if (t->wait_conn != NULL)
+      waits = t->wait_conn->wait_ev & EV_WRITE ? "write" : "read";
+    else if (t->suspended) waits = "sleep";
+    admin_conn(o, t->req, waits);
+  }
+}
+
+
 static int serve_event (struct worker *w) {
   struct eloop e;
   long left;
@@ -677,6 +692,7 @@ static int serve_event (struct worker *w) {
   e.ml.take = take;
   e.ml.busy = busy;
   e.ml.serviced = service;
+  e.ml.conns = conns;
   if (model_loop_init(&e.ml, w) < 0) goto out;
   e.loop = e.ml.loop;
   for (int i = 0; i < w->nls; i++) {

@@ -278,6 +278,16 @@ static int start (struct forker *f) {
 }
 
 
+/* The console's "connections": the children serve them, unseen here. */
+static const char *note (struct mloop *ml) {
+  static char buf[96];
+  long n = ((struct forker *)ml)->nchildren;
+  snprintf(buf, sizeof buf, "; %ld child%s serving a client each (not "
+           "listed)", n, n == 1 ? "" : "ren");
+  return buf;
+}
+
+
 static int serve_fork (struct worker *w) {
   struct forker f;
   int rc = 1;
@@ -288,6 +298,7 @@ static int serve_fork (struct worker *w) {
   f.ml.batch = ACCEPT_BATCH;
   f.ml.take = take;
   f.ml.busy = busy;
+  f.ml.note = note;
   if (model_loop_init(&f.ml, w) < 0 || start(&f) < 0) goto out;
   if ((f.x = model_start(w, &sched_blocking)) == NULL) goto out;
   f.ml.x = f.x;

@@ -10,6 +10,7 @@
 
 #include <lua.h>
 
+#include "admin.h"
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
@@ -17,7 +18,16 @@
 struct sync {
   struct mloop ml;            /* first: take gets it */
   char *dgram;                /* DGRAM_MAX bytes */
+  struct lconn *cur;          /* the request running, or NULL */
 };
+
+
+/* The console's "connections": the one request, if it is a connection. */
+static void conns (struct mloop *ml, struct admin_out *o) {
+  struct sync *s = (struct sync *)ml;
+  if (s->cur != NULL && s->cur->io.fd >= 0)
+    admin_conn(o, s->cur, ml->blocked != NULL ? ml->blocked : "running");
+}
 
 
 /* Takes one request from listener i and runs it to its end. */
@@ -38,7 +48,9 @@ static int take (struct mloop *ml, int i, int max) {
     if ((c = model_request(ml->x, L, i, cfd, NULL, 0, &peer, len)) == NULL)
       return 0;  /* refused, released */
     model_count_request(ml->w);
+    s->cur = c;
     model_run(ml->x, c, 0);
+    s->cur = NULL;
     model_release(ml->w, (struct sockaddr *)&peer);
   }
   else {
@@ -61,12 +73,14 @@ static int serve_sync (struct worker *w) {
   s.ml.limit = 1;
   s.ml.batch = 1;
   s.ml.take = take;
+  s.ml.conns = conns;
   if (model_loop_init(&s.ml, w) < 0) goto out;
   if ((s.dgram = malloc(DGRAM_MAX)) == NULL) {
     log_error("error: %s", strerror(ENOMEM));
     goto out;
   }
   if ((s.ml.x = model_start(w, &sched_blocking)) == NULL) goto out;
+  admin_watch_blocking(&s.ml);
   model_loop_run(&s.ml);
   model_finish(s.ml.x);
   rc = 0;

@@ -21,6 +21,7 @@
 
 #include <lua.h>
 
+#include "admin.h"
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
@@ -52,6 +53,9 @@ struct hthread {
   pthread_t tid;
   struct lctx *x;             /* this thread's state */
   int running;                /* serving a job (under p->mu) */
+  int first;                  /* the first thread: it runs the console's eval */
+  struct lconn *cur;          /* its request, for the console (p->mu) */
+  _Atomic(const char *) waits;  /* what cur waits on now, or NULL */
   int dead;                   /* could not load its state; exits (p->mu) */
   double next_service;
 };
@@ -69,6 +73,9 @@ struct tpool {
   double nogrow_until;        /* a thread failed to start: retry after */
   int quit;                   /* threads leave once the queue is empty */
   int main_waits;             /* the main thread wants to hear of each end */
+  int eval_fd;                /* the console's eval for the first thread's
+                                 state: its client, or -1 */
+  char *eval_code;            /* ... and its chunk (malloc'd) */
   pthread_mutex_t load;       /* one model_start at a time */
   /* the main thread's alone */
   struct hthread **threads;
@@ -85,8 +92,17 @@ struct tpool {
 */
 static int thread_block (struct lctx *x, struct lconn *c, unsigned ev,
                          double deadline) {
+  struct hthread *h = x->model;
+  int rc;
+  if (h != NULL)  /* for the console's connections */
+    atomic_store(&h->waits, c == NULL ? "sleep" : ev & EV_WRITE ? "write"
+                                                                : "read");
+  /* the read itself waits: "read" stays until the next wait or the end
+  ** of the request (the handler runs briefly between its reads) */
   if (c != NULL && ev == EV_READ && lconn_block_read(c)) return 0;
-  return sched_block(x, c, ev, deadline);
+  rc = sched_block(x, c, ev, deadline);
+  if (h != NULL) atomic_store(&h->waits, NULL);
+  return rc;
 }
 
 static const struct sched_ops thread_ops = {
@@ -102,7 +118,14 @@ static void run_job (struct hthread *h, struct job *j) {
   struct lconn *c = model_request(h->x, lsrv_L(h->x), j->lindex, j->fd,
                                   j->data, j->len, &j->peer, j->peerlen);
   if (c == NULL) return;  /* refused (and released) */
+  pthread_mutex_lock(&h->p->mu);
+  h->cur = j->fd >= 0 ? c : NULL;
+  pthread_mutex_unlock(&h->p->mu);
   model_run(h->x, c, 0);
+  pthread_mutex_lock(&h->p->mu);
+  h->cur = NULL;
+  atomic_store(&h->waits, NULL);
+  pthread_mutex_unlock(&h->p->mu);
   if (j->fd >= 0)  /* the table is locked */
     model_release(h->p->w, (struct sockaddr *)&j->peer);
 }
@@ -139,6 +162,7 @@ static int load (struct hthread *h) {
   pthread_mutex_lock(&p->load);
   h->x = model_start(p->w, &thread_ops);
   pthread_mutex_unlock(&p->load);
+  if (h->x != NULL) h->x->model = h;
   return h->x != NULL ? 0 : -1;
 }
 
@@ -192,7 +216,19 @@ static void *thread_main (void *arg) {
   }
   h->next_service = monotonic_now() + SERVICE_EVERY;
   while (ok) {
-    struct job *j = dequeue(p);
+    struct job *j;
+    if (h->first && p->eval_fd >= 0) {  /* the console's eval, first */  /* the console's eval */
+      int fd = p->eval_fd;
+      char *code = p->eval_code;
+      p->eval_fd = -1;
+      p->eval_code = NULL;
+      pthread_mutex_unlock(&p->mu);
+      admin_eval(h->x, fd, code);
+      free(code);
+      pthread_mutex_lock(&p->mu);
+      continue;
+    }
+    j = dequeue(p);
     if (j != NULL) {
       h->running = 1;
       pthread_mutex_unlock(&p->mu);
@@ -252,6 +288,8 @@ static int spawn (struct tpool *p, struct lctx *x) {
   if ((h = calloc(1, sizeof *h)) == NULL) return -ENOMEM;
   h->p = p;
   h->x = x;
+  h->first = x != NULL;
+  if (x != NULL) x->model = h;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
   rc = pthread_create(&h->tid, NULL, thread_main, h);
@@ -283,6 +321,43 @@ static int short_of_threads (struct tpool *p) {
 ** out, and a client that sends the next one at once would get a new
 ** state each time.
 */
+/* The console's "connections": each thread's request (p->mu held). */
+static void conns (struct mloop *ml, struct admin_out *o) {
+  struct tpool *p = (struct tpool *)ml;
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; i < p->nthreads; i++) {
+    struct hthread *h = p->threads[i];
+    const char *waits = atomic_load(&h->waits);
+    if (h->cur != NULL && h->cur->io.fd >= 0)
+      admin_conn(o, h->cur, waits != NULL ? waits : "running");
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+/* The console's eval: for the first thread, between its requests. */
+static void eval (struct mloop *ml, int fd, const char *code) {
+  struct tpool *p = (struct tpool *)ml;
+  char *copy = strdup(code);
+  int busy;
+  if (copy == NULL) {
+    admin_reply(fd, "error: out of memory\n");
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  if (!(busy = p->eval_fd >= 0)) {
+    p->eval_fd = fd;
+    p->eval_code = copy;
+    pthread_cond_broadcast(&p->work);  /* the first thread must look */
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (busy) {
+    free(copy);
+    admin_reply(fd, "error: another eval waits for this worker\n");
+  }
+}
+
+
 /* Joins and forgets the threads that could not load a state. */
 static void reap_dead (struct tpool *p) {
   int n = 0;
@@ -522,6 +597,9 @@ static struct tpool *pool_new (struct worker *w) {
   p->ml.busy = busy_jobs;
   p->ml.stopping = kick_running;
   p->ml.stopped = stopped;
+  p->ml.conns = conns;
+  p->ml.eval = eval;
+  p->eval_fd = -1;
   if (model_loop_init(&p->ml, w) == 0) p->loop = p->ml.loop;
   p->dgram = malloc(DGRAM_MAX);
   p->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

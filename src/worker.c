@@ -57,6 +57,7 @@ int worker_init (struct worker *w, const struct config *cfg,
   w->id = id;
   w->pid = getpid();
   w->ready_fd = -1;
+  w->admin_fd = -1;
   /* libuv's trick: with no descriptor left, give this one up to accept
   ** the waiting client and close it, instead of spinning on EMFILE */
   w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -163,8 +164,8 @@ void worker_signals (struct worker *w) {
 
 int worker_block (struct worker *w, int fd, short events, double deadline) {
   for (;;) {
-    struct pollfd p[2];
-    int n = 1, stopping, ms, cut = 0;
+    struct pollfd p[3];
+    int n = 1, stopping, ms, cut = 0, admin = -1;
     double now = monotonic_now(), until = deadline;
     if (sig_stop) worker_stop(w);
     stopping = worker_stopping(w);
@@ -185,10 +186,18 @@ int worker_block (struct worker *w, int fd, short events, double deadline) {
       p[1].revents = 0;
       n = 2;
     }
+    if (w->admin_hook != NULL && w->admin_fd >= 0 && !w->admin_held) {
+      admin = n;  /* the console asks while we wait */
+      p[n].fd = w->admin_fd;
+      p[n].events = POLLIN;
+      p[n++].revents = 0;
+    }
     ms = until > 0 ? (int)ceil((until - now) * 1000.0) : -1;
     n = poll(p, (nfds_t)n, ms);
     if (n < 0 && errno != EINTR) return -errno;
     if (n > 0 && p[0].revents != 0) return 0;
+    if (n > 0 && admin >= 0 && p[admin].revents != 0)
+      w->admin_hook(w, fd < 0 ? "sleep" : events & POLLOUT ? "write" : "read");
   }
 }
 

@@ -21,6 +21,16 @@ struct worker {
   pid_t master;               /* the master's pid; 0: none (see worker_stop) */
   atomic_int orphaned;        /* the master died: listeners shut down */
   int ready_fd;               /* written once the worker serves; -1: none */
+  int admin_fd;               /* the console's requests (admin.c); -1: none */
+  /*
+  ** Called when admin_fd turns readable during a blocking wait
+  ** (worker_block), with what the wait is for ("read", "write",
+  ** "sleep"); NULL: admin_fd is not watched there. admin_held: a request
+  ** taken there waits for the loop (admin_fd is not watched meanwhile).
+  */
+  void (*admin_hook) (struct worker *w, const char *waits);
+  void *admin_ud;
+  int admin_held;
   int stop_fd[2];             /* read end is readable once stopping */
   int sig_fd[2];              /* wakes the loop on any signal; drained */
   atomic_int stopping;
