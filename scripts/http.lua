@@ -13,8 +13,8 @@
 -- error statuses) is the module luasrv.http, in lua/luasrv/http.lua; this
 -- script only routes. Requests on one connection are answered in order;
 -- a body is limited to HTTP_MAX_BODY bytes (default 1 MiB). /static/
--- serves the files under HTTP_STATIC_ROOT (default: the repository's
--- doc/ directory, found from this script's place).
+-- serves the files under HTTP_STATIC_ROOT (default: the doc/ directory
+-- of the tree this script is in, found from its place).
 
 -- Find lua/luasrv/http.lua from this script's own place (scripts/../lua),
 -- so `luasrv scripts/http.lua` works from any directory.
@@ -71,9 +71,18 @@ app:get("/stream", function (r)
 end)
 
 -- GET /static/...: files under HTTP_STATIC_ROOT (ETag, ranges, HEAD, 304;
--- no listings; `..` and links out of the root refused)
-app:get("/static/*path", http.static(os.getenv("HTTP_STATIC_ROOT") or
-  here .. "/../doc"))
+-- no listings; `..` and links out of the root refused). Without it: the
+-- doc/ directory of a source tree, or of an installed one
+-- (PREFIX/share/doc/luasrv/doc beside PREFIX/share/luasrv/scripts); no
+-- /static/ route when neither is there.
+local static = os.getenv("HTTP_STATIC_ROOT") and
+  http.static(os.getenv("HTTP_STATIC_ROOT"))
+for _, dir in ipairs{ here .. "/../doc", here .. "/../../doc/luasrv/doc" } do
+  if static then break end
+  local ok, h = pcall(http.static, dir)
+  if ok then static = h end
+end
+if static then app:get("/static/*path", static) end
 
 -- GET /ws: a WebSocket echo: each text or binary message comes back as
 -- it came (pings are answered by luasrv.websocket itself)
