@@ -12,7 +12,10 @@
 ** request; UDP (PIPELINE datagrams in flight per socket, each headed by its
 ** sequence number in hex; one unanswered after --udp-timeout is a loss and is
 ** replaced); hold (open N connections, one echo each to prove the server
-** took them, then keep them idle).
+** took them, then keep them idle); WebSocket (--ws PATH with --tcp: an
+** HTTP/1.1 upgrade to PATH, then each message is a masked text frame of
+** SIZE pattern bytes and its echo an unmasked text frame of the same bytes;
+** PIPELINE frames in flight, every echoed byte checked).
 **
 ** Output: one JSON line on stdout, see usage().  Latency is kept in a
 ** log-linear histogram (under 1% error), from a message's first byte written
@@ -54,11 +57,12 @@
 #define HIST_BUCKETS (64 * SUB)
 
 enum mode { M_TCP, M_UNIX, M_UDP };
-enum state { S_IDLE, S_CONNECTING, S_OPEN, S_HELD, S_DONE };
+enum state { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_OPEN, S_HELD, S_DONE };
 
 struct opts {
   enum mode mode;
   const char *target;
+  const char *ws;         /* WebSocket: the path to upgrade, or NULL */
   int conns, pipeline, cpr, ping, sources;
   size_t size;
   long hold;
@@ -82,6 +86,10 @@ struct conn {
   int64_t retry_at;       /* S_IDLE: when to connect again */
   int64_t *ts;            /* per pipeline slot: send time (ns) */
   uint64_t *seq;          /* UDP, per slot: sequence number in flight */
+  char *wbuf;             /* WebSocket: frames being sent */
+  size_t wlen, woff;      /*   their length, how much is written */
+  char *carry;            /* WebSocket: the unparsed tail of the input */
+  size_t clen;
 };
 
 static struct opts O = {.conns = 50, .pipeline = 1, .size = 64, .ping = 1,
@@ -213,6 +221,11 @@ static void usage(FILE *f) {
       "                           to stderr once they are set up\n"
       "      --no-ping            hold: no echo, just connect\n"
       "      --udp-timeout MS     UDP reply deadline; later is a loss (200)\n"
+      "      --ws PATH            with --tcp: WebSocket echo (RFC 6455):\n"
+      "                           upgrade to PATH, then send masked text\n"
+      "                           frames of SIZE bytes (<= 65535), read\n"
+      "                           their echoes; handshake failures count\n"
+      "                           as connfail\n"
       "      --sources N          TCP to 127.x: bind client sockets to\n"
       "                           127.0.0.1..127.0.0.N in turn, so that\n"
       "                           TIME_WAIT does not exhaust the ephemeral\n"
@@ -261,6 +274,11 @@ static void check_opts(int seen) {
           stderr);
     exit(2);
   }
+  if (O.ws && (O.mode != M_TCP || O.cpr || O.hold || O.size > 65535)) {
+    fputs("loadgen: --ws needs --tcp, no --connect-per-request or --hold,"
+          " and size <= 65535\n", stderr);
+    exit(2);
+  }
   if (O.cpr) O.pipeline = 1;
   if (O.sources < 0) O.sources = O.cpr ? 32 : 1;
 }
@@ -274,6 +292,7 @@ static void parse_args(int argc, char **argv) {
       {"connect-per-request", 0, 0, 'R'},
       {"hold", 1, 0, 'H'},        {"no-ping", 0, 0, 'N'},
       {"udp-timeout", 1, 0, 't'}, {"sources", 1, 0, 'S'},
+      {"ws", 1, 0, 'W'},
       {"help", 0, 0, 'h'},
       {0, 0, 0, 0}};
   int ch, seen = 0;
@@ -292,6 +311,7 @@ static void parse_args(int argc, char **argv) {
     case 'N': O.ping = 0; break;
     case 't': O.udp_timeout = parse_num(optarg, "--udp-timeout", 1, 60000)
                               / 1000; break;
+    case 'W': O.ws = optarg; break;
     case 'S': O.sources = (int)parse_num(optarg, "--sources", 1, 250); break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); exit(2);
@@ -378,6 +398,7 @@ static void conn_fail(struct conn *c, uint64_t *counter) {
 
 static void stream_send(struct conn *c);
 static void udp_send(struct conn *c, int slot);
+static void ws_handshake(struct conn *c);
 
 static void on_connected(struct conn *c) {
   S.connects++;
@@ -391,6 +412,10 @@ static void on_connected(struct conn *c) {
     hold_busy--;
     hold_open++;
     set_events(c, EPOLLIN);
+    return;
+  }
+  if (O.ws) {
+    ws_handshake(c);
     return;
   }
   stream_send(c);
@@ -422,6 +447,7 @@ static void conn_open(struct conn *c) {
   c->id = next_id++;
   c->txk = c->rxk = 0;
   c->txoff = c->rxoff = 0;
+  c->wlen = c->woff = c->clen = 0;
   c->max_msgs = (O.cpr || O.hold) ? 1 : UINT64_MAX;
   c->ts[0] = now;  /* connect-per-request latency starts here */
   c->fd = new_socket();
@@ -599,6 +625,167 @@ static void stream_recv(struct conn *c) {
   else stream_send(c);
 }
 
+/* ---- WebSocket ---- */
+
+#define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="        /* RFC 6455 1.3's */
+#define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+#define WS_HEAD_MAX 4096                        /* the 101's head */
+
+static size_t ws_frame_max(void) { return O.size + 14; }
+
+/* Writes what is pending of wbuf; 1 when all of it went, 0 when the
+   socket is full, -1 after an error (c failed). */
+static int ws_flush(struct conn *c) {
+  while (c->woff < c->wlen) {
+    ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+    if (w < 0 && errno == EAGAIN) return 0;
+    if (w < 0) {
+      conn_fail(c, &S.closed);
+      return -1;
+    }
+    c->woff += (size_t)w;
+  }
+  return 1;
+}
+
+/* The upgrade request; the answer is read by ws_recv. */
+static void ws_handshake(struct conn *c) {
+  c->state = S_HANDSHAKE;
+  int n = snprintf(c->wbuf, WS_HEAD_MAX,
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY
+                   "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                   O.ws, O.target);
+  c->wlen = n > 0 && n < WS_HEAD_MAX ? (size_t)n : 0;
+  c->woff = 0;
+  int r = ws_flush(c);
+  if (r >= 0) set_events(c, EPOLLIN | (r == 0 ? EPOLLOUT : 0));
+}
+
+/* Sends frames for the messages the window allows (after what is
+   pending); message k's payload is its pattern slice, masked with a key
+   from k. */
+static void ws_send(struct conn *c) {
+  for (int round = 0; round < 64; round++) {
+    int r = ws_flush(c);
+    if (r < 0) return;
+    if (r == 0) {
+      set_events(c, EPOLLIN | EPOLLOUT);
+      return;
+    }
+    uint64_t limit = c->rxk + (uint64_t)O.pipeline;
+    if (c->txk >= limit) break;
+    c->wlen = c->woff = 0;
+    for (; c->txk < limit; c->txk++) {
+      unsigned char *f = (unsigned char *)c->wbuf + c->wlen;
+      size_t h = 2;
+      f[0] = 0x81;
+      if (O.size < 126) {
+        f[1] = (unsigned char)(0x80 | O.size);
+      } else {
+        f[1] = 0x80 | 126;
+        f[2] = (unsigned char)(O.size >> 8);
+        f[3] = (unsigned char)O.size;
+        h = 4;
+      }
+      uint64_t m = mix64(c->txk + 1);
+      unsigned char key[4] = {(unsigned char)m, (unsigned char)(m >> 8),
+                              (unsigned char)(m >> 16),
+                              (unsigned char)(m >> 24)};
+      memcpy(f + h, key, 4);
+      const char *body = msg_body(c->id, c->txk);
+      for (size_t i = 0; i < O.size; i++)
+        f[h + 4 + i] = (unsigned char)body[i] ^ key[i & 3];
+      c->wlen += h + 4 + O.size;
+      c->ts[c->txk % (uint64_t)O.pipeline] = now;
+    }
+  }
+  set_events(c, EPOLLIN);
+}
+
+/* Parses the server's frames in p[0..n); returns how many bytes were
+   used (the rest is a partial frame), or -1 on a bad frame. */
+static long ws_parse(struct conn *c, const char *p, size_t n) {
+  size_t used = 0;
+  while (n - used >= 2) {
+    const unsigned char *f = (const unsigned char *)p + used;
+    size_t len = f[1] & 0x7f, h = 2;
+    if (f[0] != 0x81 || (f[1] & 0x80) || len == 127) return -1;
+    if (len == 126) {
+      if (n - used < 4) break;
+      len = (size_t)f[2] << 8 | f[3];
+      h = 4;
+    }
+    if (len != O.size || c->rxk >= c->txk) return -1;
+    if (n - used < h + len) break;
+    if (memcmp(f + h, msg_body(c->id, c->rxk), len)) return -1;
+    S.bytes += h + len;
+    message_done(c);
+    used += h + len;
+  }
+  return (long)used;
+}
+
+/* The 101 answer in carry: 1 when it is whole and right (the rest of
+   carry kept), 0 when more is needed, -1 when it is wrong. */
+static int ws_answer(struct conn *c) {
+  char *end = memmem(c->carry, c->clen, "\r\n\r\n", 4);
+  if (!end) return c->clen >= WS_HEAD_MAX ? -1 : 0;
+  size_t head = (size_t)(end - c->carry) + 4;
+  if (c->clen < 13 || memcmp(c->carry, "HTTP/1.1 101 ", 13) ||
+      !memmem(c->carry, head, WS_ACCEPT, sizeof WS_ACCEPT - 1))
+    return -1;
+  memmove(c->carry, c->carry + head, c->clen - head);
+  c->clen -= head;
+  return 1;
+}
+
+static void ws_recv(struct conn *c) {
+  size_t cap = c->state == S_HANDSHAKE ? WS_HEAD_MAX : ws_frame_max();
+  for (int i = 0; i < MAX_READS; i++) {
+    /* the carried tail first, then what arrived, in one buffer */
+    memcpy(rxbuf, c->carry, c->clen);
+    ssize_t n = read(c->fd, rxbuf + c->clen, sizeof rxbuf - c->clen);
+    if (n < 0 && errno == EAGAIN) break;
+    if (n <= 0) {
+      conn_fail(c, c->state == S_HANDSHAKE ? &S.connfail : &S.closed);
+      return;
+    }
+    size_t have = c->clen + (size_t)n;
+    if (c->state == S_HANDSHAKE) {
+      if (have > cap) {
+        conn_fail(c, &S.connfail);
+        return;
+      }
+      memcpy(c->carry, rxbuf, have);
+      c->clen = have;
+      int r = ws_answer(c);
+      if (r < 0) {
+        conn_fail(c, &S.connfail);
+        return;
+      }
+      if (r == 0) continue;
+      c->state = S_OPEN;
+      c->wlen = c->woff = 0;
+      if (c->clen) {                /* nothing should come before we send */
+        conn_fail(c, &S.mismatch);
+        return;
+      }
+      cap = ws_frame_max();
+      break;
+    }
+    long used = ws_parse(c, rxbuf, have);
+    if (used < 0 || have - (size_t)used > cap) {
+      conn_fail(c, &S.mismatch);
+      return;
+    }
+    c->clen = have - (size_t)used;
+    memcpy(c->carry, rxbuf + used, c->clen);
+    if ((size_t)n < sizeof rxbuf - (have - (size_t)n)) break;
+  }
+  if (c->state == S_OPEN) ws_send(c);
+}
+
 /* ---- UDP ---- */
 
 static void put_hex(char *p, uint64_t v) {
@@ -696,6 +883,17 @@ static void on_event(struct epoll_event *ev) {
     ssize_t n = read(c->fd, rxbuf, sizeof rxbuf);
     if (n < 0 && errno == EAGAIN) return;
     conn_fail(c, n > 0 ? &S.mismatch : &S.closed);
+  } else if (O.ws) {
+    if (ev->events & EPOLLOUT) {
+      if (c->state == S_HANDSHAKE) {
+        if (ws_flush(c) > 0) set_events(c, EPOLLIN);
+      } else {
+        ws_send(c);
+      }
+    }
+    if ((c->state == S_OPEN || c->state == S_HANDSHAKE) &&
+        ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+      ws_recv(c);
   } else {
     if (ev->events & EPOLLOUT) stream_send(c);
     if (c->state == S_OPEN && ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR))
@@ -733,13 +931,19 @@ static void alloc_conns(void) {
     conns[i].ts = calloc((size_t)O.pipeline, sizeof(int64_t));
     conns[i].seq = calloc((size_t)O.pipeline, sizeof(uint64_t));
     if (!conns[i].ts || !conns[i].seq) exit(1);
+    if (O.ws) {
+      size_t w = (size_t)O.pipeline * ws_frame_max();
+      conns[i].wbuf = malloc(w > WS_HEAD_MAX ? w : WS_HEAD_MAX);
+      conns[i].carry = malloc(WS_HEAD_MAX + ws_frame_max());
+      if (!conns[i].wbuf || !conns[i].carry) exit(1);
+    }
   }
 }
 
 static void print_report(double secs, double cpu) {
   uint64_t errors = S.mismatch + S.closed + S.connfail + S.lost;
-  const char *mode = O.mode == M_TCP ? "tcp" : O.mode == M_UNIX ? "unix"
-                                                                : "udp";
+  const char *mode = O.ws ? "ws" : O.mode == M_TCP ? "tcp"
+                     : O.mode == M_UNIX ? "unix" : "udp";
   printf("{\"requests\":%llu,\"seconds\":%.3f,\"rps\":%.1f,\"mbps\":%.3f,"
          "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
          "\"errors\":%llu,\"mismatch\":%llu,\"closed\":%llu,"

@@ -29,8 +29,18 @@ TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
 -- (t, t1) the same over TLS 1.3: keep-alive, and a full handshake per request.
 TARGETS.t, REFERENCE.t = 1.00, "nginx-lua"
 TARGETS.t1, REFERENCE.t1 = 0.95, "nginx-lua"
+-- (k) WebSocket echo (scripts/http.lua's /ws) against nginx + Lua
+-- running lua-resty-websocket's server; (l) a 1 MiB static file
+-- (http.static) against nginx's static module.
+TARGETS.k, REFERENCE.k = 1.00, "nginx-ws"
+TARGETS.l, REFERENCE.l = 0.90, "nginx-static"
 local REFERENCE_NAMES = { redis = "redis-server",
-  ["nginx-lua"] = "nginx + ngx_http_lua_module" }
+  ["nginx-lua"] = "nginx + ngx_http_lua_module",
+  ["nginx-ws"] = "nginx + lua-resty-websocket",
+  ["nginx-static"] = "nginx's static module (sendfile on)" }
+-- Workloads whose table adds the server's CPU time per request (µs: the
+-- server CPU's busy fraction over the rate).
+local CPU_PER_REQUEST = { h = true, k = true, l = true }
 -- The thread and fork models against the C reference built the same way.
 local SAME_MODEL = { thread = "ref-thread", fork = "ref-fork" }
 local function reference (w) return REFERENCE[w] or "ref" end
@@ -121,6 +131,9 @@ local function summarise(p, metric)
   p.by_rep = {}
   for _, r in ipairs(p.reps) do p.by_rep[r.rep] = get(r) end
   p.value = field_median(p.reps, get)
+  if p.srv_cpu and p.rps and p.rps > 0 then
+    p.cpu_us_per_req = p.srv_cpu * 1e6 / p.rps
+  end
   if metric == "rss" then p.held = field_median(p.reps, "held") end
 end
 
@@ -222,6 +235,17 @@ local function print_table(meta, order, wl)
   for _, r in ipairs(refs) do
     print(("%s: \"vs ref\" is to %s"):format(table.concat(by_ref[r], ", "),
       REFERENCE_NAMES[r] or r))
+  end
+  -- server CPU per request, where it says more than the rate
+  local cpu_lines = {}
+  for _, p in ipairs(order) do
+    if CPU_PER_REQUEST[p.workload] and p.cpu_us_per_req then
+      cpu_lines[#cpu_lines + 1] = ("%s %s %.1f"):format(p.workload, p.server,
+        p.cpu_us_per_req)
+    end
+  end
+  if #cpu_lines > 0 then
+    print("server CPU us per request: " .. table.concat(cpu_lines, ", "))
   end
   -- thread and fork rows: to their own model's C server, where it ran
   local own, other = {}, {}

@@ -408,5 +408,44 @@ H.for_models(function (model)
       assert.is_nil(out:find("Socket errors", 1, true), out)
       assert.is_nil(out:find("Non-2xx", 1, true), out)
     end)
+
+    it("serves doc/ under /static/ (curl): whole, a range, no '..'",
+      function ()
+      local f = assert(io.open("doc/http.md", "rb"))
+      local file = f:read("a")
+      f:close()
+      local out, err, ok = curl(srv, url(srv, "/static/http.md"))
+      assert.is_true(ok, err)
+      assert.equals(file, out)
+      out = curl(srv, "-i", "-r", "10-19", url(srv, "/static/http.md"))
+      assert.matches("^HTTP/1%.1 206 ", out)
+      assert.equals(file:sub(11, 20), out:match("\r\n\r\n(.*)$"))
+      out = curl(srv, "-s", "-o", "/dev/null", "-w", "%{http_code}",
+        "--path-as-is", url(srv, "/static/../Makefile"))
+      assert.equals("400", out)
+      out = curl(srv, "-s", "-o", "/dev/null", "-w", "%{http_code}",
+        url(srv, "/static/no-such-file"))
+      assert.equals("404", out)
+    end)
+
+    it("echoes WebSocket messages on /ws (a raw handshake and frames)",
+      function ()
+      local c = connect(srv)
+      c:send("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" ..
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" ..
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+      local s, h = read_response(c, true)
+      assert.equals(101, s)
+      assert.equals("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", h["sec-websocket-accept"])
+      -- a masked text frame "Hello" (the RFC's example, 5.7), twice
+      local frame = "\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
+      c:send(frame .. frame)
+      assert.equals("\x81\x05Hello", c:receive(7))
+      assert.equals("\x81\x05Hello", c:receive(7))
+      -- a close (1000, masked with a zero key): the server answers it
+      c:send("\x88\x82\0\0\0\0\x03\xe8")
+      assert.equals("\x88\x02\x03\xe8", c:receive(4))
+      assert.is_true(closed(c))
+    end)
   end)
 end)
