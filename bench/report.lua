@@ -26,6 +26,9 @@ TARGETS.j, TARGETS.j16 = 0.70, 0.70
 REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
 -- (h) HTTP hello (scripts/http.lua) against nginx with its Lua module.
 TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
+-- (m) HTTP + one pooled Redis GET through resty.redis (scripts/http_redis.lua
+-- on luasrv.ngx) against nginx with its Lua module running the same driver.
+TARGETS.m, REFERENCE.m = 1.00, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-lua"] = "nginx + ngx_http_lua_module" }
 -- The thread and fork models against the C reference built the same way.
