@@ -34,6 +34,9 @@ TARGETS.t1, REFERENCE.t1 = 0.95, "nginx-lua"
 -- (http.static) against nginx's static module.
 TARGETS.k, REFERENCE.k = 1.00, "nginx-ws"
 TARGETS.l, REFERENCE.l = 0.90, "nginx-static"
+-- (m) HTTP + one pooled Redis GET through resty.redis (scripts/http_redis.lua
+-- on luasrv.ngx) against nginx with its Lua module running the same driver.
+TARGETS.m, REFERENCE.m = 1.00, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-lua"] = "nginx + ngx_http_lua_module",
   ["nginx-ws"] = "nginx + lua-resty-websocket",

@@ -277,6 +277,8 @@ local function tcp_url (host, port)
 end
 
 
+local CONNECT_OPTS = {}
+
 -- tcpsock:connect(host, port [, opts]) | tcpsock:connect("unix:PATH" [, opts])
 function tcp:connect (host, port, opts)
   if type(host) ~= "string" then
@@ -312,8 +314,9 @@ function tcp:connect (host, port, opts)
     self.c:close()
     reset(self)
   end
-  local c, err = luasrv.connect(url, { timeout = secs(self.ct or nil),
-                                       pool = pool })
+  -- luasrv.connect reads its options before it waits: one table will do
+  CONNECT_OPTS.timeout, CONNECT_OPTS.pool = secs(self.ct or nil), pool
+  local c, err = luasrv.connect(url, CONNECT_OPTS)
   if not c then return nil, errtext(err) end
   reset(self)
   self.c = c
@@ -556,11 +559,19 @@ function tcp:setoption ()
 end
 
 
-tcp.__index = function (t, k)
-  local m = rawget(tcp, k)
-  if m ~= nil then return m end
-  error("tcpsock:" .. tostring(k) .. " is not supported by luasrv", 2)
+--[[ A socket's methods, in a table of their own: a driver calls one for
+every read and write, and an __index that is a table costs no Lua call.
+A name the table lacks raises "PREFIXNAME is not supported by luasrv".
+]]
+local function methods (mt, prefix)
+  local t = {}
+  for k, v in pairs(mt) do
+    if sub(k, 1, 2) ~= "__" then t[k] = v end
+  end
+  return strict(t, prefix)
 end
+
+tcp.__index = methods(tcp, "tcpsock:")
 tcp.__name = "ngx.socket.tcp"
 tcp.__tostring = function (t)
   return "ngx.socket.tcp (" .. (t.c and tostring(t.c) or "closed") .. ")"
@@ -642,11 +653,7 @@ function udp:close ()
 end
 
 
-udp.__index = function (t, k)
-  local m = rawget(udp, k)
-  if m ~= nil then return m end
-  error("udpsock:" .. tostring(k) .. " is not supported by luasrv", 2)
-end
+udp.__index = methods(udp, "udpsock:")
 udp.__name = "ngx.socket.udp"
 
 
