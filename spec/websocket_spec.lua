@@ -16,16 +16,12 @@ end
 local have_node = os.execute("command -v node >/dev/null 2>&1") == true
 local maybe = have_node and it or pending
 
--- Node's ws, once: tools/ngx-fixtures puts it in BUILD/ngx/node
-local node_modules
+-- Node's ws, once: ngx_helper runs tools/ngx-fixtures, which puts it in
+-- BUILD/ngx/node
+local N = require "ngx_helper"
 local function fixtures ()
-  if not node_modules then
-    local dir = BUILD .. "/ngx"
-    assert(os.execute("tools/ngx-fixtures " .. quote(dir)) == true,
-      "tools/ngx-fixtures failed")
-    node_modules = ROOT .. "/" .. dir .. "/node/node_modules"
-  end
-  return node_modules
+  N.fixtures()
+  return N.node_modules
 end
 
 -- the server: /ws echoes (the text "close" makes it close with 4001);
