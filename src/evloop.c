@@ -26,8 +26,8 @@ struct evloop {
   double now;
   struct watcher *w;          /* indexed by fd */
   int nw;
-  struct timer **heap;        /* min-heap on when */
-  long nheap, capheap;
+  struct timer *root;         /* min-heap on when, linked through timers */
+  unsigned long nheap;
   struct epoll_event ev[MAX_EVENTS];
 };
 
@@ -56,7 +56,6 @@ void evloop_free (struct evloop *loop) {
   if (loop == NULL) return;
   close(loop->epfd);
   free(loop->w);
-  free(loop->heap);
   free(loop);
 }
 
@@ -122,70 +121,113 @@ void evloop_del (struct evloop *loop, int fd) {
 
 void timer_init (struct timer *t, timer_fn *fn, void *data) {
   t->when = 0;
-  t->idx = -1;
+  t->parent = t->left = t->right = NULL;
+  t->armed = 0;
   t->fn = fn;
   t->data = data;
 }
 
 
-static void heap_set (struct evloop *loop, long i, struct timer *t) {
-  loop->heap[i] = t;
-  t->idx = i;
+/*
+** The heap is a complete binary tree whose nodes are the timers: node k
+** (counting from 1, level by level) has children 2k and 2k + 1, so the
+** binary digits of k after the leading 1 spell the way down to it from
+** the root (0: left, 1: right). The last node is the one numbered nheap.
+** Arming a timer links it in as node nheap + 1; stopping one moves the
+** last node into its place. Nothing is allocated: a timer can always be
+** armed, whatever memory is left (libuv keeps its timers the same way).
+*/
+
+/* The link that holds (or would hold) node k. */
+static struct timer **heap_slot (struct evloop *loop, unsigned long k) {
+  struct timer **slot = &loop->root;
+  int bit = 0;
+  while ((k >> bit) > 1) bit++;
+  while (bit-- > 0)
+    slot = ((k >> bit) & 1) ? &(*slot)->right : &(*slot)->left;
+  return slot;
 }
 
 
-static void sift_up (struct evloop *loop, long i) {
-  struct timer *t = loop->heap[i];
-  while (i > 0) {
-    long parent = (i - 1) / 2;
-    if (loop->heap[parent]->when <= t->when) break;
-    heap_set(loop, i, loop->heap[parent]);
-    i = parent;
+/* The link that points at t: its parent's left or right, or the root. */
+static struct timer **link_to (struct evloop *loop, struct timer *t) {
+  if (t->parent == NULL) return &loop->root;
+  return t->parent->left == t ? &t->parent->left : &t->parent->right;
+}
+
+
+/* Exchanges t with its parent p in the tree (t moves up one level). */
+static void swap_up (struct evloop *loop, struct timer *t) {
+  struct timer *p = t->parent, **above = link_to(loop, p);
+  struct timer *tl = t->left, *tr = t->right;
+  if (p->left == t) {
+    t->left = p;
+    t->right = p->right;
+    if (t->right != NULL) t->right->parent = t;
   }
-  heap_set(loop, i, t);
+  else {
+    t->right = p;
+    t->left = p->left;
+    if (t->left != NULL) t->left->parent = t;
+  }
+  t->parent = p->parent;
+  *above = t;
+  p->parent = t;
+  p->left = tl;
+  p->right = tr;
+  if (tl != NULL) tl->parent = p;
+  if (tr != NULL) tr->parent = p;
 }
 
 
-static void sift_down (struct evloop *loop, long i) {
-  struct timer *t = loop->heap[i];
+static void sift_up (struct evloop *loop, struct timer *t) {
+  while (t->parent != NULL && t->when < t->parent->when) swap_up(loop, t);
+}
+
+
+static void sift_down (struct evloop *loop, struct timer *t) {
   for (;;) {
-    long c = 2 * i + 1;
-    if (c >= loop->nheap) break;
-    if (c + 1 < loop->nheap && loop->heap[c + 1]->when < loop->heap[c]->when)
-      c++;
-    if (t->when <= loop->heap[c]->when) break;
-    heap_set(loop, i, loop->heap[c]);
-    i = c;
+    struct timer *c = t->left;
+    if (c == NULL) break;
+    if (t->right != NULL && t->right->when < c->when) c = t->right;
+    if (t->when <= c->when) break;
+    swap_up(loop, c);
   }
-  heap_set(loop, i, t);
 }
 
 
 void timer_stop (struct evloop *loop, struct timer *t) {
-  long i = t->idx;
-  struct timer *last;
-  if (i < 0) return;
-  t->idx = -1;
-  last = loop->heap[--loop->nheap];
-  if (last == t) return;
-  heap_set(loop, i, last);
-  sift_up(loop, i);
-  sift_down(loop, last->idx);
+  struct timer **lastslot, *last;
+  if (!t->armed) return;
+  t->armed = 0;
+  lastslot = heap_slot(loop, loop->nheap--);
+  last = *lastslot;
+  *lastslot = NULL;  /* unlinks the last node from its parent */
+  if (last != t) {   /* the last node takes t's place */
+    last->parent = t->parent;
+    last->left = t->left;
+    last->right = t->right;
+    if (last->left != NULL) last->left->parent = last;
+    if (last->right != NULL) last->right->parent = last;
+    *link_to(loop, t) = last;
+    sift_up(loop, last);
+    sift_down(loop, last);
+  }
+  t->parent = t->left = t->right = NULL;
 }
 
 
 void timer_start (struct evloop *loop, struct timer *t, double when) {
+  unsigned long k;
   timer_stop(loop, t);
-  if (loop->nheap == loop->capheap) {
-    long cap = loop->capheap ? loop->capheap * 2 : 64;
-    struct timer **h = realloc(loop->heap, (size_t)cap * sizeof *h);
-    if (h == NULL) abort();  /* no way to report a lost timer */
-    loop->heap = h;
-    loop->capheap = cap;
-  }
   t->when = when;
-  heap_set(loop, loop->nheap++, t);
-  sift_up(loop, t->idx);
+  t->left = t->right = NULL;
+  k = ++loop->nheap;
+  if (k == 1) t->parent = NULL;
+  else t->parent = *heap_slot(loop, k / 2);
+  *heap_slot(loop, k) = t;
+  t->armed = 1;
+  sift_up(loop, t);
 }
 
 
@@ -197,9 +239,9 @@ long evloop_timer_count (const struct evloop *loop) {
 static void run_timers (struct evloop *loop) {
   /* Bounded by the heap size at entry: timers armed by callbacks for
   ** "now" wait for the next iteration, so a zero sleep cannot starve I/O. */
-  long budget = loop->nheap;
-  while (loop->nheap > 0 && budget-- > 0) {
-    struct timer *t = loop->heap[0];
+  unsigned long budget = loop->nheap;
+  while (loop->root != NULL && budget-- > 0) {
+    struct timer *t = loop->root;
     if (t->when > loop->now) break;
     timer_stop(loop, t);
     t->fn(loop, t);
@@ -222,8 +264,8 @@ double evloop_update_now (struct evloop *loop) {
 int evloop_run_once (struct evloop *loop, double max_wait) {
   int n, ms;
   double wait = max_wait;
-  if (loop->nheap > 0) {
-    double due = loop->heap[0]->when - monotonic_now();
+  if (loop->root != NULL) {
+    double due = loop->root->when - monotonic_now();
     if (due < wait) wait = due;
   }
   if (wait < 0) wait = 0;

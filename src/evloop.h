@@ -1,6 +1,7 @@
 /*
 ** evloop.h -- an epoll loop: descriptors mapped to callbacks, timers in a
-** binary heap, a cached monotonic clock and a stop flag. Single-threaded;
+** binary heap linked through the timers themselves (so arming one never
+** allocates and cannot fail), a cached monotonic clock and a stop flag. Single-threaded;
 ** each worker (or thread) owns its own loop.
 */
 #ifndef LUASRV_EVLOOP_H
@@ -23,7 +24,8 @@ typedef void timer_fn (struct evloop *loop, struct timer *t);
 
 struct timer {
   double when;                /* monotonic seconds */
-  long idx;                   /* position in the heap; -1 when not armed */
+  struct timer *parent, *left, *right;  /* the heap's links */
+  int armed;
   timer_fn *fn;
   void *data;
 };
@@ -41,7 +43,7 @@ void evloop_del (struct evloop *loop, int fd);
 void timer_init (struct timer *t, timer_fn *fn, void *data);
 void timer_start (struct evloop *loop, struct timer *t, double when);
 void timer_stop (struct evloop *loop, struct timer *t);
-static inline int timer_armed (const struct timer *t) { return t->idx >= 0; }
+static inline int timer_armed (const struct timer *t) { return t->armed; }
 
 /* Seconds on the monotonic clock, as of the last loop iteration. */
 double evloop_now (struct evloop *loop);

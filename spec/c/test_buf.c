@@ -98,10 +98,59 @@ TEST(timer_heap_order) {
 }
 
 
+/* Fires in order of when; records the when it saw. */
+static double seen[2000];
+static int nseen;
+
+static void on_seen (struct evloop *loop, struct timer *t) {
+  (void)loop;
+  seen[nseen++] = t->when;
+}
+
+
+/*
+** Many timers armed, re-armed and stopped in a pseudo-random order (the
+** heap is linked through them: every shape of the tree gets exercised)
+** fire exactly once each, in order of when.
+*/
+TEST(timer_heap_churn) {
+  enum { N = 2000 };
+  static struct timer t[N];
+  struct evloop *loop = evloop_new();
+  unsigned seed = 12345;
+  double base = evloop_now(loop) - 1e6;
+  int armed = 0;
+  ASSERT(loop != NULL);
+  for (int i = 0; i < N; i++) timer_init(&t[i], on_seen, NULL);
+  for (int round = 0; round < 20000; round++) {
+    int i;
+    seed = seed * 1103515245u + 12345u;
+    i = (int)((seed >> 8) % N);
+    if ((seed >> 4) % 3 == 0) {
+      armed -= timer_armed(&t[i]);
+      timer_stop(loop, &t[i]);
+    }
+    else {
+      armed += !timer_armed(&t[i]);
+      timer_start(loop, &t[i], base + (double)((seed >> 12) % 5000));
+    }
+    ASSERT_EQ(evloop_timer_count(loop), armed);
+  }
+  nseen = 0;
+  evloop_run_once(loop, 0);
+  ASSERT_EQ(nseen, armed);
+  for (int i = 1; i < nseen; i++) ASSERT(seen[i - 1] <= seen[i]);
+  for (int i = 0; i < N; i++) ASSERT(!timer_armed(&t[i]));
+  ASSERT_EQ(evloop_timer_count(loop), 0);
+  evloop_free(loop);
+}
+
+
 int main (void) {
   RUN(append_consume);
   RUN(grow_keeps_bytes);
   RUN(reserve_slides);
   RUN(timer_heap_order);
+  RUN(timer_heap_churn);
   return DONE();
 }
