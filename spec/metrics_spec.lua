@@ -331,6 +331,41 @@ return {
     end
   end)
 
+
+  it("a worker that dies with timers pending: its replacement's count, "
+     .. "not the sum", function ()
+    local port = free_port()
+    local srv = H.start{ model = model, source = [[
+local luasrv = require "luasrv"
+return {
+  init = function ()
+    for i = 1, 3 do luasrv.timer.every(3600, function () end) end
+  end,
+  handle = function (req)
+    req:read("l")
+    req:write("ok\n")
+  end,
+}]], args = { "--metrics", "127.0.0.1:" .. port } }
+    local labels = 'worker="1",state="pending"'
+    local _, text = scrape(port)
+    assert.equals(3, value(text, "luasrv_timers", labels), text)
+    local worker = H.children(srv.pid)[1]
+    os.execute("kill -KILL " .. worker)
+    assert.truthy(srv:wait_stderr("starting a new one", 5 * H.scale, true),
+                  srv:stderr())
+    -- the replacement serves: its init has made its timers
+    assert.truthy(H.eventually(function ()
+      local kids = H.children(srv.pid)
+      return #kids == 1 and kids[1] ~= worker end, 5 * H.scale))
+    local c = srv:connect()
+    c:settimeout(5 * H.scale)
+    c:send("x\n")
+    assert.equals("ok", c:receive())
+    c:close()
+    text = select(2, scrape(port))
+    assert.equals(3, value(text, "luasrv_timers", labels), text)
+  end)
+
 end)
 
 describe("--metrics", function ()

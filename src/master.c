@@ -646,6 +646,14 @@ static void on_exit_status (struct master *m, struct wproc *p, int status) {
 }
 
 
+/* A process of worker number id is alive, in any generation. */
+static int id_alive (struct master *m, int id) {
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].pid != 0 && m->procs[i].id == id) return 1;
+  return 0;
+}
+
+
 static void reap (struct master *m) {
   int status;
   pid_t pid;
@@ -653,7 +661,10 @@ static void reap (struct master *m) {
     if (upgrade_exited(m, pid, status)) continue;
     for (int i = 0; i < m->nprocs; i++) {
       if (m->procs[i].pid == pid) {
+        int id = m->procs[i].id;
         on_exit_status(m, &m->procs[i], status);
+        if (m->metrics != NULL && !id_alive(m, id))  /* a crash left them */
+          metrics_gone(&m->metrics[id]);
         break;
       }
     }

@@ -98,6 +98,12 @@ void metrics_tls (struct mslot *s, const char *listener, int ok) {
 }
 
 
+void metrics_gone (struct mslot *s) {
+  atomic_store_explicit(&s->timers_pending, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->timers_running, 0, memory_order_relaxed);
+}
+
+
 #define LOAD(field) atomic_load_explicit(&(field), memory_order_relaxed)
 
 struct out {
