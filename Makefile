@@ -34,6 +34,10 @@ LUADIR = $(PREFIX)/share/lua/5.4
 DATADIR = $(PREFIX)/share/luasrv
 MANDIR = $(PREFIX)/share/man/man1
 DOCDIR = $(PREFIX)/share/doc/luasrv
+# The systemd template unit, its socket unit and the example NAME.conf;
+# /etc for PREFIX=/usr (the package), else PREFIX/etc.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 
 BUILD ?= build
 SRCS = $(wildcard src/*.c)
@@ -175,18 +179,28 @@ bench: deps
 	bench/run $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
 # DESTDIR for packaging; Lua modules go where lua5.4 looks already. The
-# docs keep their layout (README.md links to doc/ and bench/), and the man
-# page's paths follow PREFIX.
+# docs keep their layout (README.md links to doc/ and bench/), and the
+# paths in the man page, the units and example.conf follow PREFIX (the
+# files in contrib/systemd name the package's: /usr, /etc).
+PATHS_SED = sed -e 's|/usr/local/|$(PREFIX)/|g'
+UNITS_SED = sed -e 's|/usr/bin/|$(BINDIR)/|g' -e 's|/usr/share/|$(PREFIX)/share/|g' \
+                -e 's|/etc/luasrv/|$(SYSCONFDIR)/luasrv/|g'
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/luasrv/http \
 	  $(DESTDIR)$(DATADIR)/scripts $(DESTDIR)$(MANDIR) \
-	  $(DESTDIR)$(DOCDIR)/doc $(DESTDIR)$(DOCDIR)/bench
+	  $(DESTDIR)$(DOCDIR)/doc $(DESTDIR)$(DOCDIR)/bench \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/luasrv
 	install -m 755 $(BUILD)/luasrv $(DESTDIR)$(BINDIR)/luasrv
 	install -m 644 lua/luasrv/*.lua $(DESTDIR)$(LUADIR)/luasrv/
 	install -m 644 lua/luasrv/http/*.lua $(DESTDIR)$(LUADIR)/luasrv/http/
 	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
-	sed 's|/usr/local/|$(PREFIX)/|g' doc/luasrv.1 > $(DESTDIR)$(MANDIR)/luasrv.1
+	$(PATHS_SED) doc/luasrv.1 > $(DESTDIR)$(MANDIR)/luasrv.1
 	chmod 644 $(DESTDIR)$(MANDIR)/luasrv.1
+	for f in luasrv@.service luasrv@.socket; do \
+	  $(UNITS_SED) contrib/systemd/$$f > $(DESTDIR)$(UNITDIR)/$$f && \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$f || exit 1; done
+	$(UNITS_SED) contrib/systemd/example.conf > $(DESTDIR)$(SYSCONFDIR)/luasrv/example.conf
+	chmod 644 $(DESTDIR)$(SYSCONFDIR)/luasrv/example.conf
 	install -m 644 README.md $(DESTDIR)$(DOCDIR)/
 	install -m 644 doc/*.md $(DESTDIR)$(DOCDIR)/doc/
 	install -m 644 bench/README.md $(DESTDIR)$(DOCDIR)/bench/
@@ -194,13 +208,16 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/luasrv $(DESTDIR)$(MANDIR)/luasrv.1
 	rm -rf $(DESTDIR)$(LUADIR)/luasrv $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(UNITDIR)/luasrv@.service $(DESTDIR)$(UNITDIR)/luasrv@.socket
+	rm -f $(DESTDIR)$(SYSCONFDIR)/luasrv/example.conf
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/luasrv 2>/dev/null
 
 # make deb: the Debian package, built by debhelper from debian/ in a copy
 # of the tree (dpkg-buildpackage writes beside the source): the result is
 # $(DEBDIR)/luasrv_VERSION_ARCH.deb, checked by lintian.
 DEPS_DEB = build-essential dpkg-dev debhelper lintian pkg-config liblua5.4-dev libssl-dev logrotate
 DEBDIR ?= $(BUILD)/deb
-DEB_TREE = Makefile README.md bench/README.md contrib debian doc \
+DEB_TREE = LICENSE Makefile README.md bench/README.md contrib debian doc \
            fuzz/fuzz.mk lua scripts spec/c src
 .PHONY: deb
 deb:

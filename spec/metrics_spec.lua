@@ -3,6 +3,7 @@
 -- workers, in every model.
 local H = require "helper"
 local T = H.T
+local C = require "tls_certs"
 local socket = require "socket"
 
 local free_port = H.free_port
@@ -23,6 +24,32 @@ local function scrape (port)
   return sums, text
 end
 
+-- runs a shell command; its output
+local function run (cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- the value of the line name{labels} of text exactly, as a number; nil
+-- when there is no such line
+local function value (text, name, labels)
+  local v = text:match("\n" .. name:gsub("%p", "%%%0") .. "{"
+    .. labels:gsub("%p", "%%%0") .. "} ([%d.e+-]+)\n")
+  return tonumber(v)
+end
+
+-- polls /metrics until ok(text) or 5 s; the last text
+local function scrape_until (port, ok)
+  local text
+  H.eventually(function ()
+    text = select(2, scrape(port))
+    return ok(text)
+  end, 5 * H.scale)
+  return text
+end
+
 local SCRIPT = [[
 return {
   verify_request = function (addr, server) return true end,
@@ -33,10 +60,13 @@ return {
   end,
 }]]
 
+-- the first client is refused: counted in a shared dictionary, as a
+-- thread model's second state (a client that comes while the first one's
+-- thread is busy) has a count of its own
 local REFUSE = [[
-local n = 0
+local luasrv = require "luasrv"
 return {
-  verify_request = function () n = n + 1; return n ~= 1 end,
+  verify_request = function () return luasrv.shared.m:incr("n", 1, 0) ~= 1 end,
   handle = function (req) req:write(req:read("l"), "\n") end,
 }]]
 
@@ -94,7 +124,8 @@ H.for_models(function (model)
   it("counts refused requests and open connections", function ()
     local port = free_port()
     local srv = H.start{ model = model, source = REFUSE,
-                         args = { "--metrics", "127.0.0.1:" .. port } }
+                         args = { "--metrics", "127.0.0.1:" .. port,
+                                  "--shared", "m:1m" } }
     local refused = srv:connect()
     refused:settimeout(5 * H.scale)
     refused:send("x\n")
@@ -155,6 +186,184 @@ end }]], args = { "--metrics", "127.0.0.1:" .. port, "--shared", "cache:1m" } }
            sums.luasrv_listener_connections == 0) or T.now() > deadline
     assert.is_true(sums.luasrv_lua_memory_bytes > 10000, text)
     assert.equals(0, sums.luasrv_listener_connections, text)
+  end)
+
+
+  it("counts TLS handshakes per listener and worker: ok and failed",
+     function ()
+    local d = C.dir()
+    local port = free_port()
+    local srv = H.start{ model = model, tcp = true, source = [[
+return { handle = function (req) req:write(req:read("l"), "\n") end }]],
+      args = { "--workers", "2", "--tls", "127.0.0.1:0",
+               "--tls-cert", d .. "/server.pem", "--tls-key", d .. "/server.key",
+               "--metrics", "127.0.0.1:" .. port, "--timeout", "5" } }
+    local tls = srv:stderr():match("listening on (tls://127%.0%.0%.1:%d+)")
+    local tcp = srv.listeners[1].address
+    local function hs (text, result)
+      local n = 0
+      for w = 1, 2 do
+        n = n + assert(value(text, "luasrv_tls_handshakes_total",
+          ('worker="%d",listener="%s",result="%s"'):format(w, tls, result)),
+          text)
+      end
+      return n
+    end
+    -- before any client: the --tls listener shows, at 0; the plain one not
+    local _, text = scrape(port)
+    assert.equals(0, hs(text, "ok"))
+    assert.equals(0, hs(text, "failed"))
+    assert.truthy(text:find("# TYPE luasrv_tls_handshakes_total counter\n",
+                            1, true), text)
+    assert.falsy(text:find('listener="' .. tcp .. '",result', 1, true), text)
+    -- three clients that complete the handshake
+    local tport = tonumber(tls:match(":(%d+)$"))
+    for i = 1, 3 do
+      local out = run(("printf 'hi%d\\n' | timeout 10 openssl s_client "
+        .. "-connect 127.0.0.1:%d -ign_eof -CAfile %s/ca.pem 2>&1"):format(
+        i, tport, d))
+      assert.truthy(out:find("\nhi" .. i .. "\n", 1, true), out)
+    end
+    -- one that speaks plaintext: closed, one line in the log
+    local c = assert(socket.connect("127.0.0.1", tport))
+    c:settimeout(5 * H.scale)
+    c:send("GET / HTTP/1.0\r\n\r\n")
+    c:receive("*a")  -- (an alert at most) until the server closes it
+    c:close()
+    assert.truthy(srv:wait_stderr("TLS handshake failed", 5 * H.scale, true),
+                  srv:stderr())
+    text = scrape_until(port, function (t)
+      return hs(t, "ok") == 3 and hs(t, "failed") == 1 end)
+    assert.equals(3, hs(text, "ok"))
+    assert.equals(1, hs(text, "failed"))
+    -- a plaintext client of the plain listener is no handshake
+    c = srv:connect("tcp")
+    c:settimeout(5 * H.scale)
+    c:send("plain\n")
+    assert.equals("plain", c:receive())
+    c:close()
+    text = select(2, scrape(port))
+    assert.equals(3, hs(text, "ok"))
+    assert.equals(1, hs(text, "failed"))
+    assert.falsy(text:find('listener="' .. tcp .. '",result', 1, true), text)
+  end)
+
+  it("counts a STARTTLS handshake under its plain listener", function ()
+    local d = C.dir()
+    local port = free_port()
+    local srv = H.start{ model = model, script = "scripts/smtp_starttls.lua",
+      args = { "--tcp", "127.0.0.1:0", "--tls-cert", d .. "/server.pem",
+               "--tls-key", d .. "/server.key", "--timeout", "5",
+               "--metrics", "127.0.0.1:" .. port } }
+    local tcp = srv.listeners[1].address
+    local labels = 'worker="1",listener="' .. tcp .. '",result="ok"'
+    -- no --tls listener and no STARTTLS yet: no such series
+    local _, text = scrape(port)
+    assert.is_nil(value(text, "luasrv_tls_handshakes_total", labels), text)
+    local out = run(("(sleep 0.3; printf 'EHLO me\\r\\nQUIT\\r\\n') | "
+      .. "timeout 10 openssl s_client -starttls smtp -connect 127.0.0.1:%d "
+      .. "-CAfile %s/ca.pem -verify_return_error -crlf -ign_eof 2>&1")
+      :format(srv.tcp.port, d))
+    assert.matches("Verify return code: 0 (ok)", out, 1, true)
+    text = scrape_until(port, function (t)
+      return value(t, "luasrv_tls_handshakes_total", labels) == 1 end)
+    assert.equals(1, value(text, "luasrv_tls_handshakes_total", labels), text)
+    assert.equals(0, value(text, "luasrv_tls_handshakes_total",
+      'worker="1",listener="' .. tcp .. '",result="failed"'), text)
+  end)
+
+  it("gauges timers pending and running per worker, and counts their runs",
+     function ()
+    local up = assert(socket.bind("127.0.0.1", 0))
+    local _, uport = up:getsockname()
+    up:settimeout(5 * H.scale)
+    H.defer(function () up:close() end)
+    local port = free_port()
+    -- each worker: three "every" timers and an "at" one cancelled stay
+    -- pending; an "at" timer runs at once and waits for the spec's word
+    local srv = H.start{ model = model, source = [[
+local luasrv = require "luasrv"
+local up = os.getenv("UP")
+return {
+  init = function ()
+    for i = 1, 3 do luasrv.timer.every(3600, function () end) end
+    assert(luasrv.timer.at(3600, function () end):cancel())
+    luasrv.timer.at(0, function (premature)
+      if premature then return end
+      local c = assert(luasrv.connect(up, { timeout = 10 }))
+      c:write("waiting\n")
+      c:read("l")
+      c:close()
+    end)
+  end,
+  handle = function (req) req:write(req:read("l"), "\n") end,
+}]], env = { UP = "tcp://127.0.0.1:" .. uport },
+      args = { "--workers", "2", "--metrics", "127.0.0.1:" .. port } }
+    local held = {}
+    for i = 1, 2 do
+      held[i] = assert(up:accept())
+      held[i]:settimeout(5 * H.scale)
+      assert.equals("waiting", held[i]:receive())
+    end
+    local function gauge (text, w, state)
+      return value(text, "luasrv_timers",
+                   ('worker="%d",state="%s"'):format(w, state))
+    end
+    local _, text = scrape(port)
+    assert.truthy(text:find("# TYPE luasrv_timers gauge\n", 1, true), text)
+    for w = 1, 2 do
+      assert.equals(3, gauge(text, w, "pending"), text)
+      assert.equals(1, gauge(text, w, "running"), text)
+      assert.equals(1, value(text, "luasrv_timer_runs_total",
+                             ('worker="%d"'):format(w)), text)
+    end
+    for i = 1, 2 do
+      held[i]:send("go\n")
+      held[i]:close()
+    end
+    text = scrape_until(port, function (t)
+      return gauge(t, 1, "running") == 0 and gauge(t, 2, "running") == 0 end)
+    for w = 1, 2 do
+      assert.equals(3, gauge(text, w, "pending"), text)
+      assert.equals(0, gauge(text, w, "running"), text)
+      assert.equals(1, value(text, "luasrv_timer_runs_total",
+                             ('worker="%d"'):format(w)), text)
+    end
+  end)
+
+
+  it("a worker that dies with timers pending: its replacement's count, "
+     .. "not the sum", function ()
+    local port = free_port()
+    local srv = H.start{ model = model, source = [[
+local luasrv = require "luasrv"
+return {
+  init = function ()
+    for i = 1, 3 do luasrv.timer.every(3600, function () end) end
+  end,
+  handle = function (req)
+    req:read("l")
+    req:write("ok\n")
+  end,
+}]], args = { "--metrics", "127.0.0.1:" .. port } }
+    local labels = 'worker="1",state="pending"'
+    local _, text = scrape(port)
+    assert.equals(3, value(text, "luasrv_timers", labels), text)
+    local worker = H.children(srv.pid)[1]
+    os.execute("kill -KILL " .. worker)
+    assert.truthy(srv:wait_stderr("starting a new one", 5 * H.scale, true),
+                  srv:stderr())
+    -- the replacement serves: its init has made its timers
+    assert.truthy(H.eventually(function ()
+      local kids = H.children(srv.pid)
+      return #kids == 1 and kids[1] ~= worker end, 5 * H.scale))
+    local c = srv:connect()
+    c:settimeout(5 * H.scale)
+    c:send("x\n")
+    assert.equals("ok", c:receive())
+    c:close()
+    text = select(2, scrape(port))
+    assert.equals(3, value(text, "luasrv_timers", labels), text)
   end)
 
 end)

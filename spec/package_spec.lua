@@ -396,23 +396,70 @@ describe("the package's docs", function ()
 end)
 
 
--- The sample units for a make install (/usr/local) are valid for the
--- systemd here: every directive known, every value parsed.
-describe("contrib/systemd", function ()
+-- make install's units: the package's template and socket units with
+-- make install's paths, valid for the systemd here (every directive
+-- known, every value parsed, every program there), and what they run
+-- works: the installed binary checks the installed example.conf.
+describe("make install's systemd units", function ()
   local have = os.execute("command -v systemd-analyze >/dev/null") == true
   local it_ = have and it or pending
-  it_("the sample units pass systemd-analyze verify", function ()
+  it_("are contrib/systemd's with PREFIX's paths and pass systemd-analyze "
+      .. "verify", function ()
     local dir = T.tmpdir()
     H.defer(function () T.rmrf(dir) end)
-    local bin = T.bin:match("^/") and T.bin or os.getenv("PWD") .. "/" .. T.bin
-    for _, unit in ipairs { "luasrv.service", "luasrv.socket" } do
-      local text = assert(readfile("contrib/systemd/" .. unit))
-      local f = assert(io.open(dir .. "/" .. unit, "w"))
-      f:write((text:gsub("/usr/local/bin/luasrv", bin)))
+    -- the default PREFIX (another would rebuild the binary in place)
+    local build = T.bin:match("^(.*)/luasrv$") or "build"
+    local function make (target)
+      return sh("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s " .. target
+                .. " DESTDIR=" .. q(dir) .. " BUILD=" .. q(build))
+    end
+    local ok, out = make("install")
+    assert(ok, out)
+    local units = dir .. "/usr/local/lib/systemd/system/"
+    local conf = dir .. "/usr/local/etc/luasrv/example.conf"
+    local service = assert(readfile(units .. "luasrv@.service"))
+    assert.truthy(service:find("\nExecStart=/usr/local/bin/luasrv --config "
+      .. "/usr/local/etc/luasrv/%i.conf --log-file /var/log/luasrv/%i.log\n",
+      1, true), service)
+    assert.equals("script /usr/local/share/luasrv/scripts/echo.lua",
+                  assert(readfile(conf)):match("\n(script [^\n]*)"))
+    -- nothing else differs from the package's files but the paths
+    local function unpath (text)
+      return (text:gsub("/usr/local/etc/", "/etc/"):gsub("/usr/local/", "/usr/"))
+    end
+    for _, f in ipairs { "luasrv@.service", "luasrv@.socket" } do
+      assert.equals(assert(readfile("contrib/systemd/" .. f)),
+                    unpath(assert(readfile(units .. f))))
+    end
+    assert.equals(assert(readfile("contrib/systemd/example.conf")),
+                  unpath(assert(readfile(conf))))
+    -- as if DESTDIR were /: every path the units and example.conf name
+    -- is rewritten into it (the man page too, which
+    -- Documentation= names: MANPATH finds it)
+    local root = dir .. "/verify"
+    os.execute("mkdir -p " .. q(root))
+    local function relocate (from, to)
+      local f = assert(io.open(to, "w"))
+      f:write((assert(readfile(from)):gsub("/usr/local/", dir .. "/usr/local/")))
       f:close()
     end
-    local ok, out = sh("systemd-analyze verify " .. q(dir .. "/luasrv.service")
-                       .. " " .. q(dir .. "/luasrv.socket"))
+    relocate(units .. "luasrv@.service", root .. "/luasrv@.service")
+    relocate(units .. "luasrv@.socket", root .. "/luasrv@.socket")
+    relocate(conf, root .. "/example.conf")
+    ok, out = sh("MANPATH=" .. q(dir .. "/usr/local/share/man") .. ": "
+                 .. "systemd-analyze verify " .. q(root .. "/luasrv@.service")
+                 .. " " .. q(root .. "/luasrv@.socket"))
     assert(ok and out == "", out)
+    -- its ExecStartPre=: the installed binary takes the installed example
+    ok, out = sh(q(dir .. "/usr/local/bin/luasrv") .. " --check --config "
+                 .. q(root .. "/example.conf"))
+    assert(ok, out)
+    assert.equals("luasrv: " .. dir .. "/usr/local/share/luasrv/scripts/"
+                  .. "echo.lua: ok\n", out)
+    ok, out = make("uninstall")
+    assert(ok, out)
+    assert.is_false(H.exists(units .. "luasrv@.service"))
+    assert.is_false(H.exists(units .. "luasrv@.socket"))
+    assert.is_false(H.exists(conf))
   end)
 end)

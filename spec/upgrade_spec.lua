@@ -158,6 +158,58 @@ H.for_models(function (model)
     assert.is_false(H.exists(admin))
     assert.is_false(H.exists(usock))  -- the new master removed its files
   end)
+
+  it("systemd's notifications: the old master hands the new one's MAINPID "
+     .. "over once it serves; then the new one speaks for the service",
+     function ()
+    local dir = T.tmpdir()
+    H.defer(function () T.rmrf(dir) end)
+    local bin, original = private_binary(dir)
+    -- what systemd's notify socket would receive, in order
+    local path = dir .. "/notify"
+    local ns = require("socket.unix").dgram()
+    assert(ns:bind(path))
+    ns:settimeout(5 * H.scale)
+    H.defer(function () ns:close() end)
+    local function none ()  -- nothing more is queued
+      ns:settimeout(0)
+      local msg = ns:receive()
+      ns:settimeout(5 * H.scale)
+      return msg == nil, msg
+    end
+    local srv = H.start{ model = model, script = H.fixture("echo.lua"),
+      args = { "--workers", "2" }, env = { NOTIFY_SOCKET = path } }
+    local old, new = srv.pid, nil
+    H.defer(function ()
+      if new then os.execute("kill -TERM " .. new .. " 2>/dev/null") end
+    end)
+    assert.equals("READY=1\nMAINPID=" .. old .. "\nSTATUS=serving",
+                  ns:receive())
+    swap(bin, original)
+    assert.is_true(srv:signal("USR2"))
+    local msg = assert(ns:receive())
+    new = tonumber(msg:match("^STATUS=upgrading: the new binary %(pid (%d+)%) "
+                             .. "starts$"))
+    assert.truthy(new, msg)
+    -- the new master says nothing while it is not systemd's main process
+    -- (NotifyAccess=main would refuse it): the old one does, once the new
+    -- one's workers serve, and waits at exit until systemd has read it
+    assert.equals(("MAINPID=%d\nREADY=1\nSTATUS=upgraded: pid %d serves")
+                  :format(new, new), ns:receive())
+    assert.equals("BARRIER=1", ns:receive())
+    assert.equals(0, srv:wait(10 * H.scale))
+    assert.is_true(none())  -- the old master's stop is not the service's
+    -- the new master is the main process now: a reload, a stop
+    assert.is_true(alive(new))
+    os.execute("kill -HUP " .. new)
+    assert.matches("^RELOADING=1\nMONOTONIC_USEC=%d+$", ns:receive())
+    assert.equals("READY=1\nSTATUS=serving (reloaded)", ns:receive())
+    os.execute("kill -TERM " .. new)
+    assert.equals("STOPPING=1", ns:receive())
+    assert.truthy(H.eventually(function () return not alive(new) end, 10))
+    new = nil
+    assert.is_true(none())
+  end)
 end)
 
 

@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "lsrv.h"
+#include "metrics.h"
 
 #define TIMER_MT "luasrv.timer"
 #define SET_MT "luasrv.timers"
@@ -44,6 +45,7 @@ struct ltimers {
   int next_ok;                /* next is up to date */
   int stopping;               /* the worker stops: no more timers */
   int forked;                 /* a fork model's child: no timers here */
+  struct mslot *ms;           /* the worker's counters (/metrics), or NULL */
 };
 
 
@@ -58,6 +60,7 @@ static struct ltimers *set_of (lua_State *L, struct lctx *x) {
   set->next = 0;
   set->next_ok = 1;
   set->stopping = set->forked = 0;
+  set->ms = x->w->mslot;
   luaL_setmetatable(L, SET_MT);
   lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)set);  /* for ever */
   return x->timers = set;
@@ -79,6 +82,7 @@ static void unpend (struct ltimer *t) {
   if (i < 0) return;
   set->pend[i] = set->pend[--set->npend];
   set->pend[i]->slot = i;
+  METRICS_ADD(set->ms, timers_pending, -1);
   t->slot = -1;
   set->next_ok = 0;
 }
@@ -96,6 +100,7 @@ static int pend (struct ltimer *t) {
   }
   t->slot = set->npend;
   set->pend[set->npend++] = t;
+  METRICS_ADD(set->ms, timers_pending, 1);
   if (set->next_ok && (set->next == 0 || t->when < set->next))
     set->next = t->when;
   return 0;
@@ -132,6 +137,7 @@ static int body_k (lua_State *L, int status, lua_KContext kc) {
   }
   t->running--;
   t->set->running--;
+  METRICS_ADD(t->set->ms, timers_running, -1);
   release(L, t);
   return 0;
 }
@@ -165,6 +171,7 @@ static void fire (lua_State *L, struct ltimer *t, int premature) {
     log_error("a timer could not run: %s", "out of memory");
     t->running--;
     t->set->running--;
+    METRICS_ADD(t->set->ms, timers_running, -1);
     release(L, t);
   }
 }
@@ -233,6 +240,8 @@ static int run_due (lua_State *L) {
     }
     t->running++;
     set->running++;
+    METRICS_ADD(set->ms, timers_running, 1);
+    METRICS_ADD(set->ms, timer_runs, 1);
   }
   for (int k = 0; k < n; k++)
     if (due[k] != NULL) fire(L, due[k], premature);

@@ -15,8 +15,10 @@
 #include <lua.h>
 
 #include "address.h"
+#include "listener.h"
 #include "log.h"
 #include "lsrv.h"
+#include "metrics.h"
 #include "tls.h"
 
 #define CTX_MT "luasrv.tlsctx"
@@ -64,6 +66,14 @@ static void log_refused (struct lconn *c, const char *why) {
 static int handshake_k (lua_State *L, int status, lua_KContext ctx);
 
 
+/* A client's handshake ended: its listener's count on /metrics. */
+static void count (struct lconn *c, int mode, int ok) {
+  struct worker *w = c->x->w;
+  if (w->mslot != NULL && mode != HS_CONNECT && c->lindex >= 0)
+    metrics_tls(w->mslot, w->ls[c->lindex].name, ok);
+}
+
+
 static int fail (lua_State *L, struct lconn *c, int mode, int rc) {
   const char *why = rc == ERR_TLS ? tls_error() : conn_strerror(rc);
   if (mode == HS_ACCEPT) {
@@ -100,6 +110,7 @@ static int handshake (lua_State *L, struct lconn *c, int rc, lua_KContext ctx) {
   while (rc >= 0) {
     rc = tls_handshake(&c->io);
     if (rc == 0) {
+      count(c, mode, 1);
       if (mode == HS_ACCEPT) lua_pushboolean(L, 1);
       else lua_pushvalue(L, idx);
       return 1;
@@ -107,6 +118,7 @@ static int handshake (lua_State *L, struct lconn *c, int rc, lua_KContext ctx) {
     if (!conn_wants(rc)) break;
     rc = sched_wait(L, c, conn_want_event(rc), deadline(c), ctx, handshake_k);
   }
+  count(c, mode, 0);
   return fail(L, c, mode, rc);
 }
 

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -107,6 +108,8 @@ struct master {
   double up_until;            /* it must serve by then */
   int upgraded;               /* it serves: this master drains and exits */
   int tell_fd;                /* we are the new one: the old one's pipe */
+  int barrier_fd;             /* systemd closes its other end once it has
+                              ** read the new MAINPID; -1: none */
   /* --admin, the console (see serve_admin()): */
   struct listener als;        /* its Unix socket; fd -1 when none */
   int admin_wait;             /* a "reload" client waiting; -1: none */
@@ -117,34 +120,90 @@ struct master {
 /*
 ** systemd's readiness protocol (Type=notify / notify-reload): one datagram
 ** to $NOTIFY_SOCKET per state change; nothing when the variable is unset.
-** A path starting with '@' is in the abstract namespace.
+** A path starting with '@' is in the abstract namespace. pass, when >= 0,
+** goes along as SCM_RIGHTS. Returns 0, or -1 when nothing was sent.
 */
-static void sd_notify (const char *fmt, ...) {
+static int notify_send (const char *msg, size_t n, int pass) {
   const char *path = getenv("NOTIFY_SOCKET");
   struct sockaddr_un sun;
-  char msg[256];
-  va_list ap;
+  union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } ctl;
+  struct iovec iov = {(void *)msg, n};
+  struct msghdr mh;
   size_t plen;
-  int fd, n;
+  int fd, rc;
   if (path == NULL || (path[0] != '/' && path[0] != '@') ||
       (plen = strlen(path)) >= sizeof sun.sun_path)
-    return;
-  va_start(ap, fmt);
-  n = vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (n < 0 || (size_t)n >= sizeof msg) return;
+    return -1;
   memset(&sun, 0, sizeof sun);
   sun.sun_family = AF_UNIX;
   memcpy(sun.sun_path, path, plen);
   if (path[0] == '@') sun.sun_path[0] = '\0';
+  memset(&mh, 0, sizeof mh);
+  mh.msg_name = &sun;
+  mh.msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (pass >= 0) {
+    memset(&ctl, 0, sizeof ctl);
+    mh.msg_control = ctl.b;
+    mh.msg_controllen = sizeof ctl.b;
+    CMSG_FIRSTHDR(&mh)->cmsg_level = SOL_SOCKET;
+    CMSG_FIRSTHDR(&mh)->cmsg_type = SCM_RIGHTS;
+    CMSG_FIRSTHDR(&mh)->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(CMSG_FIRSTHDR(&mh)), &pass, sizeof pass);
+  }
   /* non-blocking: a notification never holds the master up when the
   ** reader lags and its queue is full (the state is sent again later) */
   if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
-    return;
-  if (sendto(fd, msg, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&sun,
-             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
+    return -1;
+  if ((rc = (int)sendmsg(fd, &mh, MSG_NOSIGNAL)) < 0)
     log_debug("sd_notify: %s", strerror(errno));
   close(fd);
+  return rc < 0 ? -1 : 0;
+}
+
+
+static void sd_notify (const char *fmt, ...)
+  __attribute__((format(printf, 1, 2)));
+
+static void sd_notify (const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  int n;
+  va_start(ap, fmt);
+  n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (n >= 0 && (size_t)n < sizeof msg) notify_send(msg, (size_t)n, -1);
+}
+
+
+/*
+** sd_notify_barrier(3): BARRIER=1 with a pipe's write end, which systemd
+** closes once it has handled every message sent before. Returns the read
+** end (it reports POLLHUP then), or -1.
+*/
+static int notify_barrier (void) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return -1;
+  if (notify_send("BARRIER=1", 9, p[1]) < 0) {
+    close(p[0]);
+    p[0] = -1;
+  }
+  close(p[1]);
+  return p[0];
+}
+
+
+/* Waits, within BARRIER_WAIT_MS, until systemd has read up to the barrier. */
+#define BARRIER_WAIT_MS 5000
+
+static void await_barrier (struct master *m) {
+  struct pollfd p = {m->barrier_fd, POLLIN, 0};
+  if (m->barrier_fd < 0) return;
+  while (poll(&p, 1, BARRIER_WAIT_MS) < 0 && errno == EINTR)
+    ;
+  close(m->barrier_fd);
+  m->barrier_fd = -1;
 }
 
 
@@ -359,7 +418,10 @@ static void announce (struct master *m) {
     log_info("listening on %s%s", m->ls[i].name, reach(&m->ls[i]));
   if (geteuid() == 0 && !m->cfg->setuser)
     log_warn("warning: handlers run as root; --user USER drops that");
-  sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
+  /* after a binary upgrade the old master speaks for us until it has
+  ** told systemd our pid: NotifyAccess=main would refuse us till then */
+  if (m->tell_fd < 0)
+    sd_notify("READY=1\nMAINPID=%d\nSTATUS=serving", (int)getpid());
   if (m->tell_fd >= 0) {  /* an upgrade: the old master may leave now */
     if (write(m->tell_fd, "r", 1) < 0)
       log_warn("upgrade: cannot tell the old master: %s", strerror(errno));
@@ -584,6 +646,14 @@ static void on_exit_status (struct master *m, struct wproc *p, int status) {
 }
 
 
+/* A process of worker number id is alive, in any generation. */
+static int id_alive (struct master *m, int id) {
+  for (int i = 0; i < m->nprocs; i++)
+    if (m->procs[i].pid != 0 && m->procs[i].id == id) return 1;
+  return 0;
+}
+
+
 static void reap (struct master *m) {
   int status;
   pid_t pid;
@@ -591,7 +661,10 @@ static void reap (struct master *m) {
     if (upgrade_exited(m, pid, status)) continue;
     for (int i = 0; i < m->nprocs; i++) {
       if (m->procs[i].pid == pid) {
+        int id = m->procs[i].id;
         on_exit_status(m, &m->procs[i], status);
+        if (m->metrics != NULL && !id_alive(m, id))  /* a crash left them */
+          metrics_gone(&m->metrics[id]);
         break;
       }
     }
@@ -901,8 +974,12 @@ static void upgrade_done (struct master *m) {
   pid_t pid = m->up_pid;
   log_info("upgrade: the new binary (pid %d) serves; this master (pid %d) "
            "drains and exits", (int)pid, (int)getpid());
+  /* systemd now follows the new master; it must read this before we
+  ** exit, or it would take our exit for the service's: the barrier, which
+  ** master_run waits for at the end */
   sd_notify("MAINPID=%d\nREADY=1\nSTATUS=upgraded: pid %d serves", (int)pid,
             (int)pid);
+  m->barrier_fd = notify_barrier();
   close(m->up_fd);
   m->up_fd = -1;
   m->up_pid = 0;
@@ -954,6 +1031,8 @@ static void upgrade (struct master *m) {
   m->up_fd = fds[0];
   m->up_pid = pid;
   m->up_until = monotonic_now() + UPGRADE_WAIT;
+  if (pid > 0)
+    sd_notify("STATUS=upgrading: the new binary (pid %d) starts", (int)pid);
   if (pid < 0) {
     char why[128];
     snprintf(why, sizeof why, "cannot fork: %s", strerror(errno));
@@ -1650,6 +1729,7 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   m.nls = *nls;
   m.nls_out = nls;
   m.up_fd = -1;
+  m.barrier_fd = -1;
   resolve_exe(&m);
   upgrade_env(&m);
   m.gen = m.last_gen = 1;
@@ -1693,6 +1773,7 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   }
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
   serve(&m);
+  await_barrier(&m);
   close(m.sfd);
   for (int i = 0; i < m.nprocs; i++)
     if (m.procs[i].ready_fd >= 0) close(m.procs[i].ready_fd);

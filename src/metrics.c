@@ -23,15 +23,37 @@ static const char *const bound_names[METRICS_BUCKETS] = {
 };
 
 
+/*
+** The listener names of the TLS counters, after the slots in the same
+** mapping: an entry is claimed once (free -> naming -> named, by whichever
+** process counts a name first) and never freed, so an index means one
+** name for the server's life. Two processes naming the same listener at
+** once may take two entries: the exposition adds them up.
+*/
+enum { NAME_FREE, NAME_NAMING, NAME_SET };
+
+struct mnames {
+  atomic_int state[METRICS_TLS];
+  char name[METRICS_TLS][ADDRESS_STRLEN];
+};
+
+
+static size_t map_size (int n) {
+  return (size_t)(n + 1) * sizeof(struct mslot) + sizeof(struct mnames);
+}
+
+
 struct mslot *metrics_new (int n) {
-  void *p = mmap(NULL, (size_t)(n + 1) * sizeof(struct mslot),
-                 PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? NULL : p;  /* zero-filled */
+  struct mslot *m = mmap(NULL, map_size(n), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return NULL;  /* else zero-filled: every name free */
+  for (int i = 0; i <= n; i++) m[i].tls_names = (struct mnames *)&m[n + 1];
+  return m;
 }
 
 
 void metrics_free (struct mslot *m, int n) {
-  if (m != NULL) munmap(m, (size_t)(n + 1) * sizeof(struct mslot));
+  if (m != NULL) munmap(m, map_size(n));
 }
 
 
@@ -49,6 +71,36 @@ void metrics_request (struct mslot *s, int outcome, unsigned long long in,
   while (b < METRICS_BUCKETS - 1 && secs > bounds[b]) b++;
   ADD(s->dur_bucket[b], 1);
   ADD(s->dur_usec, (unsigned long)(secs * 1e6));
+}
+
+
+/* The entry of name in t, claimed if it has none; -1 when t is full. */
+static int name_index (struct mnames *t, const char *name) {
+  for (int i = 0; i < METRICS_TLS; i++) {
+    int st = atomic_load_explicit(&t->state[i], memory_order_acquire);
+    if (st == NAME_FREE &&
+        atomic_compare_exchange_strong(&t->state[i], &st, NAME_NAMING)) {
+      snprintf(t->name[i], sizeof t->name[i], "%s", name);
+      atomic_store_explicit(&t->state[i], NAME_SET, memory_order_release);
+      return i;
+    }
+    if (st == NAME_SET && strcmp(t->name[i], name) == 0) return i;
+  }
+  return -1;
+}
+
+
+void metrics_tls (struct mslot *s, const char *listener, int ok) {
+  int i = name_index(s->tls_names, listener);
+  if (i < 0) return;
+  if (ok) ADD(s->tls_ok[i], 1);
+  else ADD(s->tls_failed[i], 1);
+}
+
+
+void metrics_gone (struct mslot *s) {
+  atomic_store_explicit(&s->timers_pending, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->timers_running, 0, memory_order_relaxed);
 }
 
 
@@ -201,6 +253,59 @@ static void listener_families (struct out *o, const struct listener *ls,
 /* }====================================================== */
 
 
+/* {====================================================== TLS */
+
+/* The first entry named as entry i, so that a name shows once. */
+static int first_of (const struct mnames *t, int i) {
+  for (int j = 0; j < i; j++)
+    if (atomic_load_explicit(&t->state[j], memory_order_acquire) == NAME_SET &&
+        strcmp(t->name[j], t->name[i]) == 0)
+      return j;
+  return i;
+}
+
+
+/*
+** Worker w's handshakes on the listener of entry i, ok or failed: the sum
+** of every entry of that name.
+*/
+static unsigned long tls_count (const struct mslot *w, int i, int ok) {
+  const struct mnames *t = w->tls_names;
+  unsigned long sum = 0;
+  for (int j = i; j < METRICS_TLS; j++)
+    if (atomic_load_explicit(&t->state[j], memory_order_acquire) == NAME_SET &&
+        strcmp(t->name[j], t->name[i]) == 0)
+      sum += ok ? LOAD(w->tls_ok[j]) : LOAD(w->tls_failed[j]);
+  return sum;
+}
+
+
+static void tls_family (struct out *o, const struct mslot *m, int n,
+                        const struct listener *ls, int nls) {
+  struct mnames *t = m[0].tls_names;
+  char name[2 * ADDRESS_STRLEN];
+  for (int i = 0; i < nls; i++)  /* every --tls listener shows, from 0 */
+    if (ls[i].addr.tr == TR_TLS) name_index(t, ls[i].name);
+  if (atomic_load_explicit(&t->state[0], memory_order_acquire) != NAME_SET)
+    return;
+  put(o, "# HELP luasrv_tls_handshakes_total TLS handshakes of clients, by "
+      "listener and result.\n# TYPE luasrv_tls_handshakes_total counter\n");
+  for (int w = 1; w <= n; w++)
+    for (int i = 0; i < METRICS_TLS; i++) {
+      if (atomic_load_explicit(&t->state[i], memory_order_acquire) != NAME_SET ||
+          first_of(t, i) != i)
+        continue;
+      label(name, sizeof name, t->name[i]);
+      for (int ok = 1; ok >= 0; ok--)
+        put(o, "luasrv_tls_handshakes_total{worker=\"%d\",listener=\"%s\","
+            "result=\"%s\"} %lu\n", w, name, ok ? "ok" : "failed",
+            tls_count(&m[w], i, ok));
+    }
+}
+
+/* }====================================================== */
+
+
 static void shared_family (struct out *o, const char *name, const char *help,
                            size_t (*get) (struct shdict *)) {
   if (shdict_ndicts() == 0) return;
@@ -246,7 +351,19 @@ long metrics_format (const struct mslot *m, int n, const struct listener *ls,
   family(&o, m, n, "luasrv_lua_memory_bytes", "gauge",
          "Bytes the worker's Lua state holds (at its last request).",
          offsetof(struct mslot, lua_bytes));
+  put(&o, "# HELP luasrv_timers Timers (luasrv.timer) pending and running.\n"
+      "# TYPE luasrv_timers gauge\n");
+  for (int i = 1; i <= n; i++) {
+    put(&o, "luasrv_timers{worker=\"%d\",state=\"pending\"} %lu\n", i,
+        LOAD(m[i].timers_pending));
+    put(&o, "luasrv_timers{worker=\"%d\",state=\"running\"} %lu\n", i,
+        LOAD(m[i].timers_running));
+  }
+  family(&o, m, n, "luasrv_timer_runs_total", "counter",
+         "Timer runs started (a premature one at a stop included).",
+         offsetof(struct mslot, timer_runs));
   listener_families(&o, ls, nls);
+  tls_family(&o, m, n, ls, nls);
   shared_family(&o, "luasrv_shared_bytes", "Size of the --shared "
                 "dictionary's heap.", shdict_capacity);
   shared_family(&o, "luasrv_shared_free_bytes", "Bytes free in it.",
