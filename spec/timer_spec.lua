@@ -223,6 +223,21 @@ H.for_models(function (model)
         assert.same({ nil, "no timers in a fork model request (make them in init)",
                       n = 2 }, H.ask(srv, "return luasrv.timer.at(0, print)"))
       end)
+
+      it("made in init cannot be cancelled from a request (a child's copy): "
+         .. "it says so and the worker's timer still runs", function ()
+        local srv = start(model, [[
+          TM = luasrv.timer.at(0.5, function ()
+            luasrv.shared.t:set("ran", true)
+          end)]])
+        assert.same({ nil, "the timer runs in the worker: a fork model "
+                      .. "request cannot cancel it", n = 2 },
+                    H.ask(srv, "return TM:cancel()"))
+        assert.same({ "luasrv.timer (the worker's)", n = 1 },
+                    H.ask(srv, "return (tostring(TM):match('^[^:]+'))"))
+        assert(H.eventually(function () return get(srv, "ran") == true end, 3))
+        assert.is_nil(srv:stderr():find("signal", 1, true), srv:stderr())
+      end)
     end
   end)
 end)

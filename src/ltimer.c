@@ -367,6 +367,12 @@ static int timer_every (lua_State *L) {
 */
 static int timer_cancel (lua_State *L) {
   struct ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+  if (t->set->forked) {  /* a copy: the timer is the worker's */
+    luaL_pushfail(L);
+    lua_pushliteral(L, "the timer runs in the worker: a fork model request "
+                       "cannot cancel it");
+    return 2;
+  }
   if (t->cancelled || t->slot < 0) {
     luaL_pushfail(L);
     lua_pushliteral(L, "expired");
@@ -392,6 +398,7 @@ static int timer_count (lua_State *L) {
 static int timer_tostring (lua_State *L) {
   struct ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
   lua_pushfstring(L, "luasrv.timer (%s): %p",
+                  t->set->forked ? "the worker's" :
                   t->slot >= 0 ? "pending" : t->running ? "running" : "done",
                   (void *)t);
   return 1;
