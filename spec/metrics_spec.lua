@@ -332,8 +332,8 @@ return {
   end)
 
 
-  it("a worker that dies with timers pending: its replacement's count, "
-     .. "not the sum", function ()
+  it("a worker that dies with timers pending and a client connected: its "
+     .. "replacement's counts, not the sum", function ()
     local port = free_port()
     local srv = H.start{ model = model, source = [[
 local luasrv = require "luasrv"
@@ -349,6 +349,10 @@ return {
     local labels = 'worker="1",state="pending"'
     local _, text = scrape(port)
     assert.equals(3, value(text, "luasrv_timers", labels), text)
+    local held = srv:connect()  -- its handler waits for a line
+    assert.truthy(H.eventually(function ()
+      return value(select(2, scrape(port)), "luasrv_connections_open",
+                   'worker="1"') == 1 end, 5 * H.scale))
     local worker = H.children(srv.pid)[1]
     os.execute("kill -KILL " .. worker)
     assert.truthy(srv:wait_stderr("starting a new one", 5 * H.scale, true),
@@ -364,6 +368,11 @@ return {
     c:close()
     text = select(2, scrape(port))
     assert.equals(3, value(text, "luasrv_timers", labels), text)
+    assert.truthy(H.eventually(function ()
+      text = select(2, scrape(port))
+      return value(text, "luasrv_connections_open", 'worker="1"') == 0
+    end, 5 * H.scale), text)
+    held:close()
   end)
 
 end)

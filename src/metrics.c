@@ -99,6 +99,7 @@ void metrics_tls (struct mslot *s, const char *listener, int ok) {
 
 
 void metrics_gone (struct mslot *s) {
+  atomic_store_explicit(&s->conn_open, 0, memory_order_relaxed);
   atomic_store_explicit(&s->timers_pending, 0, memory_order_relaxed);
   atomic_store_explicit(&s->timers_running, 0, memory_order_relaxed);
 }

@@ -53,7 +53,8 @@ void metrics_tls (struct mslot *s, const char *listener, int ok);
 /*
 ** No process of slot s's worker number is left (the master reaped the
 ** last): its gauges that only those processes move are 0 again, whatever
-** a worker that died with timers pending left in them.
+** a worker that died with clients connected or timers pending left in
+** them.
 */
 void metrics_gone (struct mslot *s);
 
