@@ -391,6 +391,46 @@ H.for_models(function (model)
         end)
       end
 
+      it("takes a 4-byte code point split between fragments, a ping amid",
+        function ()
+        local c = open()
+        c:send(frame(1, "a\xf0\x9f", false) .. frame(9, "p") ..
+          frame(0, "\x98", false) .. frame(0, "\x80z"))
+        local op, payload = read_frame(c)
+        assert.equal(10, op)
+        assert.equal("p", payload)
+        op, payload = read_frame(c)
+        assert.equal(1, op)
+        assert.equal("a\xf0\x9f\x98\x80z", payload)
+      end)
+
+      -- the final fragment is never sent: the server must not wait for it
+      for name, s in pairs{ ["a byte never valid"] = "ok\xff",
+          overlong = "ab\xc0\xaf", ["3-byte overlong"] = "\xe0\x80\xaf",
+          surrogate = "\xed\xa0\x80", ["over U+10FFFF"] = "\xf4\x90\x80\x80",
+          ["a lead then ASCII"] = "\xc3(" } do
+        it("closes with 1007 on a first fragment that is not UTF-8 (" ..
+          name .. ") before the rest comes", function ()
+          local c = open()
+          c:send(frame(1, s, false))
+          assert.equal(1007, expect_close(c))
+        end)
+      end
+
+      it("closes with 1007 on a surrogate split between fragments",
+        function ()
+        local c = open()
+        c:send(frame(1, "x\xed", false) .. frame(0, "\xb0\x80", false))
+        assert.equal(1007, expect_close(c))
+      end)
+
+      it("closes with 1007 on a message whose last fragment ends mid code " ..
+        "point", function ()
+        local c = open()
+        c:send(frame(1, "\xe2\x82", false) .. frame(0, "\xac\xe2"))
+        assert.equal(1007, expect_close(c))
+      end)
+
       it("takes binary that is not UTF-8", function ()
         local c = open()
         c:send(frame(2, "\xff\xfe"))

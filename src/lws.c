@@ -91,17 +91,23 @@ static int push_frame (lua_State *L, struct lconn *c, const struct wsframe *f,
 }
 
 
+/* Argument i of ws_recv, an integer (checked on its first call). */
+static lua_Integer intarg (lua_State *L, int i) {
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, i, &isnum);
+  return isnum ? v : luaL_checkinteger(L, i);
+}
+
+
+static int recv_k (lua_State *L, int status, lua_KContext ctx);
+
 /*
-** Continuation of ws_recv; ctx is 1 once a byte came during the call.
-** The timeout counts from the last byte that came, as for recv: a big
-** frame that keeps coming is not cut.
+** The loop of ws_recv: rc, the outcome of the wait so far; got, whether
+** a byte came during the call. The timeout counts from the last byte
+** that came, as for recv: a big frame that keeps coming is not cut.
 */
-static int recv_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = toconn(L);
-  uint64_t max = (uint64_t)lua_tointeger(L, 2);
-  unsigned kind = (unsigned)lua_tointeger(L, 3);
-  unsigned state = (unsigned)lua_tointeger(L, 4);
-  int rc = sched_result(L, status);
+static int recv_run (lua_State *L, struct lconn *c, int rc, int got,
+                     uint64_t max, unsigned kind, unsigned state) {
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0) {
     struct wsframe f;
@@ -119,7 +125,7 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
       return push_frame(L, c, &f, (size_t)h, kind, state);
     want = h > 0 ? (size_t)h + (size_t)f.len - have : 14;
     if ((rc = conn_fill(&c->io, want)) > 0) {
-      ctx = 1;
+      got = 1;
       c->deadline = -1;   /* a byte came: the wait starts again */
       continue;
     }
@@ -130,11 +136,20 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
     if (!conn_wants(rc)) break;
     if (have == 0) conn_release_in(&c->io);  /* idle: no read buffer */
     if ((rc = wait_event(c, rc)) < 0) break;
-    rc = lconn_waitio(L, c, (unsigned)rc, ctx, recv_k);
+    rc = lconn_waitio(L, c, (unsigned)rc, got, recv_k);  /* may yield */
   }
   pushfail(L, rc);
-  lua_pushboolean(L, (int)ctx);
+  lua_pushboolean(L, got);
   return 3;
+}
+
+
+/* Continuation of ws_recv (its arguments still at 1..4); ctx: got. */
+static int recv_k (lua_State *L, int status, lua_KContext ctx) {
+  return recv_run(L, toconn(L), sched_result(L, status), (int)ctx,
+                  (uint64_t)lua_tointeger(L, 2),
+                  (unsigned)lua_tointeger(L, 3),
+                  (unsigned)lua_tointeger(L, 4));
 }
 
 
@@ -150,14 +165,16 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
 */
 static int lws_recv (lua_State *L) {
   struct lconn *c = toconn(L);
-  luaL_checkinteger(L, 2);
-  luaL_checkinteger(L, 3);
-  luaL_checkinteger(L, 4);
-  luaL_argcheck(L, !(c->io.flags & LC_DGRAM), 1, "not a stream");
-  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  lua_Integer max = intarg(L, 2), kind = intarg(L, 3), state = intarg(L, 4);
+  luaL_argcheck(L, max >= 0, 2, "must be >= 0");
+  if (c->io.flags & (LC_CLOSED | LC_DGRAM)) {
+    luaL_argcheck(L, !(c->io.flags & LC_DGRAM), 1, "not a stream");
+    return pushfail(L, ERR_CLOSED);
+  }
   lua_settop(L, 4);
   start_op(c);
-  return recv_k(L, LUA_OK, 0);
+  return recv_run(L, c, 0, 0, (uint64_t)max, (unsigned)kind,
+                  (unsigned)state);
 }
 
 
@@ -191,15 +208,21 @@ static int lws_unread (lua_State *L) {
 
 /* {====================================================== send */
 
-static int send_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = toconn(L);
-  int rc = sched_result(L, status);
+static int send_k (lua_State *L, int status, lua_KContext ctx);
+
+static int send_run (lua_State *L, struct lconn *c, int rc) {
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
-    rc = lconn_waitio(L, c, conn_want_event(rc), ctx, send_k);
+    rc = lconn_waitio(L, c, conn_want_event(rc), 0, send_k);
   if (rc < 0) return pushfail(L, rc);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+
+static int send_k (lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  return send_run(L, toconn(L), sched_result(L, status));
 }
 
 
@@ -210,21 +233,25 @@ static int send_k (lua_State *L, int status, lua_KContext ctx) {
 */
 static int lws_send (lua_State *L) {
   struct lconn *c = toconn(L);
-  lua_Integer op = luaL_checkinteger(L, 2);
+  lua_Integer op = intarg(L, 2);
   size_t len, hn;
   const char *s = luaL_optlstring(L, 3, "", &len);
   int fin = lua_isnoneornil(L, 4) || lua_toboolean(L, 4);
   unsigned char head[WSFRAME_HEAD_MAX];
+  struct buf *out = &c->io.out;
   luaL_argcheck(L, op >= 0 && op <= 15, 2, "not an opcode");
-  luaL_argcheck(L, !(c->io.flags & LC_DGRAM), 1, "not a stream");
-  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & (LC_CLOSED | LC_DGRAM)) {
+    luaL_argcheck(L, !(c->io.flags & LC_DGRAM), 1, "not a stream");
+    return pushfail(L, ERR_CLOSED);
+  }
   hn = wsframe_head(head, (unsigned)op, fin, len);
-  if (buf_append(&c->io.out, head, hn, &c->x->pool) < 0 ||
-      buf_append(&c->io.out, s, len, &c->x->pool) < 0)
+  if (buf_space(out) < hn + len && buf_reserve(out, hn + len, &c->x->pool) < 0)
     return pushfail(L, -ENOMEM);
-  lua_settop(L, 1);
+  memcpy(buf_tail(out), head, hn);
+  memcpy(buf_tail(out) + hn, s, len);
+  out->end += hn + len;
   start_op(c);
-  return send_k(L, LUA_OK, 0);
+  return send_run(L, c, 0);
 }
 
 /* }====================================================== */

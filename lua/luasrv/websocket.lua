@@ -244,6 +244,7 @@ function M.new (conn, buffered, opts)
   if buffered and buffered ~= "" then assert(ws_unread(conn, buffered)) end
   return setmetatable({ conn = conn, opts = o, closed = false,
     close_sent = false, timeout = false, pinged = false,
+    recv_timeout = o.ping_interval or o.timeout,
     protocol = o.protocol }, WS)
 end
 
@@ -271,29 +272,37 @@ local function fail (self, code, reason)
   return nil, reason
 end
 
+-- What to do after a ws_recv that brought no frame (payload nil or
+-- false, err, got: what it returned), t the wait's timeout (nil: recv's,
+-- with ping_interval's ping when the peer is silent): true to read
+-- again (after that ping), or nil and the error (after failing the
+-- connection for a bad frame).
+local function missed (self, t, payload, err, got)
+  if payload == false then return fail(self, err, got) end  -- code, why
+  if got then self.pinged = false end     -- a byte came: alive
+  if err ~= "timeout" or t or not self.opts.ping_interval or self.pinged then
+    return nil, err
+  end
+  self.pinged = true
+  local ok, werr = self:ping("")
+  if not ok then return nil, werr end
+  return true
+end
+
 -- The next frame, in a message of type kind (0: none begun) that may
 -- still grow by max bytes, state its UTF-8 state so far: payload
--- (unmasked), opcode, fin, the UTF-8 state after it; or nil and an error
--- (after failing the connection for a bad frame). t: the wait's timeout
--- (nil: recv's, with ping_interval's ping when the peer is silent).
+-- (unmasked), opcode, fin, the UTF-8 state after it; or nil and an error.
+-- t: the wait's timeout (nil: recv's).
 local function read_frame (self, t, max, kind, state)
-  local opts = self.opts
-  while true do       -- at most twice: a ping, then the peer is dead
-    local interval = not t and opts.ping_interval
-    set_timeout(self, t or interval or opts.timeout)
+  while true do       -- bounded: a ping, then the peer is dead or talks
+    set_timeout(self, t or self.recv_timeout)
     local payload, opcode, fin, st = ws_recv(self.conn, max, kind, state)
     if payload then
       self.pinged = false
       return payload, opcode, fin, st
     end
-    if payload == false then return fail(self, opcode, fin) end
-    if fin then self.pinged = false end     -- a byte came: alive
-    if opcode ~= "timeout" or not interval or self.pinged then
-      return nil, opcode
-    end
-    self.pinged = true
-    local ok, werr = self:ping("")
-    if not ok then return nil, werr end
+    local again, err = missed(self, t, payload, opcode, fin)
+    if not again then return nil, err end
   end
 end
 
@@ -311,23 +320,28 @@ local function peer_close (self, payload)
   return "", "close", 1005
 end
 
--- The next message or control frame (see the head of this file).
-function WS:recv ()
-  if self.closed then return nil, "closed" end
+-- recv's end when read_frame brought no frame but err
+local function recv_failed (self, err)
+  if self.closed then return nil, err end
+  if err == "timeout" then
+    if self.opts.ping_interval then return fail(self, 1001, "timeout") end
+    return nil, "timeout"
+  end
+  self.closed = true          -- the peer went away without a close
+  self.conn:close()
+  return nil, err
+end
+
+-- recv past its first frame (payload ... st; payload nil: none yet):
+-- control frames, fragments, and waits that brought no frame.
+local function recv_more (self, payload, opcode, fin, st)
   local max = self.opts.max_payload
   local parts, size, kind, state = nil, 0, 0, 0
   while true do        -- bounded: each frame is read from the peer
-    local payload, opcode, fin, st = read_frame(self, nil, max - size, kind,
-      state)
-    if not payload then
-      if self.closed then return nil, opcode end
-      if opcode == "timeout" then
-        if self.opts.ping_interval then return fail(self, 1001, "timeout") end
-        return nil, "timeout"
-      end
-      self.closed = true          -- the peer went away without a close
-      self.conn:close()
-      return nil, opcode
+    if payload == nil then
+      payload, opcode, fin, st = read_frame(self, nil, max - size, kind,
+        state)
+      if not payload then return recv_failed(self, opcode) end
     end
     if opcode < 8 then            -- data (ws_recv checked the sequence)
       if fin and kind == 0 then return payload, TYPES[opcode] end
@@ -343,11 +357,42 @@ function WS:recv ()
     end
     -- (a ping or pong amid a fragmented message: answered, the message
     -- goes on)
+    payload = nil
   end
 end
 
-function WS:send_text (s) return send(self, M.TEXT, s) end
-function WS:send_binary (s) return send(self, M.BINARY, s) end
+-- The next message or control frame (see the head of this file). The
+-- usual case, a message in one frame, is read here; recv_more does the
+-- rest.
+function WS:recv ()
+  if self.closed then return nil, "closed" end
+  local t = self.recv_timeout
+  if t ~= self.timeout then set_timeout(self, t) end
+  local payload, opcode, fin, st = ws_recv(self.conn, self.opts.max_payload,
+    0, 0)
+  if payload and fin and opcode < 8 then
+    if self.pinged then self.pinged = false end
+    return payload, TYPES[opcode]
+  end
+  if payload then
+    self.pinged = false
+  else
+    local again, err = missed(self, nil, payload, opcode, fin)
+    if not again then return recv_failed(self, err) end
+  end
+  return recv_more(self, payload or nil, opcode, fin, st)
+end
+
+function WS:send_text (s)
+  if self.close_sent then return nil, "closed" end
+  return ws_send(self.conn, 1, s)
+end
+
+function WS:send_binary (s)
+  if self.close_sent then return nil, "closed" end
+  return ws_send(self.conn, 2, s)
+end
+
 
 function WS:ping (s)
   if s and #s > 125 then error("ping payload over 125 bytes", 2) end
