@@ -102,6 +102,22 @@ static lua_Integer intarg (lua_State *L, int i) {
 static int recv_k (lua_State *L, int status, lua_KContext ctx);
 
 /*
+** A wait's context holds recv_run's state, so that the continuation
+** need not read its arguments again: got (bit 0), kind (bits 1-2), the
+** UTF-8 state (bits 3-6), max (from bit 7: at most 2^56 - 1, more than
+** any buffer holds).
+*/
+#define CTX_MAX ((UINT64_C(1) << 56) - 1)
+
+static lua_KContext pack (int got, uint64_t max, unsigned kind,
+                          unsigned state) {
+  if (max > CTX_MAX) max = CTX_MAX;
+  return (lua_KContext)(max << 7 | (uint64_t)state << 3 | kind << 1 |
+                        (unsigned)got);
+}
+
+
+/*
 ** The loop of ws_recv: rc, the outcome of the wait so far; got, whether
 ** a byte came during the call. The timeout counts from the last byte
 ** that came, as for recv: a big frame that keeps coming is not cut.
@@ -136,7 +152,8 @@ static int recv_run (lua_State *L, struct lconn *c, int rc, int got,
     if (!conn_wants(rc)) break;
     if (have == 0) conn_release_in(&c->io);  /* idle: no read buffer */
     if ((rc = wait_event(c, rc)) < 0) break;
-    rc = lconn_waitio(L, c, (unsigned)rc, got, recv_k);  /* may yield */
+    rc = lconn_waitio(L, c, (unsigned)rc, pack(got, max, kind, state),
+                      recv_k);  /* may yield */
   }
   pushfail(L, rc);
   lua_pushboolean(L, got);
@@ -144,12 +161,11 @@ static int recv_run (lua_State *L, struct lconn *c, int rc, int got,
 }
 
 
-/* Continuation of ws_recv (its arguments still at 1..4); ctx: got. */
+/* Continuation of ws_recv; ctx: what recv_run waits with (unpacked). */
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
-  return recv_run(L, toconn(L), sched_result(L, status), (int)ctx,
-                  (uint64_t)lua_tointeger(L, 2),
-                  (unsigned)lua_tointeger(L, 3),
-                  (unsigned)lua_tointeger(L, 4));
+  uint64_t v = (uint64_t)ctx;
+  return recv_run(L, toconn(L), sched_result(L, status), (int)(v & 1),
+                  v >> 7, (unsigned)(v >> 1) & 3, (unsigned)(v >> 3) & 15);
 }
 
 
@@ -167,6 +183,8 @@ static int lws_recv (lua_State *L) {
   struct lconn *c = toconn(L);
   lua_Integer max = intarg(L, 2), kind = intarg(L, 3), state = intarg(L, 4);
   luaL_argcheck(L, max >= 0, 2, "must be >= 0");
+  luaL_argcheck(L, kind >= 0 && kind <= 2, 3, "not a message type");
+  luaL_argcheck(L, state >= 0 && state <= 8, 4, "not a UTF-8 state");
   if (c->io.flags & (LC_CLOSED | LC_DGRAM)) {
     luaL_argcheck(L, !(c->io.flags & LC_DGRAM), 1, "not a stream");
     return pushfail(L, ERR_CLOSED);
