@@ -289,6 +289,14 @@ H.for_models(function (model)
           frame(0, string.rep("a", 600)))
         assert.equal(1009, expect_close(c))
       end)
+
+      it("closes with 1009 on the header of a fragment that takes the " ..
+        "message over max_payload, before its payload comes", function ()
+        local c = open("/ws-small")
+        local f = frame(0, string.rep("a", 600))
+        c:send(frame(1, string.rep("a", 600), false) .. f:sub(1, 8))
+        assert.equal(1009, expect_close(c))
+      end)
     end)
 
     describe("pings", function ()
@@ -402,6 +410,19 @@ H.for_models(function (model)
         op, payload = read_frame(c)
         assert.equal(1, op)
         assert.equal("a\xf0\x9f\x98\x80z", payload)
+      end)
+
+      it("takes text sent one byte a fragment", function ()
+        local c = open()
+        local s = "κόσμε \xf0\x9f\x98\x80"
+        local t = {}
+        for i = 1, #s do
+          t[i] = frame(i == 1 and 1 or 0, s:sub(i, i), i == #s)
+        end
+        c:send(table.concat(t))
+        local op, payload = read_frame(c)
+        assert.equal(1, op)
+        assert.equal(s, payload)
       end)
 
       -- the final fragment is never sent: the server must not wait for it
