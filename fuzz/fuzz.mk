@@ -23,7 +23,7 @@ FUZZ_BUILD = build-fuzz
 # Where the code under test comes from (another tree, e.g. a snapshot of
 # HEAD while src/ is being edited: make fuzz-clean when switching).
 FUZZ_SRCDIR ?= src
-FUZZ_TARGETS ?= address acl cli persource proxy reader
+FUZZ_TARGETS ?= address acl cli persource proxy reader wsframe
 FUZZ_LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 FUZZ_LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
 FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=all \
@@ -49,6 +49,8 @@ FUZZ_SRC_cli = cli acl log address
 FUZZ_SRC_persource = persource
 FUZZ_SRC_proxy = proxy
 FUZZ_LIBS_proxy =
+FUZZ_SRC_wsframe = wsframe
+FUZZ_LIBS_wsframe =
 FUZZ_SRC_reader = $(filter-out main,$(patsubst $(FUZZ_SRCDIR)/%.c,%,$(wildcard $(FUZZ_SRCDIR)/*.c)))
 FUZZ_LIBS_reader = $(FUZZ_LUA_LIBS) -lm -lpthread
 FUZZ_LIBS_persource = -lpthread

@@ -289,6 +289,14 @@ H.for_models(function (model)
           frame(0, string.rep("a", 600)))
         assert.equal(1009, expect_close(c))
       end)
+
+      it("closes with 1009 on the header of a fragment that takes the " ..
+        "message over max_payload, before its payload comes", function ()
+        local c = open("/ws-small")
+        local f = frame(0, string.rep("a", 600))
+        c:send(frame(1, string.rep("a", 600), false) .. f:sub(1, 8))
+        assert.equal(1009, expect_close(c))
+      end)
     end)
 
     describe("pings", function ()
@@ -390,6 +398,59 @@ H.for_models(function (model)
           assert.equal(1007, expect_close(c))
         end)
       end
+
+      it("takes a 4-byte code point split between fragments, a ping amid",
+        function ()
+        local c = open()
+        c:send(frame(1, "a\xf0\x9f", false) .. frame(9, "p") ..
+          frame(0, "\x98", false) .. frame(0, "\x80z"))
+        local op, payload = read_frame(c)
+        assert.equal(10, op)
+        assert.equal("p", payload)
+        op, payload = read_frame(c)
+        assert.equal(1, op)
+        assert.equal("a\xf0\x9f\x98\x80z", payload)
+      end)
+
+      it("takes text sent one byte a fragment", function ()
+        local c = open()
+        local s = "κόσμε \xf0\x9f\x98\x80"
+        local t = {}
+        for i = 1, #s do
+          t[i] = frame(i == 1 and 1 or 0, s:sub(i, i), i == #s)
+        end
+        c:send(table.concat(t))
+        local op, payload = read_frame(c)
+        assert.equal(1, op)
+        assert.equal(s, payload)
+      end)
+
+      -- the final fragment is never sent: the server must not wait for it
+      for name, s in pairs{ ["a byte never valid"] = "ok\xff",
+          overlong = "ab\xc0\xaf", ["3-byte overlong"] = "\xe0\x80\xaf",
+          surrogate = "\xed\xa0\x80", ["over U+10FFFF"] = "\xf4\x90\x80\x80",
+          ["a lead then ASCII"] = "\xc3(" } do
+        it("closes with 1007 on a first fragment that is not UTF-8 (" ..
+          name .. ") before the rest comes", function ()
+          local c = open()
+          c:send(frame(1, s, false))
+          assert.equal(1007, expect_close(c))
+        end)
+      end
+
+      it("closes with 1007 on a surrogate split between fragments",
+        function ()
+        local c = open()
+        c:send(frame(1, "x\xed", false) .. frame(0, "\xb0\x80", false))
+        assert.equal(1007, expect_close(c))
+      end)
+
+      it("closes with 1007 on a message whose last fragment ends mid code " ..
+        "point", function ()
+        local c = open()
+        c:send(frame(1, "\xe2\x82", false) .. frame(0, "\xac\xe2"))
+        assert.equal(1007, expect_close(c))
+      end)
 
       it("takes binary that is not UTF-8", function ()
         local c = open()

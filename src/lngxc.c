@@ -2,7 +2,8 @@
 ** lngxc.c -- require "luasrv.ngxc": the few functions luasrv.ngx needs
 ** that Lua cannot do well by itself: digests and HMAC from OpenSSL's
 ** libcrypto (md5, sha1, hmac_sha1), CRC-32, base64 as nginx does it, the
-** wall clock with microseconds, getpid and the null light userdata. Everything else of the ngx
+** wall clock with microseconds, getpid and the null light userdata; and
+** luasrv.websocket's frames (lws.c adds them). Everything else of the ngx
 ** API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
 ** bad input returns nil, as ngx.decode_base64 does.
 */
@@ -18,6 +19,7 @@
 #include <lua.h>
 
 int luaopen_luasrv_ngxc (lua_State *L);
+void lws_open (lua_State *L);  /* lws.c: the WebSocket frames */
 
 
 /* {====================================================== digests */
@@ -221,6 +223,7 @@ static const luaL_Reg funcs[] = {
 
 int luaopen_luasrv_ngxc (lua_State *L) {
   luaL_newlib(L, funcs);
+  lws_open(L);  /* ws_recv, ws_send, ws_unread, utf8_valid */
   lua_pushlightuserdata(L, NULL);  /* ngx.null: the same value as cjson.null */
   lua_setfield(L, -2, "null");
   return 1;

@@ -40,7 +40,9 @@ Options (r:websocket's opts):
 
 Messages are reassembled from their fragments before recv returns them;
 control frames between fragments are handled as they come. Text is
-checked to be UTF-8 when the message is whole.
+checked to be UTF-8 as each fragment comes: a fragment with an invalid
+sequence fails the connection (1007) at once, while a code point split
+between two fragments is whole again in the next.
 ]==]
 
 -- (luasrv.ngxc and luasrv are the binary's: without them, as in a plain
@@ -218,20 +220,31 @@ function M.close_payload (code, reason)
   return pack(">I2", code) .. (reason or "")
 end
 
---[[ The connection ]]
+--[[ The connection. Its frames go through luasrv.ngxc's ws_recv and
+ws_send (lws.c), which read a whole frame from the connection's input
+buffer (checked, unmasked, its text checked as UTF-8 fragment by
+fragment) and write one with its header in one piece: done here in Lua,
+the frames of a small message cost more than the rest of the server. ]]
+
+local ws_recv, ws_send, ws_unread = ngxc.ws_recv, ngxc.ws_send,
+  ngxc.ws_unread
+local maxinteger = math.maxinteger
 
 local WS = {}
 WS.__index = WS
 
--- A WebSocket on the luasrv connection conn (recv, write, flush,
--- settimeout, close), with buffered the bytes already read past the
--- handshake. opts: see the head of this file.
+-- A WebSocket on the luasrv connection conn, with buffered the bytes
+-- already read past the handshake. opts: see the head of this file.
 function M.new (conn, buffered, opts)
   local o = {}
   for k, v in pairs(M.defaults) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
-  return setmetatable({ conn = conn, buf = buffered or "", pos = 1,
-    opts = o, closed = false, close_sent = false, timeout = false,
+  local max = o.max_payload
+  o.max_payload = max >= maxinteger and maxinteger or math.floor(max)
+  if buffered and buffered ~= "" then assert(ws_unread(conn, buffered)) end
+  return setmetatable({ conn = conn, opts = o, closed = false,
+    close_sent = false, timeout = false, pinged = false,
+    recv_timeout = o.ping_interval or o.timeout,
     protocol = o.protocol }, WS)
 end
 
@@ -243,61 +256,11 @@ local function set_timeout (self, t)
   end
 end
 
--- One recv of the connection into the buffer, waiting up to the
--- timeout: recv's (timeout, or ping_interval with its ping), or the given
--- one. true, or nil and "timeout", "closed" or the error.
-local function fill (self, t)
-  local opts = self.opts
-  while true do       -- at most twice: a ping, then the peer is dead
-    local interval = not t and opts.ping_interval
-    set_timeout(self, t or interval or opts.timeout)
-    local data, err = self.conn:recv(65536)
-    if data then
-      self.pinged = false
-      local buf, pos = self.buf, self.pos
-      if pos <= #buf then data = sub(buf, pos) .. data end
-      self.buf, self.pos = data, 1
-      return true
-    end
-    if err ~= "timeout" or not interval or self.pinged then
-      return nil, err or "closed"
-    end
-    self.pinged = true
-    local ok, werr = self:ping("")
-    if not ok then return nil, werr end
-  end
-end
-
--- Waits until the buffer holds n bytes from pos (pieces gathered in a
--- table, joined once: a big frame is not copied again at every recv).
-local function need (self, n, t)
-  local have = #self.buf - self.pos + 1
-  if have >= n then return true end
-  local parts = { sub(self.buf, self.pos) }
-  self.buf, self.pos = "", 1
-  while have < n do
-    local ok, err = fill(self, t)
-    if not ok then
-      self.buf = concat(parts) .. self.buf
-      return nil, err
-    end
-    parts[#parts + 1] = self.buf
-    have = have + #self.buf
-    self.buf = ""
-  end
-  self.buf = concat(parts)
-  return true
-end
-
 -- Sends a frame now; true, or nil and the error.
 local function send (self, opcode, payload, fin)
   if self.close_sent then return nil, "closed" end
   if opcode == M.CLOSE then self.close_sent = true end
-  local conn = self.conn
-  local ok, err = conn:write(M.frame(opcode, payload, fin))
-  if ok then ok, err = conn:flush() end
-  if not ok then return nil, err end
-  return true
+  return ws_send(self.conn, opcode, payload, fin)
 end
 
 -- Fails the connection: a close frame with code, then the end of it.
@@ -309,28 +272,37 @@ local function fail (self, code, reason)
   return nil, reason
 end
 
--- The next frame: opcode, payload (unmasked), fin; or nil and an error
--- (after failing the connection for a bad frame). t: the wait's timeout
--- (nil: recv's).
-local function read_frame (self, t)
-  while true do        -- bounded: each pass waits for more bytes
-    local opcode, fin, key, n, p = M.parse_header(self.buf, self.pos)
-    if opcode == false then return fail(self, fin, key) end
-    if opcode then
-      if not key then return fail(self, 1002, "unmasked client frame") end
-      if n > self.opts.max_payload then
-        return fail(self, 1009, "frame over max_payload")
-      end
-      local hlen = p - self.pos
-      local ok, err = need(self, hlen + n, t)
-      if not ok then return nil, err end
-      p = self.pos + hlen
-      local payload = M.mask(sub(self.buf, p, p + n - 1), key)
-      self.pos = p + n
-      return opcode, payload, fin
+-- What to do after a ws_recv that brought no frame (payload nil or
+-- false, err, got: what it returned), t the wait's timeout (nil: recv's,
+-- with ping_interval's ping when the peer is silent): true to read
+-- again (after that ping), or nil and the error (after failing the
+-- connection for a bad frame).
+local function missed (self, t, payload, err, got)
+  if payload == false then return fail(self, err, got) end  -- code, why
+  if got then self.pinged = false end     -- a byte came: alive
+  if err ~= "timeout" or t or not self.opts.ping_interval or self.pinged then
+    return nil, err
+  end
+  self.pinged = true
+  local ok, werr = self:ping("")
+  if not ok then return nil, werr end
+  return true
+end
+
+-- The next frame, in a message of type kind (0: none begun) that may
+-- still grow by max bytes, state its UTF-8 state so far: payload
+-- (unmasked), opcode, fin, the UTF-8 state after it; or nil and an error.
+-- t: the wait's timeout (nil: recv's).
+local function read_frame (self, t, max, kind, state)
+  while true do       -- bounded: a ping, then the peer is dead or talks
+    set_timeout(self, t or self.recv_timeout)
+    local payload, opcode, fin, st = ws_recv(self.conn, max, kind, state)
+    if payload then
+      self.pinged = false
+      return payload, opcode, fin, st
     end
-    local ok, err = fill(self, t)
-    if not ok then return nil, err end
+    local again, err = missed(self, t, payload, opcode, fin)
+    if not again then return nil, err end
   end
 end
 
@@ -348,55 +320,79 @@ local function peer_close (self, payload)
   return "", "close", 1005
 end
 
--- The next message or control frame (see the head of this file).
-function WS:recv ()
-  if self.closed then return nil, "closed" end
-  local parts, size, kind = nil, 0, nil
+-- recv's end when read_frame brought no frame but err
+local function recv_failed (self, err)
+  if self.closed then return nil, err end
+  if err == "timeout" then
+    if self.opts.ping_interval then return fail(self, 1001, "timeout") end
+    return nil, "timeout"
+  end
+  self.closed = true          -- the peer went away without a close
+  self.conn:close()
+  return nil, err
+end
+
+-- recv past its first frame (payload ... st; payload nil: none yet):
+-- control frames, fragments, and waits that brought no frame.
+local function recv_more (self, payload, opcode, fin, st)
+  local max = self.opts.max_payload
+  local parts, size, kind, state = nil, 0, 0, 0
   while true do        -- bounded: each frame is read from the peer
-    local opcode, payload, fin = read_frame(self)
-    if not opcode then
-      if self.closed then return nil, payload end
-      if payload == "timeout" then
-        if self.opts.ping_interval then return fail(self, 1001, "timeout") end
-        return nil, "timeout"
-      end
-      self.closed = true          -- the peer went away without a close
-      self.conn:close()
-      return nil, payload
+    if payload == nil then
+      payload, opcode, fin, st = read_frame(self, nil, max - size, kind,
+        state)
+      if not payload then return recv_failed(self, opcode) end
     end
-    if opcode == M.CLOSE then return peer_close(self, payload) end
-    if opcode == M.PING then
+    if opcode < 8 then            -- data (ws_recv checked the sequence)
+      if fin and kind == 0 then return payload, TYPES[opcode] end
+      if kind == 0 then kind, parts = opcode, {} end
+      parts[#parts + 1] = payload
+      size, state = size + #payload, st
+      if fin then return concat(parts), TYPES[kind] end
+    elseif opcode == M.CLOSE then return peer_close(self, payload)
+    elseif opcode == M.PING then
       send(self, M.PONG, payload)
-      if not kind then return payload, "ping" end
-    elseif opcode == M.PONG then
-      if not kind then return payload, "pong" end
+      if kind == 0 then return payload, "ping" end
+    elseif kind == 0 then return payload, "pong"
+    end
     -- (a ping or pong amid a fragmented message: answered, the message
     -- goes on)
-    elseif opcode == 0 and not kind then
-      return fail(self, 1002, "continuation without a message")
-    elseif opcode ~= 0 and kind then
-      return fail(self, 1002, "new message inside a fragmented one")
-    else
-      kind = kind or opcode
-      parts = parts or {}
-      size = size + #payload
-      if size > self.opts.max_payload then
-        return fail(self, 1009, "message over max_payload")
-      end
-      parts[#parts + 1] = payload
-      if fin then
-        local data = #parts == 1 and parts[1] or concat(parts)
-        if kind == M.TEXT and not utf8len(data) then
-          return fail(self, 1007, "text not UTF-8")
-        end
-        return data, TYPES[kind]
-      end
-    end
+    payload = nil
   end
 end
 
-function WS:send_text (s) return send(self, M.TEXT, s) end
-function WS:send_binary (s) return send(self, M.BINARY, s) end
+-- The next message or control frame (see the head of this file). The
+-- usual case, a message in one frame, is read here; recv_more does the
+-- rest.
+function WS:recv ()
+  if self.closed then return nil, "closed" end
+  local t = self.recv_timeout
+  if t ~= self.timeout then set_timeout(self, t) end
+  local payload, opcode, fin, st = ws_recv(self.conn, self.opts.max_payload,
+    0, 0)
+  if payload and fin and opcode < 8 then
+    if self.pinged then self.pinged = false end
+    return payload, TYPES[opcode]
+  end
+  if payload then
+    self.pinged = false
+  else
+    local again, err = missed(self, nil, payload, opcode, fin)
+    if not again then return recv_failed(self, err) end
+  end
+  return recv_more(self, payload or nil, opcode, fin, st)
+end
+
+function WS:send_text (s)
+  if self.close_sent then return nil, "closed" end
+  return ws_send(self.conn, 1, s)
+end
+
+function WS:send_binary (s)
+  if self.close_sent then return nil, "closed" end
+  return ws_send(self.conn, 2, s)
+end
+
 
 function WS:ping (s)
   if s and #s > 125 then error("ping payload over 125 bytes", 2) end
@@ -419,11 +415,17 @@ function WS:close (code, reason)
   local ok, err = send(self, M.CLOSE, M.close_payload(code, reason))
   if ok then
     local deadline = now() + (self.opts.close_timeout or 5)
+    local kind, state = 0, 0   -- of a fragmented message being dropped
     for _ = 1, 1000 do         -- bounded: frames until the peer's close
       local t = deadline - now()
       if t <= 0 then break end
-      local opcode = read_frame(self, t)
-      if not opcode or opcode == M.CLOSE then break end
+      local payload, opcode, fin, st = read_frame(self, t, maxinteger, kind,
+        state)
+      if not payload or opcode == M.CLOSE then break end
+      if opcode < 8 then
+        if fin then kind, state = 0, 0
+        else kind, state = kind ~= 0 and kind or opcode, st end
+      end
     end
   end
   self.closed = true
