@@ -6,16 +6,14 @@
 ** is not here: the bytes go from the descriptor to the socket.
 */
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/openat2.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "fileopen.h"
 #include "lsrv.h"
 
 #define LFILE_MT "luasrv.file"
@@ -25,38 +23,11 @@ struct lfile {
 };
 
 
-/*
-** Opens path read-only. Non-blocking, so that a FIFO put in a file's
-** place does not hold the worker until a writer comes (reads of regular
-** files do not care). nofollow: no symbolic link anywhere in the path
-** (openat2's RESOLVE_NO_SYMLINKS; where the kernel lacks openat2, only
-** the last part is checked, O_NOFOLLOW). Returns the descriptor or -errno.
-*/
-static int open_file (const char *path, int nofollow) {
-  int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, fd;
-  if (nofollow) {
-#ifdef SYS_openat2
-    struct open_how how;
-    memset(&how, 0, sizeof how);
-    how.flags = (unsigned long long)(flags | O_NOFOLLOW);
-    how.resolve = RESOLVE_NO_SYMLINKS;
-    do fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
-    while (fd < 0 && errno == EINTR);
-    if (fd >= 0 || errno != ENOSYS) return fd >= 0 ? fd : -errno;
-#endif
-    flags |= O_NOFOLLOW;
-  }
-  do fd = open(path, flags);
-  while (fd < 0 && errno == EINTR);
-  return fd >= 0 ? fd : -errno;
-}
-
-
 int lfile_push (lua_State *L, const char *path, int nofollow) {
   struct lfile *f = lua_newuserdatauv(L, sizeof *f, 0);
   f->fd = -1;  /* closed until opened, as liolib's handles */
   luaL_setmetatable(L, LFILE_MT);
-  if ((f->fd = open_file(path, nofollow)) < 0) {
+  if ((f->fd = fileopen(path, nofollow)) < 0) {
     int rc = f->fd;
     f->fd = -1;
     lua_pop(L, 1);

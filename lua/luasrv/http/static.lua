@@ -245,6 +245,17 @@ local function open (path)
   return f, attr
 end
 
+-- M.http_date(mtime), remembered: most answers are of a few files
+local dates, ndates = {}, 0
+local function last_modified (mtime)
+  local d = dates[mtime]
+  if d then return d end
+  if ndates >= 256 then dates, ndates = {}, 0 end   -- bounded
+  d = M.http_date(mtime)
+  dates[mtime], ndates = d, ndates + 1
+  return d
+end
+
 -- Sends the file f (attributes attr) at path as the answer to r: a
 -- 304, a 416, HEAD, or its bytes (all, or a range) with req:sendfile,
 -- from the file to the socket without passing through Lua.
@@ -254,7 +265,7 @@ local function send_file (r, o, path, f, attr)
   local headers = {
     ["Content-Type"] = o.types[lower(match(path, "%.([^./]+)$") or "")]
       or o.default_type,
-    ["Last-Modified"] = M.http_date(mtime), ETag = etag,
+    ["Last-Modified"] = last_modified(mtime), ETag = etag,
     ["Accept-Ranges"] = "bytes", ["Cache-Control"] = o.cache_control,
   }
   local h = r.headers
@@ -311,6 +322,7 @@ function M.new (root, opts, http)
   if lfs.attributes(real, "mode") ~= "directory" then
     error("http.static: not a directory: " .. tostring(root), 2)
   end
+  local base = real == "/" and "/" or real .. "/"
   local o = { index = opts.index, listing = opts.listing,
     default_type = opts.default_type or "application/octet-stream",
     types = M.mime_types(opts.mime_types or "/etc/mime.types"),
@@ -323,6 +335,16 @@ function M.new (root, opts, http)
     local wanted = r.params.path or http.unescape(r.path)
     local segs = M.segments(wanted)
     if not segs then return 400, TEXT, "Bad Request\n" end
+    -- the usual case first: a file reached with no symlink at all (the
+    -- open refuses one anywhere), so under root without resolving
+    if #segs > 0 then
+      local path = base .. concat(segs, "/")
+      local f, attr = open(path)
+      if f then
+        local _ <close> = f
+        return send_file(r, o, path, f, attr)
+      end
+    end
     local path = M.resolve(real, segs)
     if not path or not inside(real, path) then
       return 404, TEXT, "Not Found\n"
