@@ -4,7 +4,9 @@
 ** no scheduler: a call that cannot go on returns CONN_WANT_READ or
 ** CONN_WANT_WRITE, and the caller decides how to wait.
 */
+#include <fcntl.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +15,9 @@
 #define FILL_MAX     (1u << 20)  /* most a read reserves ahead of data */
 #define UDP_ROOM     65536    /* an outbound UDP datagram is received whole */
 #define DIRECT_WRITE 16384    /* write large strings without copying */
+#define FILE_CHUNK   65536    /* a file copied through the buffer at a time */
+#define FILE_INLINE  16384    /* a smaller body joins the head in one write */
+#define SENDFILE_MAX 0x7ffff000  /* the most one sendfile(2) sends (Linux) */
 
 
 /*
@@ -32,6 +37,7 @@ const char *conn_strerror (int rc) {
     case ERR_LINE: return "line too long";
     case ERR_TLS: return "TLS error";
     case ERR_CUT: return "closed";
+    case ERR_SHORT: return "file truncated";
     case -EPIPE: return "closed";
     case CONN_WANT_WRITE: return strerror(EAGAIN);
     default: return strerror(-rc);
@@ -62,12 +68,34 @@ static long sock_read (struct conn *c, char *p, size_t n) {
 }
 
 
+/* LC_MORE: the file's bytes follow (conn_sendfile), so hold a short tail. */
 static long sock_write (struct conn *c, const char *p, size_t n) {
+  int fl = MSG_NOSIGNAL | MSG_DONTWAIT | (c->flags & LC_MORE ? MSG_MORE : 0);
   ssize_t r;
-  do r = send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  do r = send(c->fd, p, n, fl);
   while (r < 0 && errno == EINTR);
   if (r > 0) return (long)r;
   if (r == 0) return ERR_CLOSED;
+  return errno == EAGAIN ? CONN_WANT_WRITE : conn_errno(errno);
+}
+
+
+/*
+** sendfile(2) has no MSG_DONTWAIT: the socket must be non-blocking
+** itself, which the thread model may have undone (LC_BLOCKING; its next
+** blocking read makes it blocking again). SIGPIPE is ignored in workers.
+*/
+static long sock_sendfile (struct conn *c, int fd, off_t *off, size_t n) {
+  ssize_t r;
+  if (c->flags & LC_BLOCKING) {
+    int fl = fcntl(c->fd, F_GETFL);
+    if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK) < 0)
+      return conn_errno(errno);
+    c->flags &= ~LC_BLOCKING;
+  }
+  do r = sendfile(c->fd, fd, off, n);
+  while (r < 0 && errno == EINTR);
+  if (r >= 0) return (long)r;
   return errno == EAGAIN ? CONN_WANT_WRITE : conn_errno(errno);
 }
 
@@ -111,6 +139,7 @@ const struct conn_ops conn_stream = {
   .write = sock_write,
   .shutdown = sock_shutdown,
   .close = sock_close,
+  .sendfile = sock_sendfile,
 };
 
 const struct conn_ops conn_outbound = {
@@ -119,6 +148,7 @@ const struct conn_ops conn_outbound = {
   .write = sock_write,
   .shutdown = sock_shutdown,
   .close = sock_close,
+  .sendfile = sock_sendfile,
 };
 
 const struct conn_ops conn_dgram = {
@@ -231,6 +261,88 @@ size_t conn_write_direct (struct conn *c, const char *s, size_t len) {
   c->nout += (unsigned long long)n;
   return (size_t)n;
 }
+
+
+/* {====================================================== files */
+
+/*
+** Appends up to FILE_CHUNK bytes of the file to c->out: bytes read, or
+** ERR_SHORT (the file ends before *left), -errno.
+*/
+static int read_chunk (struct conn *c, int fd, off_t *off, off_t *left) {
+  size_t want = *left < FILE_CHUNK ? (size_t)*left : FILE_CHUNK;
+  ssize_t n;
+  if (buf_reserve(&c->out, want, c->pool) < 0) return -ENOMEM;
+  do n = pread(fd, buf_tail(&c->out), want, *off);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  if (n == 0) return ERR_SHORT;
+  c->out.end += (size_t)n;
+  *off += n;
+  *left -= n;
+  return (int)n;
+}
+
+
+/*
+** The file through the output buffer: a chunk behind what is buffered,
+** then a flush, until all went. Memory stays at a chunk and what was
+** buffered before; a call after CONN_WANT_* goes on where it stopped.
+*/
+static int copy_file (struct conn *c, int fd, off_t *off, off_t *left) {
+  for (;;) {  /* bounded: each pass reads a chunk of *left or fails */
+    int rc;
+    if (*left > 0 && buf_len(&c->out) < FILE_CHUNK &&
+        (rc = read_chunk(c, fd, off, left)) < 0)
+      return rc;
+    if ((rc = conn_flush(c)) < 0) return rc;
+    if (*left == 0) return 0;
+  }
+}
+
+
+/*
+** The file through the transport's sendfile. A short count is not taken
+** for a full socket, unlike a short write (conn_flush): the file may have
+** ended there, and waiting for an edge that never comes would hang; the
+** next call tells (CONN_WANT_WRITE, 0 or more bytes).
+*/
+static int send_file (struct conn *c, int fd, off_t *off, off_t *left) {
+  while (*left > 0) {  /* bounded: each pass sends bytes or returns */
+    size_t want = *left < SENDFILE_MAX ? (size_t)*left : SENDFILE_MAX;
+    long n;
+    if (!(c->flags & LC_WRITABLE)) return CONN_WANT_WRITE;
+    n = c->tr->sendfile(c, fd, off, want);
+    if (n > 0) {
+      c->nout += (unsigned long long)n;
+      *left -= n;
+      continue;
+    }
+    if (n == 0) return ERR_SHORT;
+    if (n == CONN_WANT_WRITE) c->flags &= ~LC_WRITABLE;
+    return (int)n;
+  }
+  return 0;
+}
+
+
+int conn_sendfile (struct conn *c, int fd, off_t *off, off_t *left) {
+  int rc;
+  if (c->tr->sendfile == NULL || *left <= FILE_INLINE)
+    return copy_file(c, fd, off, left);
+  if (buf_len(&c->out) > 0) {  /* the head, held for the body's start */
+    c->flags |= LC_MORE;
+    rc = conn_flush(c);
+    c->flags &= ~LC_MORE;
+    if (rc < 0) return rc;
+  }
+  rc = send_file(c, fd, off, left);
+  /* a file (or socket) that sendfile(2) does not take: nothing was sent */
+  if (rc == -EINVAL || rc == -ENOSYS) return copy_file(c, fd, off, left);
+  return rc;
+}
+
+/* }====================================================== */
 
 
 void conn_release_in (struct conn *c) {

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "buf.h"
 #include "evloop.h"
@@ -21,6 +22,7 @@
 #define ERR_LINE     (-100002)
 #define ERR_CUT      (-ECANCELED)
 #define ERR_TLS      (-100004)  /* the TLS layer failed: tls_error() says why */
+#define ERR_SHORT    (-100005)  /* a file ended before the length to send */
 
 /*
 ** "Try again once ...": the two results of a transport that cannot go on
@@ -49,6 +51,8 @@ static inline unsigned conn_want_event (int rc) {
 #define LC_UDP      0x100u    /* outbound connected UDP: a flush is a datagram */
 #define LC_BLOCKING 0x4000u   /* the socket was made blocking (thread model) */
 #define LC_BLOCKRD  0x8000u   /* the next fill may block (lconn_block_read) */
+#define LC_MORE     0x10000u  /* a write is followed by more (MSG_MORE) */
+#define LC_NOSENDFILE 0x20000u  /* sendfile(2) refused this socket: copy */
 
 struct conn;
 
@@ -57,7 +61,10 @@ struct conn;
 ** and p: they return how many (> 0), 0 for read at EOF, CONN_WANT_READ or
 ** CONN_WANT_WRITE, or a failure code; they retry EINTR themselves.
 ** shutdown ends the output (NULL: nothing to send first), close gives the
-** descriptor back.
+** descriptor back. sendfile sends up to n bytes of the file fd from *off
+** (advanced past what went) without copying them through user space: as
+** write, and 0 when the file ends at *off; NULL where the transport
+** cannot (TLS: conn_sendfile reads the file into the output buffer).
 */
 struct conn_ops {
   const char *name;
@@ -65,6 +72,7 @@ struct conn_ops {
   long (*write) (struct conn *c, const char *p, size_t n);
   int (*shutdown) (struct conn *c);
   void (*close) (struct conn *c);
+  long (*sendfile) (struct conn *c, int fd, off_t *off, size_t n);
   int message;                /* a read or a flush is one whole datagram */
 };
 
@@ -100,6 +108,18 @@ int conn_flush (struct conn *c);
 ** for the buffer; a failure shows at the next flush).
 */
 size_t conn_write_direct (struct conn *c, const char *s, size_t len);
+
+/*
+** Sends *left bytes of the regular file fd from *off after what is
+** buffered, advancing both as bytes go: 0 when all went, CONN_WANT_*
+** (wait, then call again with the same *off and *left), ERR_SHORT when
+** the file ends first (it was truncated), or a failure code. The
+** buffered head leaves with the file's first bytes where the transport
+** allows (MSG_MORE); a small body is copied behind it and sent in one
+** write. Transports without sendfile (TLS) get the file FILE_CHUNK bytes
+** at a time through the output buffer, never more.
+*/
+int conn_sendfile (struct conn *c, int fd, off_t *off, off_t *left);
 
 /* An idle connection gives its input buffer back. */
 void conn_release_in (struct conn *c);

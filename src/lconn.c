@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -509,6 +510,89 @@ static int req_flush (lua_State *L) {
 }
 
 
+/*
+** req:sendfile's state between waits sits on its stack: 2 the file
+** object, 3 the offset reached, 4 the bytes left. ctx: 1 when the call
+** opened the file itself (from a path) and closes it at the end. The
+** timeout counts from the last byte that went: a download that goes on
+** slowly is not cut, a client that takes nothing for that long is.
+*/
+static int sendfile_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = tolconn(L);
+  int rc = sched_result(L, status), fd = lfile_check(L, 2);
+  off_t off = (off_t)lua_tointeger(L, 3), left = (off_t)lua_tointeger(L, 4);
+  if (c->io.flags & LC_CLOSED || fd < 0) rc = ERR_CLOSED;
+  while (rc >= 0) {
+    unsigned long long sent = c->io.nout;
+    rc = conn_sendfile(&c->io, fd, &off, &left);
+    if (!conn_wants(rc)) break;
+    if (c->io.nout > sent) c->deadline = -1;  /* progress: a fresh timeout */
+    lua_pushinteger(L, (lua_Integer)off);
+    lua_replace(L, 3);
+    lua_pushinteger(L, (lua_Integer)left);
+    lua_replace(L, 4);
+    rc = waitio(L, c, conn_want_event(rc), ctx, sendfile_k);
+  }
+  /* cut in the middle: what is buffered is part of a broken answer, and
+  ** the connection can only end; its close must not wait to send it */
+  if (rc < 0) buf_consume(&c->io.out, buf_len(&c->io.out));
+  if (ctx) {  /* ours: closed now, not at the next collection */
+    lua_getfield(L, 2, "close");
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 0);
+  }
+  if (rc < 0) return pushfail(L, rc);
+  lua_settop(L, 1);
+  return 1;  /* the connection, for chaining */
+}
+
+
+/*
+** req:sendfile(file [, offset [, length]]): file is a luasrv.openfile
+** object or a path. The bytes go from the file to the socket, never
+** through a Lua string.
+*/
+static int req_sendfile (lua_State *L) {
+  struct lconn *c = tolconn(L);
+  lua_Integer off = luaL_optinteger(L, 3, 0), len = luaL_optinteger(L, 4, -1);
+  int fd, opened = lua_type(L, 2) == LUA_TSTRING;
+  struct stat st;
+  luaL_argcheck(L, off >= 0, 3, "must be >= 0");
+  luaL_argcheck(L, lua_isnoneornil(L, 4) || len >= 0, 4, "must be >= 0");
+  if (!opened) fd = lfile_check(L, 2);
+  lua_settop(L, 2);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  if (c->io.flags & (LC_DGRAM | LC_UDP)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "not a stream");
+    return 2;
+  }
+  if (opened) {
+    const char *path = lua_tostring(L, 2);
+    if ((fd = lfile_push(L, path, 0)) < 0) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "%s: %s", path, strerror(-fd));
+      return 2;
+    }
+    lua_replace(L, 2);
+  }
+  if (fd < 0) return pushfail(L, ERR_CLOSED);
+  if (fstat(fd, &st) < 0) return pushfail(L, -errno);
+  if (!S_ISREG(st.st_mode)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "not a regular file");
+    return 2;
+  }
+  if (len < 0) len = st.st_size > off ? (lua_Integer)st.st_size - off : 0;
+  else if (off + len > (lua_Integer)st.st_size)
+    return pushfail(L, ERR_SHORT);  /* nothing sent: the caller may answer */
+  lua_pushinteger(L, off);
+  lua_pushinteger(L, len);
+  start_op(c);
+  return sendfile_k(L, LUA_OK, opened);
+}
+
+
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = tolconn(L);
   int rc = sched_result(L, status);
@@ -878,6 +962,7 @@ static const luaL_Reg methods[] = {
   {"recv", req_recv},
   {"write", req_write},
   {"flush", req_flush},
+  {"sendfile", req_sendfile},
   {"close", req_close},
   {"settimeout", req_settimeout},
   {"starttls", ltls_starttls},
@@ -894,6 +979,7 @@ static const luaL_Reg metamethods[] = {
 
 
 int luaopen_lconn (lua_State *L) {
+  lfile_register(L);  /* req:sendfile(path) makes file objects */
   luaL_newmetatable(L, LCONN_MT);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lsrv_conn_tag);  /* for newconn */

@@ -1,6 +1,6 @@
 /*
 ** lluasrv.c -- require "luasrv": sleep, now, log, and the functions of
-** lconnect.c, lspawn.c, lsync.c and ltimer.c. sleep waits through sched_wait, as I/O does.
+** lconnect.c, lfile.c, lspawn.c, lsync.c and ltimer.c. sleep waits through sched_wait, as I/O does.
 */
 #include <errno.h>
 #include <string.h>
@@ -64,6 +64,7 @@ static const luaL_Reg funcs[] = {
   {"spawn", lspawn_spawn},      /* lspawn.c */
   {"wait", lspawn_wait},
   {"kill", lspawn_kill},
+  {"openfile", lfile_openfile},  /* lfile.c */
   {NULL, NULL}
 };
 

@@ -239,6 +239,20 @@ int lconn_waitio (lua_State *L, struct lconn *c, unsigned ev,
 */
 int lconn_block_read (struct lconn *c);
 
+/* lfile.c: luasrv.openfile and its file objects ("luasrv.file") */
+/* luasrv.openfile(path [, opts]) -> file | nil, err */
+int lfile_openfile (lua_State *L);
+/* Registers the file objects' metatable (luaopen_lconn calls it). */
+void lfile_register (lua_State *L);
+/*
+** Pushes a file object for path, opened read-only (nofollow: no symbolic
+** link in the path); returns its descriptor, or -errno and pushes nothing.
+** May raise (memory).
+*/
+int lfile_push (lua_State *L, const char *path, int nofollow);
+/* The descriptor of the file object at idx, -1 once closed; raises for another value. */
+int lfile_check (lua_State *L, int idx);
+
 /* lproxy.c: proxy(req), the flow's PROXY protocol step */
 int lconn_proxy (lua_State *L);
 /*

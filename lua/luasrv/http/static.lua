@@ -21,15 +21,20 @@ directory: its index file (opts.index), a listing (opts.listing = true),
 or 403. A directory asked for without its final "/" is redirected (301).
 
 Options: index (a file name, or nil), listing (false), mime_types (a
-path: /etc/mime.types), default_type ("application/octet-stream"), chunk
-(bytes read and written at a time, 65536), cache_control (a
-Cache-Control value, or nil).
+path: /etc/mime.types), default_type ("application/octet-stream"),
+cache_control (a Cache-Control value, or nil).
 
-Files go out through r:write, a chunk at a time: memory stays at one
-chunk whatever the file's size.
+A file is opened once, with no symlink allowed in its resolved path
+(luasrv.openfile), and its attributes are those of the open file. Its
+bytes go out with req:sendfile: sendfile(2) on a plain connection, a
+bounded chunk at a time through the output buffer over TLS; never as a
+Lua string, whatever the file's size.
 ]==]
 
 local lfs_ok, lfs = pcall(require, "lfs")
+local luasrv = require "luasrv"
+
+local NOFOLLOW = { symlinks = false }
 
 local byte, find, format, gsub, lower, match, sub = string.byte,
   string.find, string.format, string.gsub, string.lower, string.match,
@@ -224,14 +229,43 @@ local function etag_matches (list, etag)
   return false
 end
 
--- Sends the file at path (attributes attr) as the answer to r.
-local function send_file (r, o, path, attr)
+-- The file at path (a resolved path, with no symlink in it), open, and
+-- its attributes; nil when it is not there or not a regular file now.
+-- Opened once: what the answer says (size, ETag) is what is sent, even
+-- when the name is given to another file meanwhile, and a link put in
+-- the path since it was resolved is refused, not followed.
+local function open (path)
+  local f = luasrv.openfile(path, NOFOLLOW)
+  if not f then return nil end
+  local attr = f:stat()
+  if not (attr and attr.mode == "file") then
+    f:close()
+    return nil
+  end
+  return f, attr
+end
+
+-- M.http_date(mtime), remembered: most answers are of a few files
+local dates, ndates = {}, 0
+local function last_modified (mtime)
+  local d = dates[mtime]
+  if d then return d end
+  if ndates >= 256 then dates, ndates = {}, 0 end   -- bounded
+  d = M.http_date(mtime)
+  dates[mtime], ndates = d, ndates + 1
+  return d
+end
+
+-- Sends the file f (attributes attr) at path as the answer to r: a
+-- 304, a 416, HEAD, or its bytes (all, or a range) with req:sendfile,
+-- from the file to the socket without passing through Lua.
+local function send_file (r, o, path, f, attr)
   local size, mtime = attr.size, attr.modification
   local etag = format("\"%x-%x\"", mtime, size)
   local headers = {
     ["Content-Type"] = o.types[lower(match(path, "%.([^./]+)$") or "")]
       or o.default_type,
-    ["Last-Modified"] = M.http_date(mtime), ETag = etag,
+    ["Last-Modified"] = last_modified(mtime), ETag = etag,
     ["Accept-Ranges"] = "bytes", ["Cache-Control"] = o.cache_control,
   }
   local h = r.headers
@@ -262,23 +296,16 @@ local function send_file (r, o, path, attr)
   end
   local length = last - first + 1
   headers["Content-Length"] = length
-  if r.method == "HEAD" then
-    r:start(status, headers)
-    return
-  end
-  local f = io.open(path, "rb")
-  if not f then return 404, TEXT, "Not Found\n" end
-  if first > 0 then f:seek("set", first) end
   r:start(status, headers)
-  local left, chunk = length, o.chunk
-  while left > 0 do           -- bounded: each pass sends up to chunk bytes
-    local data = f:read(math.min(chunk, left))
-    if not data then break end      -- the file shrank: the body is cut
-    r:write(data)
-    left = left - #data
+  if r.method == "HEAD" or length == 0 then return end
+  local ok, err = r.req:sendfile(f, first, length)
+  if ok then return end
+  -- cut in the middle: the client has part of the body, and the
+  -- connection cannot carry another answer
+  r.req:close()
+  if err == "file truncated" then
+    error("file shrank while being sent: " .. path, 0)
   end
-  f:close()
-  if left > 0 then error("file shrank while being sent: " .. path, 0) end
 end
 
 -- The route handler serving the files under root.
@@ -295,10 +322,11 @@ function M.new (root, opts, http)
   if lfs.attributes(real, "mode") ~= "directory" then
     error("http.static: not a directory: " .. tostring(root), 2)
   end
+  local base = real == "/" and "/" or real .. "/"
   local o = { index = opts.index, listing = opts.listing,
     default_type = opts.default_type or "application/octet-stream",
     types = M.mime_types(opts.mime_types or "/etc/mime.types"),
-    chunk = opts.chunk or 65536, cache_control = opts.cache_control }
+    cache_control = opts.cache_control }
   return function (r)
     if r.method ~= "GET" and r.method ~= "HEAD" then
       return 405, { ["Content-Type"] = TEXT["Content-Type"],
@@ -307,6 +335,16 @@ function M.new (root, opts, http)
     local wanted = r.params.path or http.unescape(r.path)
     local segs = M.segments(wanted)
     if not segs then return 400, TEXT, "Bad Request\n" end
+    -- the usual case first: a file reached with no symlink at all (the
+    -- open refuses one anywhere), so under root without resolving
+    if #segs > 0 then
+      local path = base .. concat(segs, "/")
+      local f, attr = open(path)
+      if f then
+        local _ <close> = f
+        return send_file(r, o, path, f, attr)
+      end
+    end
     local path = M.resolve(real, segs)
     if not path or not inside(real, path) then
       return 404, TEXT, "Not Found\n"
@@ -330,10 +368,11 @@ function M.new (root, opts, http)
         return 403, TEXT, "Forbidden\n"
       end
     end
-    if not (attr and attr.mode == "file") then
-      return 404, TEXT, "Not Found\n"
-    end
-    return send_file(r, o, path, attr)
+    local f
+    if attr and attr.mode == "file" then f, attr = open(path) end
+    if not f then return 404, TEXT, "Not Found\n" end
+    local _ <close> = f              -- closed however the answer ends
+    return send_file(r, o, path, f, attr)
   end
 end
 
