@@ -62,16 +62,20 @@ end)
 return app:handler()
 ]]):format(ROOT)
 
-local function node (srv, path, mode)
-  local cmd = "NODE_PATH=" .. quote(fixtures()) .. " timeout -k 2 30 node " ..
-    "spec/fixtures/ws_client.js " ..
-    quote("ws://127.0.0.1:" .. srv.tcp.port .. path) .. " " .. mode
+-- Node's ws client in MODE against srv's PATH; with ca, over wss:// on
+-- srv's --tls listener, checking the certificate against ca
+local function node (srv, path, mode, ca)
+  local url = ca and ("wss://localhost:" .. srv.tls.port .. path)
+              or ("ws://127.0.0.1:" .. srv.tcp.port .. path)
+  local cmd = (ca and "WS_CA=" .. quote(ca) .. " " or "") ..
+    "NODE_PATH=" .. quote(fixtures()) .. " timeout -k 2 30 node " ..
+    "spec/fixtures/ws_client.js " .. quote(url) .. " " .. mode .. " 2>&1"
   local p = io.popen(cmd)
   local out = p:read("a")
   p:close()
   local cjson = require "cjson"
   local ok, v = pcall(cjson.decode, out)
-  assert(ok, "node said: " .. out)
+  assert(ok, "node said: " .. out .. " (" .. cmd .. ")")
   return v
 end
 
@@ -515,6 +519,27 @@ H.for_models(function (model)
         assert.is_nil(more)
         assert.equal("closed", err)
       end)
+    end)
+  end)
+
+  describe("WebSocket over TLS (wss://, " .. model .. ")", function ()
+    -- Node's ws checks the server's certificate against the test CA
+    maybe("echoes text, binary, fragments, pings and 10,000 messages",
+          function ()
+      local C = require "tls_certs"
+      local d = C.dir()
+      local srv = H.start{ model = model, source = SOURCE, args = {
+        "--tls", "127.0.0.1:0", "--tls-cert", d .. "/server.pem",
+        "--tls-key", d .. "/server.key" } }
+      local ca = d .. "/ca.pem"
+      assert.same({ data = "héllo wörld", isBinary = false },
+                  node(srv, "/ws", "text", ca))
+      local b = node(srv, "/ws", "binary", ca)
+      assert.same({ same = true, length = 70000, isBinary = true }, b)
+      assert.same({ data = "fragmented" }, node(srv, "/ws", "fragmented", ca))
+      assert.same({ pong = "are you there" }, node(srv, "/ws", "ping", ca))
+      assert.same({ code = 4000, reason = "" }, node(srv, "/ws", "close", ca))
+      assert.same({ got = 10000, bad = 0 }, node(srv, "/ws", "many", ca))
     end)
   end)
 end)
