@@ -61,6 +61,23 @@ app:get("/raw/:name", function (r)
   local ok, err = r.req:sendfile(www .. "/" .. r.params.name, off, len)
   if not ok then luasrv.log("sendfile failed: " .. err) r.req:close() end
 end)
+-- luasrv.http's r:sendfile: /h/NAME (200 and its length), /hc/NAME
+-- (started first without a length: one chunk), /ho/NAME?OFFSET (an
+-- opened file, from OFFSET to its end)
+app:get("/h/:name", function (r)
+  assert(r:sendfile(www .. "/" .. r.params.name))
+end)
+app:get("/hc/:name", function (r)
+  r:start(200, { ["Content-Type"] = "application/octet-stream" })
+  r:write("<")
+  assert(r:sendfile(www .. "/" .. r.params.name))
+  r:write(">")
+end)
+app:get("/ho/:name", function (r)
+  local f = assert(luasrv.openfile(www .. "/" .. r.params.name))
+  assert(r:sendfile(f, tonumber(r.query)))
+  f:close()
+end)
 return app:handler()
 ]]
 
@@ -133,6 +150,33 @@ H.for_models(function (model)
           if n > want and n < want + 1000 then return true end
         end
       end, 5), srv:stderr())
+    end)
+
+    it("luasrv.http's r:sendfile: the whole body with its length, one "
+       .. "chunk of a chunked body, from an offset; HEAD sends no body",
+       function ()
+      local srv = start{ "--tcp", "127.0.0.1:0" }
+      local base = "http://127.0.0.1:" .. srv.tcp.port
+      local big = www .. "/big.bin"
+      local out, info = curl(base .. "/h/big.bin", "-D " .. quote(dir .. "/hd"))
+      assert.equal("200 " .. (5 * MiB + 12345), info)
+      assert.equal(sha256(big), sha256(out))
+      assert.matches("Content%-Length: " .. (5 * MiB + 12345),
+                     C.read(dir .. "/hd"))
+      out, info = curl(base .. "/hc/small.bin", "-D " .. quote(dir .. "/hd"))
+      assert.equal("200 3002", info)
+      assert.matches("Transfer%-Encoding: chunked", C.read(dir .. "/hd"))
+      local got = C.read(out)
+      assert.equal("<" .. C.read(www .. "/small.bin") .. ">", got)
+      out, info = curl(base .. "/ho/big.bin?1000000")
+      assert.equal("200 " .. (4 * MiB + 12345 + 48576), info)
+      assert.equal(sha256(slice(big, 1000001, 5 * MiB + 12345, dir .. "/want")),
+                   sha256(out))
+      out, info = curl(base .. "/h/big.bin", "-I")
+      assert.equal("200 0", info)
+      -- the connection carries the next request after each of them
+      out, info = curl(base .. "/h/small.bin")
+      assert.equal("200 3000", info)
     end)
 
     it("sends a file over TLS byte-exact, a chunk at a time", function ()

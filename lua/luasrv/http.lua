@@ -1223,6 +1223,42 @@ function Request:flush ()
   return self
 end
 
+-- r:sendfile(file [, offset [, length]]) -> true | nil, err: the bytes of
+-- file (a path or a luasrv.openfile object) from offset, length of them
+-- (default: to the end), as the body or the next part of it, without
+-- passing through Lua. Not started: 200 with a Content-Length. Started
+-- chunked: one chunk. A failure part way cuts the connection.
+function Request:sendfile (file, offset, length)
+  offset = offset or 0
+  if length == nil then
+    local f = file
+    if type(file) == "string" then
+      local err
+      f, err = luasrv.openfile(file)
+      if not f then return nil, err end
+      file = f  -- opened once: what is sent is what was measured
+    end
+    local st, err = f:stat()
+    if not st then return nil, err end
+    length = st.size - offset
+    if length < 0 then return nil, "offset past the end of the file" end
+  end
+  if not self._started then
+    self:start(200, { ["Content-Length"] = length })
+  end
+  if self._nobody or length == 0 then return true end
+  local chunked = self._framing == "chunked"
+  if chunked then self.req:write(format("%x\r\n", length)) end
+  local ok, err = self.req:sendfile(file, offset, length)
+  if not ok then
+    self.keepalive = false
+    self.req:close()
+    return nil, err
+  end
+  if chunked then self.req:write("\r\n") end
+  return true
+end
+
 --[[ WebSocket: r:websocket([opts]) (luasrv.websocket has the rest) ]]
 
 -- Refuses an upgrade: the answer, and the connection closes after it.
