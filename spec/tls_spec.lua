@@ -260,6 +260,53 @@ H.for_models(function (model)
     assert.equals("serial=66\n", serial())
   end)
 
+  it("a reload whose script fails leaves the old certificates to the old " ..
+     "workers, respawned ones too", function ()
+    local d = C.dir()
+    local dir = T.tmpdir()
+    H.defer(function () os.execute("rm -rf " .. dir) end)
+    C.sh(("cp %s/server.pem %s/cert.pem && cp %s/server.key %s/key.pem")
+      :format(d, dir, d, dir))
+    local srv = H.start{ model = model,
+      source = "return { handle = function (req) req:write('old\\n') end }",
+      args = { "--tls", "127.0.0.1:0", "--tls-cert", dir .. "/cert.pem",
+               "--tls-key", dir .. "/key.pem", "--workers", "1" } }
+    local function subject ()
+      return run(("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d " ..
+        "-servername localhost 2>/dev/null | openssl x509 -noout -subject")
+        :format(srv.tls.port))
+    end
+    assert.equals("subject=CN = localhost\n", subject())
+    -- new certificates that load, and a script that does not
+    C.sh(("cp %s/other.pem %s/cert.pem && cp %s/other.key %s/key.pem")
+      :format(d, dir, d, dir))
+    local f = assert(io.open(srv.script, "w"))
+    f:write("return { handle = function (req) oops oops end }\n")
+    f:close()
+    srv:signal("HUP")
+    assert(srv:wait_stderr("reload failed", 10), srv:stderr())
+    assert.equals("subject=CN = localhost\n", subject())
+    -- the old generation's worker dies: the one that replaces it is of
+    -- the old generation, with the certificates the master read for it
+    -- (a worker reads the script from its file when it starts: put the
+    -- good one back; the new certificate stays on disk)
+    f = assert(io.open(srv.script, "w"))
+    f:write("return { handle = function (req) req:write('old\\n') end }\n")
+    f:close()
+    local kids = H.children(srv.pid)
+    assert.equals(1, #kids)
+    os.execute("kill -KILL " .. kids[1])
+    assert(srv:wait_stderr("starting a new one", 10), srv:stderr())
+    assert(H.eventually(function ()
+      local now = H.children(srv.pid)
+      return #now == 1 and now[1] ~= kids[1]
+    end, 10), srv:stderr() .. table.concat(H.children(srv.pid), ","))
+    assert(H.eventually(function ()
+      return subject() ~= ""
+    end, 10))
+    assert.equals("subject=CN = localhost\n", subject())
+  end)
+
   it("reads --proxy-protocol's header and runs verify_request before the " ..
      "handshake", function ()
     local d = C.dir()

@@ -60,6 +60,7 @@ struct tls_server {
 };
 
 static struct tls_server *server;
+static struct tls_server *next_server;  /* a reload's, until it serves */
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 static _Thread_local char errbuf[256];
@@ -611,8 +612,11 @@ static void server_free (struct tls_server *s) {
 }
 
 
-int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
+/* The set of cfg's certificates in *out (NULL: cfg has none); 0 or -1. */
+static int server_build (const struct config *cfg, struct tls_server **out,
+                         char *err, size_t errlen) {
   struct tls_server *s;
+  *out = NULL;
   if (cfg->ntls_cert == 0) return 0;
   pthread_once(&bio_once, make_bio_meth);
   if (shared == NULL && map_shared(cfg, err, errlen) < 0) return -1;
@@ -631,9 +635,45 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
       server_free(s);
       return -1;
     }
-  server_free(server);  /* a worker of the old generation has its own copy */
+  *out = s;
+  return 0;
+}
+
+
+int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
+  struct tls_server *s;
+  if (server_build(cfg, &s, err, errlen) < 0) return -1;
+  if (s == NULL) return 0;
+  server_free(server);
   server = s;
   return 0;
+}
+
+
+int tls_server_load_next (const struct config *cfg, char *err,
+                          size_t errlen) {
+  tls_server_discard();
+  return server_build(cfg, &next_server, err, errlen);
+}
+
+
+void tls_server_use_next (void) {
+  if (next_server != NULL) server = next_server;  /* the old's is untouched */
+  next_server = NULL;
+}
+
+
+void tls_server_commit (void) {
+  if (next_server == NULL) return;
+  server_free(server);  /* a worker of the old generation has its own copy */
+  server = next_server;
+  next_server = NULL;
+}
+
+
+void tls_server_discard (void) {
+  server_free(next_server);
+  next_server = NULL;
 }
 
 

@@ -25,6 +25,19 @@ extern const struct conn_ops conn_tls;
 int tls_server_load (const struct config *cfg, char *err, size_t errlen);
 
 /*
+** A reload, in the master: builds the next generation's set as
+** tls_server_load does, but the current one goes on serving every
+** worker forked until the new generation serves: a child of the new
+** generation calls tls_server_use_next, the master tls_server_commit
+** once that generation serves, or tls_server_discard when it failed
+** (the old generation keeps its certificates, respawned workers too).
+*/
+int tls_server_load_next (const struct config *cfg, char *err, size_t errlen);
+void tls_server_use_next (void);
+void tls_server_commit (void);
+void tls_server_discard (void);
+
+/*
 ** The master: makes a new session ticket key when --tls-ticket-rotate says
 ** (tickets of the one before still resume); returns the monotonic time of
 ** the next rotation, 0 for none.
