@@ -425,4 +425,32 @@ describe("--tls options", function ()
     assert.matches("--tls needs a certificate", err, 1, true)
   end)
 
+  it("--tls-ciphersuites sets the TLS 1.3 suites, from a config file too",
+     function ()
+    local d = C.dir()
+    local conf = T.tmpdir() .. "/tls.conf"
+    local f = assert(io.open(conf, "w"))
+    f:write("tls-ciphersuites TLS_CHACHA20_POLY1305_SHA256\n")
+    f:close()
+    local srv = H.start{ model = model, source = INFO, config = conf,
+      args = tls_args(d) }
+    local out = s_client(srv, "-tls1_3 -servername localhost -CAfile " .. d ..
+      "/ca.pem -verify_return_error")
+    assert.matches("Cipher is TLS_CHACHA20_POLY1305_SHA256", out, 1, true)
+    assert.matches("line=hi", out, 1, true)
+    -- a client that offers only a suite the list leaves out: no handshake
+    out = s_client(srv, "-tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 " ..
+      "-servername localhost -CAfile " .. d .. "/ca.pem")
+    assert.not_matches("line=hi", out, 1, true)
+    assert(srv:wait_stderr("TLS handshake failed", 5), srv:stderr())
+    -- a list OpenSSL does not accept: one error line, exit 1
+    local code, _, err = T.run{ "{script}", "--tls", "127.0.0.1:0",
+      "--tls-cert", d .. "/server.pem", "--tls-key", d .. "/server.key",
+      "--tls-ciphersuites", "TLS_NOPE",
+      source = "return { handle = function () end }" }
+    assert.equals(1, code)
+    assert.equals("luasrv: error: --tls-ciphersuites TLS_NOPE: no cipher match\n",
+                  err)
+  end)
+
 end)

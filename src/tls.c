@@ -474,6 +474,13 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
     snprintf(err, errlen, "--tls-ciphers %s: %s", cfg->tls_ciphers, errbuf);
     return -1;
   }
+  if (cfg->tls_ciphersuites != NULL &&
+      SSL_CTX_set_ciphersuites(ctx, cfg->tls_ciphersuites) != 1) {
+    take_error(NULL);
+    snprintf(err, errlen, "--tls-ciphersuites %s: %s", cfg->tls_ciphersuites,
+             errbuf);
+    return -1;
+  }
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
     ERR_clear_error();
     snprintf(err, errlen, "--tls-cert %s: no PEM certificate in it", cert);
