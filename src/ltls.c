@@ -7,6 +7,7 @@
 ** (plaintext, garbage, a stall) is closed with one log line, at most one
 ** a second, and no hook runs for it.
 */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +27,7 @@ enum { HS_ACCEPT, HS_CONNECT, HS_STARTTLS, HS_FLUSH };
 #define HS_CTX(mode, idx) ((lua_KContext)((mode) << 8 | (idx)))
 
 static char ctxcache_key;     /* registry: client contexts by their options */
+static char hosts_key;        /* registry: host names of outbound connections */
 
 
 /* The deadline of the operation in progress (as lconn.c's), 0 for none. */
@@ -275,11 +277,85 @@ int ltls_client (lua_State *L, struct lconn *c, int idx, int opts,
 /* }====================================================== */
 
 
+/* {====================================================== host names */
+
+/* Pushes the weak-keyed table of connections' host names. */
+static void push_hosts (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &hosts_key);
+}
+
+
+void ltls_set_host (lua_State *L, int idx, const char *host) {
+  unsigned char ip[16];
+  if (host == NULL || inet_pton(AF_INET, host, ip) == 1 ||
+      inet_pton(AF_INET6, host, ip) == 1)
+    return;  /* the peer's address says it already */
+  idx = lua_absindex(L, idx);
+  push_hosts(L);
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, host);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+
+void ltls_move_host (lua_State *L, int from, int to) {
+  from = lua_absindex(L, from);
+  to = lua_absindex(L, to);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) != LUA_TTABLE) {
+    lua_pop(L, 1);  /* no name was ever kept */
+    return;
+  }
+  lua_pushvalue(L, from);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pushvalue(L, to);
+    lua_insert(L, -2);
+    lua_rawset(L, -3);
+  }
+  else lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
+
+/*
+** The name outbound c (at index 1) verifies by default: the host given
+** to luasrv.connect, or the peer's address when that was one (an IP
+** address is checked against the certificate's IP names). In buf.
+*/
+static const char *default_name (lua_State *L, struct lconn *c, char *buf,
+                                  size_t len) {
+  int port;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) {
+    lua_pushvalue(L, 1);
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      snprintf(buf, len, "%s", lua_tostring(L, -1));
+      lua_pop(L, 2);
+      return buf;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (address_host_port((struct sockaddr *)&c->peer, buf, len, &port) < 0 ||
+      buf[0] == '\0')
+    return NULL;
+  return buf;
+}
+
+/* }====================================================== */
+
+
 /* req:starttls([opts]) and conn:starttls([opts]) */
 int ltls_starttls (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
-  char host[ADDRESS_STRLEN];
-  int port;
+  char host[256];
   luaL_argcheck(L, lua_isnoneornil(L, 2) || lua_istable(L, 2), 2,
                 "table expected");
   lua_settop(L, 2);
@@ -295,13 +371,9 @@ int ltls_starttls (lua_State *L) {
     return 2;
   }
   c->deadline = -1;
-  if (c->io.flags & LC_OUTBOUND) {
-    if (address_host_port((struct sockaddr *)&c->peer, host, sizeof host,
-                          &port) < 0)
-      host[0] = '\0';
+  if (c->io.flags & LC_OUTBOUND)
     return ltls_client(L, c, 1, lua_istable(L, 2) ? 2 : 0,
-                       host[0] ? host : NULL);
-  }
+                       default_name(L, c, host, sizeof host));
   return handshake(L, c, 0, HS_CTX(HS_FLUSH, 1));
 }
 
