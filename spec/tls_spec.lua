@@ -219,6 +219,57 @@ H.for_models(function (model)
     assert.equals("530 issue STARTTLS first", c:receive())
   end)
 
+  it("req:starttls(opts): its own certificate and ALPN, clear errors",
+     function ()
+    local d = C.dir()
+    local up = H.start{ model = model, source = ([[
+local luasrv = require "luasrv"
+local D = %q
+local OPTS = {
+  default = nil,
+  other = { cert = D .. "/other.pem", key = D .. "/other.key", alpn = "x-test,x-two" },
+  missing = { cert = D .. "/nope.pem" },
+}
+return { handle = function (req)
+  local what = req:read("l")
+  if what == "typo" then
+    local ok, err = pcall(req.starttls, req, { ca = "ca.pem" })
+    return req:write(tostring(ok), " ", err, "\n")
+  end
+  req:write("go\n")
+  local ok, err = req:starttls(OPTS[what])
+  if not ok then return luasrv.log("starttls failed: " .. err) end
+  req:write("alpn=", tostring(req.tls.alpn), "\n")
+end }]]):format(d), args = { "--tls-cert", d .. "/server.pem",
+                            "--tls-key", d .. "/server.key" } }
+    local srv = H.start{ model = model, source = H.RUNNER }
+    local r = H.ask(srv, ([[
+      local function upgrade (what, sni)
+        local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+        c:write(what, "\n")
+        c:read("l")
+        local ok, err = c:starttls({ ca = "%s/ca.pem", sni = sni, alpn = "x-two" })
+        if not ok then return err end
+        local line = c:read("l")
+        local subject = c.tls.peer.subject
+        c:close()
+        return subject .. " " .. line
+      end
+      local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+      c:write("typo\n")
+      local typo = c:read("l")
+      c:close()
+      return upgrade("default", "localhost"), upgrade("other", "other.test"),
+             typo, upgrade("missing", "localhost")]]):format(up.tcp.port, d,
+                                                              up.tcp.port))
+    assert.equals("CN=localhost alpn=nil", r[1])
+    assert.equals("CN=other.test alpn=x-two", r[2])
+    assert.matches("^false .*bad option 'ca' to 'starttls'", r[3])  -- a client option
+    assert.is_string(r[4])  -- the handshake never came: the server hung up
+    assert(up:wait_stderr("starttls failed: cert " .. d .. "/nope.pem: " ..
+                          "No such file or directory", 5, true), up:stderr())
+  end)
+
   it("SIGHUP reloads the certificate; no request fails", function ()
     local d = C.dir()
     local dir = T.tmpdir()

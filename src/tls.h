@@ -55,6 +55,23 @@ int tls_server_ready (void);
 int tls_server_start (struct conn *c);
 
 /*
+** req:starttls{cert = ..., key = ...}: a server context of its own for
+** cert and key, with the --tls-* settings (read now, by the caller's
+** process). NULL with the reason in err.
+*/
+void *tls_server_new (const struct config *cfg, const char *cert,
+                      const char *key, char *err, size_t errlen);
+void tls_server_free (void *s);
+
+/*
+** tls_server_start with the certificates of s (NULL: the listener's) and
+** protocols alpn in wire form (NULL: --tls-alpn's; at most 255 bytes).
+** A failure leaves c with TLS started or not; the caller closes it.
+*/
+int tls_server_start_with (struct conn *c, void *s, const unsigned char *alpn,
+                           size_t alpnlen);
+
+/*
 ** A client context: trust ca (NULL: the system's store) when verify,
 ** present cert/key (NULL: none). NULL with the reason in err.
 */
