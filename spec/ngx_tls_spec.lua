@@ -2,8 +2,10 @@
 -- against openssl s_server (a session object or true; ssl_verify off by
 -- default as in OpenResty, on against $LUASRV_NGX_SSL_TRUSTED_CERTIFICATE
 -- with server_name checked), OpenResty's lua-resty-websocket client
--- (Debian's, unmodified) over wss:// against Node's ws on https, and
--- ngx.worker.exiting() turning true once the worker stops.
+-- (Debian's, unmodified) over wss:// against Node's ws on https, a raw
+-- socket to redis-server's --tls-port (pooled: a second handshake on a
+-- reused TLS socket succeeds at once), and ngx.worker.exiting() turning
+-- true once the worker stops, in requests and timers' premature runs.
 local H = require "helper"
 local N = require "ngx_helper"
 local C = require "tls_certs"
@@ -109,7 +111,11 @@ H.for_models(function (model)
   it("ngx.worker.exiting() is true once the worker stops", function ()
     local srv = N.start{ model = model, args = { "--grace", "10" }, body = [[
 local luasrv = require "luasrv"
-return { handle = function (req)
+return { init = function ()
+  assert(ngx.timer.at(60, function (premature)
+    luasrv.log("premature", premature, "exiting", ngx.worker.exiting())
+  end))
+end, handle = function (req)
   local what = req:read("l")
   if what == "wait" then
     req:write("waiting\n")
@@ -128,6 +134,37 @@ end }]] }
     srv:signal("TERM")
     c:settimeout(8)
     assert.equals("true", c:receive())
+    assert(srv:wait_stderr("premature true exiting true", 5, true), srv:stderr())
+  end)
+
+  it("tcpsock:sslhandshake to redis-server --tls-port", function ()
+    local d = C.dir()
+    local port = H.free_port()
+    N.daemon(("redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
+      "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
+      "--tls-ca-cert-file %s/ca.pem --tls-auth-clients no --save '' " ..
+      "--appendonly no --dir %s"):format(port, d, d, d, d))
+    N.wait_port(port)
+    local srv = runner()
+    local r = N.ask(srv, [[
+      local sock = ngx.socket.tcp()
+      sock:settimeout(5000)
+      assert(sock:connect("127.0.0.1", PORT))
+      local ok, err = sock:sslhandshake(false, "localhost", true)
+      if not ok then return nil, err end
+      sock:send({ "PING\r\n", "SET ngxtls ", 42, "\r\n", "GET ngxtls\r\n" })
+      local a, b, _, v = sock:receive(), sock:receive(), sock:receive(),
+                         sock:receive()
+      assert(sock:setkeepalive())
+      local again = ngx.socket.tcp()
+      assert(again:connect("127.0.0.1", PORT))
+      local reused = again:getreusedtimes()
+      local ok2 = again:sslhandshake(false, "localhost", true)
+      again:send("PING\r\n")
+      local pong = again:receive()
+      again:close()
+      return ok, a, b, v, reused, ok2, pong ]], { PORT = port })
+    assert.same({ true, "+PONG", "+OK", "42", 1, true, "+PONG", n = 7 }, r)
   end)
 
 end)
