@@ -115,12 +115,13 @@ H.for_models(function (model)
                     n = 8 }, res)
     end)
 
-    maybe("refuses wss:// with a clear error (no TLS yet)", function ()
+    maybe("wss:// to a plain-text server fails with the TLS error", function ()
       local res = ask [[
         local wb = assert(client:new{ timeout = 2000 })
         return wb:connect("wss://127.0.0.1:" .. os.getenv("WS_PORT") .. "/") ]]
       assert.is_nil(res[1])
-      assert.matches("not supported by luasrv yet", res[2])
+      -- wss:// itself: spec/ngx_tls_spec.lua
+      assert.matches("^ssl handshake failed: ", res[2])
     end)
   end)
 end)

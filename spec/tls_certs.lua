@@ -12,6 +12,7 @@ spec asks (ECDSA P-256; nothing here is committed or outlives the run).
     evil-ca.pem, evil.pem/.key   another CA and a client certificate by it
     expired.pem/.key          CN=localhost by the CA, expired in 2020
     other.pem/.key            CN=other.test (a wrong name for localhost)
+    named.pem/.key            CN=localhost, SAN localhost only (no IP)
   C.sh(cmd)            runs a shell command, quiet; raises on failure
   C.read(path)         a file's text
 ]]
@@ -101,6 +102,7 @@ function C.dir ()
   leaf("server2", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n", "ca")
   leaf("wild", "*.example.test", "subjectAltName=DNS:*.example.test\n", "ca")
   leaf("other", "other.test", "subjectAltName=DNS:other.test\n", "ca")
+  leaf("named", "localhost", "subjectAltName=DNS:localhost\n", "ca")
   leaf("client", "alice", "extendedKeyUsage=clientAuth\n", "ca")
   leaf("evil", "mallory", "extendedKeyUsage=clientAuth\n", "evil-ca")
   expired()

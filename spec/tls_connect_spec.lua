@@ -187,6 +187,48 @@ H.for_models(function (model)
     assert.is_nil(r[3])
   end)
 
+  it("conn:starttls verifies the host given to connect, or its IP address",
+     function ()
+    local d = C.dir()
+    -- a plain protocol that upgrades after "x"; the certificate names
+    -- localhost and no IP address
+    local up = H.start{ model = model, source = [[
+return { handle = function (req)
+  if req:read("l") ~= "x" then return end
+  req:write("go\n")
+  if not req:starttls() then return end
+  req:write("sni=", tostring(req.tls.sni), "\n")
+end }]], args = { "--tls-cert", d .. "/named.pem", "--tls-key", d .. "/named.key" } }
+    local srv = runner()
+    local r = H.ask(srv, ([[
+      local function upgrade (url)
+        local c = assert(luasrv.connect(url))
+        c:write("x\n")
+        c:read("l")
+        local ok, err = c:starttls({ ca = "%s/ca.pem" })
+        if not ok then return err end
+        local sni = c:read("l")
+        c:close()
+        return sni
+      end
+      local c = assert(luasrv.connect("tcp://localhost:%d"))
+      assert(c:setkeepalive())
+      c = assert(luasrv.connect("tcp://localhost:%d"))
+      local reused = c:getreusedtimes()
+      c:write("x\n")
+      c:read("l")
+      local ok, err = c:starttls({ ca = "%s/ca.pem" })
+      local pooled = ok and c:read("l") or err
+      c:close()
+      return upgrade("tcp://localhost:%d"), upgrade("tcp://127.0.0.1:%d"),
+             reused, pooled]]):format(d, up.tcp.port, up.tcp.port, d,
+                                      up.tcp.port, up.tcp.port))
+    -- by name; by IP address; made to the name, pooled and taken again
+    assert.same({ "sni=localhost",
+      "certificate verify failed: IP address mismatch", 1, "sni=localhost",
+      n = 4 }, r)
+  end)
+
   it("talks to redis-server --tls-port and pools the connection", function ()
     local d = C.dir()
     local port = H.free_port()

@@ -219,6 +219,57 @@ H.for_models(function (model)
     assert.equals("530 issue STARTTLS first", c:receive())
   end)
 
+  it("req:starttls(opts): its own certificate and ALPN, clear errors",
+     function ()
+    local d = C.dir()
+    local up = H.start{ model = model, source = ([[
+local luasrv = require "luasrv"
+local D = %q
+local OPTS = {
+  default = nil,
+  other = { cert = D .. "/other.pem", key = D .. "/other.key", alpn = "x-test,x-two" },
+  missing = { cert = D .. "/nope.pem" },
+}
+return { handle = function (req)
+  local what = req:read("l")
+  if what == "typo" then
+    local ok, err = pcall(req.starttls, req, { ca = "ca.pem" })
+    return req:write(tostring(ok), " ", err, "\n")
+  end
+  req:write("go\n")
+  local ok, err = req:starttls(OPTS[what])
+  if not ok then return luasrv.log("starttls failed: " .. err) end
+  req:write("alpn=", tostring(req.tls.alpn), "\n")
+end }]]):format(d), args = { "--tls-cert", d .. "/server.pem",
+                            "--tls-key", d .. "/server.key" } }
+    local srv = H.start{ model = model, source = H.RUNNER }
+    local r = H.ask(srv, ([[
+      local function upgrade (what, sni)
+        local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+        c:write(what, "\n")
+        c:read("l")
+        local ok, err = c:starttls({ ca = "%s/ca.pem", sni = sni, alpn = "x-two" })
+        if not ok then return err end
+        local line = c:read("l")
+        local subject = c.tls.peer.subject
+        c:close()
+        return subject .. " " .. line
+      end
+      local c = assert(luasrv.connect("tcp://127.0.0.1:%d"))
+      c:write("typo\n")
+      local typo = c:read("l")
+      c:close()
+      return upgrade("default", "localhost"), upgrade("other", "other.test"),
+             typo, upgrade("missing", "localhost")]]):format(up.tcp.port, d,
+                                                              up.tcp.port))
+    assert.equals("CN=localhost alpn=nil", r[1])
+    assert.equals("CN=other.test alpn=x-two", r[2])
+    assert.matches("^false .*bad option 'ca' to 'starttls'", r[3])  -- a client option
+    assert.is_string(r[4])  -- the handshake never came: the server hung up
+    assert(up:wait_stderr("starttls failed: cert " .. d .. "/nope.pem: " ..
+                          "No such file or directory", 5, true), up:stderr())
+  end)
+
   it("SIGHUP reloads the certificate; no request fails", function ()
     local d = C.dir()
     local dir = T.tmpdir()
@@ -258,6 +309,53 @@ H.for_models(function (model)
     assert(srv:wait_stderr("reload failed", 10), srv:stderr())
     assert.matches("reload failed.*cert%.pem", srv:stderr())
     assert.equals("serial=66\n", serial())
+  end)
+
+  it("a reload whose script fails leaves the old certificates to the old " ..
+     "workers, respawned ones too", function ()
+    local d = C.dir()
+    local dir = T.tmpdir()
+    H.defer(function () os.execute("rm -rf " .. dir) end)
+    C.sh(("cp %s/server.pem %s/cert.pem && cp %s/server.key %s/key.pem")
+      :format(d, dir, d, dir))
+    local srv = H.start{ model = model,
+      source = "return { handle = function (req) req:write('old\\n') end }",
+      args = { "--tls", "127.0.0.1:0", "--tls-cert", dir .. "/cert.pem",
+               "--tls-key", dir .. "/key.pem", "--workers", "1" } }
+    local function subject ()
+      return run(("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d " ..
+        "-servername localhost 2>/dev/null | openssl x509 -noout -subject")
+        :format(srv.tls.port))
+    end
+    assert.equals("subject=CN = localhost\n", subject())
+    -- new certificates that load, and a script that does not
+    C.sh(("cp %s/other.pem %s/cert.pem && cp %s/other.key %s/key.pem")
+      :format(d, dir, d, dir))
+    local f = assert(io.open(srv.script, "w"))
+    f:write("return { handle = function (req) oops oops end }\n")
+    f:close()
+    srv:signal("HUP")
+    assert(srv:wait_stderr("reload failed", 10), srv:stderr())
+    assert.equals("subject=CN = localhost\n", subject())
+    -- the old generation's worker dies: the one that replaces it is of
+    -- the old generation, with the certificates the master read for it
+    -- (a worker reads the script from its file when it starts: put the
+    -- good one back; the new certificate stays on disk)
+    f = assert(io.open(srv.script, "w"))
+    f:write("return { handle = function (req) req:write('old\\n') end }\n")
+    f:close()
+    local kids = H.children(srv.pid)
+    assert.equals(1, #kids)
+    os.execute("kill -KILL " .. kids[1])
+    assert(srv:wait_stderr("starting a new one", 10), srv:stderr())
+    assert(H.eventually(function ()
+      local now = H.children(srv.pid)
+      return #now == 1 and now[1] ~= kids[1]
+    end, 10), srv:stderr() .. table.concat(H.children(srv.pid), ","))
+    assert(H.eventually(function ()
+      return subject() ~= ""
+    end, 10))
+    assert.equals("subject=CN = localhost\n", subject())
   end)
 
   it("reads --proxy-protocol's header and runs verify_request before the " ..
@@ -376,6 +474,34 @@ describe("--tls options", function ()
       source = "return { handle = function () end }" }
     assert.equals(2, code)
     assert.matches("--tls needs a certificate", err, 1, true)
+  end)
+
+  it("--tls-ciphersuites sets the TLS 1.3 suites, from a config file too",
+     function ()
+    local d = C.dir()
+    local conf = T.tmpdir() .. "/tls.conf"
+    local f = assert(io.open(conf, "w"))
+    f:write("tls-ciphersuites TLS_CHACHA20_POLY1305_SHA256\n")
+    f:close()
+    local srv = H.start{ model = model, source = INFO, config = conf,
+      args = tls_args(d) }
+    local out = s_client(srv, "-tls1_3 -servername localhost -CAfile " .. d ..
+      "/ca.pem -verify_return_error")
+    assert.matches("Cipher is TLS_CHACHA20_POLY1305_SHA256", out, 1, true)
+    assert.matches("line=hi", out, 1, true)
+    -- a client that offers only a suite the list leaves out: no handshake
+    out = s_client(srv, "-tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 " ..
+      "-servername localhost -CAfile " .. d .. "/ca.pem")
+    assert.not_matches("line=hi", out, 1, true)
+    assert(srv:wait_stderr("TLS handshake failed", 5), srv:stderr())
+    -- a list OpenSSL does not accept: one error line, exit 1
+    local code, _, err = T.run{ "{script}", "--tls", "127.0.0.1:0",
+      "--tls-cert", d .. "/server.pem", "--tls-key", d .. "/server.key",
+      "--tls-ciphersuites", "TLS_NOPE",
+      source = "return { handle = function () end }" }
+    assert.equals(1, code)
+    assert.equals("luasrv: error: --tls-ciphersuites TLS_NOPE: no cipher match\n",
+                  err)
   end)
 
 end)

@@ -39,6 +39,7 @@ static const char usage_text[] =
 "                         --tls-client-ca)\n"
 "  --tls-min-version V    1.2 or 1.3 (default 1.2)\n"
 "  --tls-ciphers LIST     OpenSSL cipher list for TLS 1.2\n"
+"  --tls-ciphersuites LIST  TLS 1.3 cipher suites, in order, separated by ':'\n"
 "  --tls-alpn LIST        protocols accepted, in order, e.g. h2,http/1.1\n"
 "  --tls-ticket-rotate SECS  a new session ticket key this often; sessions\n"
 "                         resume across one rotation (default 43200, 0 = never)\n"
@@ -119,6 +120,7 @@ static const struct option options[] = {
   {"tls-verify-client", K_VERIFY, F(tls_verify_client), 0, 0, 0, R_YES},
   {"tls-min-version", K_TLSVER, F(tls_min_version), 0, 0, 0, R_YES},
   {"tls-ciphers", K_STR, F(tls_ciphers), 0, 0, 0, R_YES},
+  {"tls-ciphersuites", K_STR, F(tls_ciphersuites), 0, 0, 0, R_YES},
   {"tls-alpn", K_STR, F(tls_alpn), 0, 0, 0, R_YES},
   {"tls-ticket-rotate", K_SECS, F(tls_ticket_rotate), 0, 0, 0, R_RESTART},
   {"model", K_MODEL, F(model), 0, 0, 0, R_RESTART},

@@ -75,7 +75,8 @@ struct config {
   const char *tls_client_ca;  /* --tls-client-ca */
   int tls_verify_client;      /* 0 none, 1 optional, 2 required */
   int tls_min_version;        /* 12 or 13 */
-  const char *tls_ciphers;
+  const char *tls_ciphers;    /* TLS 1.2: SSL_CTX_set_cipher_list */
+  const char *tls_ciphersuites;  /* TLS 1.3: SSL_CTX_set_ciphersuites */
   const char *tls_alpn;       /* "h2,http/1.1" */
   double tls_ticket_rotate;   /* seconds a ticket key is the current one */
 };

@@ -387,6 +387,8 @@ static int connected (lua_State *L, struct lconn *c, struct addrs *a) {
     c->deadline = deadline;
     return ltls_client(L, c, 3, lua_istable(L, 2) ? 2 : 0, a->host);
   }
+  if (a->socktype == SOCK_STREAM && c->peer.ss_family != AF_UNIX)
+    ltls_set_host(L, 3, a->host);  /* what conn:starttls verifies */
   return 1;
 }
 
@@ -589,6 +591,7 @@ static void pool_put (lua_State *L, struct lconn *c, double idle,
   p = lconn_new_out(L, c->x);
   lua_getiuservalue(L, 1, UV_KEY);
   lua_setiuservalue(L, -2, UV_KEY);
+  ltls_move_host(L, 1, -1);
   if (!(c->io.flags & LC_UNWATCHED)) sched_detach(c);
   p->io.fd = c->io.fd;
   p->io.tr = c->io.tr;

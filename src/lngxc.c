@@ -2,12 +2,16 @@
 ** lngxc.c -- require "luasrv.ngxc": the few functions luasrv.ngx needs
 ** that Lua cannot do well by itself: digests and HMAC from OpenSSL's
 ** libcrypto (md5, sha1, hmac_sha1), CRC-32, base64 as nginx does it, the
-** wall clock with microseconds, getpid and the null light userdata; and
-** luasrv.websocket's frames (lws.c adds them). Everything else of the ngx
+** wall clock with microseconds, getpid, whether the worker is stopping
+** (ngx.worker.exiting) and the null light userdata; and luasrv.websocket's
+** frames (lws.c adds them). Everything else of the ngx
 ** API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
 ** bad input returns nil, as ngx.decode_base64 does.
 */
+#include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,6 +21,8 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+
+#include "lsrv.h"
 
 int luaopen_luasrv_ngxc (lua_State *L);
 void lws_open (lua_State *L);  /* lws.c: the WebSocket frames */
@@ -185,6 +191,42 @@ static int ngx_getpid (lua_State *L) {
 }
 
 
+/* Is pipe end fd readable now? */
+static int readable (int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+
+/*
+** exiting(): is the worker stopping (SIGTERM, a reload's old generation,
+** server:shutdown())? The state luasrv.timer's "process exiting" comes
+** from. A fork-model request's child closed the stop pipe's read end
+** (it must not wait on it) and kept the write end: a read end opened
+** again through /proc tells whether the worker wrote its stop there.
+*/
+static int ngx_exiting (lua_State *L) {
+  struct worker *w = lsrv_ctx(L)->w;
+  int stopping;
+  /* a SIGTERM not yet turned into a stop; not in a fork-model child,
+  ** whose signal pipe is its worker's */
+  if (w->stop_fd[0] >= 0) worker_signals(w);
+  stopping = worker_stopping(w);
+  if (!stopping && w->stop_fd[0] >= 0) stopping = readable(w->stop_fd[0]);
+  else if (!stopping && w->stop_fd[1] >= 0) {
+    char path[40];
+    int fd;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", w->stop_fd[1]);
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) >= 0) {
+      stopping = readable(fd);
+      close(fd);
+    }
+  }
+  lua_pushboolean(L, stopping);
+  return 1;
+}
+
+
 /*
 ** mask(data, key): data XORed with the 4-byte key repeated, as WebSocket
 ** frames are masked (RFC 6455 5.3; luasrv.websocket). In Lua it costs
@@ -217,6 +259,7 @@ static const luaL_Reg funcs[] = {
   {"decode_base64", ngx_decode_base64},
   {"now", ngx_now},
   {"getpid", ngx_getpid},
+  {"exiting", ngx_exiting},
   {NULL, NULL}
 };
 

@@ -186,6 +186,12 @@ int ltls_client (lua_State *L, struct lconn *c, int idx, int opts,
                  const char *host);
 /* Pushes req.tls: the session's table, or nil on a plain connection. */
 void ltls_push_info (lua_State *L, struct lconn *c);
+/*
+** The host name a plain outbound connection (at idx) was made to, which
+** conn:starttls verifies by default; moved with it into the pool.
+*/
+void ltls_set_host (lua_State *L, int idx, const char *host);
+void ltls_move_host (lua_State *L, int from, int to);
 
 /* lconn.c: the request object */
 int luaopen_lconn (lua_State *L);

@@ -7,6 +7,7 @@
 ** (plaintext, garbage, a stall) is closed with one log line, at most one
 ** a second, and no hook runs for it.
 */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,12 +23,14 @@
 #include "tls.h"
 
 #define CTX_MT "luasrv.tlsctx"
+#define SRV_MT "luasrv.tlsserver"
 
 /* What a handshake is for (the continuation's context, above the index). */
 enum { HS_ACCEPT, HS_CONNECT, HS_STARTTLS, HS_FLUSH };
 #define HS_CTX(mode, idx) ((lua_KContext)((mode) << 8 | (idx)))
 
 static char ctxcache_key;     /* registry: client contexts by their options */
+static char hosts_key;        /* registry: host names of outbound connections */
 
 
 /* The deadline of the operation in progress (as lconn.c's), 0 for none. */
@@ -95,10 +98,15 @@ static int handshake (lua_State *L, struct lconn *c, int rc, lua_KContext ctx) {
   int mode = (int)(ctx >> 8), idx = (int)(ctx & 0xff);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   if (mode == HS_FLUSH) {  /* req:starttls: what was written goes first */
+    void **srv = lua_touserdata(L, idx + 2);  /* opts.cert's, or NULL */
+    size_t alen = 0;
+    const char *alpn = lua_tolstring(L, idx + 3, &alen);  /* or NULL */
     while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
       rc = sched_wait(L, c, conn_want_event(rc), deadline(c), ctx, handshake_k);
     if (rc < 0) return fail(L, c, HS_STARTTLS, rc);
-    if ((rc = tls_server_start(&c->io)) < 0) {
+    if ((rc = tls_server_start_with(&c->io, srv ? *srv : NULL,
+                                    (const unsigned char *)alpn, alen)) < 0) {
+      drop(c);
       lua_pushnil(L);
       lua_pushstring(L, rc == -ENOENT ? "no certificate (--tls-cert)"
                                       : conn_strerror(rc));
@@ -211,6 +219,74 @@ static void *client_ctx (lua_State *L, int opts, int verify) {
 }
 
 
+static int srv_gc (lua_State *L) {
+  void **p = luaL_checkudata(L, 1, SRV_MT);
+  if (*p != NULL) tls_server_free(*p);
+  *p = NULL;
+  return 0;
+}
+
+
+/*
+** Pushes the server context of req:starttls{cert = cert, key = key},
+** made once per state for each pair (the worker reads the files), or
+** nil and the reason: returns 1 or 2.
+*/
+static int push_server (lua_State *L, struct lctx *x, const char *cert,
+                        const char *key) {
+  char err[400];
+  void **p;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
+  }
+  lua_pushfstring(L, "server\n%s\n%s", cert, key);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TUSERDATA) {
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return 1;
+  }
+  lua_pop(L, 1);
+  p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  if (luaL_newmetatable(L, SRV_MT)) {
+    lua_pushcfunction(L, srv_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if ((*p = tls_server_new(x->w->cfg, cert, key, err, sizeof err)) == NULL) {
+    lua_pop(L, 3);
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushvalue(L, -1);
+  lua_insert(L, -4);  /* ctx, cache, key, ctx */
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
+
+/* Raises for a key of opts (index 2) that is not one of known. */
+static void check_keys (lua_State *L, const char *const known[]) {
+  lua_pushnil(L);
+  while (lua_next(L, 2) != 0) {
+    int i = 0;
+    lua_pop(L, 1);  /* the value */
+    if (lua_type(L, -1) == LUA_TSTRING)
+      while (known[i] != NULL && strcmp(known[i], lua_tostring(L, -1)) != 0)
+        i++;
+    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL)
+      luaL_error(L, "bad option '%s' to 'starttls'", luaL_tolstring(L, -1, NULL));
+  }
+}
+
+
 /* Pushes opts.alpn ("h2,http/1.1" or {"h2", "http/1.1"}) in wire form. */
 static void push_alpn (lua_State *L, int opts) {
   luaL_Buffer b;
@@ -287,14 +363,124 @@ int ltls_client (lua_State *L, struct lconn *c, int idx, int opts,
 /* }====================================================== */
 
 
+/* {====================================================== host names */
+
+/* Pushes the weak-keyed table of connections' host names. */
+static void push_hosts (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &hosts_key);
+}
+
+
+void ltls_set_host (lua_State *L, int idx, const char *host) {
+  unsigned char ip[16];
+  if (host == NULL || inet_pton(AF_INET, host, ip) == 1 ||
+      inet_pton(AF_INET6, host, ip) == 1)
+    return;  /* the peer's address says it already */
+  idx = lua_absindex(L, idx);
+  push_hosts(L);
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, host);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+
+void ltls_move_host (lua_State *L, int from, int to) {
+  from = lua_absindex(L, from);
+  to = lua_absindex(L, to);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) != LUA_TTABLE) {
+    lua_pop(L, 1);  /* no name was ever kept */
+    return;
+  }
+  lua_pushvalue(L, from);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pushvalue(L, to);
+    lua_insert(L, -2);
+    lua_rawset(L, -3);
+  }
+  else lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
+
+/*
+** The name outbound c (at index 1) verifies by default: the host given
+** to luasrv.connect, or the peer's address when that was one (an IP
+** address is checked against the certificate's IP names). In buf.
+*/
+static const char *default_name (lua_State *L, struct lconn *c, char *buf,
+                                  size_t len) {
+  int port;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) {
+    lua_pushvalue(L, 1);
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      snprintf(buf, len, "%s", lua_tostring(L, -1));
+      lua_pop(L, 2);
+      return buf;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (address_host_port((struct sockaddr *)&c->peer, buf, len, &port) < 0 ||
+      buf[0] == '\0')
+    return NULL;
+  return buf;
+}
+
+/* }====================================================== */
+
+
+/*
+** req:starttls{...}: before anything is flushed, pushes its server
+** context (or nil: the listener's) and its protocols in wire form (or
+** nil: --tls-alpn's) above conn and opts; 0, or 2 with nil, msg pushed.
+*/
+static int server_opts (lua_State *L, struct lconn *c) {
+  const char *cert = NULL, *key;
+  int opts = lua_istable(L, 2) ? 2 : 0;
+  if (opts) {
+    cert = optstring(L, opts, "cert");
+    key = optstring(L, opts, "key");
+    if (key != NULL && cert == NULL)
+      luaL_error(L, "bad option 'key' to 'starttls' (it goes with 'cert')");
+  }
+  if (cert == NULL) lua_pushnil(L);
+  else if (push_server(L, c->x, cert, key ? key : cert) == 2) {
+    drop(c);
+    return 2;
+  }
+  if (opts == 0 || lua_getfield(L, opts, "alpn") == LUA_TNIL) {
+    if (opts == 0) lua_pushnil(L);  /* else getfield's nil: none */
+    return 0;
+  }
+  lua_pop(L, 1);
+  push_alpn(L, opts);
+  if (lua_rawlen(L, -1) > 255)
+    luaL_error(L, "bad option 'alpn' to 'starttls' (too long)");
+  return 0;
+}
+
+
 /* req:starttls([opts]) and conn:starttls([opts]) */
 int ltls_starttls (lua_State *L) {
+  static const char *const client_keys[] = {"verify", "ca", "cert", "key",
+                                            "sni", "alpn", NULL};
+  static const char *const server_keys[] = {"cert", "key", "alpn", NULL};
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
-  char host[ADDRESS_STRLEN];
-  int port;
+  char host[256];
   luaL_argcheck(L, lua_isnoneornil(L, 2) || lua_istable(L, 2), 2,
                 "table expected");
   lua_settop(L, 2);
+  if (lua_istable(L, 2))  /* misuse raises before anything happens */
+    check_keys(L, c->lindex < 0 ? client_keys : server_keys);  /* outbound? */
   if (c->io.flags & LC_CLOSED) {
     luaL_pushfail(L);
     lua_pushliteral(L, "closed");
@@ -307,13 +493,10 @@ int ltls_starttls (lua_State *L) {
     return 2;
   }
   c->deadline = -1;
-  if (c->io.flags & LC_OUTBOUND) {
-    if (address_host_port((struct sockaddr *)&c->peer, host, sizeof host,
-                          &port) < 0)
-      host[0] = '\0';
+  if (c->io.flags & LC_OUTBOUND)
     return ltls_client(L, c, 1, lua_istable(L, 2) ? 2 : 0,
-                       host[0] ? host : NULL);
-  }
+                       default_name(L, c, host, sizeof host));
+  if (server_opts(L, c) != 0) return 2;
   return handshake(L, c, 0, HS_CTX(HS_FLUSH, 1));
 }
 

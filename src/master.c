@@ -275,6 +275,7 @@ static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
   /* A master killed outright must not leave workers serving alone. */
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != master_pid) _exit(1);
+  if (next) tls_server_use_next();  /* the reload's certificates */
   close_master_fds(m);
   close_other_listeners(m, ls, nls);
   if (m->mls.fd >= 0) close(m->mls.fd);
@@ -541,6 +542,7 @@ static void gen_ready (struct master *m, unsigned gen) {
   m->gen = gen;
   m->next_gen = 0;
   take_next_config(m);
+  tls_server_commit();
   log_info("reloaded %s: %d worker%s the new code", m->cfg->script,
            m->cfg->workers, m->cfg->workers == 1 ? " serves" : "s serve");
   admin_reloaded(m, NULL);
@@ -558,6 +560,7 @@ static void reload_failed (struct master *m, const char *why) {
   signal_gen(m, m->next_gen, SIGTERM);
   m->next_gen = 0;
   drop_next_config(m);
+  tls_server_discard();  /* old workers, respawned too, keep the old ones */
   reload_queued(m);
 }
 
@@ -801,7 +804,7 @@ static void reload (struct master *m) {
   m->next_gen = ++m->last_gen;  /* never a failed generation's number */
   {  /* the certificates and keys are read again, by the master */
     char why[600];
-    if (tls_server_load(m->next_cfg, why, sizeof why) < 0) {
+    if (tls_server_load_next(m->next_cfg, why, sizeof why) < 0) {
       reload_failed(m, why);
       return;
     }

@@ -60,6 +60,7 @@ struct tls_server {
 };
 
 static struct tls_server *server;
+static struct tls_server *next_server;  /* a reload's, until it serves */
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 static _Thread_local char errbuf[256];
@@ -382,13 +383,42 @@ static int on_servername (SSL *ssl, int *al, void *arg) {
 }
 
 
-/* ALPN: the first of our protocols that the client offers. */
+/*
+** req:starttls{alpn = ...}: the protocols of one connection, in place of
+** --tls-alpn's (an SSL's ex_data, a length byte then the wire form).
+*/
+static int alpn_index = -1;
+static pthread_once_t alpn_once = PTHREAD_ONCE_INIT;
+
+static void free_alpn (void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+                       long argl, void *argp) {
+  (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+  free(ptr);
+}
+
+
+static void make_alpn_index (void) {
+  alpn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, free_alpn);
+}
+
+
+/* ALPN: the first of our protocols (the connection's own, if it has
+** them) that the client offers. */
 static int on_alpn (SSL *ssl, const unsigned char **out, unsigned char *outlen,
                     const unsigned char *in, unsigned inlen, void *arg) {
   struct tls_server *s = arg;
+  const unsigned char *ours = s->alpn;
+  unsigned ourlen = (unsigned)s->alpnlen;
   unsigned char *o;
-  (void)ssl;
-  if (SSL_select_next_proto(&o, outlen, s->alpn, (unsigned)s->alpnlen, in,
+  if (alpn_index >= 0) {
+    unsigned char *own = SSL_get_ex_data(ssl, alpn_index);
+    if (own != NULL) {
+      ourlen = own[0];
+      ours = own + 1;
+    }
+  }
+  if (ourlen == 0 ||
+      SSL_select_next_proto(&o, outlen, ours, ourlen, in,
                             inlen) != OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_NOACK;
   *out = o;
@@ -450,16 +480,19 @@ static void common_options (SSL_CTX *ctx, int minver) {
 }
 
 
-/* Context i of s for the pair i of cfg; 0 or -1 with err naming the file. */
-static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
-                       char *err, size_t errlen) {
-  const char *cert = cfg->tls_cert[i], *key = cfg->tls_key[i];
+/*
+** A context of s for cert and key, with cfg's settings; 0 or -1 with err
+** naming the file as its option (name[0] for cert, name[1] for key).
+*/
+static int server_ctx (struct tls_server *s, const struct config *cfg,
+                       const char *cert, const char *key,
+                       const char *const name[2], char *err, size_t errlen) {
   SSL_CTX *ctx;
-  if (readable("--tls-cert", cert, err, errlen) < 0 ||
-      readable("--tls-key", key, err, errlen) < 0)
+  if (readable(name[0], cert, err, errlen) < 0 ||
+      readable(name[1], key, err, errlen) < 0)
     return -1;
   if ((ctx = SSL_CTX_new(TLS_server_method())) == NULL)
-    return ctx_fail("--tls-cert", cert, err, errlen);
+    return ctx_fail(name[0], cert, err, errlen);
   s->ctx[s->n++] = ctx;
   common_options(ctx, cfg->tls_min_version);
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -473,9 +506,16 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
     snprintf(err, errlen, "--tls-ciphers %s: %s", cfg->tls_ciphers, errbuf);
     return -1;
   }
+  if (cfg->tls_ciphersuites != NULL &&
+      SSL_CTX_set_ciphersuites(ctx, cfg->tls_ciphersuites) != 1) {
+    take_error(NULL);
+    snprintf(err, errlen, "--tls-ciphersuites %s: %s", cfg->tls_ciphersuites,
+             errbuf);
+    return -1;
+  }
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
     ERR_clear_error();
-    snprintf(err, errlen, "--tls-cert %s: no PEM certificate in it", cert);
+    snprintf(err, errlen, "%s %s: no PEM certificate in it", name[0], cert);
     return -1;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
@@ -483,14 +523,14 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
     if (ERR_GET_REASON(e) != X509_R_KEY_VALUES_MISMATCH &&
         ERR_GET_REASON(e) != X509_R_KEY_TYPE_MISMATCH) {
       ERR_clear_error();
-      snprintf(err, errlen, "--tls-key %s: no PEM private key in it", key);
+      snprintf(err, errlen, "%s %s: no PEM private key in it", name[1], key);
       return -1;
     }
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     ERR_clear_error();
-    snprintf(err, errlen, "--tls-key %s does not match --tls-cert %s", key,
-             cert);
+    snprintf(err, errlen, "%s %s does not match %s %s", name[1], key,
+             name[0], cert);
     return -1;
   }
   if (cfg->tls_client_ca != NULL) {
@@ -507,7 +547,7 @@ static int server_ctx (struct tls_server *s, const struct config *cfg, int i,
   SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
   SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
   SSL_CTX_set_tlsext_servername_arg(ctx, s);
-  if (s->alpnlen > 0) SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);
+  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, s);  /* NOACK without protocols */
   return 0;
 }
 
@@ -611,8 +651,13 @@ static void server_free (struct tls_server *s) {
 }
 
 
-int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
+static const char *const option_names[2] = {"--tls-cert", "--tls-key"};
+
+/* The set of cfg's certificates in *out (NULL: cfg has none); 0 or -1. */
+static int server_build (const struct config *cfg, struct tls_server **out,
+                         char *err, size_t errlen) {
   struct tls_server *s;
+  *out = NULL;
   if (cfg->ntls_cert == 0) return 0;
   pthread_once(&bio_once, make_bio_meth);
   if (shared == NULL && map_shared(cfg, err, errlen) < 0) return -1;
@@ -627,13 +672,50 @@ int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
     return -1;
   }
   for (int i = 0; i < cfg->ntls_cert; i++)
-    if (server_ctx(s, cfg, i, err, errlen) < 0) {
+    if (server_ctx(s, cfg, cfg->tls_cert[i], cfg->tls_key[i], option_names,
+                   err, errlen) < 0) {
       server_free(s);
       return -1;
     }
-  server_free(server);  /* a worker of the old generation has its own copy */
+  *out = s;
+  return 0;
+}
+
+
+int tls_server_load (const struct config *cfg, char *err, size_t errlen) {
+  struct tls_server *s;
+  if (server_build(cfg, &s, err, errlen) < 0) return -1;
+  if (s == NULL) return 0;
+  server_free(server);
   server = s;
   return 0;
+}
+
+
+int tls_server_load_next (const struct config *cfg, char *err,
+                          size_t errlen) {
+  tls_server_discard();
+  return server_build(cfg, &next_server, err, errlen);
+}
+
+
+void tls_server_use_next (void) {
+  if (next_server != NULL) server = next_server;  /* the old's is untouched */
+  next_server = NULL;
+}
+
+
+void tls_server_commit (void) {
+  if (next_server == NULL) return;
+  server_free(server);  /* a worker of the old generation has its own copy */
+  server = next_server;
+  next_server = NULL;
+}
+
+
+void tls_server_discard (void) {
+  server_free(next_server);
+  next_server = NULL;
 }
 
 
@@ -647,6 +729,55 @@ int tls_server_start (struct conn *c) {
   if (server == NULL) return -ENOENT;
   if ((rc = start(c, server->ctx[0])) < 0) return rc;
   SSL_set_accept_state(((struct tlsconn *)c->tls)->ssl);
+  return 0;
+}
+
+
+void *tls_server_new (const struct config *cfg, const char *cert,
+                      const char *key, char *err, size_t errlen) {
+  static const char *const names[2] = {"cert", "key"};
+  struct tls_server *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  pthread_once(&bio_once, make_bio_meth);
+  if ((cfg->tls_alpn != NULL &&
+       alpn_wire(cfg->tls_alpn, s->alpn, sizeof s->alpn, &s->alpnlen) < 0) ||
+      server_ctx(s, cfg, cert, key, names, err, errlen) < 0) {
+    server_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+
+void tls_server_free (void *s) {
+  server_free(s);
+}
+
+
+int tls_server_start_with (struct conn *c, void *s, const unsigned char *alpn,
+                           size_t alpnlen) {
+  struct tls_server *srv = s != NULL ? s : server;
+  SSL *ssl;
+  int rc;
+  if (srv == NULL) return -ENOENT;
+  if (alpn != NULL && alpnlen > 255) return -EINVAL;
+  if ((rc = start(c, srv->ctx[0])) < 0) return rc;
+  ssl = ((struct tlsconn *)c->tls)->ssl;
+  SSL_set_accept_state(ssl);
+  if (alpn != NULL) {
+    unsigned char *own;
+    pthread_once(&alpn_once, make_alpn_index);
+    if (alpn_index < 0 || (own = malloc(alpnlen + 1)) == NULL) return -ENOMEM;
+    own[0] = (unsigned char)alpnlen;
+    memcpy(own + 1, alpn, alpnlen);
+    if (SSL_set_ex_data(ssl, alpn_index, own) != 1) {
+      free(own);
+      return -ENOMEM;
+    }
+  }
   return 0;
 }
 

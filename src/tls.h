@@ -25,6 +25,19 @@ extern const struct conn_ops conn_tls;
 int tls_server_load (const struct config *cfg, char *err, size_t errlen);
 
 /*
+** A reload, in the master: builds the next generation's set as
+** tls_server_load does, but the current one goes on serving every
+** worker forked until the new generation serves: a child of the new
+** generation calls tls_server_use_next, the master tls_server_commit
+** once that generation serves, or tls_server_discard when it failed
+** (the old generation keeps its certificates, respawned workers too).
+*/
+int tls_server_load_next (const struct config *cfg, char *err, size_t errlen);
+void tls_server_use_next (void);
+void tls_server_commit (void);
+void tls_server_discard (void);
+
+/*
 ** The master: makes a new session ticket key when --tls-ticket-rotate says
 ** (tickets of the one before still resume); returns the monotonic time of
 ** the next rotation, 0 for none.
@@ -40,6 +53,23 @@ int tls_server_ready (void);
 ** -ENOMEM; the handshake is tls_handshake's.
 */
 int tls_server_start (struct conn *c);
+
+/*
+** req:starttls{cert = ..., key = ...}: a server context of its own for
+** cert and key, with the --tls-* settings (read now, by the caller's
+** process). NULL with the reason in err.
+*/
+void *tls_server_new (const struct config *cfg, const char *cert,
+                      const char *key, char *err, size_t errlen);
+void tls_server_free (void *s);
+
+/*
+** tls_server_start with the certificates of s (NULL: the listener's) and
+** protocols alpn in wire form (NULL: --tls-alpn's; at most 255 bytes).
+** A failure leaves c with TLS started or not; the caller closes it.
+*/
+int tls_server_start_with (struct conn *c, void *s, const unsigned char *alpn,
+                           size_t alpnlen);
 
 /*
 ** A client context: trust ca (NULL: the system's store) when verify,

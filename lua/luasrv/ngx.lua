@@ -324,8 +324,43 @@ function tcp:connect (host, port, opts)
 end
 
 
-function tcp:sslhandshake ()
-  return nil, "sslhandshake is not supported by luasrv yet (no TLS)"
+--[[ tcpsock:sslhandshake(reused_session, server_name, ssl_verify,
+send_status_req) on conn:starttls. As in OpenResty, the certificate is
+verified only when ssl_verify is true: against the PEM file
+$LUASRV_NGX_SSL_TRUSTED_CERTIFICATE names (lua_ssl_trusted_certificate's
+part), else the system's CA store, and against server_name (default: the
+host given to connect). server_name is also the SNI sent. luasrv resumes
+sessions by itself, so reused_session changes nothing and the session
+returned is a token; send_status_req (OCSP) is ignored. A socket that is
+TLS already (one taken from the pool) succeeds at once.
+]]
+local TRUSTED = os.getenv("LUASRV_NGX_SSL_TRUSTED_CERTIFICATE")
+if TRUSTED == "" then TRUSTED = nil end
+local SESSION_MT = { __name = "ngx.ssl.session",
+                     __tostring = function () return "ngx.ssl.session" end }
+local TLS_OPTS = {}
+
+function tcp:sslhandshake (reused, name, verify)
+  if name ~= nil and type(name) ~= "string" then
+    error("bad argument #2 to 'sslhandshake' (string expected, got " ..
+          type(name) .. ")", 2)
+  end
+  local c = self.c
+  if not c then return nil, "closed" end
+  if self.req then return nil, "not supported on the request's socket" end
+  if not c.tls then
+    -- conn:starttls reads its options before it waits: one table will do
+    TLS_OPTS.verify, TLS_OPTS.sni = verify and true or false, name
+    TLS_OPTS.ca = verify and TRUSTED or nil
+    apply(self, self.ct)
+    local ok, err = c:starttls(TLS_OPTS)
+    if not ok then
+      reset(self)  -- closed by the failure
+      return nil, errtext(err)
+    end
+  end
+  if reused == false then return true end
+  return setmetatable({}, SESSION_MT)
 end
 
 
@@ -1164,7 +1199,7 @@ ngx.worker = strict({
     return nworkers
   end,
   pid = C.getpid,
-  exiting = function () return false end,
+  exiting = C.exiting,
 }, "ngx.worker.")
 
 ngx.config = strict({
