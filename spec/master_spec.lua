@@ -161,6 +161,46 @@ H.for_models(function (model)
     end)
   end)
 
+  describe("a worker that dies", function ()
+    it("is replaced by one running its generation's script, not the "
+       .. "file's: edited without a reload, broken after a failed one",
+       function ()
+      local dir = T.tmpdir()
+      H.defer(function () T.rmrf(dir) end)
+      local script = dir .. "/handler.lua"
+      writefile(script, versioned("v1"))
+      local srv = H.start{ model = model, script = script }
+      assert.equals("v1 x", ask(srv, "x"))
+      local function kill_worker ()
+        local w = children(srv.pid)
+        assert.equals(1, #w)
+        os.execute("kill -9 " .. w[1])
+        assert.truthy(eventually(function ()
+          local now = children(srv.pid)
+          return #now == 1 and now[1] ~= w[1] and ask(srv, "x")
+        end, 5 * H.scale), srv:stderr())
+      end
+      -- edited, no SIGHUP: a crash does not deploy it
+      writefile(script, versioned("v2"))
+      kill_worker()
+      assert.equals("v1 x", ask(srv, "x"))
+      -- SIGHUP deploys it
+      assert.is_true(srv:signal("HUP"))
+      assert.truthy(reloaded(srv, script, 1), srv:stderr())
+      assert.equals("v2 x", serves(srv, "v2", 3))
+      -- broken on disk, the reload fails; a crash after it comes back on v2
+      writefile(script, "return {")
+      assert.is_true(srv:signal("HUP"))
+      assert.truthy(srv:wait_stderr("reload failed", 5 * H.scale, true),
+                    srv:stderr())
+      assert.truthy(eventually(function ()
+        return #children(srv.pid) == 1 end, 5 * H.scale))
+      kill_worker()
+      assert.equals("v2 x", ask(srv, "x"))
+      assert.is_true(srv:alive())
+    end)
+  end)
+
   describe("a master killed outright", function ()
     it("its workers free the port at once and still answer their clients",
        function ()

@@ -99,7 +99,7 @@ static void remember (const char *key, size_t keylen, const char *file,
 
 
 /* Reads a whole file; NULL with errno set. */
-static char *slurp (const char *path, size_t *len) {
+char *lload_read (const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   char *data = NULL;
   size_t cap = 0, n = 0;
@@ -157,6 +157,17 @@ static int load_bytes (lua_State *L, const char *data, size_t len,
 }
 
 
+void lload_seed (const char *path, const char *data, size_t len) {
+  size_t keylen = strlen(path) + 2;
+  char *key = malloc(keylen);
+  if (key == NULL) return;  /* the worker reads the file */
+  key[0] = 'S';
+  memcpy(key + 1, path, keylen - 1);
+  remember(key, keylen, path, data, len, NULL);
+  free(key);
+}
+
+
 int lload_script (lua_State *L, const char *path) {
   struct entry e;
   size_t keylen = strlen(path) + 2;
@@ -170,7 +181,7 @@ int lload_script (lua_State *L, const char *path) {
     free(key);
     return load_bytes(L, e.data, e.len, e.file);
   }
-  if ((data = slurp(path, &len)) == NULL) {
+  if ((data = lload_read(path, &len)) == NULL) {
     free(key);
     lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
     return LUA_ERRFILE;
@@ -226,7 +237,7 @@ static int search_lua (lua_State *L) {
     lua_pushvalue(L, 4);
     return 1;
   }
-  if ((data = slurp(lua_tostring(L, 3), &len)) == NULL)
+  if ((data = lload_read(lua_tostring(L, 3), &len)) == NULL)
     return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
                       name, lua_tostring(L, 3), strerror(errno));
   if (load_bytes(L, data, len, lua_tostring(L, 3)) != LUA_OK) {

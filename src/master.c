@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "evloop.h"
+#include "lload.h"
 #include "log.h"
 #include "master.h"
 #include "metrics.h"
@@ -76,6 +77,8 @@ struct master {
   struct config *cfg;         /* the serving generation's */
   struct config *initial;     /* the start's (main's): never freed */
   struct config *next_cfg;    /* a reload's, while it starts; else NULL */
+  char *script, *next_script; /* their scripts' bytes, read by the master */
+  size_t script_len, next_script_len;
   struct listener *ls;        /* the serving generation's listeners */
   int nls;
   int *nls_out;               /* main's count of ls */
@@ -276,6 +279,9 @@ static void run_worker (struct master *m, int id, unsigned gen, int ready_wfd,
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != master_pid) _exit(1);
   if (next) tls_server_use_next();  /* the reload's certificates */
+  if ((next ? m->next_script : m->script) != NULL)  /* its generation's */
+    lload_seed(cfg->script, next ? m->next_script : m->script,
+               next ? m->next_script_len : m->script_len);
   close_master_fds(m);
   close_other_listeners(m, ls, nls);
   if (m->mls.fd >= 0) close(m->mls.fd);
@@ -485,6 +491,10 @@ static void reopen_logs (struct master *m) {
 static void take_next_config (struct master *m) {
   struct config *old = m->cfg;
   if (m->next_cfg == NULL) return;
+  free(m->script);
+  m->script = m->next_script;
+  m->script_len = m->next_script_len;
+  m->next_script = NULL;
   if (m->next_cfg != old) {
     close_unshared(m->ls, m->nls, m->next_ls, m->next_nls);
     for (int i = 0; i < m->next_nls; i++)
@@ -503,6 +513,8 @@ static void take_next_config (struct master *m) {
 
 
 static void drop_next_config (struct master *m) {
+  free(m->next_script);
+  m->next_script = NULL;
   if (m->next_cfg == NULL) return;
   if (m->next_cfg != m->cfg) {
     close_unshared(m->next_ls, m->next_nls, m->ls, m->nls);
@@ -802,6 +814,16 @@ static void reload (struct master *m) {
   }
   if (next_config(m) < 0) return;
   m->next_gen = ++m->last_gen;  /* never a failed generation's number */
+  /* the script as it is now is the new generation's, whatever the file
+  ** holds when one of its workers starts again */
+  m->next_script = lload_read(m->next_cfg->script, &m->next_script_len);
+  if (m->next_script == NULL) {
+    char why[600];
+    snprintf(why, sizeof why, "cannot open %s: %s", m->next_cfg->script,
+             strerror(errno));
+    reload_failed(m, why);
+    return;
+  }
   {  /* the certificates and keys are read again, by the master */
     char why[600];
     if (tls_server_load_next(m->next_cfg, why, sizeof why) < 0) {
@@ -1774,6 +1796,9 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
     sigprocmask(SIG_SETMASK, &m.oldmask, NULL);
     return 1;
   }
+  /* the workers load the script from the master's copy (one it could not
+  ** read, they read themselves: their error says why) */
+  m.script = lload_read(cfg->script, &m.script_len);
   if (spawn(&m, 1, m.gen) == NULL) begin_stop(&m, 1);
   serve(&m);
   await_barrier(&m);
@@ -1786,6 +1811,7 @@ int master_run (struct config *cfg, struct listener *ls, int *nls) {
   if (m.admin_wait >= 0) close(m.admin_wait);
   metrics_free(m.metrics, cfg->workers);
   drop_next_config(&m);
+  free(m.script);
   if (m.cfg != m.initial) {
     cli_free(m.cfg);
     free(m.cfg);
