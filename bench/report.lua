@@ -50,7 +50,8 @@ local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-static"] = "nginx's static module (sendfile on)" }
 -- Workloads whose table adds the server's CPU time per request (µs: the
 -- server CPU's busy fraction over the rate).
-local CPU_PER_REQUEST = { h = true, k = true, l = true }
+local CPU_PER_REQUEST = { h = true, k = true, l = true, t = true, t1 = true,
+  ta = true, tf = true }
 -- The thread and fork models against the C reference built the same way.
 local SAME_MODEL = { thread = "ref-thread", fork = "ref-fork" }
 local function reference (w) return REFERENCE[w] or "ref" end
