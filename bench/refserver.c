@@ -12,9 +12,11 @@
 **
 ** --tls CERT KEY (epoll model, TCP): the same loop over TLS 1.3 (OpenSSL
 ** on the socket itself, SSL_set_fd, read-ahead on, partial writes): a
-** readable connection is read record by record until OpenSSL says it
-** wants more (it may hold decrypted bytes the kernel no longer shows), and
-** what was read is written back in records as large as it came; a write
+** readable connection is read record by record until the socket is
+** empty: a read of the socket shorter than asked (a BIO callback notes it)
+** with nothing left in OpenSSL (which may hold bytes read ahead that epoll
+** no longer shows), or OpenSSL wanting more; what was read is written back
+** in records as large as it came; a write
 ** the kernel refuses keeps its bytes for OpenSSL's retry.  --ktls also
 ** asks OpenSSL for kernel TLS (SSL_OP_ENABLE_KTLS) and prints, after the
 ** first handshake, whether the kernel took the send and receive sides.
@@ -285,6 +287,18 @@ static void report_ktls(struct conn *c) {
           SSL_get_cipher_name(c->ssl));
 }
 
+/* The socket BIO's callback: a read shorter than asked emptied the socket
+   (it is read ahead, so OpenSSL asks for a whole buffer). */
+static int drained;
+
+static long on_bio(BIO *b, int op, const char *argp, size_t len, int argi,
+                   long argl, int ret, size_t *processed) {
+  (void)b, (void)argp, (void)argi, (void)argl;
+  if (op == (BIO_CB_READ | BIO_CB_RETURN))
+    drained = ret > 0 && processed && *processed < len;
+  return ret;
+}
+
 /* Writes n bytes back in records; the rest waits for EPOLLOUT (OpenSSL's
    retry must see the same bytes).  0 if the connection must be closed. */
 static int tls_echo_back(struct conn *c, const char *p, size_t n) {
@@ -307,9 +321,14 @@ static int tls_echo_back(struct conn *c, const char *p, size_t n) {
 static void tls_on_readable(struct conn *c) {
   size_t got = 0;
   for (;;) {
+    drained = 0;
     int n = SSL_read(c->ssl, rbuf + got, (int)(sizeof rbuf - got));
     if (n > 0) {
       got += (size_t)n;
+      if (drained && !SSL_has_pending(c->ssl)) {  /* no EAGAIN read */
+        if (!tls_echo_back(c, rbuf, got)) break;
+        return;
+      }
       if (got < sizeof rbuf) continue;
       if (!tls_echo_back(c, rbuf, got)) break;
       got = 0;
@@ -410,7 +429,10 @@ static void on_accept(int lfd) {
       conn_close(c);
       continue;
     }
-    if (c->ssl) SSL_set_accept_state(c->ssl);
+    if (c->ssl) {
+      SSL_set_accept_state(c->ssl);
+      BIO_set_callback_ex(SSL_get_rbio(c->ssl), on_bio);
+    }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) conn_close(c);
   }
