@@ -15,7 +15,12 @@
 ** took them, then keep them idle); WebSocket (--ws PATH with --tcp: an
 ** HTTP/1.1 upgrade to PATH, then each message is a masked text frame of
 ** SIZE pattern bytes and its echo an unmasked text frame of the same bytes;
-** PIPELINE frames in flight, every echoed byte checked).
+** PIPELINE frames in flight, every echoed byte checked).  TLS (--tls
+** HOST:PORT): the same stream modes over TLS 1.3 (OpenSSL, no
+** certificate check: loopback only); each connection's handshake is part
+** of its connect, so with --warmup the measured time has none; in hold
+** mode --http-ping makes the one exchange a GET /hello whose answer ends
+** in "hello\n" (for HTTP servers).
 **
 ** Output: one JSON line on stdout, see usage().  Latency is kept in a
 ** log-linear histogram (under 1% error), from a message's first byte written
@@ -40,6 +45,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define PATLEN (256 * 1024)   /* random pattern messages are cut from */
 #define RXBUF (256 * 1024)
 #define MAX_EVENTS 512
@@ -50,6 +58,7 @@
 #define TICK_MS 5             /* housekeeping period */
 #define UDP_HDR 16            /* hex sequence number heading a datagram */
 #define UDP_MAXSIZE 65507
+#define TLSBUF (256 * 1024)   /* TLS: a send's bytes, in one buffer */
 #define FLAT_MAX 16384        /* stream sends up to this size are copied */
 #define MAX_SIZE (16 * 1024 * 1024)
 #define SUB_BITS 7            /* histogram: 128 sub-buckets per power of 2 */
@@ -57,13 +66,14 @@
 #define HIST_BUCKETS (64 * SUB)
 
 enum mode { M_TCP, M_UNIX, M_UDP };
-enum state { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_OPEN, S_HELD, S_DONE };
+enum state { S_IDLE, S_CONNECTING, S_TLS, S_HANDSHAKE, S_OPEN, S_HELD,
+             S_DONE };
 
 struct opts {
   enum mode mode;
   const char *target;
   const char *ws;         /* WebSocket: the path to upgrade, or NULL */
-  int conns, pipeline, cpr, ping, sources;
+  int conns, pipeline, cpr, ping, sources, tls, http_ping;
   size_t size;
   long hold;
   double duration, warmup, udp_timeout;
@@ -90,6 +100,7 @@ struct conn {
   size_t wlen, woff;      /*   their length, how much is written */
   char *carry;            /* WebSocket: the unparsed tail of the input */
   size_t clen;
+  SSL *ssl;               /* --tls: the connection's session */
 };
 
 static struct opts O = {.conns = 50, .pipeline = 1, .size = 64, .ping = 1,
@@ -107,6 +118,8 @@ static uint64_t next_id = 1;
 static volatile sig_atomic_t stopping;
 static long hold_next, hold_busy, hold_open;
 static unsigned next_source;
+static SSL_CTX *tls_ctx;
+static char tlsbuf[TLSBUF];
 
 /* ---- small helpers ---- */
 
@@ -204,8 +217,10 @@ static double percentile_us(double q) {
 
 static void usage(FILE *f) {
   fputs(
-      "usage: loadgen (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) "
-      "[options]\n"
+      "usage: loadgen (--tcp HOST:PORT | --tls HOST:PORT | --unix PATH |\n"
+      "                --udp HOST:PORT) [options]\n"
+      "      --tls HOST:PORT      TCP with TLS 1.3 (no certificate check);\n"
+      "                           the handshake is part of the connect\n"
       "  -c, --conns N            connections (UDP: sockets) (50)\n"
       "  -s, --size BYTES         message size: BYTES-1 random printable\n"
       "                           bytes and '\\n' (64; UDP: 18..65507)\n"
@@ -220,6 +235,8 @@ static void usage(FILE *f) {
       "                           prints 'loadgen: holding N connections'\n"
       "                           to stderr once they are set up\n"
       "      --no-ping            hold: no echo, just connect\n"
+      "      --http-ping          hold: GET /hello instead of an echo; its\n"
+      "                           answer must end in \"hello\\n\"\n"
       "      --udp-timeout MS     UDP reply deadline; later is a loss (200)\n"
       "      --ws PATH            with --tcp: WebSocket echo (RFC 6455):\n"
       "                           upgrade to PATH, then send masked text\n"
@@ -262,7 +279,8 @@ static void set_target(enum mode m, const char *t, int *seen) {
 
 static void check_opts(int seen) {
   if (seen != 1) {
-    fputs("loadgen: give exactly one of --tcp, --unix, --udp\n", stderr);
+    fputs("loadgen: give exactly one of --tcp, --tls, --unix, --udp\n",
+          stderr);
     exit(2);
   }
   if (O.mode == M_UDP && (O.size < UDP_HDR + 2 || O.size > UDP_MAXSIZE)) {
@@ -271,6 +289,11 @@ static void check_opts(int seen) {
   }
   if (O.mode == M_UDP && (O.cpr || O.hold)) {
     fputs("loadgen: --connect-per-request and --hold are for streams\n",
+          stderr);
+    exit(2);
+  }
+  if ((O.tls && O.ws) || (O.http_ping && !O.hold)) {
+    fputs("loadgen: --tls is without --ws; --http-ping needs --hold\n",
           stderr);
     exit(2);
   }
@@ -292,13 +315,16 @@ static void parse_args(int argc, char **argv) {
       {"connect-per-request", 0, 0, 'R'},
       {"hold", 1, 0, 'H'},        {"no-ping", 0, 0, 'N'},
       {"udp-timeout", 1, 0, 't'}, {"sources", 1, 0, 'S'},
-      {"ws", 1, 0, 'W'},
+      {"ws", 1, 0, 'W'},          {"tls", 1, 0, 'L'},
+      {"http-ping", 0, 0, 'P'},
       {"help", 0, 0, 'h'},
       {0, 0, 0, 0}};
   int ch, seen = 0;
   while ((ch = getopt_long(argc, argv, "c:s:p:d:h", lo, NULL)) != -1) {
     switch (ch) {
     case 'T': set_target(M_TCP, optarg, &seen); break;
+    case 'L': set_target(M_TCP, optarg, &seen); O.tls = 1; break;
+    case 'P': O.http_ping = 1; break;
     case 'U': set_target(M_UNIX, optarg, &seen); break;
     case 'G': set_target(M_UDP, optarg, &seen); break;
     case 'c': O.conns = (int)parse_num(optarg, "-c", 1, 1000000); break;
@@ -382,6 +408,9 @@ static void set_events(struct conn *c, uint32_t ev) {
 
 /* Closes c; it connects again at retry_at unless it is done. */
 static void conn_reset(struct conn *c, int64_t delay) {
+  if (c->ssl) SSL_free(c->ssl);
+  c->ssl = NULL;
+  ERR_clear_error();
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   c->state = O.hold ? S_DONE : S_IDLE;
@@ -397,15 +426,40 @@ static void conn_fail(struct conn *c, uint64_t *counter) {
 }
 
 static void stream_send(struct conn *c);
+static void on_ready(struct conn *c);
 static void udp_send(struct conn *c, int slot);
 static void ws_handshake(struct conn *c);
 
+static void http_ping(struct conn *c);
+static void last_message_done(struct conn *c);
+static void tls_handshake(struct conn *c);
+
 static void on_connected(struct conn *c) {
-  S.connects++;
   c->state = S_OPEN;
   if (O.mode == M_TCP) {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  if (O.tls) {
+    if (!(c->ssl = SSL_new(tls_ctx)) || !SSL_set_fd(c->ssl, c->fd)) {
+      conn_fail(c, &S.connfail);
+      return;
+    }
+    SSL_set_connect_state(c->ssl);
+    c->state = S_TLS;
+    tls_handshake(c);
+    return;
+  }
+  on_ready(c);
+}
+
+/* Connected (and through the TLS handshake): the first message. */
+static void on_ready(struct conn *c) {
+  S.connects++;
+  c->state = S_OPEN;
+  if (O.hold && O.http_ping) {
+    http_ping(c);
+    return;
   }
   if (O.hold && !O.ping) {
     c->state = S_HELD;
@@ -488,6 +542,117 @@ static void on_connect_done(struct conn *c) {
   else on_connected(c);
 }
 
+/* ---- TLS ---- */
+
+static void tls_init(void) {
+  tls_ctx = SSL_CTX_new(TLS_client_method());
+  if (!tls_ctx || SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION) != 1) {
+    fputs("loadgen: cannot make a TLS context\n", stderr);
+    exit(1);
+  }
+  SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+  SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_read_ahead(tls_ctx, 1);
+}
+
+/* Is OpenSSL's result r a wait for the socket (the rest are failures)? */
+static int tls_wants(struct conn *c, int r, uint32_t *ev) {
+  int e = SSL_get_error(c->ssl, r);
+  ERR_clear_error();
+  if (e == SSL_ERROR_WANT_READ) *ev = EPOLLIN;
+  else if (e == SSL_ERROR_WANT_WRITE) *ev = EPOLLOUT;
+  else return 0;
+  return 1;
+}
+
+static void tls_handshake(struct conn *c) {
+  uint32_t ev;
+  int r = SSL_do_handshake(c->ssl);
+  if (r == 1) on_ready(c);
+  else if (tls_wants(c, r, &ev)) set_events(c, ev);
+  else conn_fail(c, &S.connfail);
+}
+
+/* read(2) for streams, TLS or not: up to n bytes (TLS: records until the
+   buffer is full or the socket empty), 0 at EOF, -1 with errno. */
+static ssize_t stream_read(struct conn *c, char *p, size_t n) {
+  size_t got = 0;
+  uint32_t ev;
+  if (!c->ssl) return read(c->fd, p, n);
+  while (got < n) {
+    int r = SSL_read(c->ssl, p + got, (int)(n - got));
+    if (r > 0) {
+      got += (size_t)r;
+      continue;
+    }
+    if (got) break;
+    if (tls_wants(c, r, &ev)) {
+      errno = EAGAIN;
+      return -1;
+    }
+    errno = ECONNRESET;
+    return SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN ? 0 : -1;
+  }
+  return (ssize_t)got;
+}
+
+/* writev(2) for TLS: the pieces copied into one buffer (one record per
+   16 KiB, not one per piece); a partial write returns what went, -1 with
+   EAGAIN when OpenSSL waits for the socket.  Its retry sends the same
+   bytes again from the same position, as OpenSSL requires. */
+static ssize_t tls_writev(struct conn *c, const struct iovec *iov, int n) {
+  size_t len = 0;
+  uint32_t ev;
+  for (int i = 0; i < n && len < TLSBUF; i++) {
+    size_t k = iov[i].iov_len < TLSBUF - len ? iov[i].iov_len : TLSBUF - len;
+    memcpy(tlsbuf + len, iov[i].iov_base, k);
+    len += k;
+  }
+  int r = SSL_write(c->ssl, tlsbuf, (int)len);
+  if (r > 0) return r;
+  errno = tls_wants(c, r, &ev) ? EAGAIN : ECONNRESET;
+  return -1;
+}
+
+/* ---- HTTP ping (hold mode, --http-ping) ---- */
+
+#define HTTP_PING "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n"
+#define HTTP_END "hello\n"
+
+static void http_ping(struct conn *c) {
+  struct iovec iov = {.iov_base = HTTP_PING, .iov_len = sizeof HTTP_PING - 1};
+  ssize_t w = c->ssl ? tls_writev(c, &iov, 1) : writev(c->fd, &iov, 1);
+  if (w != (ssize_t)iov.iov_len) {  /* a new socket takes 40 bytes */
+    conn_fail(c, &S.closed);
+    return;
+  }
+  c->rxoff = 0;  /* how much of HTTP_END was matched */
+  set_events(c, EPOLLIN);
+}
+
+/* The answer: done at its end "hello\n", after any head. */
+static void http_ping_recv(struct conn *c) {
+  static const char end[] = HTTP_END;
+  for (;;) {
+    ssize_t n = stream_read(c, rxbuf, sizeof rxbuf);
+    if (n < 0 && errno == EAGAIN) return;
+    if (n <= 0) {
+      conn_fail(c, &S.closed);
+      return;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+      if (rxbuf[i] == end[c->rxoff]) c->rxoff++;
+      else c->rxoff = rxbuf[i] == end[0];
+      if (c->rxoff == sizeof end - 1) {
+        S.requests++;
+        last_message_done(c);
+        return;
+      }
+    }
+  }
+}
+
 /* ---- streams ---- */
 
 /* Small pieces are copied into one buffer: the kernel copies one segment
@@ -544,7 +709,7 @@ static void stream_send(struct conn *c) {
   size_t total;
   int n, blocked = 0;
   while ((n = gather(c, iov, &total)) > 0) {
-    ssize_t w = writev(c->fd, iov, n);
+    ssize_t w = c->ssl ? tls_writev(c, iov, n) : writev(c->fd, iov, n);
     if (w < 0 && errno == EAGAIN) {
       blocked = 1;
       break;
@@ -607,8 +772,10 @@ static void last_message_done(struct conn *c) {
 }
 
 static void stream_recv(struct conn *c) {
-  for (int i = 0; i < MAX_READS; i++) {
-    ssize_t n = read(c->fd, rxbuf, sizeof rxbuf);
+  /* TLS: until the socket is empty, for OpenSSL may hold bytes read ahead
+     that epoll does not see (the window bounds what is in flight) */
+  for (int i = 0; c->ssl || i < MAX_READS; i++) {
+    ssize_t n = stream_read(c, rxbuf, sizeof rxbuf);
     if (n < 0 && errno == EAGAIN) break;
     if (n <= 0) {
       conn_fail(c, &S.closed);  /* EOF or reset: the server closed */
@@ -879,8 +1046,10 @@ static void on_event(struct epoll_event *ev) {
     on_connect_done(c);
   } else if (O.mode == M_UDP) {
     udp_recv(c);
+  } else if (c->state == S_TLS) {
+    tls_handshake(c);
   } else if (c->state == S_HELD) {
-    ssize_t n = read(c->fd, rxbuf, sizeof rxbuf);
+    ssize_t n = stream_read(c, rxbuf, sizeof rxbuf);  /* TLS: tickets */
     if (n < 0 && errno == EAGAIN) return;
     conn_fail(c, n > 0 ? &S.mismatch : &S.closed);
   } else if (O.ws) {
@@ -894,6 +1063,8 @@ static void on_event(struct epoll_event *ev) {
     if ((c->state == S_OPEN || c->state == S_HANDSHAKE) &&
         ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR))
       ws_recv(c);
+  } else if (O.http_ping) {
+    if (c->state == S_OPEN) http_ping_recv(c);
   } else {
     if (ev->events & EPOLLOUT) stream_send(c);
     if (c->state == S_OPEN && ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR))
@@ -942,7 +1113,7 @@ static void alloc_conns(void) {
 
 static void print_report(double secs, double cpu) {
   uint64_t errors = S.mismatch + S.closed + S.connfail + S.lost;
-  const char *mode = O.ws ? "ws" : O.mode == M_TCP ? "tcp"
+  const char *mode = O.ws ? "ws" : O.tls ? "tls" : O.mode == M_TCP ? "tcp"
                      : O.mode == M_UNIX ? "unix" : "udp";
   printf("{\"requests\":%llu,\"seconds\":%.3f,\"rps\":%.1f,\"mbps\":%.3f,"
          "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
@@ -968,6 +1139,7 @@ static void setup(int argc, char **argv) {
   resolve_target();
   check_sources();
   make_pattern();
+  if (O.tls) tls_init();
   struct sigaction sa = {0};
   sa.sa_handler = on_signal;
   sigaction(SIGTERM, &sa, NULL);

@@ -10,6 +10,17 @@
 ** connection, reading from it stops, and EPOLLOUT is awaited; once drained,
 ** reading resumes.  An idle connection costs one small struct.  EOF closes.
 **
+** --tls CERT KEY (epoll model, TCP): the same loop over TLS 1.3 (OpenSSL
+** on the socket itself, SSL_set_fd, read-ahead on, partial writes): a
+** readable connection is read record by record until the socket is
+** empty: a read of the socket shorter than asked (a BIO callback notes it)
+** with nothing left in OpenSSL (which may hold bytes read ahead that epoll
+** no longer shows), or OpenSSL wanting more; what was read is written back
+** in records as large as it came; a write
+** the kernel refuses keeps its bytes for OpenSSL's retry.  --ktls also
+** asks OpenSSL for kernel TLS (SSL_OP_ENABLE_KTLS) and prints, after the
+** first handshake, whether the kernel took the send and receive sides.
+**
 ** UDP: a blocking socket, recvmmsg(MSG_WAITFORONE) of up to 64 datagrams,
 ** and one sendmmsg back to their senders.
 **
@@ -25,6 +36,7 @@
 **
 **   refserver [--model epoll|thread|fork] tcp HOST:PORT  ([::1]:PORT for
 **                                               IPv6; PORT 0 = any)
+**   refserver --tls CERT KEY [--ktls] tcp HOST:PORT  (prints tls://...)
 **   refserver [--model ...] unix PATH
 **   refserver [--model ...] udp HOST:PORT
 **
@@ -49,6 +61,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define RBUF_SIZE (256 * 1024)  /* shared read buffer */
 #define MAX_EVENTS 256
 #define MAX_ACCEPTS 128         /* accepts per wake-up, for fairness */
@@ -64,12 +79,15 @@ struct conn {
   int fd;
   char *pend;          /* bytes read but not yet written back */
   size_t plen, poff, pcap;
+  SSL *ssl;            /* --tls: the connection's session */
 };
 
 static volatile sig_atomic_t stopping;
 static char rbuf[RBUF_SIZE];
 static int epfd;
 static int is_tcp;
+static SSL_CTX *tls_ctx;  /* --tls */
+static int want_ktls;     /* --ktls */
 
 static void on_signal(int sig) {
   (void)sig;
@@ -84,6 +102,7 @@ static void die(const char *what) {
 static void usage(FILE *f) {
   fputs("usage: refserver [--model epoll|thread|fork] tcp HOST:PORT |\n"
         "                 unix PATH | udp HOST:PORT\n"
+        "       refserver --tls CERT KEY [--ktls] tcp HOST:PORT\n"
         "  C reference echo server: epoll, non-blocking (default), or a\n"
         "  thread or a process per request with blocking I/O; prints\n"
         "  'refserver: listening on ...' to stderr; exits 0 on SIGTERM.\n",
@@ -194,6 +213,7 @@ static void set_events(struct conn *c, uint32_t events) {
 }
 
 static void conn_close(struct conn *c) {
+  if (c->ssl) SSL_free(c->ssl);  /* no close_notify: the peer is gone */
   close(c->fd);
   free(c->pend);
   free(c);
@@ -254,6 +274,141 @@ static void on_writable(struct conn *c) {
   set_events(c, EPOLLIN);
 }
 
+/* ---- stream echo over TLS (--tls) ---- */
+
+/* --ktls: says once, after the first handshake, what the kernel took. */
+static void report_ktls(struct conn *c) {
+  static int done;
+  if (done || !want_ktls || !SSL_is_init_finished(c->ssl)) return;
+  done = 1;
+  fprintf(stderr, "refserver: kTLS send %s, receive %s (%s)\n",
+          BIO_get_ktls_send(SSL_get_wbio(c->ssl)) ? "on" : "off",
+          BIO_get_ktls_recv(SSL_get_rbio(c->ssl)) ? "on" : "off",
+          SSL_get_cipher_name(c->ssl));
+}
+
+/* The socket BIO's callback: a read shorter than asked emptied the socket
+   (it is read ahead, so OpenSSL asks for a whole buffer). */
+static int drained;
+
+static long on_bio(BIO *b, int op, const char *argp, size_t len, int argi,
+                   long argl, int ret, size_t *processed) {
+  (void)b, (void)argp, (void)argi, (void)argl;
+  if (op == (BIO_CB_READ | BIO_CB_RETURN))
+    drained = ret > 0 && processed && *processed < len;
+  return ret;
+}
+
+/* Writes n bytes back in records; the rest waits for EPOLLOUT (OpenSSL's
+   retry must see the same bytes).  0 if the connection must be closed. */
+static int tls_echo_back(struct conn *c, const char *p, size_t n) {
+  while (n > 0) {
+    int w = SSL_write(c->ssl, p, n > 1 << 30 ? 1 << 30 : (int)n);
+    if (w > 0) {
+      p += w;
+      n -= (size_t)w;
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, w);
+    if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ) return 0;
+    return keep_pending(c, p, n);
+  }
+  return 1;
+}
+
+/* Reads until OpenSSL wants the socket again (it may hold decrypted bytes
+   epoll cannot see), echoing a full buffer at a time. */
+static void tls_on_readable(struct conn *c) {
+  size_t got = 0;
+  for (;;) {
+    drained = 0;
+    int n = SSL_read(c->ssl, rbuf + got, (int)(sizeof rbuf - got));
+    if (n > 0) {
+      got += (size_t)n;
+      if (drained && !SSL_has_pending(c->ssl)) {  /* no EAGAIN read */
+        if (!tls_echo_back(c, rbuf, got)) break;
+        return;
+      }
+      if (got < sizeof rbuf) continue;
+      if (!tls_echo_back(c, rbuf, got)) break;
+      got = 0;
+      if (c->plen) return;
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    report_ktls(c);
+    if (e == SSL_ERROR_WANT_WRITE && !got) {  /* the handshake's output */
+      set_events(c, EPOLLOUT);
+      return;
+    }
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) break;
+    if (got && !tls_echo_back(c, rbuf, got)) break;
+    ERR_clear_error();
+    return;
+  }
+  ERR_clear_error();
+  conn_close(c);
+}
+
+static void tls_on_writable(struct conn *c) {
+  while (c->poff < c->plen) {
+    int w = SSL_write(c->ssl, c->pend + c->poff, (int)(c->plen - c->poff));
+    if (w <= 0) {
+      int e = SSL_get_error(c->ssl, w);
+      if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ) {
+        ERR_clear_error();
+        conn_close(c);
+      }
+      return;
+    }
+    c->poff += (size_t)w;
+  }
+  c->plen = c->poff = 0;
+  set_events(c, EPOLLIN);
+  tls_on_readable(c);  /* what OpenSSL read ahead meanwhile */
+}
+
+/* --ktls: does the kernel have TLS (the "tls" upper layer protocol of a
+   connected TCP socket)?  Exits 2 with the reason when it has not. */
+static void ktls_probe(void) {
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  socklen_t len = sizeof sa;
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), a = -1, rc = -1;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (l >= 0 && c >= 0 && bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      listen(l, 1) == 0 && getsockname(l, (struct sockaddr *)&sa, &len) == 0 &&
+      connect(c, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      (a = accept(l, NULL, NULL)) >= 0)
+    rc = setsockopt(c, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls");
+  int err = errno;
+  close(l);
+  close(c);
+  if (a >= 0) close(a);
+  if (rc == 0) return;
+  fprintf(stderr, "refserver: --ktls: this kernel has no TLS "
+          "(setsockopt TCP_ULP \"tls\": %s)\n", strerror(err));
+  exit(2);
+}
+
+static SSL_CTX *tls_context(const char *cert, const char *key) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
+      SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    fprintf(stderr, "refserver: --tls %s %s: ", cert, key);
+    ERR_print_errors_fp(stderr);
+    exit(2);
+  }
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                   SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (want_ktls) SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
+  return ctx;
+}
+
 static void on_accept(int lfd) {
   for (int i = 0; i < MAX_ACCEPTS; i++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -269,6 +424,15 @@ static void on_accept(int lfd) {
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
+    if (tls_ctx && (!(c->ssl = SSL_new(tls_ctx)) || !SSL_set_fd(c->ssl, fd))) {
+      ERR_clear_error();
+      conn_close(c);
+      continue;
+    }
+    if (c->ssl) {
+      SSL_set_accept_state(c->ssl);
+      BIO_set_callback_ex(SSL_get_rbio(c->ssl), on_bio);
+    }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) conn_close(c);
   }
@@ -279,9 +443,11 @@ static void dispatch(struct epoll_event *ev) {
   if (c->kind == K_LISTENER) {
     on_accept(c->fd);
   } else if (ev->events & EPOLLOUT) {
-    on_writable(c);
+    if (c->ssl) tls_on_writable(c);
+    else on_writable(c);
   } else if (ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-    on_readable(c);
+    if (c->ssl) tls_on_readable(c);
+    else on_readable(c);
   }
 }
 
@@ -513,6 +679,22 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  const char *cert = NULL, *key = NULL;
+  if (argc >= 6 && !strcmp(argv[1], "--tls")) {
+    cert = argv[2];
+    key = argv[3];
+    argv += 3;
+    argc -= 3;
+    if (!strcmp(argv[1], "--ktls")) {
+      want_ktls = 1;
+      argv++;
+      argc--;
+    }
+    if (argc != 3 || strcmp(argv[1], "tcp")) {
+      usage(stderr);
+      return 2;
+    }
+  }
   if (argc == 5 && !strcmp(argv[1], "--model")) {
     if (!strcmp(argv[2], "thread")) m = M_THREAD;
     else if (!strcmp(argv[2], "fork")) m = M_FORK;
@@ -537,7 +719,9 @@ int main(int argc, char **argv) {
     fd = is_tcp ? bind_inet(where, SOCK_STREAM) : bind_unix(where);
     if (m == M_EPOLL) start_listening(fd);
     else if (listen(fd, BACKLOG) < 0) die("listen");  /* blocking accept */
-    if (is_tcp) announce(fd, "tcp");
+    if (want_ktls) ktls_probe();
+    if (cert) tls_ctx = tls_context(cert, key);
+    if (is_tcp) announce(fd, tls_ctx ? "tls" : "tcp");
     else fprintf(stderr, "refserver: listening on unix:%s\n", where);
     if (m == M_EPOLL) serve_stream(fd);
     else serve_stream_per_request(m, fd);

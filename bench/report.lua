@@ -29,6 +29,12 @@ TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
 -- (t, t1) the same over TLS 1.3: keep-alive, and a full handshake per request.
 TARGETS.t, REFERENCE.t = 1.00, "nginx-lua"
 TARGETS.t1, REFERENCE.t1 = 0.95, "nginx-lua"
+-- (ta, tf) TLS echo and bulk (a and f over TLS 1.3) against the C server's
+-- TLS mode; (tg) idle TLS connections against nginx: at most 16 KiB each
+-- and no more than nginx's.
+TARGETS.ta, REFERENCE.ta = 0.85, "ref-tls"
+TARGETS.tf, REFERENCE.tf = 0.85, "ref-tls"
+REFERENCE.tg = "nginx-lua"
 -- (k) WebSocket echo (scripts/http.lua's /ws) against nginx + Lua
 -- running lua-resty-websocket's server; (l) a 1 MiB static file
 -- (http.static) against nginx's static module.
@@ -38,12 +44,14 @@ TARGETS.l, REFERENCE.l = 0.90, "nginx-static"
 -- on luasrv.ngx) against nginx with its Lua module running the same driver.
 TARGETS.m, REFERENCE.m = 1.00, "nginx-lua"
 local REFERENCE_NAMES = { redis = "redis-server",
+  ["ref-tls"] = "the C reference over TLS (refserver --tls)",
   ["nginx-lua"] = "nginx + ngx_http_lua_module",
   ["nginx-ws"] = "nginx + lua-resty-websocket",
   ["nginx-static"] = "nginx's static module (sendfile on)" }
 -- Workloads whose table adds the server's CPU time per request (µs: the
 -- server CPU's busy fraction over the rate).
-local CPU_PER_REQUEST = { h = true, k = true, l = true }
+local CPU_PER_REQUEST = { h = true, k = true, l = true, t = true, t1 = true,
+  ta = true, tf = true }
 -- The thread and fork models against the C reference built the same way.
 local SAME_MODEL = { thread = "ref-thread", fork = "ref-fork" }
 local function reference (w) return REFERENCE[w] or "ref" end
@@ -57,6 +65,7 @@ local function reference_of (points, w, s)
   return reference(w)
 end
 local RSS_TARGET, RSS_LIMIT = 2048, 4096
+local RSS_TARGETS = { tg = 16384 }  -- and no more than the reference's
 local COMPARISONS = {  -- model against the peer a user would otherwise pick
   { "a", "thread", "py-threading", 1.5 },
   { "f", "thread", "py-threading", 1.5 },
@@ -155,9 +164,19 @@ local function check_target(p, ref, metric)
   if p.value == nil then return end
   if metric == "rss" then
     if p.server ~= "event" then return end
-    p.target = ("<=%d B"):format(RSS_TARGET)
-    p.met = p.value <= RSS_TARGET
-    p.within_hard_limit = p.value <= RSS_LIMIT
+    local limit = RSS_TARGETS[p.workload] or RSS_TARGET
+    p.target = ("<=%d B"):format(limit)
+    p.met = p.value <= limit
+    if RSS_TARGETS[p.workload] then
+      if ref and ref.value and ref.value > 0 and ref.server ~= p.server then
+        p.ratio = p.value / ref.value  -- bytes: lower is better
+        p.ref_server = ref.server
+        p.target = p.target .. (", <=%s"):format(ref.server)
+        p.met = p.met and p.value <= ref.value
+      end
+    else
+      p.within_hard_limit = p.value <= RSS_LIMIT
+    end
     return
   end
   if ref and ref.value and ref.value > 0 and p.server ~= ref.server then
