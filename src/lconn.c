@@ -46,36 +46,8 @@ static int pushfail (lua_State *L, int rc) {
 }
 
 
-/*
-** The request at argument 1. Every method checks it, and an echoed line
-** takes several such checks, so the common case is told by the block's
-** size and tag (no other userdata can hold the address of lsrv_conn_tag):
-** luaL_checkudata looks the metatable up in the registry by name each
-** time. The slow path raises the usual error.
-*/
-static struct lconn *tolconn (lua_State *L) {
-  struct lconn *c = lua_touserdata(L, 1);
-  if (c != NULL && lua_rawlen(L, 1) >= LCONN_SIZE(0) &&
-      c->tag == &lsrv_conn_tag)
-    return c;
-  return luaL_checkudata(L, 1, LCONN_MT);
-}
-
-
 static double conn_timeout (struct lconn *c) {
   return c->timeout >= 0 ? c->timeout : c->x->w->cfg->timeout;
-}
-
-
-/*
-** Starts an operation. Its deadline is only computed when it first has
-** to wait (deadline_of): most operations are served from the buffers,
-** and reading the clock for each of them cost a few percent of a
-** pipelined echo.
-*/
-static void start_op (struct lconn *c) {
-  c->deadline = -1;
-  c->io.flags &= ~LC_BLOCKRD;
 }
 
 
@@ -328,12 +300,12 @@ static int read_run (lua_State *L, struct lconn *c, int rc,
 
 
 static int read_k (lua_State *L, int status, lua_KContext ctx) {
-  return read_run(L, tolconn(L), sched_result(L, status), ctx);
+  return read_run(L, lconn_check(L), sched_result(L, status), ctx);
 }
 
 
 static int req_read (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   int n = lua_gettop(L);
   if (n == 1) {
     lua_pushliteral(L, "l");
@@ -341,13 +313,13 @@ static int req_read (lua_State *L) {
   }
   check_formats(L, 2, n);
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  start_op(c);
+  lconn_start_op(c);
   return read_run(L, c, 0, 2);
 }
 
 
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   size_t max = (size_t)ctx;
   int rc = sched_result(L, status);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
@@ -369,12 +341,12 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
 
 
 static int req_recv (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   lua_Integer max = luaL_optinteger(L, 2, BUF_CHUNK);
   luaL_argcheck(L, max > 0, 2, "must be positive");
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   lua_settop(L, 1);
-  start_op(c);
+  lconn_start_op(c);
   return recv_k(L, LUA_OK, (lua_KContext)max);
 }
 
@@ -393,7 +365,7 @@ static int lines_aux (lua_State *L) {
   for (int i = 1; i <= nfmt; i++)
     lua_pushvalue(L, lua_upvalueindex(2 + i));
   if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
-  start_op(c);
+  lconn_start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
 
@@ -417,7 +389,7 @@ static int lines_fast (lua_State *L, int keep) {
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushstring(L, keep ? "L" : "l");
   if (c->io.flags & LC_CLOSED) return luaL_error(L, "%s", conn_strerror(ERR_CLOSED));
-  start_op(c);
+  lconn_start_op(c);
   return read_run(L, c, 0, 2 | READ_LINES);
 }
 
@@ -427,7 +399,7 @@ static int lines_L (lua_State *L) { return lines_fast(L, 1); }
 
 static int req_lines (lua_State *L) {
   int n = lua_gettop(L) - 1;
-  tolconn(L);
+  lconn_check(L);
   if (n == 0) {
     lua_pushliteral(L, "l");
     n = 1;
@@ -455,7 +427,7 @@ static int req_lines (lua_State *L) {
 /* {====================================================== writing */
 
 static int flush_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   int rc = sched_result(L, status);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
@@ -467,7 +439,7 @@ static int flush_k (lua_State *L, int status, lua_KContext ctx) {
 
 
 static int req_write (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   int n = lua_gettop(L);
   if (n == 2 && lua_type(L, 2) == LUA_TSTRING &&  /* the common case */
       (c->io.flags & (LC_CLOSED | LC_DGRAM | LC_UDP)) == 0) {
@@ -478,7 +450,7 @@ static int req_write (lua_State *L) {
       return pushfail(L, -ENOMEM);
     lua_pop(L, 1);
     if (buf_len(&c->io.out) < WRITE_HIGH) return 1;
-    start_op(c);
+    lconn_start_op(c);
     return flush_k(L, LUA_OK, 0);
   }
   for (int i = 2; i <= n; i++)
@@ -495,17 +467,17 @@ static int req_write (lua_State *L) {
   /* a UDP connection's output waits for flush: it is one datagram */
   if ((c->io.flags & (LC_DGRAM | LC_UDP)) || buf_len(&c->io.out) < WRITE_HIGH)
     return 1;
-  start_op(c);
+  lconn_start_op(c);
   return flush_k(L, LUA_OK, 0);
 }
 
 
 static int req_flush (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   lua_settop(L, 1);
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   if (c->io.flags & LC_DGRAM) return 1;  /* the reply goes out after finish */
-  start_op(c);
+  lconn_start_op(c);
   return flush_k(L, LUA_OK, 0);
 }
 
@@ -518,7 +490,7 @@ static int req_flush (lua_State *L) {
 ** slowly is not cut, a client that takes nothing for that long is.
 */
 static int sendfile_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   int rc = sched_result(L, status), fd = lfile_check(L, 2);
   off_t off = (off_t)lua_tointeger(L, 3), left = (off_t)lua_tointeger(L, 4);
   if (c->io.flags & LC_CLOSED || fd < 0) rc = ERR_CLOSED;
@@ -553,7 +525,7 @@ static int sendfile_k (lua_State *L, int status, lua_KContext ctx) {
 ** through a Lua string.
 */
 static int req_sendfile (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   lua_Integer off = luaL_optinteger(L, 3, 0), len = luaL_optinteger(L, 4, -1);
   int fd, opened = lua_type(L, 2) == LUA_TSTRING;
   struct stat st;
@@ -588,13 +560,13 @@ static int req_sendfile (lua_State *L) {
     return pushfail(L, ERR_SHORT);  /* nothing sent: the caller may answer */
   lua_pushinteger(L, off);
   lua_pushinteger(L, len);
-  start_op(c);
+  lconn_start_op(c);
   return sendfile_k(L, LUA_OK, opened);
 }
 
 
 static int close_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   int rc = sched_result(L, status);
   (void)ctx;
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
@@ -611,10 +583,10 @@ static int close_k (lua_State *L, int status, lua_KContext ctx) {
 
 
 static int req_close (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   lua_settop(L, 1);
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  start_op(c);
+  lconn_start_op(c);
   return close_k(L, LUA_OK, 0);
 }
 
@@ -622,7 +594,7 @@ static int req_close (lua_State *L) {
 
 
 static int req_settimeout (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   if (lua_isnoneornil(L, 2)) c->timeout = -1;
   else {
     lua_Number t = luaL_checknumber(L, 2);
@@ -635,14 +607,14 @@ static int req_settimeout (lua_State *L) {
 
 
 static int req_gc (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   close_fd(c);
   return 0;
 }
 
 
 static int req_tostring (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   char peer[ADDRESS_STRLEN];
   if (c->io.flags & LC_CLOSED) {
     lua_pushliteral(L, "luasrv.conn (closed)");
@@ -749,7 +721,7 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
 
 /* Field k of request 1 that is not a method (see index_src). */
 static int req_field (lua_State *L) {
-  struct lconn *c = tolconn(L);
+  struct lconn *c = lconn_check(L);
   lua_settop(L, 2);
   if (lua_type(L, 2) == LUA_TSTRING &&
       builtin_field(L, c, lua_tostring(L, 2)))
@@ -780,7 +752,7 @@ static const char index_src[] =
 
 
 static int req_newindex (lua_State *L) {
-  tolconn(L);
+  lconn_check(L);
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
     if (strcmp(k, "client_address") == 0 || strcmp(k, "server") == 0 ||

@@ -20,27 +20,10 @@
 void lws_open (lua_State *L);
 
 
-/* The request at argument 1 (lconn.c's quick check, then the slow one). */
-static struct lconn *toconn (lua_State *L) {
-  struct lconn *c = lua_touserdata(L, 1);
-  if (c != NULL && lua_rawlen(L, 1) >= LCONN_SIZE(0) &&
-      c->tag == &lsrv_conn_tag)
-    return c;
-  return luaL_checkudata(L, 1, LCONN_MT);
-}
-
-
 static int pushfail (lua_State *L, int rc) {
   luaL_pushfail(L);
   lua_pushstring(L, conn_strerror(rc));
   return 2;
-}
-
-
-/* An operation starts (as lconn.c's start_op): no deadline yet. */
-static void start_op (struct lconn *c) {
-  c->deadline = -1;
-  c->io.flags &= ~LC_BLOCKRD;
 }
 
 
@@ -164,7 +147,7 @@ static int recv_run (lua_State *L, struct lconn *c, int rc, int got,
 /* Continuation of ws_recv; ctx: what recv_run waits with (unpacked). */
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   uint64_t v = (uint64_t)ctx;
-  return recv_run(L, toconn(L), sched_result(L, status), (int)(v & 1),
+  return recv_run(L, lconn_check(L), sched_result(L, status), (int)(v & 1),
                   v >> 7, (unsigned)(v >> 1) & 3, (unsigned)(v >> 3) & 15);
 }
 
@@ -180,7 +163,7 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
 ** byte came meanwhile (the peer is alive). Waits as recv does.
 */
 static int lws_recv (lua_State *L) {
-  struct lconn *c = toconn(L);
+  struct lconn *c = lconn_check(L);
   lua_Integer max = intarg(L, 2), kind = intarg(L, 3), state = intarg(L, 4);
   luaL_argcheck(L, max >= 0, 2, "must be >= 0");
   luaL_argcheck(L, kind >= 0 && kind <= 2, 3, "not a message type");
@@ -190,7 +173,7 @@ static int lws_recv (lua_State *L) {
     return pushfail(L, ERR_CLOSED);
   }
   lua_settop(L, 4);
-  start_op(c);
+  lconn_start_op(c);
   return recv_run(L, c, 0, 0, (uint64_t)max, (unsigned)kind,
                   (unsigned)state);
 }
@@ -201,7 +184,7 @@ static int lws_recv (lua_State *L) {
 ** HTTP reader had read past the handshake). true, or nil and an error.
 */
 static int lws_unread (lua_State *L) {
-  struct lconn *c = toconn(L);
+  struct lconn *c = lconn_check(L);
   size_t n, have;
   const char *s = luaL_checklstring(L, 2, &n);
   char *head;
@@ -240,7 +223,7 @@ static int send_run (lua_State *L, struct lconn *c, int rc) {
 
 static int send_k (lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
-  return send_run(L, toconn(L), sched_result(L, status));
+  return send_run(L, lconn_check(L), sched_result(L, status));
 }
 
 
@@ -250,7 +233,7 @@ static int send_k (lua_State *L, int status, lua_KContext ctx) {
 ** (waiting as flush does). true, or nil and the error.
 */
 static int lws_send (lua_State *L) {
-  struct lconn *c = toconn(L);
+  struct lconn *c = lconn_check(L);
   lua_Integer op = intarg(L, 2);
   size_t len, hn;
   const char *s = luaL_optlstring(L, 3, "", &len);
@@ -268,7 +251,7 @@ static int lws_send (lua_State *L) {
   memcpy(buf_tail(out), head, hn);
   memcpy(buf_tail(out) + hn, s, len);
   out->end += hn + len;
-  start_op(c);
+  lconn_start_op(c);
   return send_run(L, c, 0);
 }
 
