@@ -39,7 +39,7 @@ BUILD ?= build
 SRCS = $(wildcard src/*.c)
 OBJS = $(SRCS:src/%.c=$(BUILD)/%.o)
 # The pure modules the C unit tests link against (no Lua).
-PURE = address acl buf evloop log cli persource proxy shdict
+PURE = address acl buf evloop log cli persource proxy resp shdict
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
@@ -79,13 +79,14 @@ $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 
 # The fuzz targets (fuzz/) replayed over their corpora and crash
 # reproducers with the ordinary compiler: make test runs them as C tests.
-FUZZ_REPLAY = address acl cli persource proxy reader
+FUZZ_REPLAY = address acl cli persource proxy resp reader
 CTESTS += $(FUZZ_REPLAY:%=$(BUILD)/test_fuzz_%)
 REPLAY_OBJS_address = $(BUILD)/address-numeric.o
 REPLAY_OBJS_acl = $(BUILD)/acl.o
 REPLAY_OBJS_cli = $(BUILD)/cli.o $(BUILD)/acl.o $(BUILD)/log.o $(BUILD)/address.o
 REPLAY_OBJS_persource = $(BUILD)/persource.o
 REPLAY_OBJS_proxy = $(BUILD)/proxy.o
+REPLAY_OBJS_resp = $(BUILD)/resp.o
 REPLAY_OBJS_reader = $(filter-out $(BUILD)/main.o,$(OBJS))
 
 $(BUILD)/address-numeric.o: src/address.c | $(BUILD)

@@ -265,6 +265,7 @@ static void openlibs (lua_State *L) {
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
   { int luaopen_luasrv_ngxc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_ngxc); lua_setfield(L, -2, "luasrv.ngxc"); }  /* lngxc.c */
+  { int luaopen_luasrv_respc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_respc); lua_setfield(L, -2, "luasrv.respc"); }  /* lresp.c */
   lua_pop(L, 1);
   luaopen_lconn(L);
   lconnect_open(L);
