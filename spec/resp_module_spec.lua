@@ -252,6 +252,7 @@ H.for_models(function (model)
         end
       end
       assert.same({ "PING" }, read_reply(c))
+      c:close()   -- sync serves one connection at a time
       for _, line in ipairs(INLINE_BAD) do
         c = srv:connect()
         c:send(line .. "\r\n")

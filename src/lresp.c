@@ -150,9 +150,9 @@ static int command_run (lua_State *L, struct lconn *c, int rc,
                         lua_KContext ctx) {
   long n = ctx_n(ctx), i = ctx_i(ctx);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
-  if (rc >= 0 && (ctx & CTX_FLUSH)) {
-    if (conn_wants(rc = conn_flush(&c->io)))
-      return lconn_waitio(L, c, conn_want_event(rc), ctx, command_k);
+  if (ctx & CTX_FLUSH) {  /* a blocking wait returns here, a yield in k */
+    while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
+      rc = lconn_waitio(L, c, conn_want_event(rc), ctx, command_k);
     ctx &= ~(lua_KContext)CTX_FLUSH;
   }
   while (rc >= 0) {
