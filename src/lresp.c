@@ -7,7 +7,6 @@
 ** dispatch, the encoders and the error replies stay Lua (resp.lua).
 */
 #include <errno.h>
-#include <stdint.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -21,19 +20,12 @@ int luaopen_luasrv_respc (lua_State *L);
 #define PROTOCOL "ERR Protocol error: "
 
 /*
-** The continuation context: the array being read (its count n, -1 for
-** none) and its next element i; a wait keeps them, for the elements
-** read so far are in argv and gone from the input. The low bit says a
-** flush of queued replies is in progress.
+** A wait's context: CTX_FLUSH when replies were being sent. The array
+** being read (its count n, -1 for none, and its next element i) is kept
+** on the stack, above argv, across a wait: the elements read so far are
+** in argv and gone from the input.
 */
 #define CTX_FLUSH 1
-#define CTX_ROOM ((lua_KContext)RESP_MAX_ARGS + 2)
-
-static lua_KContext ctx_make (long n, long i) {
-  return (((lua_KContext)(n + 1) * CTX_ROOM) + (lua_KContext)i) << 1;
-}
-static long ctx_n (lua_KContext k) { return (long)((k >> 1) / CTX_ROOM) - 1; }
-static long ctx_i (lua_KContext k) { return (long)((k >> 1) % CTX_ROOM); }
 
 
 /* The request at argument 1 (lconn.c's tolconn: the tag, then the name). */
@@ -141,19 +133,30 @@ static int parse (lua_State *L, struct lconn *c, long *n, long *i,
 
 static int command_k (lua_State *L, int status, lua_KContext ctx);
 
+/* Waits for ev with the array in progress kept (see CTX_FLUSH). */
+static int wait_more (lua_State *L, struct lconn *c, unsigned ev, long n,
+                      long i, lua_KContext ctx) {
+  int rc;
+  lua_settop(L, 2);
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, i);
+  rc = lconn_waitio(L, c, ev, ctx, command_k);  /* a yield goes to k */
+  lua_settop(L, 2);
+  return rc;
+}
+
+
 /*
 ** The loop of command: queued replies out when there are many, then the
 ** next command, or a wait for input (replies go out first, as before
 ** any read that waits).
 */
-static int command_run (lua_State *L, struct lconn *c, int rc,
-                        lua_KContext ctx) {
-  long n = ctx_n(ctx), i = ctx_i(ctx);
+static int command_run (lua_State *L, struct lconn *c, int rc, int flush,
+                        long n, long i) {
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
-  if (ctx & CTX_FLUSH) {  /* a blocking wait returns here, a yield in k */
+  if (flush) {
     while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
-      rc = lconn_waitio(L, c, conn_want_event(rc), ctx, command_k);
-    ctx &= ~(lua_KContext)CTX_FLUSH;
+      rc = wait_more(L, c, conn_want_event(rc), n, i, CTX_FLUSH);
   }
   while (rc >= 0) {
     size_t need;
@@ -179,14 +182,17 @@ static int command_run (lua_State *L, struct lconn *c, int rc,
       if (conn_wants(frc)) rc = frc;
       else if (frc < 0) { rc = frc; break; }
     }
-    rc = lconn_waitio(L, c, conn_want_event(rc), ctx_make(n, i), command_k);
+    rc = wait_more(L, c, conn_want_event(rc), n, i, 0);
   }
   return fail(L, conn_strerror(rc));
 }
 
 
 static int command_k (lua_State *L, int status, lua_KContext ctx) {
-  return command_run(L, lua_touserdata(L, 1), sched_result(L, status), ctx);
+  long n = (long)lua_tointeger(L, 3), i = (long)lua_tointeger(L, 4);
+  lua_settop(L, 2);
+  return command_run(L, lua_touserdata(L, 1), sched_result(L, status),
+                     (int)(ctx & CTX_FLUSH), n, i);
 }
 
 
@@ -201,14 +207,15 @@ static int queue (struct lconn *c, const char *s, size_t len) {
 
 /*
 ** command(req, argv, reply): queues reply (the bytes of the previous
-** command's reply; false before the first command) and reads the next command's words into argv[1 .. n]
-** (a longer command's leftovers cleared). Returns n >= 1; nil at EOF
+** command's reply; false before the first command) and reads the next
+** command's words into argv[1 .. n] (a longer command's leftovers
+** cleared). Returns n >= 1; nil at EOF
 ** before a command starts; nil, err on a failure ("closed", "timeout",
 ** ...) or a protocol error ("ERR Protocol error: ...", to be answered).
 */
 static int resp_command (lua_State *L) {
   struct lconn *c = checkconn(L);
-  lua_KContext ctx = ctx_make(-1, 0);
+  int flush = 0;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (c->io.flags & LC_CLOSED) return fail(L, conn_strerror(ERR_CLOSED));
   if (lua_type(L, 3) != LUA_TBOOLEAN || lua_toboolean(L, 3)) {
@@ -220,12 +227,12 @@ static int resp_command (lua_State *L) {
     s = lua_tolstring(L, 3, &len);
     if (queue(c, s, len) < 0) return fail(L, conn_strerror(-ENOMEM));
     if (buf_len(&c->io.out) >= OUT_HIGH && !(c->io.flags & (LC_DGRAM | LC_UDP)))
-      ctx |= CTX_FLUSH;
+      flush = 1;
   }
   lua_settop(L, 2);
   c->deadline = -1;  /* an operation starts (lconn.c's start_op) */
   c->io.flags &= ~LC_BLOCKRD;
-  return command_run(L, c, 0, ctx);
+  return command_run(L, c, 0, flush, -1, 0);
 }
 
 
