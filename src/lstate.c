@@ -78,6 +78,15 @@ static const char flow_src[] =
   "  req:close()\n"
   "  if done then done(req, (ok and ok2) and 0 or 1, t0) end\n"
   "end\n"
+  "if not (verify or setup or finish or done or proxy or tls) then\n"
+  "  flow = function(req)\n"  /* the same with no step to skip: a datagram's
+                                ** flow runs per datagram */
+  "    local ok, err = xpcall(handle, traceback, req)\n"
+  "    join()\n"
+  "    if not ok then report(req, err) end\n"
+  "    req:close()\n"
+  "  end\n"
+  "end\n"
   "return flow, verified\n";
 
 
