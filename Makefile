@@ -43,7 +43,7 @@ BUILD ?= build
 SRCS = $(wildcard src/*.c)
 OBJS = $(SRCS:src/%.c=$(BUILD)/%.o)
 # The pure modules the C unit tests link against (no Lua).
-PURE = address acl buf evloop fileopen log cli persource proxy shdict wsframe
+PURE = address acl buf evloop fileopen log cli persource proxy resp shdict wsframe
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 
@@ -83,7 +83,7 @@ $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 
 # The fuzz targets (fuzz/) replayed over their corpora and crash
 # reproducers with the ordinary compiler: make test runs them as C tests.
-FUZZ_REPLAY = address acl cli persource proxy reader wsframe
+FUZZ_REPLAY = address acl cli persource proxy resp reader wsframe
 CTESTS += $(FUZZ_REPLAY:%=$(BUILD)/test_fuzz_%)
 REPLAY_OBJS_address = $(BUILD)/address-numeric.o
 REPLAY_OBJS_acl = $(BUILD)/acl.o
@@ -91,6 +91,7 @@ REPLAY_OBJS_cli = $(BUILD)/cli.o $(BUILD)/acl.o $(BUILD)/log.o $(BUILD)/address.
 REPLAY_OBJS_persource = $(BUILD)/persource.o
 REPLAY_OBJS_proxy = $(BUILD)/proxy.o
 REPLAY_OBJS_wsframe = $(BUILD)/wsframe.o
+REPLAY_OBJS_resp = $(BUILD)/resp.o
 REPLAY_OBJS_reader = $(filter-out $(BUILD)/main.o,$(OBJS))
 
 $(BUILD)/address-numeric.o: src/address.c | $(BUILD)

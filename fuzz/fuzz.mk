@@ -23,7 +23,7 @@ FUZZ_BUILD = build-fuzz
 # Where the code under test comes from (another tree, e.g. a snapshot of
 # HEAD while src/ is being edited: make fuzz-clean when switching).
 FUZZ_SRCDIR ?= src
-FUZZ_TARGETS ?= address acl cli persource proxy reader wsframe
+FUZZ_TARGETS ?= address acl cli persource proxy resp reader wsframe
 FUZZ_LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 FUZZ_LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
 FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=all \
@@ -36,6 +36,7 @@ FUZZ_RUNOPTS = -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 # Per target: the reader's inputs are a program plus data; longer ones
 # only repeat what short ones do, slower.
 FUZZ_RUNOPTS_reader = -max_len=8192
+FUZZ_RUNOPTS_resp = -max_len=4096
 # FUZZ_KNOWN=peer-path: let fuzz_reader go on past that known bug.
 FUZZ_KNOWN ?=
 FUZZ_ENV = LUASRV_FUZZ_KNOWN=$(FUZZ_KNOWN) ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
@@ -51,6 +52,8 @@ FUZZ_SRC_proxy = proxy
 FUZZ_LIBS_proxy =
 FUZZ_SRC_wsframe = wsframe
 FUZZ_LIBS_wsframe =
+FUZZ_SRC_resp = resp
+FUZZ_LIBS_resp =
 FUZZ_SRC_reader = $(filter-out main,$(patsubst $(FUZZ_SRCDIR)/%.c,%,$(wildcard $(FUZZ_SRCDIR)/*.c)))
 FUZZ_LIBS_reader = $(FUZZ_LUA_LIBS) -lm -lpthread
 FUZZ_LIBS_persource = -lpthread

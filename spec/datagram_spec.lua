@@ -97,6 +97,39 @@ end }]])
         assert.same(table.pack("a\n", "b|c", nil), H.unser(c:receive()))
       end)
 
+      it("a handler that waits still has its datagram while others come",
+      function ()
+        local srv = start(H.SER .. [[
+local luasrv = require "luasrv"
+return { handle = function (req)
+  local head = req:read(5)   -- only reads before the wait: no req.request
+  if head ~= "slow " then
+    req:write(head, req:read("a"))
+    return
+  end
+  luasrv.sleep(0.3)
+  req:write(ser(head, req:read("a"), req.request))
+end }]])
+        local c = srv:connect(kind)
+        for i = 1, 3 do              -- a request object to reuse, warm
+          assert(c:send("warm " .. i))
+          assert.equals("warm " .. i, c:receive())
+        end
+        assert(c:send("slow datagram"))
+        H.T.sleep(0.05)
+        local others = srv:connect(kind)
+        for i = 1, 5 do assert(others:send(("x"):rep(20) .. i)) end
+        local got, want = {}, {}
+        for i = 1, 5 do   -- in any order: fork and thread serve at once
+          got[#got + 1] = others:receive()
+          want[i] = ("x"):rep(20) .. i
+        end
+        table.sort(got)
+        assert.same(want, got)
+        assert.same(table.pack("slow ", "datagram", "slow datagram"),
+          H.unser(c:receive()))
+      end)
+
       it("an empty datagram is a request too", function ()
         local srv = start [[
 return { handle = function (req) req:write("got ", #req.request) end }]]

@@ -16,19 +16,24 @@ local function frame (...)
   return table.concat(t)
 end
 
+-- inline command lines and their words: for resp.parse_inline, and the
+-- same lines through resp.serve (whose reading is C: both must agree)
+local INLINE = {
+  { "PING", { "PING" } },
+  { "PING\r", { "PING" } },
+  { "  set   k  v  ", { "set", "k", "v" } },
+  { 'set k "two words\\x21\\n"', { "set", "k", "two words!\n" } },
+  { "set k 'it\\'s' '\\n'", { "set", "k", "it's", "\\n" } },
+  { 'echo "" "\\q\\x4" "\\x4a\\"\\\\"', { "echo", "", "qx4", 'J"\\' } },
+  { "a\rb\tc", { "a", "b", "c" } },
+  { "", {} },
+  { "\r", {} },
+}
+local INLINE_BAD = { 'set k "open', "set k 'open", 'echo "a"b', 'echo "a\\"' }
+
 describe("luasrv.resp parsers", function ()
   describe("parse_inline", function ()
-    local cases = {
-      { "PING", { "PING" } },
-      { "PING\r", { "PING" } },
-      { "  set   k  v  ", { "set", "k", "v" } },
-      { 'set k "two words\\x21\\n"', { "set", "k", "two words!\n" } },
-      { "set k 'it\\'s'", { "set", "k", "it's" } },
-      { 'echo ""', { "echo", "" } },
-      { "", {} },
-      { "\r", {} },
-    }
-    for _, c in ipairs(cases) do
+    for _, c in ipairs(INLINE) do
       it(("splits %q"):format(c[1]), function ()
         local words, n = resp.parse_inline(c[1])
         assert.same(c[2], words)
@@ -36,7 +41,7 @@ describe("luasrv.resp parsers", function ()
       end)
     end
 
-    for _, line in ipairs({ 'set k "open', "set k 'open", 'echo "a"b' }) do
+    for _, line in ipairs(INLINE_BAD) do
       it(("refuses %q"):format(line), function ()
         assert.same({ nil, "ERR Protocol error: unbalanced quotes in request" },
           { resp.parse_inline(line) })
@@ -236,6 +241,27 @@ H.for_models(function (model)
       assert.same({ nil, "closed" }, { c:receive() })
     end)
 
+    it("splits inline commands as resp.parse_inline does", function ()
+      local c = srv:connect()
+      local batch = {}
+      for _, case in ipairs(INLINE) do batch[#batch + 1] = case[1] .. "\n" end
+      c:send(table.concat(batch) .. frame("PING"))
+      for _, case in ipairs(INLINE) do
+        if #case[2] > 0 then   -- an empty line has no reply
+          assert.same(case[2], read_reply(c), case[1])
+        end
+      end
+      assert.same({ "PING" }, read_reply(c))
+      c:close()   -- sync serves one connection at a time
+      for _, line in ipairs(INLINE_BAD) do
+        c = srv:connect()
+        c:send(line .. "\r\n")
+        assert.equals("-ERR Protocol error: unbalanced quotes in request",
+          read_reply(c), line)
+        assert.same({ nil, "closed" }, { c:receive() })
+      end
+    end)
+
     local bad = {
       { "*1\r\n+foo\r\n", "expected '$', got '+'" },
       { "*abc\r\n", "invalid multibulk length" },
@@ -260,5 +286,35 @@ H.for_models(function (model)
         end)
       end
     end
+  end)
+
+  describe("resp.serve's limits", function ()
+    it("refuses an inline command longer than --max-line after an array",
+       function ()
+      local srv = H.start{ model = model, source = ECHO_WORDS, tcp = true,
+                           args = { "--timeout", "5", "--max-line", "100" } }
+      local c = srv:connect()
+      c:send(frame("PING") .. "ECHO " .. ("y"):rep(200) .. "\r\n")
+      assert.same({ "PING" }, read_reply(c))
+      assert.equals("-ERR Protocol error: too big inline request",
+        read_reply(c))
+      assert.same({ nil, "closed" }, { c:receive() })
+    end)
+
+    it("says so when dispatch returns no string, after the replies before",
+       function ()
+      local srv = H.start{ model = model, tcp = true, source = [[
+local resp = require "luasrv.resp"
+return { handle = function (req)
+  resp.serve(req, function (argv) if argv[1] == "PING" then return resp.PONG end end)
+end }
+]] }
+      local c = srv:connect()
+      c:send(frame("PING") .. frame("NOPE") .. frame("PING"))
+      assert.equals("+PONG", c:receive())
+      assert.same({ nil, "closed" }, { c:receive() })
+      assert.truthy(srv:wait_stderr("dispatch returned nil, not a string", 3,
+        true))
+    end)
   end)
 end)

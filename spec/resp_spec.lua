@@ -256,6 +256,21 @@ H.for_models(function (model)
       end
     end)
 
+    it("answers a pipeline whose replies outgrow the socket buffers",
+    function ()
+      local srv = start(model)
+      local c = srv:connect()
+      local value = ("v"):rep(65536)
+      local batch = { resp("SET", "k", value) }
+      for i = 1, 100 do batch[#batch + 1] = resp("GET", "k") end
+      assert(c:send(table.concat(batch)))   -- 6.5 MB of replies
+      assert.equals("+OK", c:receive())
+      for i = 1, 100 do
+        assert.equals("$65536", c:receive(), i)
+        assert.is_true(c:receive(65538) == value .. "\r\n", i)
+      end
+    end)
+
     it("closes the connection after a protocol error", function ()
       local srv = start(model)
       local c = srv:connect()

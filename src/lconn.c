@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -688,8 +689,15 @@ static void push_fields (lua_State *L) {
 }
 
 
+static void push_dgram (lua_State *L, struct lconn *c);
+
 /* Pushes field k of request c (index 1); returns 0 if k is not built in. */
 static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
+  if (strcmp(k, "request") == 0) {  /* first: a datagram handler's field */
+    if (c->io.flags & LC_DGRAM) push_dgram(L, c);
+    else lua_pushvalue(L, 1);
+    return 1;
+  }
   if (strcmp(k, "client_address") == 0) {
     push_fields(L);
     if (lua_rawgetp(L, -1, ADDRESS_KEY) == LUA_TNIL) {
@@ -708,11 +716,6 @@ static int builtin_field (lua_State *L, struct lconn *c, const char *k) {
   }
   if (strcmp(k, "tls") == 0) {
     ltls_push_info(L, c);
-    return 1;
-  }
-  if (strcmp(k, "request") == 0) {
-    if (c->io.flags & LC_DGRAM) lua_getiuservalue(L, 1, UV_DATA);
-    else lua_pushvalue(L, 1);
     return 1;
   }
   return 0;
@@ -863,26 +866,11 @@ struct lconn *lconn_new (lua_State *L, struct lctx *x, int fd, int lindex,
 }
 
 
-/* renew_dgram(c, a): sets the datagram of a reused request (may raise). */
-static int renew_dgram (lua_State *L) {
-  struct lconn *c = lua_touserdata(L, 1);
-  struct newreq *a = lua_touserdata(L, 2);
-  const char *s = lua_pushlstring(L, a->data, a->len);
-  lua_setiuservalue(L, 1, UV_DATA);  /* keeps s alive: reads borrow it */
-  lua_pushnil(L);
-  lua_setiuservalue(L, 1, UV_FIELDS);  /* no fields of the last request */
-  c->io.in.data = (char *)s;
-  c->io.in.end = c->io.in.cap = a->len;
-  return 0;
-}
-
-
 struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
                                  const char *data, size_t len,
                                  const struct sockaddr *peer,
                                  socklen_t peerlen) {
   struct lconn *c = lua_touserdata(L, 1);
-  struct newreq a = {x, -1, lindex, data, len, peer, peerlen, NULL};
   if (c == NULL || c->tag != &lsrv_conn_tag || !(c->io.flags & LC_CLOSED) ||
       !(c->io.flags & LC_DGRAM) || lua_rawlen(L, 1) < LCONN_SIZE(peerlen))
     return NULL;
@@ -890,7 +878,9 @@ struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
   c->io.tr = &conn_dgram;
   c->io.pool = &x->pool;
   c->io.fd = x->w->ls[lindex].fd;
-  c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED;
+  c->io.flags = LC_DGRAM | LC_EOF | LC_BORROWED | LC_DGRAW;
+  c->io.in.data = (char *)data;
+  c->io.in.end = c->io.in.cap = len;
   c->timeout = -1;
   c->deadline = 0;
   c->x = x;
@@ -899,17 +889,48 @@ struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
   c->wait_ev = c->reused = 0;
   memcpy(&c->peer, peer, peerlen);
   c->peerlen = peerlen;
-  x->sys_oom = 0;
-  lua_pushcfunction(L, renew_dgram);
-  lua_pushvalue(L, 1);
-  lua_pushlightuserdata(L, &a);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    c->io.flags = LC_DGRAM | LC_CLOSED;
-    c->io.in.data = NULL;
-    return NULL;
-  }
+  /* the last request's string and fields go: setting nil cannot raise */
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_DATA);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, UV_FIELDS);
   return c;
+}
+
+
+int lconn_keep_dgram (struct lconn *c) {
+  char *p;
+  if (!(c->io.flags & LC_DGRAW)) return 0;
+  c->io.flags &= ~LC_DGRAW;
+  if (c->io.in.data == NULL) return 0;  /* closed */
+  if ((p = malloc(c->io.in.cap > 0 ? c->io.in.cap : 1)) == NULL)
+    return -ENOMEM;
+  memcpy(p, c->io.in.data, c->io.in.cap);
+  c->io.in.data = p;  /* now the connection's: conn_close frees it */
+  c->io.flags &= ~LC_BORROWED;
+  return 0;
+}
+
+
+/*
+** Pushes req.request of datagram request c (index 1): the datagram, made
+** into a string the first time (a renewed request's reads borrowed it).
+*/
+static void push_dgram (lua_State *L, struct lconn *c) {
+  const char *s;
+  if (lua_getiuservalue(L, 1, UV_DATA) == LUA_TSTRING) return;
+  lua_pop(L, 1);
+  if (c->io.in.data == NULL) {  /* closed before it was asked for */
+    lua_pushliteral(L, "");
+    return;
+  }
+  s = lua_pushlstring(L, c->io.in.data, c->io.in.cap);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, 1, UV_DATA);  /* keeps s alive: reads borrow it */
+  if (c->io.flags & LC_DGRAW) {
+    c->io.in.data = (char *)s;
+    c->io.flags &= ~LC_DGRAW;
+  }
 }
 
 

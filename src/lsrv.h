@@ -118,6 +118,8 @@ struct lctx {
 #define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
 #define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
 #define LC_PROXY    0x400u    /* --proxy-protocol: its header is still to read */
+#define LC_DGRAW    0x2000u   /* a renewed datagram: in.data is the model's
+                                 receive buffer, req.request not made yet */
 
 /*
 ** The request object, "luasrv.conn": a connection (io) with what Lua and
@@ -242,15 +244,22 @@ struct lconn *lconn_new_dgram (lua_State *L, struct lctx *x, int lindex,
                                const struct sockaddr *peer, socklen_t peerlen);
 /*
 ** Makes the datagram request at index 1 of L, one that ended, the request
-** for a new datagram (data copied into a Lua string), as if it was just
-** made by lconn_new_dgram; the handler's fields of the last one are gone.
-** NULL (the object unchanged, still closed) when it has no room for the
-** peer address or there is no memory.
+** for a new datagram, as if it was just made by lconn_new_dgram; the
+** handler's fields of the last one are gone. It never allocates: its
+** reads borrow data, and req.request is made when first asked for, so
+** data must stay as it is while the request runs, unless the request
+** gets its own copy first (lconn_keep_dgram). NULL (the object
+** unchanged, still closed) when it has no room for the peer address.
 */
 struct lconn *lconn_renew_dgram (lua_State *L, struct lctx *x, int lindex,
                                  const char *data, size_t len,
                                  const struct sockaddr *peer,
                                  socklen_t peerlen);
+/*
+** A renewed datagram request that is about to wait: its own copy of the
+** datagram, for the buffer it borrowed will be reused. 0 or -ENOMEM.
+*/
+int lconn_keep_dgram (struct lconn *c);
 /* Closes without flushing (aborts); safe to call twice. */
 void lconn_abort (struct lconn *c);
 /* Pushes the client_address table of c. */

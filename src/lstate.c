@@ -78,6 +78,15 @@ static const char flow_src[] =
   "  req:close()\n"
   "  if done then done(req, (ok and ok2) and 0 or 1, t0) end\n"
   "end\n"
+  "if not (verify or setup or finish or done or proxy or tls) then\n"
+  "  flow = function(req)\n"  /* the same with no step to skip: a datagram's
+                                ** flow runs per datagram */
+  "    local ok, err = xpcall(handle, traceback, req)\n"
+  "    join()\n"
+  "    if not ok then report(req, err) end\n"
+  "    req:close()\n"
+  "  end\n"
+  "end\n"
   "return flow, verified\n";
 
 
@@ -265,6 +274,7 @@ static void openlibs (lua_State *L) {
   lua_pushcfunction(L, luaopen_luasrv);
   lua_setfield(L, -2, "luasrv");
   { int luaopen_luasrv_ngxc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_ngxc); lua_setfield(L, -2, "luasrv.ngxc"); }  /* lngxc.c */
+  { int luaopen_luasrv_respc (lua_State *); lua_pushcfunction(L, luaopen_luasrv_respc); lua_setfield(L, -2, "luasrv.respc"); }  /* lresp.c */
   lua_pop(L, 1);
   luaopen_lconn(L);
   lconnect_open(L);

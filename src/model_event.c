@@ -265,6 +265,11 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
     lua_pop(co, nres);
     if (ours) {  /* waiting for the loop */
       t->suspended = 1;
+      /* a datagram's bytes are in the receive buffer: the next batch
+      ** reuses it */
+      if (t->req != NULL && (t->req->io.flags & LC_DGRAW) &&
+          lconn_keep_dgram(t->req) < 0)
+        lconn_abort(t->req);
       return;
     }
     if (t->th == NULL) {  /* told by a static text: co's memory may be full */
@@ -509,7 +514,9 @@ static void start_stream (struct eloop *e, int lindex, int fd,
 ** echo: a task whose datagram request ended well keeps the object at the
 ** bottom of its stack, and the next datagram renews it (lconn_renew_dgram)
 ** and calls the flow on it again. The stack is [req, flow, req]: resume
-** takes the flow and its argument, the object stays below.
+** takes the flow and its argument, the object stays below. A renewed
+** request borrows its bytes from the receive buffer (no Lua string, no
+** protected call) until it waits: resume_from gives it a copy then.
 */
 static void start_dgram (struct eloop *e, int lindex, const char *data,
                          size_t n, struct sockaddr_storage *peer,

@@ -30,7 +30,7 @@ local concat, mtype, tostring = table.concat, math.type, tostring
 
 M.MAX_ARGS = 1024 * 1024         -- elements in one array (as Redis)
 M.MAX_BULK = 64 * 1024 * 1024    -- bytes in one element (Redis: 512 MB)
-M.INLINE_MAX = 64 * 1024         -- an inline command (as Redis)
+M.INLINE_MAX = 64 * 1024         -- an inline command (as Redis; serve: --max-line)
 
 local PROTOCOL = "ERR Protocol error: "
 M.PROTOCOL = PROTOCOL
@@ -252,36 +252,15 @@ end
 
 --[[ Serving a connection
 
-A command that starts when nothing is left over is read with
-req:read("l"), so the core enforces --max-line and an inline command (what
-telnet sends) never goes further. When that line starts an array, the rest
-of what the client sent (req:recv: what the core has buffered; it only
-waits when there is nothing) is taken into a Lua string, and the array and
-those pipelined after it are parsed from that string: a pipelined batch
-costs two calls into the core, not several per command. An element still
-missing more than 64 KiB is read by the core in one piece (req:read(n)).
+The reading is the core's (require "luasrv.respc", lresp.c): one call per
+command queues the previous command's reply on the connection and parses
+the next command from what the connection buffered, into argv. It only
+waits when no whole command is buffered, and the replies queued go out
+before that wait: a pipelined batch is answered by one write. An inline
+command longer than --max-line is refused. ]]
 
-Replies are collected in a table and given to req:write at once, before
-the loop reads again: one write per pipelined batch. ]]
-
-local BIG = 64 * 1024       -- missing more: the core reads it in one piece
-local OUT_MAX = 64 * 1024   -- replies collected before they are written
-
--- the first line of an array header as req:read("l") returns it ("*3\r")
-local ARRAY_LEN = {}
-for i = 0, 64 do ARRAY_LEN["*" .. i .. "\r"] = i end
-
--- the value of each byte that is a digit, false for the others: an array,
--- so telling one costs an index, not two comparisons
-local DIGIT = {}
-for c = 1, 255 do DIGIT[c] = c >= 48 and c <= 57 and c - 48 end
-
-local function too_long (err)
-  if err == "line too long" then      -- longer than --max-line
-    return PROTOCOL .. "too big inline request"
-  end
-  return err
-end
+local respc   -- luasrv's C half, loaded by the first serve (only luasrv
+              -- has it: the parsers above work in any Lua)
 
 -- Serves commands on req until the client leaves, dispatch says "quit" or
 -- the client breaks the protocol (answered with the error, then the end).
@@ -289,192 +268,23 @@ end
 -- for the next command, so keep its strings, not the table) and returns
 -- the reply's bytes, and "quit" as a second value to end the connection
 -- once the reply is sent. Returns nil, err: err is nil at EOF, "closed",
--- "timeout" or the protocol error.
+-- "timeout" or the protocol error. A dispatch that raises ends the
+-- connection once the replies before it are sent.
 function M.serve (req, dispatch)
-  local read, recv, write = req.read, req.recv, req.write
-  local argv, last_n = {}, 0
-  local out, nout, outlen = {}, 0, 0
-  local buf, pos, size = "", 1, 0
-  local parse_bulks, parse_inline = M.parse_bulks, M.parse_inline
-  local words, n, err, first
-
-  -- gives the collected replies to the core (before any read that may wait)
-  local function flush ()
-    if nout == 1 then
-      write(req, out[1])
-    elseif nout > 1 then
-      write(req, concat(out, "", 1, nout))
-    end
-    if outlen > OUT_MAX then out = {} end   -- let big replies go
-    nout, outlen = 0, 0
-  end
-
-  -- a command raised: the replies before it still go out, then the
-  -- error goes on to the handler's error path (and the connection ends)
-  local function fail (e)
-    flush()
-    error(e, 0)
-  end
-
-  -- buf from p with more of the request after it; nil, err
-  local function more (p, missing)
-    if nout > 0 then flush() end
-    local s, e
-    if missing and missing > BIG then
-      s, e = read(req, missing)
-    else
-      s, e = recv(req)
-    end
-    if s == nil then return nil, e or "closed" end
-    if p > size then return s end
-    return sub(buf, p) .. s
-  end
-
+  if respc == nil then respc = require "luasrv.respc" end
+  local command = respc.command
+  local argv, reply, quit = {}, false, nil   -- false: no reply yet
+  local n, err
   while true do
-    -- the usual case first: "*1\r\n$L\r\n", a one-word command whose
-    -- name (L < 10 bytes) is here, told from its bytes
-    local c1, c2, c3, c4, c5, c6, c7, c8 = byte(buf, pos, pos + 7)
-    if c2 == 49 and c1 == 42 and c3 == 13 and c4 == 10 and c5 == 36
-        and c7 == 13 and c8 == 10 then
-      local len = DIGIT[c6]
-      if len and pos + len + 9 <= size then
-        argv[1] = sub(buf, pos + 8, pos + len + 7)
-        pos = pos + len + 10
-        if last_n > 1 then
-          for i = 2, last_n do argv[i] = nil end
-        end
-        last_n = 1
-        local ok, reply, quit = pcall(dispatch, argv, 1)
-        if not ok then fail(reply) end
-        nout, outlen = nout + 1, outlen + #reply
-        out[nout] = reply
-        if quit == "quit" then break end
-        if outlen > OUT_MAX then flush() end
-        goto continue
-      end
+    n, err = command(req, argv, reply)
+    if n == nil then break end
+    reply, quit = dispatch(argv, n)
+    if quit == "quit" then
+      req:write(reply)
+      break
     end
-    words, err, first = argv, nil, 1
-    if pos > size then   -- nothing left here: the core reads the line
-      if nout > 0 then flush() end
-      local line
-      line, err = read(req, "l")
-      if line == nil then break end
-      n = ARRAY_LEN[line]
-      if n == nil then
-        if byte(line, 1) == 42 then                          -- "*"
-          n = header_count(line)
-          if n == nil or n > M.MAX_ARGS then
-            err = PROTOCOL .. "invalid multibulk length"
-            break
-          end
-          if n < 0 then n = 0 end   -- "*-1": nothing, as in Redis
-        else
-          words, n = parse_inline(line)
-          if words == nil then err = n break end
-        end
-      end
-      buf, pos, size = "", 1, 0
-      if words == argv and n > 0 then   -- the elements follow: fetch them
-        buf, err = recv(req)
-        if buf == nil then err = err or "closed" break end
-        size = #buf
-      end
-    else
-      -- "*N\r\n$L\r\n", N and L < 10: the header and the first element
-      if c1 == 42 and c3 == 13 and c4 == 10 and c2 >= 48 and c2 <= 57 then
-        n, pos = c2 - 48, pos + 4
-        if c5 == 36 and c7 == 13 and c8 == 10 and c6 >= 48 and c6 <= 57
-            and n > 0 then
-          local data = pos + 4
-          local crlf = data + c6 - 48
-          if crlf + 1 <= size then
-            argv[1] = sub(buf, data, crlf - 1)
-            pos, first = crlf + 2, 2
-          end
-        end
-      elseif c1 == 42 then   -- a longer header: parse it
-        local after
-        n, after = M.parse_header(buf, pos)
-        if n == nil then err = after break end
-        if n == false then
-          buf, err = more(pos)
-          if buf == nil then break end
-          pos, size = 1, #buf
-          goto continue
-        end
-        pos = after
-      else   -- an inline command after others in one packet
-        local nl = find(buf, "\n", pos, true)
-        if nl == nil then
-          if size - pos >= M.INLINE_MAX then
-            err = PROTOCOL .. "too big inline request"
-            break
-          end
-          buf, err = more(pos)
-          if buf == nil then break end
-          pos, size = 1, #buf
-          goto continue
-        end
-        if nl - pos > M.INLINE_MAX then
-          err = PROTOCOL .. "too big inline request"
-          break
-        end
-        words, n = parse_inline(sub(buf, pos, nl - 1))
-        pos = nl + 1
-        if words == nil then err = n break end
-      end
-    end
-    if words == argv then
-      if n < last_n then
-        for i = n + 1, last_n do argv[i] = nil end
-      end
-      last_n = n
-      local i = first
-      while i <= n do   -- the usual case: "$N\r\n", N < 100, all here
-        local c1, c2, c3, c4, c5 = byte(buf, pos, pos + 4)
-        local data
-        if c1 ~= 36 or c2 == nil or c2 < 48 or c2 > 57 then break end
-        local len = c2 - 48
-        if c3 == 13 and c4 == 10 then                       -- "$N\r\n"
-          data = pos + 4
-        elseif c4 == 13 and c5 == 10 and c2 ~= 48 and c3 >= 48
-            and c3 <= 57 then                                -- "$NN\r\n"
-          len, data = len * 10 + c3 - 48, pos + 5
-        else
-          break
-        end
-        local crlf = data + len   -- the "\r\n" after the data (unchecked,
-        if crlf + 1 > size then break end                 -- as in Redis)
-        argv[i] = sub(buf, data, crlf - 1)
-        pos, i = crlf + 2, i + 1
-      end
-      while i <= n do   -- the others, fetching more until all are here
-        local after, p, missing
-        after, i, p, missing = parse_bulks(buf, pos, i, n, argv)
-        if after then pos = after break end
-        if after == nil then err = i break end
-        buf, err = more(p, missing)
-        if buf == nil then break end
-        pos, size = 1, #buf
-      end
-      if err then break end
-    end
-    if n > 0 then
-      local ok, reply, quit = pcall(dispatch, words, n)
-      if not ok then fail(reply) end
-      nout, outlen = nout + 1, outlen + #reply
-      out[nout] = reply
-      if quit == "quit" then break end
-      if outlen > OUT_MAX then flush() end
-    end
-    ::continue::
   end
-  err = too_long(err)
-  if err and find(err, "^ERR ") then
-    nout = nout + 1
-    out[nout] = M.error(err)
-  end
-  if nout > 0 then flush() end
+  if err and find(err, "^ERR ") then req:write(M.error(err)) end
   return nil, err
 end
 
