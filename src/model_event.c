@@ -27,10 +27,10 @@
 #define DGRAM_POOL 64         /* ... with their datagram request object */
 /*
 ** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
-** the buffer is 2 MiB, but only the pages that datagrams reach become
+** the buffer is 4 MiB, but only the pages that datagrams reach become
 ** resident; it is allocated only when there is a datagram listener.
 */
-#define DGRAM_BATCH 32
+#define DGRAM_BATCH 64
 
 /* Free lists of small blocks for the Lua state (see small_lalloc). */
 #define SMALL_STEP 16
@@ -580,6 +580,7 @@ static int recv_batch (struct eloop *e, int lindex, int max) {
       log_warn("recvmmsg on %s: %s", e->w->ls[lindex].name, strerror(errno));
     return 0;
   }
+  e->ml.drained = n < max;  /* a short batch: the socket had no more */
   e->x->dgq = &e->dgq;
   for (int k = 0; k < n; k++) {  /* all: they were taken from the socket */
     model_fix_sender(&peers[k], &msgs[k].msg_hdr.msg_namelen);
