@@ -28,6 +28,12 @@ spec returns this same table.
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
   H.free_port(), H.children(pid), H.eventually(fn, secs)
+  H.redis_server([opts])  Debian's redis-server on a free loopback port, no
+                   persistence, accepting: its port and pid. opts.tls =
+                   DIR: TLS only, with DIR's server.pem/.key and ca.pem
+                   (tls_certs), no client certificates asked for. Stopped
+                   when the test ends; with opts.keep, by H.kill(pid)
+  H.kill(pid)      stops a process the spec started (SIGCONT, SIGTERM)
 ]]
 
 local T = require "luasrv.test"
@@ -211,6 +217,37 @@ function H.eventually (fn, secs)
     T.sleep(0.05)
   until T.now() > deadline
   return fn()
+end
+
+
+function H.kill (pid)
+  os.execute(("kill -CONT %d 2>/dev/null; kill %d 2>/dev/null"):format(pid, pid))
+end
+
+
+function H.redis_server (opts)
+  opts = opts or {}
+  local port, d = H.free_port(), opts.tls
+  local args = d and ("--port 0 --tls-port %d --tls-cert-file %s/server.pem " ..
+    "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem " ..
+    "--tls-auth-clients no --dir %s"):format(port, d, d, d, d)
+    or ("--port %d"):format(port)
+  local f = assert(io.popen("exec redis-server --bind 127.0.0.1 " .. args ..
+    " --save '' --appendonly no >/dev/null 2>&1 </dev/null & echo $!"))
+  local pid = assert(tonumber(f:read("l")), "could not start redis-server")
+  f:close()
+  if not opts.keep then H.defer(function () H.kill(pid) end) end
+  local socket = require "socket"
+  local up = H.eventually(function ()
+    local c = socket.connect("127.0.0.1", port)
+    if c then c:close() end
+    return c ~= nil
+  end, 5)
+  if not up then
+    H.kill(pid)
+    error("redis-server did not start on 127.0.0.1:" .. port)
+  end
+  return port, pid
 end
 
 

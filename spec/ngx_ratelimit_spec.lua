@@ -11,11 +11,7 @@ local have = N.have("redis-server") and N.have("haproxy")
 local maybe = have and it or pending
 
 local function redis ()
-  local port = H.free_port()
-  N.daemon("redis-server --bind 127.0.0.1 --port " .. port ..
-           " --save '' --appendonly no")
-  N.wait_port(port)
-  return port
+  return (H.redis_server())
 end
 
 local APP = [[

@@ -16,17 +16,12 @@ local function redis ()
   if pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") == true then
     return port
   end
-  port = H.free_port()
-  local f = assert(io.popen("exec redis-server --bind 127.0.0.1 --port " ..
-    port .. " --save '' --appendonly no >/dev/null 2>&1 </dev/null & echo $!"))
-  pid = tonumber(f:read("l"))
-  f:close()
-  N.wait_port(port)
+  port, pid = H.redis_server{ keep = true }
   return port
 end
 
 teardown(function ()
-  if pid then os.execute("kill -CONT " .. pid .. "; kill " .. pid) end
+  if pid then H.kill(pid) end
 end)
 
 -- globals: the bodies the clients send are chunks of their own

@@ -139,12 +139,7 @@ end }]] }
 
   it("tcpsock:sslhandshake to redis-server --tls-port", function ()
     local d = C.dir()
-    local port = H.free_port()
-    N.daemon(("redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
-      "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
-      "--tls-ca-cert-file %s/ca.pem --tls-auth-clients no --save '' " ..
-      "--appendonly no --dir %s"):format(port, d, d, d, d))
-    N.wait_port(port)
+    local port = H.redis_server{ tls = d }
     local srv = runner()
     local r = N.ask(srv, [[
       local sock = ngx.socket.tcp()

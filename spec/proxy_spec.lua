@@ -180,22 +180,11 @@ describe("scripts/proxy.lua", function ()
 
   describe("with redis-server upstream and redis-benchmark", function ()
     local ok = have("redis-server") and have("redis-benchmark")
-    local redis_port, redis
+    local redis_port
     local maybe = ok and it or pending
 
     local function start_redis ()
-      redis_port = free_port()
-      redis = io.popen("exec redis-server --bind 127.0.0.1 --port " ..
-        redis_port .. " --save '' --appendonly no --daemonize no " ..
-        ">/dev/null 2>&1 & echo $!")
-      local pid = redis:read("l")
-      H.defer(function () os.execute("kill " .. pid .. " 2>/dev/null") end)
-      for _ = 1, 100 do
-        local s = socket.connect("127.0.0.1", redis_port)
-        if s then s:close() return end
-        H.T.sleep(0.05)
-      end
-      error("redis-server did not start")
+      redis_port = H.redis_server()
     end
 
     local function bench (port, extra)

@@ -231,14 +231,7 @@ end }]], args = { "--tls-cert", d .. "/named.pem", "--tls-key", d .. "/named.key
 
   it("talks to redis-server --tls-port and pools the connection", function ()
     local d = C.dir()
-    local port = H.free_port()
-    local log = os.tmpname()
-    H.defer(function () os.remove(log) end)
-    spawn(("redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
-           "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
-           "--tls-ca-cert-file %s/ca.pem --tls-auth-clients no --save '' " ..
-           "--appendonly no --dir %s"):format(port, d, d, d, d), log)
-    wait_port(port)
+    local port = H.redis_server{ tls = d }
     local srv = runner()
     local r = H.ask(srv, ([[
       local url, opts = "tls://localhost:%d", { ca = "%s/ca.pem" }
@@ -265,14 +258,7 @@ describe("model fork", function ()
 
   it("a child leaves the session of its parent's pooled connection alone", function ()
     local d = C.dir()
-    local port = H.free_port()
-    local log = os.tmpname()
-    H.defer(function () os.remove(log) end)
-    spawn(("redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
-           "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
-           "--tls-ca-cert-file %s/ca.pem --tls-auth-clients no --save '' " ..
-           "--appendonly no --dir %s"):format(port, d, d, d, d), log)
-    wait_port(port)
+    local port = H.redis_server{ tls = d }
     local url = ("tls://localhost:%d"):format(port)
     local ca = d .. "/ca.pem"
     local srv = H.start{ model = "fork", source = ([[
