@@ -87,7 +87,7 @@ local byte, char, find, format, gsub, lower, match, sub =
   string.lower, string.match, string.sub
 local concat, tonumber, tostring, type = table.concat, tonumber, tostring,
   type
-local time, unpack = os.time, table.unpack
+local time = os.time
 
 local M = {}
 
@@ -1514,15 +1514,16 @@ end
 -- slots and doubles when a call needs more: to 80, then to 160 in the
 -- first request, and a kept-alive connection waiting for its next one
 -- kept all of it (2.6 KiB; the collector left it so, measured with
--- scripts/http.lua). Made room for at once (unpack makes room for its
--- results first), it is 1.5 KiB.
-local STACK_ROOM = 76
-local EMPTY = {}
+-- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
+-- makes room for its results first (at each connection: the collector
+-- shrinks the stack of a coroutine pooled between connections).
+local STACK_ROOM = 77
+local ROOM = ("\0"):rep(STACK_ROOM)
 
 -- Serves HTTP on the luasrv request conn: reads requests and answers each
 -- with handler(r), in order, until the connection ends or must close.
 function M.serve (conn, handler, opts)
-  unpack(EMPTY, 1, STACK_ROOM)
+  byte(ROOM, 1, -1)
   opts = options(opts)
   local rd = new_reader(conn, opts)
   local st = { n = 0, r = false, deadline = first_deadline(opts) }
