@@ -1,6 +1,8 @@
 -- spec/memory_spec.lua: the event model gives back what a burst of
 -- connections left pooled once it is idle, so its RSS does not climb
--- round after round (coroutines, small blocks, buffers, then malloc_trim).
+-- round after round (coroutines, small blocks, buffers, then malloc_trim);
+-- and a kept-alive HTTP connection waiting for its next request holds
+-- little Lua state (its coroutine's stack, the reader, no request).
 local H = require "helper"
 local T = H.T
 local socket = require "socket"
@@ -52,6 +54,39 @@ for _, model in ipairs(H.models) do
         end
         assert.is_true(last <= first + 1024,
           ("RSS %d kB after the fifth burst, %d kB at the first"):format(last, first))
+      end)
+
+      it("holds under 4 KiB of Lua heap per idle kept-alive connection "
+         .. "of scripts/http.lua", function ()
+        local dir = T.tmpdir()
+        H.defer(function () T.rmrf(dir) end)
+        local sock = dir .. "/admin.sock"
+        local srv = H.start{ model = model, script = "scripts/http.lua",
+          tcp = true, args = { "--admin", sock, "--timeout", "0" } }
+        local function heap ()   -- bytes, after a full collection
+          local code, out, err = T.run{ "ctl", sock, "eval", "1",
+            "collectgarbage() collectgarbage() "
+            .. "return math.floor(collectgarbage('count') * 1024)" }
+          assert.equals(0, code, err)
+          return assert(tonumber(out), out)
+        end
+        local function hello ()   -- a connection that got its answer
+          local c = assert(socket.connect("127.0.0.1", srv.tcp.port))
+          c:settimeout(5 * H.scale)
+          c:send("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            .. "User-Agent: memory_spec\r\n\r\n")
+          assert.equals("HTTP/1.1 200 OK", c:receive())
+          repeat local line = assert(c:receive()) until line == ""
+          assert.equals("hello\n", c:receive(6))
+          return c
+        end
+        hello():close()         -- the head cache and the pools are made
+        local before, held, n = heap(), {}, 300
+        for i = 1, n do held[i] = hello() end
+        local per = (heap() - before) / n
+        for _, c in ipairs(held) do c:close() end
+        assert.is_true(per < 4096,
+          ("%.0f bytes of Lua heap per idle connection"):format(per))
       end)
     end)
   end

@@ -296,12 +296,15 @@ local function fail (status, r) return nil, status, r end
 
 -- A reader over conn (anything with luasrv's recv, read, write and
 -- settimeout). idle is the timeout of a wait for a new request
--- (keepalive_timeout, or nil: the connection's own).
+-- (keepalive_timeout, or nil: the connection's own); last the head cache's
+-- entry of the last request when it was all the buffer held. Every
+-- kept-alive connection holds one while it waits, so it has eight fields
+-- at most (a ninth doubles its hash part): conn's methods other than recv
+-- are looked up where used.
 local function new_reader (conn, opts)
-  return { conn = conn, buf = "", pos = 1,
-    recv = conn.recv, read = conn.read, settimeout = conn.settimeout,
-    write = conn.write, idle = opts.keepalive_timeout, timeout = nil,
-    last = false, last_entry = false, stream = false }
+  return { conn = conn, buf = "", pos = 1, recv = conn.recv,
+    idle = opts.keepalive_timeout, timeout = nil, last = false,
+    stream = false }
 end
 
 -- Sets the timeout of the next wait: what is left until deadline, or the
@@ -314,7 +317,7 @@ local function set_wait (rd, deadline)
     if t <= 0 then return false end
   end
   if t ~= rd.timeout then
-    rd.settimeout(rd.conn, t)
+    rd.conn:settimeout(t)
     rd.timeout = t
   end
   return true
@@ -327,9 +330,10 @@ local function fill (rd, deadline)
   if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
     return nil, "timeout"
   end
+  local buf, pos = rd.buf, rd.pos
+  if pos > #buf then rd.buf, buf = "", "" end  -- not held through the wait
   local data, err = rd.recv(rd.conn, RECV_MAX)
   if not data then return nil, err end
-  local buf, pos = rd.buf, rd.pos
   if pos <= #buf then data = sub(buf, pos) .. data end
   rd.buf, rd.pos = data, 1
   return true
@@ -403,7 +407,7 @@ local function read_bytes (rd, n, deadline)
   local part = have > 0 and sub(buf, pos) or ""
   rd.buf, rd.pos = "", 1
   if not set_wait(rd, deadline) then return nil, "timeout" end
-  local rest, err = rd.read(rd.conn, n - have)
+  local rest, err = rd.conn:read(n - have)
   if not rest or #rest < n - have then return nil, err end
   return part .. rest
 end
@@ -822,7 +826,7 @@ function Request:body_reader (chunk)
     end
     local piece, _, status = body_piece(rd, st, chunk, opts)
     if rd.timeout ~= nil then        -- the handler's writes: --timeout
-      rd.settimeout(rd.conn, nil)
+      rd.conn:settimeout(nil)
       rd.timeout = nil
     end
     if piece == nil and not st.done then
@@ -851,15 +855,20 @@ local function entry_headers (r, e)
 end
 
 -- The Request metatable of a connection. The fields every request of it
--- shares, and the defaults of the others, sit in a table behind __index
--- (over Request); r.args and r.params are made on their first use, and a
--- remembered head's fields too. So a request is built with only its own
--- fields: each costs in a constructor.
+-- shares sit in a table behind __index, over the defaults of the others
+-- (one table for all the connections served with opts, over Request);
+-- r.args and r.params are made on their first use, and a remembered
+-- head's fields too. So a request is built with only its own fields: each
+-- costs in a constructor.
 local function request_mt (conn, opts, rd)
-  local shared = setmetatable({ req = conn, _opts = opts, _rd = rd,
-    last = false,
-    unread = false, _multi = false, _started = false, keepalive = true,
-    body = "", _e = false , _body = false}, Request)
+  local defaults = opts._defaults    -- the metatable of shared
+  if not defaults then
+    defaults = { __index = setmetatable({ _opts = opts, last = false,
+      unread = false, _multi = false, _started = false, keepalive = true,
+      body = "", _e = false, _body = false }, Request) }
+    opts._defaults = defaults
+  end
+  local shared = setmetatable({ req = conn, _rd = rd }, defaults)
   return { __index = function (r, k)
     local e = r._e                  -- a field of every request: no loop
     if e then
@@ -904,6 +913,7 @@ local function remember (opts, head, r, headers)
     n = n + 2
   end
   e[7] = n
+  e.head = head              -- what rd.last's request is compared with
   heads[head] = e
   heads.n = heads.n + 1
 end
@@ -988,7 +998,7 @@ local function read_new_head (rd, opts, mt, deadline, tried, tried_buf,
     local cached = opts._heads[s]
     if cached then
       rd.pos = e + 1
-      if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+      if pos == 1 and e == #buf then rd.last = cached end
       return recall(cached, mt)
     end
   end
@@ -1026,19 +1036,20 @@ local function read_request (rd, opts, mt, deadline)
       buf, pos = rd.buf, rd.pos
     else                        -- (fill, inline)
       local err
+      rd.buf = ""               -- not held through the wait
       buf, err = rd.recv(rd.conn, RECV_MAX)
       if not buf then return lost(err, false) end
       pos = 1
       rd.buf, rd.pos = buf, 1
     end
   end
-  if buf == rd.last and pos == 1 then
+  local e = rd.last
+  if e and buf == e.head and pos == 1 then
     rd.pos = #buf + 1
-    local e = rd.last_entry
     return setmetatable({ _e = e, _started = false, method = e[1],
       path = e[3] }, mt)          -- (recall, inline)
   end
-  local e = find(buf, "\r\n\r\n", pos, true)
+  e = find(buf, "\r\n\r\n", pos, true)
   if not e then return read_new_head(rd, opts, mt, deadline) end
   e = e + 3
   local s = sub(buf, pos, e)
@@ -1047,7 +1058,7 @@ local function read_request (rd, opts, mt, deadline)
     return read_new_head(rd, opts, mt, deadline, s, buf, pos)
   end
   rd.pos = e + 1
-  if pos == 1 and e == #buf then rd.last, rd.last_entry = buf, cached end
+  if pos == 1 and e == #buf then rd.last = cached end
   return recall(cached, mt)
 end
 
@@ -1436,16 +1447,14 @@ end
 -- connection ends or must close. st holds the loop's state, so that after
 -- a handler raised (st.r is its request) serve can answer 500 and call
 -- this again to go on: one xpcall per connection, not one per request.
-local function serve_requests (st)
-  local conn, rd, mt, opts, handler = st.conn, st.rd, st.mt, st.opts,
-    st.handler
-  local write, max = rd.write, opts.max_requests
+local function serve_requests (st, rd, mt, opts, handler, write)
+  local conn, max = rd.conn, opts.max_requests
   for n = st.n + 1, max do
     st.n = n
     local r, status, partial = read_request(rd, opts, mt, st.deadline)
     st.deadline = nil
     if rd.timeout ~= nil then     -- the handler runs with the server's
-      rd.settimeout(conn, nil)
+      conn:settimeout(nil)
       rd.timeout = nil
     end
     if not r then
@@ -1500,16 +1509,28 @@ local function first_deadline (opts)
   return nil
 end
 
+-- Stack slots that serving a request takes beyond serve's frame (with a
+-- route handler that returns a string). A coroutine's stack starts at 40
+-- slots and doubles when a call needs more: to 80, then to 160 in the
+-- first request, and a kept-alive connection waiting for its next one
+-- kept all of it (2.6 KiB; the collector left it so, measured with
+-- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
+-- makes room for its results first (at each connection: the collector
+-- shrinks the stack of a coroutine pooled between connections).
+local STACK_ROOM = 77
+local ROOM = ("\0"):rep(STACK_ROOM)
+
 -- Serves HTTP on the luasrv request conn: reads requests and answers each
 -- with handler(r), in order, until the connection ends or must close.
 function M.serve (conn, handler, opts)
+  byte(ROOM, 1, -1)
   opts = options(opts)
   local rd = new_reader(conn, opts)
-  local st = { conn = conn, rd = rd, mt = request_mt(conn, opts, rd),
-    opts = opts, handler = handler, n = 0, r = false,
-    deadline = first_deadline(opts) }
+  local st = { n = 0, r = false, deadline = first_deadline(opts) }
+  local mt, write = request_mt(conn, opts, rd), conn.write
   while true do                   -- once more after each handler's error
-    local ok, err = xpcall(serve_requests, traceback, st)
+    local ok, err = xpcall(serve_requests, traceback, st, rd, mt, opts,
+      handler, write)
     if ok then return end
     local r = st.r
     if not r then error(err, 0) end       -- not the handler's
@@ -1554,7 +1575,7 @@ function M.read_request (conn, opts)
   end
   local r, status, partial = read_request(rd, opts, rd.mt, deadline)
   if rd.timeout ~= nil then
-    rd.settimeout(conn, nil)
+    conn:settimeout(nil)
     rd.timeout = nil
   end
   return r, status, partial
