@@ -217,7 +217,11 @@ H.for_models(function (model)
         io.stderr:write(("[%s] 1 GiB upload%s: peak RSS %d KiB\n"):format(
           model, extra ~= "" and " (Content-Length)" or " (chunked)",
           tonumber(peak)))
-        assert.is_true(tonumber(peak) < 64 * 1024, "peak " .. peak .. " KiB")
+        -- AddressSanitizer keeps freed memory in quarantine (256 MiB):
+        -- there the bytes are checked, the bound is the normal build's
+        if not os.getenv("ASAN_OPTIONS") then
+          assert.is_true(tonumber(peak) < 64 * 1024, "peak " .. peak .. " KiB")
+        end
       end
     end)
   end)
