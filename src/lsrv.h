@@ -77,6 +77,16 @@ struct sched_ops {
   /* c's descriptor is about to be closed. */
   void (*detach) (struct lctx *x, struct lconn *c);
   /*
+  ** Yielding models, the keep-alive pool (lconnect.c): outbound c, in the
+  ** loop, goes idle. Its descriptor stays registered, and what comes for
+  ** it now goes to fn(data), not to c, whose waiters are woken as by
+  ** detach. 0, or -1 when c is not in a loop. unpark hands such a
+  ** descriptor to connection c again, or (c NULL) forgets it before it
+  ** is closed.
+  */
+  int (*park) (struct lctx *x, struct lconn *c, evloop_fn *fn, void *data);
+  void (*unpark) (struct lctx *x, int fd, struct lconn *c);
+  /*
   ** Light threads (lspawn.c); NULL in blocking models, where spawn runs
   ** the function to its end at once. spawn: a fresh task in the loop;
   ** start: runs it (nargs values on its stack) from L until it first
@@ -264,6 +274,13 @@ int sched_result (lua_State *L, int status);
 int sched_switches (struct task *t);
 /* c's descriptor is about to be closed: the model forgets it. */
 void sched_detach (struct lconn *c);
+/*
+** The pool's idle descriptors (see struct sched_ops): -1 when the model
+** keeps no loop for c (the caller detaches c and checks the descriptor
+** itself when it takes it again).
+*/
+int sched_park (struct lconn *c, evloop_fn *fn, void *data);
+void sched_unpark (struct lctx *x, int fd, struct lconn *c);
 /* The blocking wait of sync and fork (poll, through worker_block). */
 int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
 /* The table of a model that blocks in sched_block and has no loop. */
