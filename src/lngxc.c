@@ -2,7 +2,9 @@
 ** lngxc.c -- require "luasrv.ngxc": the few functions luasrv.ngx needs
 ** that Lua cannot do well by itself: digests and HMAC from OpenSSL's
 ** libcrypto (md5, sha1, hmac_sha1), CRC-32, base64 as nginx does it, the
-** wall clock with microseconds, getpid and the null light userdata. Everything else of the ngx
+** wall clock with microseconds, getpid and the null light userdata, the
+** join of a driver's request and (from lconnect.c) the receive of a line
+** or a count on a connection's own buffer. Everything else of the ngx
 ** API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
 ** bad input returns nil, as ngx.decode_base64 does.
 */
@@ -18,6 +20,8 @@
 #include <lua.h>
 
 int luaopen_luasrv_ngxc (lua_State *L);
+/* lconnect.c: tcpsock:receive's "*l" and size patterns */
+int lconnect_ngx_receive (lua_State *L);
 
 
 /* {====================================================== digests */
@@ -203,7 +207,46 @@ static int ngx_mask (lua_State *L) {
 }
 
 
+/*
+** join(t): the array t of strings and integers (a driver's request, such
+** as resty.redis's) as one string, integers in decimal; nil when t holds
+** anything else, which luasrv.ngx then formats as ngx does. One call for
+** what was a type check per element in Lua, and table.concat's number
+** formatting (snprintf) per integer.
+*/
+static int ngx_join (lua_State *L) {
+  luaL_Buffer b;
+  lua_Integer n;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = (lua_Integer)lua_rawlen(L, 1);
+  luaL_buffinit(L, &b);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int t = lua_rawgeti(L, 1, i);
+    if (t == LUA_TSTRING)
+      luaL_addvalue(&b);
+    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
+      lua_Integer v = lua_tointeger(L, -1);
+      unsigned long long u = v < 0 ? 0ull - (unsigned long long)v
+                                   : (unsigned long long)v;
+      char d[24], *p = d + sizeof d;
+      lua_pop(L, 1);
+      do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
+      if (v < 0) *--p = '-';
+      luaL_addlstring(&b, p, (size_t)(d + sizeof d - p));
+    }
+    else {
+      lua_pushnil(L);
+      return 1;
+    }
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+
 static const luaL_Reg funcs[] = {
+  {"join", ngx_join},
+  {"receive", lconnect_ngx_receive},
   {"mask", ngx_mask},
   {"md5", ngx_md5},
   {"md5_bin", ngx_md5_bin},

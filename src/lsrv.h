@@ -293,6 +293,8 @@ int luasrv_connect (lua_State *L);
 void lconnect_open (lua_State *L);
 /* Closes the keep-alive pool's connections idle past their time. */
 void lconnect_sweep (struct lctx *x);
+/* luasrv.ngxc.receive(conn, pattern): tcpsock:receive's "*l" and counts */
+int lconnect_ngx_receive (lua_State *L);
 
 /* lluasrv.c */
 int luaopen_luasrv (lua_State *L);
