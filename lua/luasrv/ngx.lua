@@ -303,12 +303,13 @@ function tcp:connect (host, port, opts)
   end
   if opts then
     if opts.pool ~= nil then pool = tostring(opts.pool) end
-    if opts.pool_size ~= nil then
-      local n = tonumber(opts.pool_size)
+    local n = opts.pool_size
+    if n ~= nil then
+      if mtype(n) ~= "integer" then n = tonumber(n) and floor(tonumber(n)) end
       if not n or n < 1 then
         error("bad argument #3 to 'connect' (bad \"pool_size\" option value)", 2)
       end
-      self.pool_size = floor(n)
+      self.pool_size = n
     end
   end
   if self.c then  -- ngx closes the connection it had
