@@ -468,7 +468,7 @@ static int connect_k (lua_State *L, int status, lua_KContext ctx) {
 struct pentry {
   struct pentry *prev, *next;  /* in its list: oldest first */
   struct plist *list;
-  struct conn io;             /* descriptor, transport, flags, TLS; no buffers */
+  struct conn io;             /* fd, transport, flags, TLS; no buffers */
   double expires;             /* monotonic; HUGE_VAL: never */
   unsigned reused;
   int parked;                 /* watched by the pool in the model's loop */
@@ -852,7 +852,7 @@ static int lconn_getreusedtimes (lua_State *L) {
 /* }====================================================== */
 
 
-/* {====================================================== luasrv.ngx's receive */
+/* {====================================================== ngx receive */
 
 /*
 ** receive(conn, pattern), luasrv.ngxc's: tcpsock:receive's "*l" (pattern
