@@ -136,6 +136,18 @@ H.for_models(function (model)
                       "bad data type function", n = 6 }, res)
       end)
 
+      it("sends an array of strings and integers as one string", function ()
+        local res = ask [[
+          local s = peer("", "echo")
+          local n = s:send({ "*", -12, ":", 0, ":", math.maxinteger, ":",
+                             math.mininteger, "\n" })
+          local line = s:receive()
+          s:close()
+          return n, line ]]
+        assert.same({ 48, "*-12:0:9223372036854775807:-9223372036854775808",
+                      n = 2 }, res)
+      end)
+
       it("pools: reuse counts, refuses unread data, names pools", function ()
         local res = ask [[
           local function once (opts)
