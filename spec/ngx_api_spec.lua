@@ -142,10 +142,15 @@ H.for_models(function (model)
           local n = s:send({ "*", -12, ":", 0, ":", math.maxinteger, ":",
                              math.mininteger, "\n" })
           local line = s:receive()
+          local many = {}
+          for i = 1, 100 do many[i] = i % 2 == 0 and "x" or i end
+          many[101] = "\n"
+          local m = s:send(many)
+          local line2 = s:receive()
           s:close()
-          return n, line ]]
+          return n, line, m, #line2, line2:sub(1, 8) ]]
         assert.same({ 48, "*-12:0:9223372036854775807:-9223372036854775808",
-                      n = 2 }, res)
+                      146, 145, "1x3x5x7x", n = 5 }, res)
       end)
 
       it("pools: reuse counts, refuses unread data, names pools", function ()

@@ -212,34 +212,76 @@ static int ngx_mask (lua_State *L) {
 ** as resty.redis's) as one string, integers in decimal; nil when t holds
 ** anything else, which luasrv.ngx then formats as ngx does. One call for
 ** what was a type check per element in Lua, and table.concat's number
-** formatting (snprintf) per integer.
+** formatting (snprintf) per integer. Up to JOIN_PIECES pieces are
+** measured first and copied once (the strings stay in t meanwhile); more
+** go through a luaL_Buffer.
 */
-static int ngx_join (lua_State *L) {
+#define JOIN_PIECES 64
+#define JOIN_DIGITS 21        /* an integer's decimal text, its sign too */
+
+/* v's decimal text, ending at end; returns where it starts. */
+static char *int_text (lua_Integer v, char *end) {
+  unsigned long long u = v < 0 ? 0ull - (unsigned long long)v
+                               : (unsigned long long)v;
+  do *--end = (char)('0' + u % 10); while ((u /= 10) != 0);
+  if (v < 0) *--end = '-';
+  return end;
+}
+
+
+/* join of n pieces, any number: 1 (pushed) or 0 (not strings and integers) */
+static int join_buffer (lua_State *L, lua_Integer n) {
   luaL_Buffer b;
-  lua_Integer n;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  n = (lua_Integer)lua_rawlen(L, 1);
   luaL_buffinit(L, &b);
   for (lua_Integer i = 1; i <= n; i++) {
     int t = lua_rawgeti(L, 1, i);
     if (t == LUA_TSTRING)
       luaL_addvalue(&b);
     else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
-      lua_Integer v = lua_tointeger(L, -1);
-      unsigned long long u = v < 0 ? 0ull - (unsigned long long)v
-                                   : (unsigned long long)v;
-      char d[24], *p = d + sizeof d;
+      char d[JOIN_DIGITS], *end = d + sizeof d, *p;
+      p = int_text(lua_tointeger(L, -1), end);
       lua_pop(L, 1);
-      do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
-      if (v < 0) *--p = '-';
-      luaL_addlstring(&b, p, (size_t)(d + sizeof d - p));
+      luaL_addlstring(&b, p, (size_t)(end - p));
     }
-    else {
-      lua_pushnil(L);
-      return 1;
-    }
+    else
+      return 0;
   }
   luaL_pushresult(&b);
+  return 1;
+}
+
+
+static int ngx_join (lua_State *L) {
+  const char *p[JOIN_PIECES];
+  size_t len[JOIN_PIECES], total = 0;
+  char digits[JOIN_PIECES * JOIN_DIGITS], *d = digits;
+  luaL_Buffer b;
+  lua_Integer n;
+  char *out;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = (lua_Integer)lua_rawlen(L, 1);
+  if (n > JOIN_PIECES) return join_buffer(L, n);
+  for (int i = 0; i < (int)n; i++) {
+    int t = lua_rawgeti(L, 1, i + 1);
+    if (t == LUA_TSTRING)
+      p[i] = lua_tolstring(L, -1, &len[i]);  /* t keeps it */
+    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
+      char *end = d + JOIN_DIGITS;
+      p[i] = int_text(lua_tointeger(L, -1), end);
+      len[i] = (size_t)(end - p[i]);
+      d = end;
+    }
+    else
+      return 0;  /* nothing: luasrv.ngx formats it */
+    lua_pop(L, 1);
+    total += len[i];
+  }
+  out = luaL_buffinitsize(L, &b, total);
+  for (int i = 0; i < (int)n; i++) {
+    memcpy(out, p[i], len[i]);
+    out += len[i];
+  }
+  luaL_pushresultsize(&b, total);
   return 1;
 }
 
