@@ -9,12 +9,19 @@ local socket = require "socket"
 local unix = require "socket.unix"
 
 -- the upstream: answers each line with "up:LINE"; "slow" after a second;
--- "bye" closes after "one\ntwo" (no newline at the end)
+-- "bye" closes after "one\ntwo" (no newline at the end); "later" is
+-- answered, then 0.2 s later followed by a line nobody asked for
 local UPSTREAM = [[
 local luasrv = require "luasrv"
 return { handle = function (req)
   for line in req:lines() do
     if line == "slow" then luasrv.sleep(1) end
+    if line == "later" then
+      req:write("up:later\n")
+      req:flush()
+      luasrv.sleep(0.2)
+      line = "stray"
+    end
     if line == "bye" then req:write("one\ntwo") return end
     req:write("up:", line, "\n")
     req:flush()
@@ -272,6 +279,22 @@ H.for_models(function (model)
       T.sleep(0.5)  -- the upstream closed the idle connection
       local r = ask(srv, REUSE)
       assert.same({ 0, true }, { r[1], r[2] })
+    end)
+
+    it("discards a pooled connection the upstream wrote to while idle",
+       function ()
+      local up = upstream{ tcp = true }
+      local r = ask(runner(model, tcp_url(up)), [[
+        local c = assert(luasrv.connect(URL))
+        c:write("later\n")
+        local a = c:read("l")
+        local ok = c:setkeepalive()
+        luasrv.sleep(0.5) --[=[ "up:stray" came meanwhile ]=]
+        local d = assert(luasrv.connect(URL))
+        d:write("x\n")
+        return a, ok, d:getreusedtimes(), d:read("l")
+      ]])
+      assert.same({ "up:later", true, 0, "up:x", n = 4 }, r)
     end)
 
     it("closes instead of pooling with unread input", function ()

@@ -136,6 +136,23 @@ H.for_models(function (model)
                       "bad data type function", n = 6 }, res)
       end)
 
+      it("sends an array of strings and integers as one string", function ()
+        local res = ask [[
+          local s = peer("", "echo")
+          local n = s:send({ "*", -12, ":", 0, ":", math.maxinteger, ":",
+                             math.mininteger, "\n" })
+          local line = s:receive()
+          local many = {}
+          for i = 1, 100 do many[i] = i % 2 == 0 and "x" or i end
+          many[101] = "\n"
+          local m = s:send(many)
+          local line2 = s:receive()
+          s:close()
+          return n, line, m, #line2, line2:sub(1, 8) ]]
+        assert.same({ 48, "*-12:0:9223372036854775807:-9223372036854775808",
+                      146, 145, "1x3x5x7x", n = 5 }, res)
+      end)
+
       it("pools: reuse counts, refuses unread data, names pools", function ()
         local res = ask [[
           local function once (opts)

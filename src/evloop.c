@@ -109,6 +109,14 @@ int evloop_mod (struct evloop *loop, int fd, unsigned events) {
 }
 
 
+int evloop_set (struct evloop *loop, int fd, evloop_fn *fn, void *data) {
+  if (fd < 0 || fd >= loop->nw || loop->w[fd].fn == NULL) return -ENOENT;
+  loop->w[fd].fn = fn;
+  loop->w[fd].data = data;
+  return 0;
+}
+
+
 void evloop_del (struct evloop *loop, int fd) {
   if (fd < 0 || fd >= loop->nw || loop->w[fd].fn == NULL) return;
   epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);

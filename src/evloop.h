@@ -37,6 +37,11 @@ void evloop_free (struct evloop *loop);
 int evloop_add (struct evloop *loop, int fd, unsigned events,
                 evloop_fn *fn, void *data);
 int evloop_mod (struct evloop *loop, int fd, unsigned events);
+/*
+** Hands watched fd to another watcher, with no system call (the kernel's
+** registration stays as it is); 0 or -ENOENT.
+*/
+int evloop_set (struct evloop *loop, int fd, evloop_fn *fn, void *data);
 /* Forgets fd; call before closing it. Pending events for it are dropped. */
 void evloop_del (struct evloop *loop, int fd);
 

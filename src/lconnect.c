@@ -11,6 +11,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -47,7 +48,7 @@
 /* Phases of connect_k. */
 enum { K_LOOKUP, K_CONNECT, K_RETRY };
 
-static char pool_key;         /* registry: the pool's functions */
+static char pool_key;         /* registry: the keep-alive pool */
 
 
 /* {====================================================== name lookups */
@@ -453,161 +454,356 @@ static int connect_k (lua_State *L, int status, lua_KContext ctx) {
 /* {====================================================== keep-alive pool */
 
 /*
-** The pool of a state: idle connections per key, newest last. An entry
-** made before a fork belongs to the parent: a child only closes its own
-** copy of the descriptor.
+** The pool of a state: idle connections per key, newest last, in C. An
+** entry holds the descriptor (and TLS session) of a connection that was
+** given back; taking it makes a new connection object around them. In a
+** loop (the event model) an idle descriptor stays registered and the pool
+** watches it (sched_park): a peer that hangs up or sends while nobody
+** asked evicts its entry when it happens, so taking one costs no system
+** call. Without a loop, taking one first checks that its peer is still
+** quiet (a MSG_PEEK). Entries past their idle time are closed by the
+** periodic service tick, and by a take or a put at most once a second
+** (the thread model's handler states get no tick); a take never hands out
+** one that expired. A pool made before a fork belongs to the parent: a
+** child only closes its own copies of the descriptors.
 */
-static const char pool_src[] =
-  "local probe, abort, now, getpid = ...\n"
-  "local remove, pools = table.remove, {}\n"
-  "local function take (key)\n"
-  "  local list = pools[key]\n"
-  "  if not list then return nil end\n"
-  "  local pid, t = getpid(), now()\n"
-  "  while #list > 0 do\n"
-  "    local e = remove(list)\n"
-  "    if e.pid == pid and e.expires > t and probe(e.conn) then\n"
-  "      return e.conn\n"
-  "    end\n"
-  "    abort(e.conn)\n"
-  "  end\n"
-  "end\n"
-  "local function put (key, conn, idle, size)\n"
-  "  local list = pools[key]\n"
-  "  if not list then list = {}; pools[key] = list end\n"
-  "  list[#list + 1] = { conn = conn, pid = getpid(),\n"
-  "    expires = idle > 0 and now() + idle or math.huge }\n"
-  "  while #list > size do abort(remove(list, 1).conn) end\n"
-  "end\n"
-  "local function sweep ()\n"
-  "  local t = now()\n"
-  "  for key, list in pairs(pools) do\n"
-  "    local j = 0\n"
-  "    for i = 1, #list do\n"
-  "      local e = list[i]\n"
-  "      if e.expires <= t then abort(e.conn) else j = j + 1; list[j] = e end\n"
-  "    end\n"
-  "    for i = #list, j + 1, -1 do list[i] = nil end\n"
-  "    if j == 0 then pools[key] = nil end\n"
-  "  end\n"
-  "end\n"
-  "return { take = take, put = put, sweep = sweep }\n";
+struct pentry {
+  struct pentry *prev, *next;  /* in its list: oldest first */
+  struct plist *list;
+  struct conn io;             /* fd, transport, flags, TLS; no buffers */
+  double expires;             /* monotonic; HUGE_VAL: never */
+  unsigned reused;
+  int parked;                 /* watched by the pool in the model's loop */
+  char *host;                 /* the name connect was given (TLS), or NULL */
+  socklen_t peerlen;
+  struct sockaddr_storage peer;
+};
+
+struct plist {
+  struct pentry *head, *tail;
+  int n;
+  struct plist *next;         /* all lists of the pool */
+  struct kpool *pool;
+  size_t klen;
+  char key[];                 /* its key, to forget it when empty */
+};
+
+struct kpool {
+  struct lctx *x;
+  pid_t pid;                  /* the process it belongs to */
+  struct plist *lists;
+  struct pentry *spare;       /* entry storage for reuse */
+  int nspare;
+  double next_sweep;
+};
+
+#define POOL_MT "luasrv.pool"
+#define SPARE_MAX 256         /* free entries kept */
+#define SWEEP_EVERY 1.0       /* most often a take or put sweeps */
+
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+static pid_t self_pid;        /* getpid() is a system call: cached */
 
 
-/*
-** Is pooled connection 1 still good? It must be idle and quiet: data or
-** EOF from a peer while nobody asked means it is of no use any more.
-*/
-static int pool_probe (lua_State *L) {
-  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
-  char b;
-  ssize_t n;
-  int ok = 0;
-  if (!(c->io.flags & LC_CLOSED) && buf_len(&c->io.in) == 0) {
-    n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    ok = n < 0 && (errno == EAGAIN || errno == EINTR);
-  }
-  lua_pushboolean(L, ok);
-  return 1;
+static void pid_refresh (void) {
+  self_pid = getpid();
 }
 
 
-static int pool_abort (lua_State *L) {
-  lconn_abort(luaL_checkudata(L, 1, LCONN_MT));
+static void pid_init (void) {
+  pid_refresh();
+  pthread_atfork(NULL, NULL, pid_refresh);
+}
+
+
+static pid_t pool_pid (void) {
+  pthread_once(&pid_once, pid_init);
+  return self_pid;
+}
+
+
+static void entry_unlink (struct pentry *e) {
+  struct plist *l = e->list;
+  if (e->prev != NULL) e->prev->next = e->next;
+  else l->head = e->next;
+  if (e->next != NULL) e->next->prev = e->prev;
+  else l->tail = e->prev;
+  l->n--;
+  e->prev = e->next = NULL;
+}
+
+
+/* Gives entry storage back (its connection is gone). */
+static void entry_free (struct kpool *kp, struct pentry *e) {
+  if (kp->nspare >= SPARE_MAX) {
+    free(e);
+    return;
+  }
+  e->next = kp->spare;
+  kp->spare = e;
+  kp->nspare++;
+}
+
+
+/* Closes e's connection and drops e from its list. */
+static void entry_drop (struct pentry *e) {
+  struct kpool *kp = e->list->pool;
+  entry_unlink(e);
+  if (e->parked) sched_unpark(kp->x, e->io.fd, NULL);
+  conn_close(&e->io);
+  free(e->host);
+  entry_free(kp, e);
+}
+
+
+/* The loop saw something on a parked descriptor. */
+static void on_parked (struct evloop *loop, int fd, unsigned ev, void *data) {
+  struct pentry *e = data;
+  (void)loop;
+  (void)fd;
+  if (ev & (EV_READ | EV_RDHUP | EV_ERROR)) entry_drop(e);  /* of no use now */
+  else e->io.flags |= LC_WRITABLE;
+}
+
+
+/*
+** What the peer of a descriptor that nobody watched did: 0 (nothing),
+** ERR_UNREAD (it sent something) or ERR_CLOSED (its end, or an error).
+*/
+static int peer_news (int fd) {
+  char b;
+  ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+  return n > 0 ? ERR_UNREAD : ERR_CLOSED;
+}
+
+
+static void list_free (lua_State *L, struct kpool *kp, struct plist *l) {
+  struct plist **p = &kp->lists;
+  while (*p != l) p = &(*p)->next;
+  *p = l->next;
+  if (L != NULL) {  /* forget its key */
+    lua_getiuservalue(L, -1, 1);
+    lua_pushlstring(L, l->key, l->klen);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
+  free(l);
+}
+
+
+/*
+** Closes what expired (all when the pool is a parent's) and forgets empty
+** lists. The pool's userdata is on top of L.
+*/
+static void pool_sweep (lua_State *L, struct kpool *kp, double now) {
+  int inherited = kp->pid != pool_pid();
+  struct plist *l = kp->lists, *next;
+  kp->next_sweep = now + SWEEP_EVERY;
+  for (; l != NULL; l = next) {
+    struct pentry *e = l->head, *en;
+    next = l->next;
+    for (; e != NULL; e = en) {
+      en = e->next;
+      if (inherited) e->parked = 0;  /* the parent's loop, not ours */
+      if (inherited || e->expires <= now) entry_drop(e);
+    }
+    if (l->n == 0) list_free(L, kp, l);
+  }
+  kp->pid = pool_pid();
+}
+
+
+static int pool_gc (lua_State *L) {
+  struct kpool *kp = luaL_checkudata(L, 1, POOL_MT);
+  if (kp->pid != pool_pid())
+    for (struct plist *l = kp->lists; l != NULL; l = l->next)
+      for (struct pentry *e = l->head; e != NULL; e = e->next) e->parked = 0;
+  while (kp->lists != NULL) {
+    struct plist *l = kp->lists;
+    while (l->head != NULL) entry_drop(l->head);
+    list_free(NULL, kp, l);
+  }
+  while (kp->spare != NULL) {
+    struct pentry *e = kp->spare;
+    kp->spare = e->next;
+    free(e);
+  }
+  kp->nspare = 0;
   return 0;
 }
 
 
-static int pool_now (lua_State *L) {
-  lua_pushnumber(L, (lua_Number)monotonic_now());
-  return 1;
-}
-
-
-static int pool_getpid (lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)getpid());
-  return 1;
-}
-
-
-/* Pushes the pool's function name, making the pool if need be. */
-static void push_pool_fn (lua_State *L, const char *name) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    if (luaL_loadbuffer(L, pool_src, sizeof pool_src - 1, "=pool") != LUA_OK)
-      lua_error(L);
-    lua_pushcfunction(L, pool_probe);
-    lua_pushcfunction(L, pool_abort);
-    lua_pushcfunction(L, pool_now);
-    lua_pushcfunction(L, pool_getpid);
-    lua_call(L, 4, 1);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+/* Pushes the pool of x's state (making it if need be) and returns it. */
+static struct kpool *push_pool (lua_State *L, struct lctx *x) {
+  struct kpool *kp;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TUSERDATA)
+    return lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  kp = lua_newuserdatauv(L, sizeof *kp, 1);
+  memset(kp, 0, sizeof *kp);
+  kp->x = x;
+  kp->pid = pool_pid();
+  kp->next_sweep = monotonic_now() + SWEEP_EVERY;
+  lua_newtable(L);  /* key -> its list (a light userdata) */
+  lua_setiuservalue(L, -2, 1);
+  if (luaL_newmetatable(L, POOL_MT)) {
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__gc");
   }
-  lua_getfield(L, -1, name);
-  lua_remove(L, -2);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+  return kp;
+}
+
+
+/*
+** The list of the key at index k (the pool on top), made if make; the
+** pool stays on top. A pool inherited from a parent is emptied first.
+*/
+static struct plist *pool_list (lua_State *L, struct kpool *kp, int k,
+                                int make) {
+  struct plist *l;
+  double now = monotonic_now();
+  k = lua_absindex(L, k);
+  if (now >= kp->next_sweep || kp->pid != pool_pid()) pool_sweep(L, kp, now);
+  lua_getiuservalue(L, -1, 1);
+  lua_pushvalue(L, k);
+  l = lua_rawget(L, -2) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 1);
+  if (l == NULL && make) {
+    size_t klen;
+    const char *key = lua_tolstring(L, k, &klen);
+    if ((l = calloc(1, sizeof *l + klen + 1)) == NULL)
+      luaL_error(L, "not enough memory");
+    memcpy(l->key, key, klen + 1);
+    l->klen = klen;
+    l->pool = kp;
+    l->next = kp->lists;
+    kp->lists = l;
+    lua_pushvalue(L, k);
+    lua_pushlightuserdata(L, l);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);  /* the keys */
+  return l;
 }
 
 
 void lconnect_sweep (struct lctx *x) {
   lua_State *L = lsrv_L(x);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) != LUA_TTABLE) {
-    lua_pop(L, 1);  /* no pool yet: nothing to close */
-    return;
-  }
-  lua_getfield(L, -1, "sweep");
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);  /* out of memory */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TUSERDATA)
+    pool_sweep(L, lua_touserdata(L, -1), monotonic_now());
   lua_pop(L, 1);
 }
 
 
-/* Pushes an idle pooled connection for key (at index k), or nothing. */
-static int pool_take (lua_State *L, int k) {
-  push_pool_fn(L, "sweep");
-  lua_call(L, 0, 0);
-  push_pool_fn(L, "take");
+/*
+** Pushes a connection object made of entry e, which it unlinks and frees
+** (it stays in the pool if making the object raises).
+*/
+static void entry_take (lua_State *L, struct lctx *x, struct pentry *e,
+                        int k) {
+  struct lconn *p = lconn_new_out(L, x);
   lua_pushvalue(L, k);
-  lua_call(L, 1, 1);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return 0;
+  lua_setiuservalue(L, -2, UV_KEY);
+  ltls_set_host(L, -1, e->host);  /* what conn:starttls verifies */
+  free(e->host);
+  e->host = NULL;
+  entry_unlink(e);
+  p->io.fd = e->io.fd;
+  p->io.tr = e->io.tr;
+  tls_move(&e->io, &p->io);
+  p->io.flags = e->io.flags;
+  p->io.nin = e->io.nin;
+  p->io.nout = e->io.nout;
+  p->reused = e->reused + 1;
+  memcpy(&p->peer, &e->peer, e->peerlen);
+  p->peerlen = e->peerlen;
+  if (e->parked) sched_unpark(x, p->io.fd, p);
+  entry_free(e->list->pool, e);
+}
+
+
+/* Pushes an idle pooled connection for key (at index k), or nothing. */
+static int pool_take (lua_State *L, struct lctx *x, int k) {
+  struct kpool *kp = push_pool(L, x);
+  struct plist *l = pool_list(L, kp, k, 0);
+  double now;
+  lua_pop(L, 1);
+  if (l == NULL || l->tail == NULL) return 0;
+  now = monotonic_now();
+  while (l->tail != NULL) {
+    struct pentry *e = l->tail;
+    if (e->expires > now && (e->parked || peer_news(e->io.fd) == 0)) {
+      entry_take(L, x, e, k);
+      return 1;
+    }
+    entry_drop(e);
   }
-  ((struct lconn *)lua_touserdata(L, -1))->reused++;
-  return 1;
+  return 0;
 }
 
 
 /*
-** Moves c's descriptor into a new object, which goes to the pool: the
-** caller's object is closed, so that a handler that goes on using it
-** cannot disturb the request that takes the connection next. The new one
-** rejoins a loop when a task first waits on it.
+** Moves c's descriptor into a pool entry for c's key: the caller's object
+** is closed, so that a handler that goes on using it cannot disturb the
+** request that takes the connection next. 0, or why c cannot be pooled
+** (then c is as it was).
 */
-static void pool_put (lua_State *L, struct lconn *c, double idle,
-                      lua_Integer size) {
-  struct lconn *p;
-  push_pool_fn(L, "put");
+static int pool_put (lua_State *L, struct lconn *c, double idle,
+                     lua_Integer size) {
+  struct kpool *kp;
+  struct plist *l;
+  struct pentry *e;
+  int rc;
+  /* a loop that watches the descriptor from now on misses only what came
+  ** before: input not read to its end since the last readiness */
+  if ((c->io.flags & (LC_READABLE | LC_UNWATCHED)) == LC_READABLE &&
+      (rc = peer_news(c->io.fd)) < 0)
+    return rc;
+  kp = push_pool(L, c->x);
   lua_getiuservalue(L, 1, UV_KEY);
-  p = lconn_new_out(L, c->x);
-  lua_getiuservalue(L, 1, UV_KEY);
-  lua_setiuservalue(L, -2, UV_KEY);
-  ltls_move_host(L, 1, -1);
-  if (!(c->io.flags & LC_UNWATCHED)) sched_detach(c);
-  p->io.fd = c->io.fd;
-  p->io.tr = c->io.tr;
-  tls_move(&c->io, &p->io);
-  p->io.flags = (c->io.flags & (LC_OUTBOUND | LC_UDP)) | LC_UNWATCHED |
-             LC_READABLE | LC_WRITABLE;
-  p->reused = c->reused;
-  p->io.nin = c->io.nin;
-  p->io.nout = c->io.nout;
-  memcpy(&p->peer, &c->peer, c->peerlen);
-  p->peerlen = c->peerlen;
+  lua_insert(L, -2);  /* key, pool */
+  l = pool_list(L, kp, -2, 1);
+  lua_pop(L, 2);
+  if ((e = kp->spare) != NULL) {
+    kp->spare = e->next;
+    kp->nspare--;
+  }
+  else if ((e = malloc(sizeof *e)) == NULL)
+    return -ENOMEM;
+  while (l->n >= size) entry_drop(l->head);
+  memset(e, 0, sizeof *e);
+  e->list = l;
+  e->parked = sched_park(c, on_parked, e) == 0;
+  if (!e->parked && !(c->io.flags & LC_UNWATCHED)) sched_detach(c);
+  e->io.fd = c->io.fd;
+  e->io.tr = c->io.tr;
+  e->io.pool = c->io.pool;
+  tls_move(&c->io, &e->io);
+  /* parked: its readiness is known (and kept up by on_parked); else the
+  ** first wait puts it in a loop, which tells */
+  e->io.flags = (c->io.flags & (LC_OUTBOUND | LC_UDP)) |
+                (e->parked ? c->io.flags & LC_WRITABLE
+                           : LC_UNWATCHED | LC_READABLE | LC_WRITABLE);
+  e->io.nin = c->io.nin;
+  e->io.nout = c->io.nout;
+  e->reused = c->reused;
+  e->host = ltls_dup_host(L, 1);
+  e->expires = idle > 0 ? monotonic_now() + idle : HUGE_VAL;
+  memcpy(&e->peer, &c->peer, c->peerlen);
+  e->peerlen = c->peerlen;
   c->io.fd = -1;
   lconn_abort(c);  /* no descriptor left: frees the buffers, marks closed */
-  lua_pushnumber(L, (lua_Number)idle);
-  lua_pushinteger(L, size);
-  lua_call(L, 4, 0);
+  e->prev = l->tail;
+  if (l->tail != NULL) l->tail->next = e;
+  else l->head = e;
+  l->tail = e;
+  l->n++;
+  return 0;
 }
 
 
@@ -622,13 +818,13 @@ static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
   if (rc >= 0 && buf_len(&c->io.in) > 0) rc = ERR_UNREAD;
   if (rc >= 0 && (c->io.flags & (LC_EOF | LC_RDHUP)))
     rc = ERR_CLOSED;  /* the peer's end came: of no use */
+  if (rc >= 0) rc = pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
   if (rc < 0) {
     lconn_abort(c);
     luaL_pushfail(L);
     lua_pushstring(L, rc == ERR_UNREAD ? "unread input" : conn_strerror(rc));
     return 2;
   }
-  pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -659,6 +855,102 @@ static int lconn_getreusedtimes (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_pushinteger(L, (lua_Integer)c->reused);
   return 1;
+}
+
+/* }====================================================== */
+
+
+/* {====================================================== ngx receive */
+
+/*
+** receive(conn, pattern), luasrv.ngxc's: tcpsock:receive's "*l" (pattern
+** not a number) and size patterns, straight on the connection's input
+** buffer. It returns the line (with every \r dropped, as ngx does) or the
+** bytes; or nil, the reason and the bytes that came so far, which are
+** dropped. The end of input before the pattern's is "closed". In Lua it
+** took a second buffer, a recv per chunk and a string per piece.
+*/
+static int ngx_take (lua_State *L, struct lconn *c, size_t n) {
+  struct buf *in = &c->io.in;
+  const char *p = buf_head(in);
+  if (n == 0) {  /* a line */
+    long nl = buf_findnl(in, c->io.scan);
+    if (nl < 0) {
+      c->io.scan = buf_len(in);
+      return 0;
+    }
+    n = (size_t)nl;
+    if (memchr(p, '\r', n) == NULL)
+      lua_pushlstring(L, p, n);
+    else {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (size_t i = 0; i < n; i++)
+        if (p[i] != '\r') luaL_addchar(&b, p[i]);
+      luaL_pushresult(&b);
+    }
+    buf_consume(in, n + 1);
+  }
+  else {
+    if (buf_len(in) < n) return 0;
+    lua_pushlstring(L, p, n);
+    buf_consume(in, n);
+  }
+  c->io.scan = 0;
+  return 1;
+}
+
+
+/* What a receive that cannot go on waits for: output still stuck first. */
+static int ngx_wait_event (struct lconn *c, int rc) {
+  if (buf_len(&c->io.out) > 0) {
+    int frc = conn_flush(&c->io);
+    if (conn_wants(frc)) return (int)conn_want_event(frc);
+    if (frc < 0) return frc;
+  }
+  return (int)conn_want_event(rc);
+}
+
+
+/* Stack: conn. ctx: the count, 0 for a line. */
+static int ngx_receive_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = lua_touserdata(L, 1);
+  size_t n = (size_t)ctx;
+  int rc = sched_result(L, status);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  while (rc >= 0) {
+    if (ngx_take(L, c, n)) return 1;
+    rc = conn_fill(&c->io, n > buf_len(&c->io.in) ? n - buf_len(&c->io.in) : 0);
+    if (rc == 0) rc = ERR_CLOSED;  /* the end came first */
+    else if (conn_wants(rc)) {
+      if (buf_len(&c->io.in) == 0) conn_release_in(&c->io);
+      if ((rc = ngx_wait_event(c, rc)) >= 0)
+        rc = lconn_waitio(L, c, (unsigned)rc, ctx, ngx_receive_k);
+    }
+  }
+  luaL_pushfail(L);
+  lua_pushstring(L, conn_strerror(rc));
+  if (buf_len(&c->io.in) > 0) {
+    lua_pushlstring(L, buf_head(&c->io.in), buf_len(&c->io.in));
+    buf_consume(&c->io.in, buf_len(&c->io.in));
+  }
+  else
+    lua_pushliteral(L, "");
+  c->io.scan = 0;
+  return 3;
+}
+
+
+int lconnect_ngx_receive (lua_State *L) {
+  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
+  lua_Integer n = 0;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n > 0, 2, "must be positive");
+  }
+  lua_settop(L, 1);
+  c->deadline = -1;  /* as start_op: the timeout starts now */
+  return ngx_receive_k(L, LUA_OK, (lua_KContext)n);
 }
 
 /* }====================================================== */
@@ -746,7 +1038,7 @@ int luasrv_connect (lua_State *L) {
   int rc;
   lua_settop(L, 2);
   timeout = read_opts(L, x);  /* pushes the key: 3 */
-  if (pool_take(L, 3)) return 1;
+  if (pool_take(L, x, 3)) return 1;
   c = lconn_new_out(L, x);
   lua_insert(L, 3);  /* url, opts, conn, key */
   lua_setiuservalue(L, 3, UV_KEY);

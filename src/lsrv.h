@@ -78,6 +78,16 @@ struct sched_ops {
   /* c's descriptor is about to be closed. */
   void (*detach) (struct lctx *x, struct lconn *c);
   /*
+  ** Yielding models, the keep-alive pool (lconnect.c): outbound c, in the
+  ** loop, goes idle. Its descriptor stays registered, and what comes for
+  ** it now goes to fn(data), not to c, whose waiters are woken as by
+  ** detach. 0, or -1 when c is not in a loop. unpark hands such a
+  ** descriptor to connection c again, or (c NULL) forgets it before it
+  ** is closed.
+  */
+  int (*park) (struct lctx *x, struct lconn *c, evloop_fn *fn, void *data);
+  void (*unpark) (struct lctx *x, int fd, struct lconn *c);
+  /*
   ** Light threads (lspawn.c); NULL in blocking models, where spawn runs
   ** the function to its end at once. spawn: a fresh task in the loop;
   ** start: runs it (nargs values on its stack) from L until it first
@@ -219,7 +229,8 @@ void ltls_push_info (lua_State *L, struct lconn *c);
 ** conn:starttls verifies by default; moved with it into the pool.
 */
 void ltls_set_host (lua_State *L, int idx, const char *host);
-void ltls_move_host (lua_State *L, int from, int to);
+/* A copy of the host name kept for the object at idx (free it), or NULL. */
+char *ltls_dup_host (lua_State *L, int idx);
 
 /* lconn.c: the request object */
 int luaopen_lconn (lua_State *L);
@@ -319,6 +330,13 @@ int sched_result (lua_State *L, int status);
 int sched_switches (struct task *t);
 /* c's descriptor is about to be closed: the model forgets it. */
 void sched_detach (struct lconn *c);
+/*
+** The pool's idle descriptors (see struct sched_ops): -1 when the model
+** keeps no loop for c (the caller detaches c and checks the descriptor
+** itself when it takes it again).
+*/
+int sched_park (struct lconn *c, evloop_fn *fn, void *data);
+void sched_unpark (struct lctx *x, int fd, struct lconn *c);
 /* The blocking wait of sync and fork (poll, through worker_block). */
 int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline);
 /* The table of a model that blocks in sched_block and has no loop. */
@@ -331,6 +349,8 @@ int luasrv_connect (lua_State *L);
 void lconnect_open (lua_State *L);
 /* Closes the keep-alive pool's connections idle past their time. */
 void lconnect_sweep (struct lctx *x);
+/* luasrv.ngxc.receive(conn, pattern): tcpsock:receive's "*l" and counts */
+int lconnect_ngx_receive (lua_State *L);
 
 /* lluasrv.c */
 int luaopen_luasrv (lua_State *L);

@@ -393,21 +393,16 @@ void ltls_set_host (lua_State *L, int idx, const char *host) {
 }
 
 
-void ltls_move_host (lua_State *L, int from, int to) {
-  from = lua_absindex(L, from);
-  to = lua_absindex(L, to);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) != LUA_TTABLE) {
-    lua_pop(L, 1);  /* no name was ever kept */
-    return;
+char *ltls_dup_host (lua_State *L, int idx) {
+  char *host = NULL;
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TSTRING) host = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
   }
-  lua_pushvalue(L, from);
-  if (lua_rawget(L, -2) != LUA_TNIL) {
-    lua_pushvalue(L, to);
-    lua_insert(L, -2);
-    lua_rawset(L, -3);
-  }
-  else lua_pop(L, 1);
   lua_pop(L, 1);
+  return host;
 }
 
 

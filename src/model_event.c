@@ -339,12 +339,11 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
 }
 
 
-static void detach (struct lctx *x, struct lconn *c) {
-  struct eloop *e = eloop_of(x);
-  if (e == NULL) return;  /* init: an outbound connection, no loop yet */
-  evloop_del(e->loop, c->io.fd);
-  /* closed under a waiting task (another light thread closed it): wake
-  ** it to see "closed" */
+/*
+** c's descriptor goes away from under its waiting tasks (another light
+** thread closed it): they wake to see "closed".
+*/
+static void wake_waiters (struct eloop *e, struct lconn *c) {
   for (int k = 0; k < 2; k++) {
     struct task **slot = k == 0 ? &c->waiter : &c->wwaiter, *t = *slot;
     if (t == NULL) continue;
@@ -352,6 +351,39 @@ static void detach (struct lctx *x, struct lconn *c) {
     *slot = NULL;
     timer_start(e->loop, &t->timer, evloop_now(e->loop));
   }
+}
+
+
+static void detach (struct lctx *x, struct lconn *c) {
+  struct eloop *e = eloop_of(x);
+  if (e == NULL) return;  /* init: an outbound connection, no loop yet */
+  evloop_del(e->loop, c->io.fd);
+  wake_waiters(e, c);
+}
+
+
+static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data);
+
+/*
+** An idle pooled connection stays in the loop: a peer that hangs up or
+** writes reaches the pool at once, and taking it again costs no system
+** call (epoll_ctl twice, and a probe, per request otherwise).
+*/
+static int park (struct lctx *x, struct lconn *c, evloop_fn *fn, void *data) {
+  struct eloop *e = eloop_of(x);
+  if (e == NULL || (c->io.flags & LC_UNWATCHED) ||
+      evloop_set(e->loop, c->io.fd, fn, data) < 0)
+    return -1;
+  wake_waiters(e, c);
+  return 0;
+}
+
+
+static void unpark (struct lctx *x, int fd, struct lconn *c) {
+  struct eloop *e = eloop_of(x);
+  if (e == NULL) return;
+  if (c == NULL) evloop_del(e->loop, fd);
+  else evloop_set(e->loop, fd, on_conn, c);
 }
 
 
@@ -454,6 +486,8 @@ static const struct sched_ops event_ops = {
   .arm = arm,
   .attach = attach,
   .detach = detach,
+  .park = park,
+  .unpark = unpark,
   .spawn = spawn_task,
   .start = spawn_start,
   .wake = wake,

@@ -54,6 +54,17 @@ void sched_detach (struct lconn *c) {
 }
 
 
+int sched_park (struct lconn *c, evloop_fn *fn, void *data) {
+  const struct sched_ops *ops = c->x->ops;
+  return ops->park != NULL ? ops->park(c->x, c, fn, data) : -1;
+}
+
+
+void sched_unpark (struct lctx *x, int fd, struct lconn *c) {
+  if (x->ops->unpark != NULL) x->ops->unpark(x, fd, c);
+}
+
+
 int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline) {
   int rc;
   if (c == NULL) {  /* a sleep: its end is no failure */

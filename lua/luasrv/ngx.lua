@@ -28,6 +28,7 @@ luasrv" instead of reading as nil. doc/ngx.md lists every name.
 
 local luasrv = require "luasrv"
 local C = require "luasrv.ngxc"
+local join, creceive = C.join, C.receive
 
 local byte, char, find, format, sub, gsub, lower, rep =
   string.byte, string.char, string.find, string.format, string.sub,
@@ -168,16 +169,12 @@ local function data_of (data, fname)
   if type(data) == "string" then return data end
   if type(data) == "table" then
     -- the common case, an array of strings and integers (a driver's
-    -- request), is joined as it is
-    for i = 1, #data do
-      local v = data[i]
-      if type(v) ~= "string" and mtype(v) ~= "integer" then
-        local out = {}
-        flatten(data, out, fname, 1)
-        return concat(out)
-      end
-    end
-    return concat(data)
+    -- request), is joined in C
+    local s = join(data)
+    if s then return s end
+    local out = {}
+    flatten(data, out, fname, 1)
+    return concat(out)
   end
   if data == nil then
     error(format("bad argument #1 to '%s' (string, number, boolean, nil, " ..
@@ -286,7 +283,11 @@ function tcp:connect (host, port, opts)
           type(host) .. ")", 2)
   end
   local url, pool
-  if sub(host, 1, 5) == "unix:" then
+  local ports = urls[host]
+  local u = ports and ports[port]  -- only valid ports are there
+  if u then
+    url, pool = u[1], u[2]
+  elseif byte(host, 1) == 117 and sub(host, 1, 5) == "unix:" then  -- "u"
     url, pool, opts = host, host, port
   else
     local p = tonumber(port)
@@ -302,12 +303,13 @@ function tcp:connect (host, port, opts)
   end
   if opts then
     if opts.pool ~= nil then pool = tostring(opts.pool) end
-    if opts.pool_size ~= nil then
-      local n = tonumber(opts.pool_size)
+    local n = opts.pool_size
+    if n ~= nil then
+      if mtype(n) ~= "integer" then n = tonumber(n) and floor(tonumber(n)) end
       if not n or n < 1 then
         error("bad argument #3 to 'connect' (bad \"pool_size\" option value)", 2)
       end
-      self.pool_size = floor(n)
+      self.pool_size = n
     end
   end
   if self.c then  -- ngx closes the connection it had
@@ -315,11 +317,11 @@ function tcp:connect (host, port, opts)
     reset(self)
   end
   -- luasrv.connect reads its options before it waits: one table will do
-  CONNECT_OPTS.timeout, CONNECT_OPTS.pool = secs(self.ct or nil), pool
+  local ct = self.ct
+  CONNECT_OPTS.timeout, CONNECT_OPTS.pool = ct and ct / 1000 or nil, pool
   local c, err = luasrv.connect(url, CONNECT_OPTS)
   if not c then return nil, errtext(err) end
-  reset(self)
-  self.c = c
+  self.c, self.buf, self.pos, self.applied, self.req = c, "", 1, -1, false
   return 1
 end
 
@@ -381,7 +383,25 @@ function tcp:send (data)
 end
 
 
+--[[ Reads straight from the connection's buffer when this one is empty
+(luasrv.ngxc.receive: a line, or pat bytes), failing as fail does.
+]]
+local function receive_c (self, pat)
+  local c = self.c
+  apply(self, self.rt)
+  local s, err, partial = creceive(c, pat)
+  if s then return s end
+  err = errtext(err)
+  if err ~= "timeout" then
+    c:close()
+    reset(self)
+  end
+  return nil, err, partial
+end
+
+
 local function receive_line (self)
+  if self.pos > #self.buf then return receive_c(self) end
   while true do
     local nl = find(self.buf, "\n", self.pos, true)
     if nl then
@@ -431,7 +451,9 @@ end
 
 
 local function receive_count (self, n)
-  if #self.buf - self.pos + 1 >= n then return take(self, n) end
+  local have = #self.buf - self.pos + 1
+  if have >= n then return take(self, n) end
+  if have == 0 then return receive_c(self, n) end
   local parts, have = collect(self)
   apply(self, self.rt)
   while have < n do  -- recv(n - have) never reads past the n bytes
@@ -444,8 +466,8 @@ local function receive_count (self, n)
 end
 
 
--- tcpsock:receive([pattern | size]): "*l" (default), "*a" or a count
-function tcp:receive (pat)
+-- the patterns, with something buffered here or an unusual pattern
+local function receive_any (self, pat)
   if pat == nil or pat == "*l" or pat == "l" then
     if not self.c then return nil, "closed" end
     return receive_line(self)
@@ -464,7 +486,32 @@ function tcp:receive (pat)
     return receive_all(self)
   end
   error("bad argument #1 to 'receive' (bad pattern argument: " ..
-        tostring(pat) .. ")", 2)
+        tostring(pat) .. ")", 2)  -- tail called: 2 is tcp:receive's caller
+end
+
+
+-- tcpsock:receive([pattern | size]): "*l" (default), "*a" or a count. A
+-- line or a count with nothing buffered here (a driver's every read) goes
+-- straight to the connection.
+function tcp:receive (pat)
+  local c = self.c
+  if c and self.pos > #self.buf and
+     (pat == nil or pat == "*l" or (mtype(pat) == "integer" and pat > 0)) then
+    local rt = self.rt
+    if rt ~= self.applied then
+      c:settimeout(rt and rt / 1000 or nil)
+      self.applied = rt
+    end
+    local s, err, partial = creceive(c, pat and pat ~= "*l" and pat or nil)
+    if s then return s end
+    err = errtext(err)
+    if err ~= "timeout" then
+      c:close()
+      reset(self)
+    end
+    return nil, err, partial
+  end
+  return receive_any(self, pat)
 end
 
 
@@ -558,14 +605,16 @@ function tcp:setkeepalive (ms, size)
     reset(self)
     return nil, "unread data in buffer"
   end
-  if size ~= nil and (tonumber(size) == nil or tonumber(size) < 1) then
+  if size ~= nil and mtype(size) ~= "integer" then
+    local n = tonumber(size)
+    size = n and floor(n) or 0
+  end
+  if size ~= nil and size < 1 then
     error("bad argument #2 to 'setkeepalive' (bad pool size)", 2)
   end
-  reset(self)
-  local idle
-  if ms ~= nil then idle = ms / 1000 end
-  local ok, err = c:setkeepalive(idle, size and floor(tonumber(size)) or
-                                 self.pool_size or DEFAULT_POOL_SIZE)
+  self.c, self.buf, self.pos, self.applied, self.req = false, "", 1, -1, false
+  local ok, err = c:setkeepalive(ms and ms / 1000,
+                                 size or self.pool_size or DEFAULT_POOL_SIZE)
   if not ok then
     if err == "unread input" then err = "unread data in buffer" end
     return nil, errtext(err)
