@@ -61,10 +61,14 @@ end
 
 
 -- a port nothing listens on
+-- a port nobody listens on, for the rest of the test: bound but never
+-- listening, so a connect is refused, and no other socket (another spec's
+-- listener, or this connect's own source port) can take it meanwhile
 local function closed_port ()
-  local s = assert(socket.bind("127.0.0.1", 0))
+  local s = assert(socket.tcp())
+  assert(s:bind("127.0.0.1", 0))
   local _, port = s:getsockname()
-  s:close()
+  H.defer(function () s:close() end)
   return port
 end
 
