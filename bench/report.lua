@@ -26,6 +26,8 @@ TARGETS.j, TARGETS.j16 = 0.70, 0.70
 REFERENCE.j, REFERENCE.j16 = "haproxy", "haproxy"
 -- (h) HTTP hello (scripts/http.lua) against nginx with its Lua module.
 TARGETS.h, REFERENCE.h = 1.10, "nginx-lua"
+-- (hj) GET /json (http.json) against nginx + Lua encoding it with cjson.
+TARGETS.hj, REFERENCE.hj = 1.00, "nginx-lua"
 -- (t, t1) the same over TLS 1.3: keep-alive, and a full handshake per request.
 TARGETS.t, REFERENCE.t = 1.00, "nginx-lua"
 TARGETS.t1, REFERENCE.t1 = 0.95, "nginx-lua"
@@ -50,7 +52,7 @@ local REFERENCE_NAMES = { redis = "redis-server",
   ["nginx-static"] = "nginx's static module (sendfile on)" }
 -- Workloads whose table adds the server's CPU time per request (µs: the
 -- server CPU's busy fraction over the rate).
-local CPU_PER_REQUEST = { h = true, k = true, l = true, t = true, t1 = true,
+local CPU_PER_REQUEST = { h = true, hj = true, k = true, l = true, t = true, t1 = true,
   ta = true, tf = true }
 -- The thread and fork models against the C reference built the same way.
 local SAME_MODEL = { thread = "ref-thread", fork = "ref-fork" }
