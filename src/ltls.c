@@ -175,6 +175,16 @@ static const char *optstring (lua_State *L, int opts, const char *k) {
 }
 
 
+/* Pushes the state's cache of TLS contexts (a table in the registry). */
+static void push_ctxcache (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ctxcache_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
+}
+
+
 /*
 ** The client context for opts (a table at index opts, or 0): made once
 ** per state for each set of ca, cert, key and verify. Returns it, or
@@ -185,13 +195,7 @@ static void *client_ctx (lua_State *L, int opts, int verify) {
              *key = optstring(L, opts, "key");
   char err[400];
   void **p;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
-  }
+  push_ctxcache(L);
   lua_pushfstring(L, "%d\n%s\n%s\n%s", verify, ca ? ca : "", cert ? cert : "",
                   key ? key : "");
   lua_pushvalue(L, -1);
@@ -236,13 +240,7 @@ static int push_server (lua_State *L, struct lctx *x, const char *cert,
                         const char *key) {
   char err[400];
   void **p;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctxcache_key);
-  }
+  push_ctxcache(L);
   lua_pushfstring(L, "server\n%s\n%s", cert, key);
   lua_pushvalue(L, -1);
   if (lua_rawget(L, -3) == LUA_TUSERDATA) {

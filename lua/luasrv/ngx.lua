@@ -383,6 +383,17 @@ function tcp:send (data)
 end
 
 
+-- A read on the connection failed: a timeout leaves the socket usable,
+-- anything else closes it (as fail does).
+local function receive_failed (self, c, err, partial)
+  err = errtext(err)
+  if err ~= "timeout" then
+    c:close()
+    reset(self)
+  end
+  return nil, err, partial
+end
+
 --[[ Reads straight from the connection's buffer when this one is empty
 (luasrv.ngxc.receive: a line, or pat bytes), failing as fail does.
 ]]
@@ -391,12 +402,7 @@ local function receive_c (self, pat)
   apply(self, self.rt)
   local s, err, partial = creceive(c, pat)
   if s then return s end
-  err = errtext(err)
-  if err ~= "timeout" then
-    c:close()
-    reset(self)
-  end
-  return nil, err, partial
+  return receive_failed(self, c, err, partial)
 end
 
 
@@ -504,12 +510,7 @@ function tcp:receive (pat)
     end
     local s, err, partial = creceive(c, pat and pat ~= "*l" and pat or nil)
     if s then return s end
-    err = errtext(err)
-    if err ~= "timeout" then
-      c:close()
-      reset(self)
-    end
-    return nil, err, partial
+    return receive_failed(self, c, err, partial)
   end
   return receive_any(self, pat)
 end
