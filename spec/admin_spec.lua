@@ -5,11 +5,7 @@ local H = require "helper"
 local T = H.T
 local json = require "cjson"
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 local function versioned (v)
   return ([[

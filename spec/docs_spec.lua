@@ -35,11 +35,7 @@ local function readfile (path)
   return s
 end
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 local pages = { "README.md" }
 do

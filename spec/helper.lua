@@ -34,6 +34,7 @@ spec returns this same table.
                    (tls_certs), no client certificates asked for. Stopped
                    when the test ends; with opts.keep, by H.kill(pid)
   H.kill(pid)      stops a process the spec started (SIGCONT, SIGTERM)
+  H.write_file(path, s), H.read_file(path)  a whole file, as bytes
 ]]
 
 local T = require "luasrv.test"
@@ -217,6 +218,21 @@ function H.eventually (fn, secs)
     T.sleep(0.05)
   until T.now() > deadline
   return fn()
+end
+
+
+function H.write_file (path, s)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(s))
+  f:close()
+end
+
+
+function H.read_file (path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
 end
 
 

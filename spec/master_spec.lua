@@ -9,11 +9,7 @@ local children = H.children
 local eventually = H.eventually
 
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 
 -- answers every line with "VERSION LINE" for as long as the client stays

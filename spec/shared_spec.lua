@@ -58,11 +58,7 @@ local children = H.children
 local eventually = H.eventually
 
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 
 H.for_models(function (model)

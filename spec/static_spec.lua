@@ -11,11 +11,7 @@ local function quote (s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 local function readfile (path)
   local f = io.open(path, "rb")

@@ -23,11 +23,7 @@ local function ask (srv, line)
 end
 
 
-local function writefile (path, s)
-  local f = assert(io.open(path, "w"))
-  f:write(s)
-  f:close()
-end
+local writefile = H.write_file
 
 
 -- a handler that answers "VERSION WORKER" after sleeping as asked; "exit"
