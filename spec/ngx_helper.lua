@@ -52,6 +52,31 @@ function N.have (cmd)
 end
 
 
+-- NODE_PATH for Node's ws (tools/ngx-fixtures installs it with the rest)
+function N.node_path ()
+  N.fixtures()
+  return N.node_modules
+end
+
+
+-- One redis-server for a spec file, started on first use (again if it
+-- died): its port and pid. N.redis_stop() in the file's teardown.
+local redis_port, redis_pid
+
+function N.redis ()
+  if not (redis_pid and
+          os.execute("kill -0 " .. redis_pid .. " 2>/dev/null") == true) then
+    redis_port, redis_pid = H.redis_server{ keep = true }
+  end
+  return redis_port, redis_pid
+end
+
+function N.redis_stop ()
+  if redis_pid then H.kill(redis_pid) end
+  redis_pid = nil
+end
+
+
 local logdir
 
 function N.daemon (cmd)

@@ -10,19 +10,9 @@ local SCRIPT = "scripts/http_redis.lua"
 local have = N.have("redis-server") and N.have("curl")
 local maybe = have and it or pending
 
-local port, pid
-
-local function redis ()
-  if pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") == true then
-    return port
-  end
-  port, pid = H.redis_server{ keep = true }
-  return port
-end
-
-teardown(function ()
-  if pid then H.kill(pid) end
-end)
+-- one redis-server for the file: its port
+local function redis () return (N.redis()) end
+teardown(N.redis_stop)
 
 -- one inline command to the redis-server; its reply line
 local function command (line)

@@ -9,20 +9,14 @@ local N = require "ngx_helper"
 local have = N.have("redis-server")
 local maybe = have and it or pending
 
-local port, pid
-
--- one redis-server for the file, started on first use
+-- one redis-server for the file; pid: its process (the stall specs stop it)
+local pid
 local function redis ()
-  if pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") == true then
-    return port
-  end
-  port, pid = H.redis_server{ keep = true }
+  local port
+  port, pid = N.redis()
   return port
 end
-
-teardown(function ()
-  if pid then H.kill(pid) end
-end)
+teardown(N.redis_stop)
 
 -- globals: the bodies the clients send are chunks of their own
 local PRE = [[

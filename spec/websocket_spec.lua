@@ -9,20 +9,10 @@ local T = H.T
 local ROOT = io.popen("pwd"):read("l")
 local BUILD = os.getenv("BUILD") or "build"
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local have_node = os.execute("command -v node >/dev/null 2>&1") == true
-local maybe = have_node and it or pending
-
--- Node's ws, once: ngx_helper runs tools/ngx-fixtures, which puts it in
--- BUILD/ngx/node
+-- Node's ws: ngx_helper runs tools/ngx-fixtures once, which installs it
 local N = require "ngx_helper"
-local function fixtures ()
-  N.fixtures()
-  return N.node_modules
-end
+local quote, fixtures = N.quote, N.node_path
+local maybe = N.have("node") and it or pending
 
 -- the server: /ws echoes (the text "close" makes it close with 4001);
 -- /ws-ping has ping_interval; messages over 1000 bytes are refused
