@@ -1238,6 +1238,41 @@ static long status_json (struct master *m, char *buf, size_t cap) {
 }
 
 
+/*
+** Reads a client's request into buf[0..cap) and ends it with a NUL:
+** until ends(buf, got) says it is whole, buf is full, the client closes,
+** or METRICS_WAIT_MS pass with nothing new. Used by both of the master's
+** listeners (--metrics and --admin), which differ only in ends.
+*/
+static void read_request (int fd, char *buf, size_t cap,
+                          int (*ends)(const char *buf, size_t got)) {
+  size_t got = 0;
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    ssize_t n;
+    if (poll(&p, 1, METRICS_WAIT_MS) <= 0) break;
+    if ((n = read(fd, buf + got, cap - 1 - got)) <= 0) break;
+    got += (size_t)n;
+    buf[got] = '\0';
+    if (ends(buf, got) || got == cap - 1) break;
+  }
+  buf[got] = '\0';
+}
+
+
+/* An HTTP request's head ends at its first empty line. */
+static int head_ends (const char *buf, size_t got) {
+  (void)got;
+  return strstr(buf, "\r\n\r\n") != NULL || strstr(buf, "\n\n") != NULL;
+}
+
+
+/* A console command is one line. */
+static int line_ends (const char *buf, size_t got) {
+  return memchr(buf, '\n', got) != NULL;
+}
+
+
 /* The request line's path: "GET /readyz HTTP/1.1" gives "/readyz". */
 static void request_path (const char *req, char *path, size_t len) {
   const char *sp = strchr(req, ' '), *end;
@@ -1255,22 +1290,11 @@ static void request_path (const char *req, char *path, size_t len) {
 */
 static void serve_metrics (struct master *m) {
   char req[2048], path[256], small[128], *body;
-  size_t got = 0, cap = 65536;
+  size_t cap = 65536;
   long len;
   int fd = accept4(m->mls.fd, NULL, NULL, SOCK_CLOEXEC);
   if (fd < 0) return;
-  for (;;) {
-    struct pollfd p = {fd, POLLIN, 0};
-    ssize_t n;
-    if (poll(&p, 1, METRICS_WAIT_MS) <= 0) break;
-    if ((n = read(fd, req + got, sizeof req - 1 - got)) <= 0) break;
-    got += (size_t)n;
-    req[got] = '\0';
-    if (strstr(req, "\r\n\r\n") != NULL || strstr(req, "\n\n") != NULL ||
-        got == sizeof req - 1)
-      break;
-  }
-  req[got] = '\0';
+  read_request(fd, req, sizeof req, head_ends);
   request_path(req, path, sizeof path);
   if (strcmp(path, "/healthz") == 0) {
     int ok = serving_workers(m) > 0;
@@ -1641,19 +1665,9 @@ static void admin_command (struct master *m, int fd, const char *cmd) {
 
 static void serve_admin (struct master *m) {
   char req[4096];
-  size_t got = 0;
   int fd = accept4(m->als.fd, NULL, NULL, SOCK_CLOEXEC);
   if (fd < 0) return;
-  for (;;) {
-    struct pollfd p = {fd, POLLIN, 0};
-    ssize_t n;
-    if (poll(&p, 1, METRICS_WAIT_MS) <= 0) break;
-    if ((n = read(fd, req + got, sizeof req - 1 - got)) <= 0) break;
-    got += (size_t)n;
-    req[got] = '\0';
-    if (memchr(req, '\n', got) != NULL || got == sizeof req - 1) break;
-  }
-  req[got] = '\0';
+  read_request(fd, req, sizeof req, line_ends);
   req[strcspn(req, "\r\n")] = '\0';
   admin_command(m, fd, req);
 }
