@@ -7,24 +7,14 @@ local json = require "cjson"
 
 local writefile = H.write_file
 
-local function versioned (v)
-  return ([[
-return { handle = function (req)
-  for line in req:lines() do req:write(%q, " ", line, "\n") end
-end }]]):format(v)
-end
+local versioned = H.versioned
 
 local function ctl (sock, ...)
   return T.run{ "ctl", sock, ... }
 end
 
 local function ask (srv)
-  local c = srv:connect()
-  c:settimeout(5 * H.scale)
-  c:send("x\n")
-  local r = c:receive()
-  c:close()
-  return r
+  return (H.ask_line(srv, "x", 5))
 end
 
 

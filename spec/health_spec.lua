@@ -24,12 +24,7 @@ return { handle = function (req)
 end }]]
 
 local function echo (srv)
-  local c = srv:connect()
-  c:settimeout(5 * H.scale)
-  c:send("hi\n")
-  local r = c:receive()
-  c:close()
-  return r
+  return (H.ask_line(srv, "hi", 5))
 end
 
 

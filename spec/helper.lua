@@ -24,6 +24,11 @@ spec returns this same table.
                    and writes its results back with ser
   H.ask(srv, body) sends body (one line) to a RUNNER server, returns its
                    results, packed (H.unser)
+  H.versioned(v)   handler source: answers every line with "V LINE" for as
+                   long as the client stays (which code serves, in reloads)
+  H.ask_line(srv, line[, secs])  sends line on a new connection, returns
+                   the line it gets back (or nil, err after secs, default 3,
+                   times H.scale)
   H.lines(s), H.count(s, pattern, plain), H.error_lines(s)
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
@@ -146,6 +151,24 @@ function H.ask (srv, body)
   c:close()
   assert(line, "no reply: " .. tostring(err) .. "\n" .. srv:stderr())
   return H.unser(line)
+end
+
+
+function H.versioned (version)
+  return ([[
+return { handle = function (req)
+  for line in req:lines() do req:write(%q, " ", line, "\n") end
+end }]]):format(version)
+end
+
+
+function H.ask_line (srv, line, secs)
+  local c = srv:connect()
+  c:settimeout((secs or 3) * H.scale)
+  c:send(line .. "\n")
+  local r, err = c:receive()
+  c:close()
+  return r, err
 end
 
 

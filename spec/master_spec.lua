@@ -10,25 +10,8 @@ local eventually = H.eventually
 
 
 local writefile = H.write_file
-
-
--- answers every line with "VERSION LINE" for as long as the client stays
-local function versioned (version)
-  return ([[
-return { handle = function (req)
-  for line in req:lines() do req:write(%q, " ", line, "\n") end
-end }]]):format(version)
-end
-
-
-local function ask (srv, line)
-  local c = srv:connect()
-  c:settimeout(3 * H.scale)
-  c:send(line .. "\n")
-  local r, err = c:receive()
-  c:close()
-  return r, err
-end
+local versioned = H.versioned
+local ask = H.ask_line
 
 
 -- a connection that stays open: it is served by the generation that took it

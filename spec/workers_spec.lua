@@ -13,14 +13,7 @@ local children = H.children
 local eventually = H.eventually
 
 
-local function ask (srv, line)
-  local c = srv:connect()
-  c:settimeout(3 * H.scale)
-  c:send(line .. "\n")
-  local r, err = c:receive()
-  c:close()
-  return r, err
-end
+local ask = H.ask_line
 
 
 local writefile = H.write_file
