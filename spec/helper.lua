@@ -40,6 +40,9 @@ spec returns this same table.
                    when the test ends; with opts.keep, by H.kill(pid)
   H.kill(pid)      stops a process the spec started (SIGCONT, SIGTERM)
   H.write_file(path, s), H.read_file(path)  a whole file, as bytes
+  H.try_read_file(path)  the same, or nil if it cannot be opened
+  H.ROOT           the repository root (where busted runs)
+  H.quote(s)       s quoted for sh
 ]]
 
 local T = require "luasrv.test"
@@ -256,6 +259,23 @@ function H.read_file (path)
   local s = f:read("a")
   f:close()
   return s
+end
+
+
+function H.try_read_file (path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+
+H.ROOT = io.popen("pwd"):read("l")
+
+
+function H.quote (s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
 

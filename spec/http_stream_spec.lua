@@ -5,11 +5,7 @@
 local H = require "helper"
 local T = H.T
 
-local ROOT = io.popen("pwd"):read("l")
-
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local ROOT, quote, readfile = H.ROOT, H.quote, H.try_read_file
 
 -- runs a shell command, bounded; its stdout
 local function sh (cmd)
@@ -17,14 +13,6 @@ local function sh (cmd)
   local out = p:read("a")
   p:close()
   return out
-end
-
-local function readfile (path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 -- the server: /save writes the body to SAVE (a piece at a time), /count

@@ -5,13 +5,7 @@ local H = require "helper"
 local T = H.T
 local socket = require "socket"
 
-local function readfile (path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = H.try_read_file
 
 -- waits (bounded) until path exists and holds pattern (plain)
 local function wait_file (path, pattern, secs)

@@ -5,21 +5,8 @@
 local H = require "helper"
 local T = H.T
 
-local ROOT = io.popen("pwd"):read("l")
-
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local writefile = H.write_file
-
-local function readfile (path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local ROOT, quote = H.ROOT, H.quote
+local writefile, readfile = H.write_file, H.try_read_file
 
 local SOURCE = [[
 package.path = %q .. "/lua/?.lua;" .. package.path

@@ -5,19 +5,11 @@ local H = require "helper"
 local T = H.T
 local socket = require "socket"
 
-local function readfile (path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = H.try_read_file
 
 local function writefile (path, s, mode)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-  if mode then os.execute("chmod " .. mode .. " '" .. path .. "'") end
+  H.write_file(path, s)
+  if mode then os.execute("chmod " .. mode .. " " .. H.quote(path)) end
 end
 
 -- replaces path as a package manager does: a new file renamed over it
