@@ -192,8 +192,9 @@ static int wait_over (struct waiter *w) {
 
 
 /*
-** A task that cannot yield has nobody to post while it waits: sleeps out
-** the timeout and returns nil, "timeout"; with none, nil, "deadlock".
+** A wait that cannot yield: a timeout of 0 (nothing to wait for), or a
+** task that has nobody to post while it waits. Sleeps out the timeout
+** and returns nil, "timeout"; with none, nil, "deadlock".
 */
 static int wait_blocked (lua_State *L, double timeout) {
   luaL_pushfail(L);
@@ -304,12 +305,8 @@ static int sem_wait (lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (timeout == 0) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
-  }
-  if (!sched_switches(lsrv_task(L))) return wait_blocked(L, timeout);
+  if (timeout == 0 || !sched_switches(lsrv_task(L)))
+    return wait_blocked(L, timeout);
   w = new_waiter(L, K_SEM, timeout);  /* index 3 */
   w->n = 1;
   wl_append(&s->waiters, w);
@@ -481,12 +478,8 @@ static int queue_push (lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (timeout == 0) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
-  }
-  if (!sched_switches(lsrv_task(L))) return wait_blocked(L, timeout);
+  if (timeout == 0 || !sched_switches(lsrv_task(L)))
+    return wait_blocked(L, timeout);
   w = new_waiter(L, K_PUSH, timeout);  /* index 4 */
   lua_pushvalue(L, 2);
   put_pending(L, w);
@@ -524,12 +517,8 @@ static int queue_pop (lua_State *L) {
     return 1;
   }
   if (q->closed) return closed(L);
-  if (timeout == 0) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "timeout");
-    return 2;
-  }
-  if (!sched_switches(lsrv_task(L))) return wait_blocked(L, timeout);
+  if (timeout == 0 || !sched_switches(lsrv_task(L)))
+    return wait_blocked(L, timeout);
   w = new_waiter(L, K_POP, timeout);  /* index 3 */
   wl_append(&q->pop, w);
   return wait_yield(L, w, 0, pop_k);
