@@ -89,15 +89,21 @@ static int fail (lua_State *L, int rc, size_t klen, int forcible, int nres) {
 }
 
 
-/* dict:get(key) -> value, or nil */
-static int l_get (lua_State *L) {
+/*
+** dict:get(key), and dict:lpop(key) / rpop when pop (left: lpop): the
+** value, or nil (absent, or an empty list), or nil, err. The value is
+** copied out under the lock into buf; one bigger than buf (SHD_AGAIN,
+** v.len its size) is asked for again with scratch space that big.
+*/
+static int fetch (lua_State *L, int pop, int left) {
   struct shdict *d = check_dict(L);
   size_t klen, cap = 512;
   const char *key = check_key(L, 2, &klen);
   char stackbuf[512], *buf = stackbuf;
   struct shd_val v;
   int rc;
-  while ((rc = shdict_get(d, key, klen, &v, buf, cap)) == SHD_AGAIN) {
+  while ((rc = pop ? shdict_pop(d, left, key, klen, &v, buf, cap) :
+               shdict_get(d, key, klen, &v, buf, cap)) == SHD_AGAIN) {
     if (buf != stackbuf) lua_pop(L, 1);
     cap = v.len;
     buf = lua_newuserdatauv(L, cap, 0);  /* scratch, outside the lock */
@@ -110,6 +116,9 @@ static int l_get (lua_State *L) {
   push_value(L, &v);
   return 1;
 }
+
+/* dict:get(key) -> value, or nil */
+static int l_get (lua_State *L) { return fetch(L, 0, 0); }
 
 
 static int store (lua_State *L, enum shd_mode mode) {
@@ -293,29 +302,8 @@ static int l_rpush (lua_State *L) { return push(L, 0); }
 
 
 /* dict:lpop(key) / rpop -> value | nil (empty or absent) | nil, err */
-static int pop (lua_State *L, int left) {
-  struct shdict *d = check_dict(L);
-  size_t klen, cap = 512;
-  const char *key = check_key(L, 2, &klen);
-  char stackbuf[512], *buf = stackbuf;
-  struct shd_val v;
-  int rc;
-  while ((rc = shdict_pop(d, left, key, klen, &v, buf, cap)) == SHD_AGAIN) {
-    if (buf != stackbuf) lua_pop(L, 1);
-    cap = v.len;
-    buf = lua_newuserdatauv(L, cap, 0);  /* scratch, outside the lock */
-  }
-  if (rc == SHD_NOTFOUND) {
-    lua_pushnil(L);
-    return 1;
-  }
-  if (rc < 0) return fail(L, rc, klen, 0, 2);
-  push_value(L, &v);
-  return 1;
-}
-
-static int l_lpop (lua_State *L) { return pop(L, 1); }
-static int l_rpop (lua_State *L) { return pop(L, 0); }
+static int l_lpop (lua_State *L) { return fetch(L, 1, 1); }
+static int l_rpop (lua_State *L) { return fetch(L, 1, 0); }
 
 
 /* dict:llen(key) -> length (0: absent) | nil, err */
