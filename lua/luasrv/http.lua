@@ -188,13 +188,19 @@ local MONTHS = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
                  "Sep", "Oct", "Nov", "Dec" }
 local date_time, date_line = nil, nil
 
+-- time t as HTTP writes dates (IMF-fixdate, UTC): "Sun, 06 Nov 1994
+-- 08:49:37 GMT"; also luasrv.http.static's Last-Modified (internal)
+function M.http_date (t)
+  local d = os.date("!*t", t)
+  return format("%s, %02d %s %d %02d:%02d:%02d GMT", DAYS[d.wday], d.day,
+    MONTHS[d.month], d.year, d.hour, d.min, d.sec)
+end
+
 local function date_header ()
   local now = os.time()
   if now ~= date_time then
-    local t = os.date("!*t", now)
     date_time = now
-    date_line = format("Date: %s, %02d %s %d %02d:%02d:%02d GMT\r\n",
-      DAYS[t.wday], t.day, MONTHS[t.month], t.year, t.hour, t.min, t.sec)
+    date_line = "Date: " .. M.http_date(now) .. "\r\n"
   end
   return date_line
 end

@@ -33,6 +33,7 @@ Lua string, whatever the file's size.
 
 local lfs_ok, lfs = pcall(require, "lfs")
 local luasrv = require "luasrv"
+local http = require "luasrv.http"
 
 local NOFOLLOW = { symlinks = false }
 
@@ -73,17 +74,10 @@ end
 
 --[[ Dates: HTTP's IMF-fixdate, both ways, in UTC ]]
 
-local DAYS = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" }
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
   Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
-local MONTH_NAMES = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul",
-  "Aug", "Sep", "Oct", "Nov", "Dec" }
 
-function M.http_date (t)
-  local d = os.date("!*t", t)
-  return format("%s, %02d %s %d %02d:%02d:%02d GMT", DAYS[d.wday], d.day,
-    MONTH_NAMES[d.month], d.year, d.hour, d.min, d.sec)
-end
+M.http_date = http.http_date  -- one formatter: the Date header's
 
 -- days since 1970-01-01 of a civil date (Howard Hinnant's algorithm)
 local function days_from_civil (y, m, d)
