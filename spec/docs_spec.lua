@@ -28,12 +28,7 @@ local H = require "helper"
 local T = H.T
 local cjson = require "cjson"
 
-local function readfile (path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = H.read_file
 
 local writefile = H.write_file
 
@@ -180,7 +175,7 @@ local function missing_tool (text)
   end
 end
 
-local function quote (s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local quote = H.quote
 
 -- what a transcript's text becomes here: free ports, a temporary /tmp,
 -- the binary under test, the page's files

@@ -11,7 +11,7 @@ local BODY_TIMEOUT = 1 * H.scale
 local TRICKLE = 0.25 * H.scale          -- seconds between trickled lines
 local TRICKLE_FOR = 8 * H.scale         -- how long a slow client goes on
 
-local ROOT = io.popen("pwd"):read("l")
+local ROOT = H.ROOT
 
 -- the handler: luasrv.http with short deadlines
 local SOURCE = ([[

@@ -8,9 +8,7 @@ local cjson = require "cjson"
 local SCRIPT = "scripts/http.lua"
 local MAX_BODY = 65536          -- HTTP_MAX_BODY for the server under test
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = H.quote
 
 local function have (cmd)
   return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true

@@ -5,9 +5,7 @@ local cjson = require "cjson"
 
 local SCRIPT = "scripts/jsonrpc.lua"
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = H.quote
 
 -- sends the lines through `socat OPTS - TARGET`; socat's output and
 -- whether it exited 0

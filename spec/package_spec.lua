@@ -16,15 +16,9 @@ local function sh (cmd)
   return ok == true, out
 end
 
-local function q (s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local q = H.quote
 
-local function readfile (path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = H.try_read_file
 
 local function lines_of (s)
   local t = {}

@@ -8,9 +8,7 @@ local T = H.T
 
 local SCRIPT = "scripts/resp.lua"
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = H.quote
 
 -- runs a shell command, bounded in time; its output (stdout and stderr)
 -- and whether it exited 0

@@ -4,12 +4,7 @@
 local H = require "helper"
 local T = H.T
 
-local function readfile (path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = H.read_file
 
 -- runs tools/lsend ADDRESS [DATA] with stdin; returns its output, status
 local function lsend (address, data, stdin)

@@ -8,12 +8,10 @@ local H = require "helper"
 local T = H.T
 local C = require "tls_certs"
 
-local ROOT = io.popen("pwd"):read("l")
+local ROOT = H.ROOT
 local MiB = 1048576
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = H.quote
 
 local function sh (cmd)
   local p = io.popen(cmd .. " 2>&1")

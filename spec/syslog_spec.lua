@@ -7,9 +7,7 @@ local cjson = require "cjson"
 
 local SCRIPT = "scripts/syslog.lua"
 
-local function quote (s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = H.quote
 
 -- runs logger with the words given; its output and whether it exited 0
 local function logger (args)

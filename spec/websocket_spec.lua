@@ -6,7 +6,7 @@
 local H = require "helper"
 local T = H.T
 
-local ROOT = io.popen("pwd"):read("l")
+local ROOT = H.ROOT
 local BUILD = os.getenv("BUILD") or "build"
 
 -- Node's ws: ngx_helper runs tools/ngx-fixtures once, which installs it

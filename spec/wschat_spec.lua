@@ -5,7 +5,7 @@
 -- the event model; the others are refused (the script says why).
 local H = require "helper"
 
-local ROOT = io.popen("pwd"):read("l")
+local ROOT = H.ROOT
 local BUILD = os.getenv("BUILD") or "build"
 local SCRIPT = "scripts/wschat.lua"
 
