@@ -186,6 +186,22 @@ static void push_ctxcache (lua_State *L) {
 
 
 /*
+** Pushes a new box for a context pointer, NULL until the caller makes
+** the context; metatable mt's __gc (gc) frees it with the box.
+*/
+static void **new_box (lua_State *L, const char *mt, lua_CFunction gc) {
+  void **p = lua_newuserdatauv(L, sizeof *p, 0);
+  *p = NULL;
+  if (luaL_newmetatable(L, mt)) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return p;
+}
+
+
+/*
 ** The client context for opts (a table at index opts, or 0): made once
 ** per state for each set of ca, cert, key and verify. Returns it, or
 ** NULL with the reason pushed.
@@ -205,13 +221,7 @@ static void *client_ctx (lua_State *L, int opts, int verify) {
     return *p;
   }
   lua_pop(L, 1);
-  p = lua_newuserdatauv(L, sizeof *p, 0);
-  *p = NULL;
-  if (luaL_newmetatable(L, CTX_MT)) {
-    lua_pushcfunction(L, ctx_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  p = new_box(L, CTX_MT, ctx_gc);
   if ((*p = tls_client_ctx(ca, cert, key, verify, err, sizeof err)) == NULL) {
     lua_pop(L, 3);
     lua_pushstring(L, err);
@@ -249,13 +259,7 @@ static int push_server (lua_State *L, struct lctx *x, const char *cert,
     return 1;
   }
   lua_pop(L, 1);
-  p = lua_newuserdatauv(L, sizeof *p, 0);
-  *p = NULL;
-  if (luaL_newmetatable(L, SRV_MT)) {
-    lua_pushcfunction(L, srv_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  p = new_box(L, SRV_MT, srv_gc);
   if ((*p = tls_server_new(x->w->cfg, cert, key, err, sizeof err)) == NULL) {
     lua_pop(L, 3);
     luaL_pushfail(L);
