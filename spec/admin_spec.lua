@@ -105,9 +105,7 @@ H.for_models(function (model)
     local srv = H.start{ model = model, source = COUNTER,
                          args = { "--admin", sock, "--shared", "seen:64k" } }
     -- a client held open, waiting to read its next line
-    local c = srv:connect()
-    H.defer(function () c:close() end)
-    c:settimeout(5 * H.scale)
+    local c = H.connect(srv, 5)
     c:send("one\n")
     assert.equals("ok one", c:receive())
     c:send("two\n")

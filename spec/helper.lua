@@ -14,6 +14,8 @@ spec returns this same table.
   H.fixture(name)  path of spec/fixtures/NAME
   H.start(opts)    T.start with opts.model defaulted, stopped when the
                    test ends (call it inside an `it`)
+  H.connect(srv[, secs])  srv:connect(), closed when the test ends; with
+                   secs, its timeout is secs * H.scale
   H.defer(fn)      run fn when the current test ends, pass or fail
   H.with_server(opts, fn)  start, fn(srv), always stop
   H.SER            Lua source defining `ser(...)`: handler scripts write
@@ -102,6 +104,14 @@ function H.start (opts)
   local srv = T.start(opts)
   H.defer(function () srv:stop() end)
   return srv
+end
+
+
+function H.connect (srv, secs)
+  local c = srv:connect()
+  H.defer(function () c:close() end)
+  if secs then c:settimeout(secs * H.scale) end
+  return c
 end
 
 

@@ -36,11 +36,7 @@ local function start (model)
 end
 
 -- a raw client, closed when the test ends
-local function connect (srv)
-  local c = srv:connect()
-  H.defer(function () c:close() end)
-  return c
-end
+local connect = H.connect
 
 -- the status of what c has received so far (nil: nothing yet), without
 -- waiting

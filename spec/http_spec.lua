@@ -83,11 +83,7 @@ end
 
 -- a raw client, closed when the test ends: a kept-alive connection left
 -- open would hold the sync model's only worker
-local function connect (srv)
-  local c = srv:connect()
-  H.defer(function () c:close() end)
-  return c
-end
+local connect = H.connect
 
 -- true when the server has closed the client's connection. With half,
 -- the client half-closes first, as a client done sending would: a server

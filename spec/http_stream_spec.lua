@@ -103,9 +103,7 @@ H.for_models(function (model)
 
     -- a raw client and what it got until the server closed
     local function raw (s)
-      local c = srv:connect()
-      H.defer(function () c:close() end)
-      c:settimeout(5 * H.scale)
+      local c = H.connect(srv, 5)
       c:send(s)
       local data, _, partial = c:receive("a")
       return data or partial or ""

@@ -16,8 +16,7 @@ local maybe = N.have("node") and it or pending
 
 -- a raw client that joins as name: the connection, after the 101
 local function join (srv, name)
-  local c = srv:connect()
-  H.defer(function () c:close() end)
+  local c = H.connect(srv)
   c:settimeout(5)
   c:send("GET /chat?name=" .. name .. " HTTP/1.1\r\nHost: x\r\n" ..
     "Upgrade: websocket\r\nConnection: Upgrade\r\n" ..
@@ -113,8 +112,7 @@ describe("scripts/wschat.lua", function ()
 
   it("answers GET / with help, and refuses a plain GET /chat", function ()
     local srv = H.start{ model = "event", script = SCRIPT, tcp = true }
-    local c = srv:connect()
-    H.defer(function () c:close() end)
+    local c = H.connect(srv)
     c:settimeout(5)
     c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.matches("^HTTP/1%.1 200 ", assert(c:receive("l")))
