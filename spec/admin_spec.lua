@@ -20,8 +20,7 @@ end
 
 H.for_models(function (model)
   it("status, workers, reload and drain", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local sock, script = dir .. "/admin.sock", dir .. "/handler.lua"
     writefile(script, versioned("v1"))
     local srv = H.start{ model = model, script = script,
@@ -99,8 +98,7 @@ end }]]
 
 H.for_models(function (model)
   it("connections and eval run inside a worker", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local sock = dir .. "/admin.sock"
     local srv = H.start{ model = model, source = COUNTER,
                          args = { "--admin", sock, "--shared", "seen:64k" } }
@@ -191,8 +189,7 @@ end)
 H.for_models(function (model)
   it("eval while a client is held; two workers; a long result is cut",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local sock = dir .. "/admin.sock"
     local srv = H.start{ model = model, source = COUNTER,
                          args = { "--admin", sock, "--shared", "seen:64k",
@@ -241,8 +238,7 @@ end)
 describe("luasrv ctl shared", function ()
   it("lists the dictionaries, a dictionary's keys and a key's value",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local sock = dir .. "/admin.sock"
     local srv = H.start{ args = { "--admin", sock, "--shared", "cache:64k",
                                   "--shared", "hits:16k" }, source = [[

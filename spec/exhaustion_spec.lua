@@ -26,8 +26,7 @@ for _, model in ipairs(H.models) do
     describe("model thread, ulimit -n 64", function ()
       it("serves every connection it accepted: none waits for a state",
       function ()
-        local dir = T.tmpdir()
-        H.defer(function () T.rmrf(dir) end)
+        local dir = H.tmpdir()
         local f = assert(io.open(dir .. "/exh_mod.lua", "w"))
         f:write(MOD)
         f:close()

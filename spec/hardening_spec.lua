@@ -116,8 +116,7 @@ for _, model in ipairs(H.models) do
     describe("model " .. model, function ()
       it("out of descriptors: turns clients away without spinning, logs at "
          .. "most once a second, serves again when load drops", function ()
-        local dir = T.tmpdir()
-        H.defer(function () T.rmrf(dir) end)
+        local dir = H.tmpdir()
         local wrapper = dir .. "/luasrv-ulimit"
         local f = assert(io.open(wrapper, "w"))
         f:write("#!/bin/sh\nulimit -n 64\nexec '", T.bin, "' \"$@\"\n")

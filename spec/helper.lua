@@ -17,6 +17,7 @@ spec returns this same table.
   H.connect(srv[, secs])  srv:connect(), closed when the test ends; with
                    secs, its timeout is secs * H.scale
   H.defer(fn)      run fn when the current test ends, pass or fail
+  H.tmpdir()       T.tmpdir(), removed when the current test ends
   H.with_server(opts, fn)  start, fn(srv), always stop
   H.SER            Lua source defining `ser(...)`: handler scripts write
                    ser(values) back, the spec reads them with H.unser
@@ -72,6 +73,12 @@ local function run_deferred ()
   local list = deferred
   deferred = {}
   for i = #list, 1, -1 do pcall(list[i]) end
+end
+
+function H.tmpdir ()
+  local dir = T.tmpdir()
+  H.defer(function () T.rmrf(dir) end)
+  return dir
 end
 
 local function split (s, sep)

@@ -80,8 +80,7 @@ H.for_models(function (model)
     local srv, save, big
 
     before_each(function ()
-      local dir = T.tmpdir()
-      H.defer(function () os.execute("rm -rf " .. quote(dir)) end)
+      local dir = H.tmpdir()
       save = dir .. "/saved"
       srv = H.start{ model = model, source = SOURCE, tcp = true,
                      env = { SAVE = save } }

@@ -6,8 +6,7 @@ local T = H.T
 
 describe("make install", function ()
   it("installs into DESTDIR and uninstall removes it all", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local build = T.bin:match("^(.*)/luasrv$") or "build"
     local function make (target)
       local p = io.popen(("make -s %s DESTDIR='%s' BUILD='%s' 2>&1"):format(

@@ -125,8 +125,7 @@ H.for_models(function (model)
   end)
 
   it("replaces a stale unix socket file nobody listens on", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local path = dir .. "/stale.sock"
     local s = assert(unix.stream())
     assert(s:bind(path))
@@ -162,8 +161,7 @@ H.for_models(function (model)
   end)
 
   it("does not remove a regular file at the unix path: exit 1", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local path = dir .. "/not-a-socket"
     local f = assert(io.open(path, "w"))
     f:write("precious")

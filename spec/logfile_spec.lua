@@ -38,8 +38,7 @@ end
 describe("--log-file", function ()
   it("gets the startup lines instead of stderr; a bad path is an error",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local log, port = dir .. "/error.log", H.free_port()
     local srv = H.start{ source = LOGGER, wait = false,
       args = { "--tcp", "127.0.0.1:" .. port, "--log-file", log } }
@@ -62,8 +61,7 @@ end)
 H.for_models(function (model)
   it("SIGUSR1 1,000 times under load: every request's lines are in the "
      .. "rotated files exactly once", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local log, port = dir .. "/error.log", H.free_port()
     local srv = H.start{ model = model, source = LOGGER, wait = false,
       args = { "--tcp", "127.0.0.1:" .. port, "--log-file", log,

@@ -60,8 +60,7 @@ H.for_models(function (model)
   describe("reload while older code drains", function ()
     it("a second and third SIGHUP deploy at once while a long connection "
        .. "stays on the first code", function ()
-      local dir = T.tmpdir()
-      H.defer(function () T.rmrf(dir) end)
+      local dir = H.tmpdir()
       local script = dir .. "/handler.lua"
       writefile(script, versioned("v1"))
       local srv = H.start{ model = model, script = script,
@@ -89,8 +88,7 @@ H.for_models(function (model)
 
     it("past four draining generations a reload is refused, and the log "
        .. "and systemd say why", function ()
-      local dir = T.tmpdir()
-      H.defer(function () T.rmrf(dir) end)
+      local dir = H.tmpdir()
       local script = dir .. "/handler.lua"
       local notify = dir .. "/notify.sock"
       local nsock = require("socket.unix").dgram()
@@ -144,8 +142,7 @@ H.for_models(function (model)
     it("is replaced by one running its generation's script, not the "
        .. "file's: edited without a reload, broken after a failed one",
        function ()
-      local dir = T.tmpdir()
-      H.defer(function () T.rmrf(dir) end)
+      local dir = H.tmpdir()
       local script = dir .. "/handler.lua"
       writefile(script, versioned("v1"))
       local srv = H.start{ model = model, script = script }

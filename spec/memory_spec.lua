@@ -58,8 +58,7 @@ for _, model in ipairs(H.models) do
 
       it("holds under 4 KiB of Lua heap per idle kept-alive connection "
          .. "of scripts/http.lua", function ()
-        local dir = T.tmpdir()
-        H.defer(function () T.rmrf(dir) end)
+        local dir = H.tmpdir()
         local sock = dir .. "/admin.sock"
         local srv = H.start{ model = model, script = "scripts/http.lua",
           tcp = true, args = { "--admin", sock, "--timeout", "0" } }

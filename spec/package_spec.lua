@@ -399,8 +399,7 @@ describe("make install's systemd units", function ()
   local it_ = have and it or pending
   it_("are contrib/systemd's with PREFIX's paths and pass systemd-analyze "
       .. "verify", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     -- the default PREFIX (another would rebuild the binary in place)
     local build = T.bin:match("^(.*)/luasrv$") or "build"
     local function make (target)

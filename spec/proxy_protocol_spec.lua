@@ -80,8 +80,7 @@ H.for_models(function (model)
        function ()
       local srv = H.start{ model = model, source = WHO,
                            args = { "--proxy-protocol" } }
-      local dir = T.tmpdir()
-      H.defer(function () T.rmrf(dir) end)
+      local dir = H.tmpdir()
       local port = free_port()
       local cfg = dir .. "/haproxy.cfg"
       local f = assert(io.open(cfg, "w"))

@@ -8,8 +8,7 @@ local readfile = H.read_file
 
 -- runs tools/lsend ADDRESS [DATA] with stdin; returns its output, status
 local function lsend (address, data, stdin)
-  local dir = T.tmpdir()
-  H.defer(function () T.rmrf(dir) end)
+  local dir = H.tmpdir()
   local input = dir .. "/in"
   local f = assert(io.open(input, "wb"))
   f:write(stdin or "")

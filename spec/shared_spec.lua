@@ -208,8 +208,7 @@ return forced, tiny:get('k2'), #tiny:get('k100'), #tiny:get('k1'),
 
   it("the data survives a reload (SIGHUP) and a worker killed with -9",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local script = dir .. "/handler.lua"
     writefile(script, EVAL)
     local srv = H.start{ model = model, script = script,

@@ -58,8 +58,7 @@ H.for_models(function (model)
     local srv, www, bin
 
     before_each(function ()
-      local dir = T.tmpdir()
-      H.defer(function () os.execute("rm -rf " .. quote(dir)) end)
+      local dir = H.tmpdir()
       www, bin = make_tree(dir)
       srv = H.start{ model = model, source = SOURCE:format(ROOT), tcp = true,
                      env = { WWW = www } }

@@ -228,8 +228,7 @@ H.for_models(function (model)
   end)
 
   it("appends to $SYSLOG_FILE when it is set", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local path = dir .. "/messages.jsonl"
     local srv = H.start{ model = model, script = SCRIPT, udp = true,
                          env = { SYSLOG_FILE = path } }

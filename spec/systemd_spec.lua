@@ -44,8 +44,7 @@ end
 describe("socket activation", function ()
 
   it("with no listener option, serves the socket systemd passed", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local port = free_port()
     local pid = activate(dir, "127.0.0.1:" .. port, { "--once" })
     H.defer(function () os.execute("kill " .. pid .. " 2>/dev/null") end)
@@ -61,8 +60,7 @@ describe("socket activation", function ()
 
   it("a --unix option naming the passed socket uses it and leaves the "
      .. "file to systemd; other options bind as usual", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local path = dir .. "/act.sock"
     local pid = activate(dir, path, { "--unix", path, "--tcp",
                                       "127.0.0.1:0", "--once" })
@@ -87,8 +85,7 @@ describe("readiness notification", function ()
 
   it("READY=1 with MAINPID, RELOADING=1 and READY=1 around SIGHUP, "
      .. "STOPPING=1 at SIGTERM", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local path = dir .. "/notify"
     local s = unix.dgram()
     assert(s:bind(path))

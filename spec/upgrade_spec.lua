@@ -71,8 +71,7 @@ end
 H.for_models(function (model)
   it("replacing the binary and SIGUSR2 under a client loop: 0 failed "
      .. "requests; the old master drains and exits", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local bin, original = private_binary(dir)
     local pidfile, admin, mport = dir .. "/luasrv.pid", dir .. "/admin.sock",
                                   H.free_port()
@@ -154,8 +153,7 @@ H.for_models(function (model)
   it("systemd's notifications: the old master hands the new one's MAINPID "
      .. "over once it serves; then the new one speaks for the service",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local bin, original = private_binary(dir)
     -- what systemd's notify socket would receive, in order
     local path = dir .. "/notify"
@@ -207,8 +205,7 @@ end)
 
 describe("SIGUSR2", function ()
   it("a stop while the new binary starts stops both", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local bin = private_binary(dir)
     local pidfile = dir .. "/luasrv.pid"
     local srv = H.start{ script = H.fixture("echo.lua"),
@@ -233,8 +230,7 @@ describe("SIGUSR2", function ()
 
   it("a new binary that cannot start: the old one serves on and says why",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local bin = private_binary(dir)
     local pidfile = dir .. "/luasrv.pid"
     local srv = H.start{ script = H.fixture("echo.lua"),

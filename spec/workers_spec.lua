@@ -88,8 +88,7 @@ H.for_models(function (model)
 
   it("a worker that exits with a status is replaced; others keep serving",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local srv = H.start{ model = model, source = versioned("v1"),
                          env = { EXIT_FLAG = dir .. "/exit" } }
     assert.equals("v1 1", ask(srv, "exit"))
@@ -101,8 +100,7 @@ H.for_models(function (model)
 
   it("a worker that keeps dying at start backs off instead of spinning",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local mark = dir .. "/crash"
     local srv = H.start{ model = model, source = ([[
 return {
@@ -125,8 +123,7 @@ return {
 
   it("SIGHUP: new requests run the new script, an in-flight one finishes "
      .. "on the old, no connection fails", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local script = dir .. "/handler.lua"
     writefile(script, versioned("v1"))
     local srv = H.start{ model = model, script = script,
@@ -159,8 +156,7 @@ return {
 
   it("SIGHUP with a broken script: the error is logged, the old code serves",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local script = dir .. "/handler.lua"
     writefile(script, versioned("v1"))
     local srv = H.start{ model = model, script = script }
@@ -206,8 +202,7 @@ describe("process options", function ()
 
   it("--pidfile holds the master's pid while it runs, removed at exit",
      function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     local pidfile = dir .. "/luasrv.pid"
     local srv = H.start{ script = H.fixture("echo.lua"),
                          args = { "--pidfile", pidfile, "--workers", "2" } }
@@ -229,8 +224,7 @@ describe("process options", function ()
   local it_root = is_root and it or pending
   it_root("--user nobody: workers run as nobody, the master removes the "
           .. "socket file", function ()
-    local dir = T.tmpdir()
-    H.defer(function () T.rmrf(dir) end)
+    local dir = H.tmpdir()
     os.execute("chmod 755 " .. dir)
     local path, script = dir .. "/s.sock", dir .. "/uid.lua"
     -- the workers load the script as nobody: it must be readable
