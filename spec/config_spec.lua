@@ -12,11 +12,7 @@ end }]]):format(tag)
 end
 
 
-local function write (path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = H.write_file
 
 
 local function ask (srv, which)

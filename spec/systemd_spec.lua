@@ -9,13 +9,7 @@ local unix = require "socket.unix"
 
 local free_port = H.free_port
 
-local function readfile (path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function readfile (path) return H.try_read_file(path) or "" end
 
 -- starts luasrv under systemd-socket-activate in the background; the
 -- activator execs luasrv with the listening socket on the first client
