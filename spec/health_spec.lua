@@ -5,14 +5,7 @@ local T = H.T
 local json = require "cjson"
 
 -- status code and body of GET path on the metrics port
-local function get (port, path)
-  local p = io.popen(("curl -s --max-time 5 -w '\\n%%{http_code}' "
-                      .. "http://127.0.0.1:%d%s"):format(port, path))
-  local out = p:read("a")
-  p:close()
-  local body, code = out:match("^(.*)\n(%d+)$")
-  return tonumber(code), body
-end
+local get = H.http_get
 
 -- "started" once a request is in, then sleeps SECS before answering
 local SLOW = [[

@@ -36,6 +36,8 @@ spec returns this same table.
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
   H.free_port(), H.children(pid), H.eventually(fn, secs)
+  H.http_get(port, path)  status code and body of GET PATH on 127.0.0.1:PORT
+                   (curl, 5 s at most; code 0 when nothing answered)
   H.redis_server([opts])  Debian's redis-server on a free loopback port, no
                    persistence, accepting: its port and pid. opts.tls =
                    DIR: TLS only, with DIR's server.pem/.key and ca.pem
@@ -233,6 +235,16 @@ function H.free_port ()
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
+end
+
+
+function H.http_get (port, path)
+  local p = io.popen(("curl -s --max-time 5 -w '\\n%%{http_code}' "
+                      .. "http://127.0.0.1:%d%s"):format(port, path))
+  local out = p:read("a")
+  p:close()
+  local body, code = out:match("^(.*)\n(%d+)$")
+  return tonumber(code), body
 end
 
 

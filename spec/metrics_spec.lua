@@ -10,10 +10,7 @@ local free_port = H.free_port
 
 -- sums a metric over its workers: { requests = n, ... }
 local function scrape (port)
-  local p = io.popen(("curl -sf --max-time 5 http://127.0.0.1:%d/metrics")
-                     :format(port))
-  local text = p:read("a")
-  p:close()
+  local text = select(2, H.http_get(port, "/metrics")) or ""
   local sums = {}
   for name, labels, v in text:gmatch("\n?([%w_]+){([^}]*)} ([%d.e+-]+)") do
     local key = name

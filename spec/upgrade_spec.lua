@@ -119,10 +119,7 @@ H.for_models(function (model)
     local code, out = T.run{ "ctl", admin, "status" }
     assert.equals(0, code)
     assert.equals(new_pid, tonumber(out:match('^{"pid":(%d+)')))
-    local p = io.popen("curl -s --max-time 5 http://127.0.0.1:" .. mport
-                       .. "/healthz")
-    assert.equals("ok\n", p:read("a"))
-    p:close()
+    assert.equals("ok\n", select(2, H.http_get(mport, "/healthz")))
     -- the held connection is still answered by the old worker; once it
     -- leaves, the old master exits
     assert(held:send("after\n"))
