@@ -1328,13 +1328,23 @@ static void serve_metrics (struct master *m) {
 }
 
 
+/*
+** The descriptor an upgrade passed in environment variable name (the old
+** binary's listening socket), or -1; removes the variable.
+*/
+static int passed_fd (const char *name) {
+  const char *passed = getenv(name);
+  int fd = passed != NULL ? atoi(passed) : -1;
+  unsetenv(name);
+  return fd;
+}
+
+
 static int open_metrics (struct master *m) {
   struct listen_opts o = {16, 0, -1};
   struct address a;
   char err[512];
-  const char *passed = getenv("LUASRV_METRICS_FD");
-  int pfd = passed != NULL ? atoi(passed) : -1;
-  unsetenv("LUASRV_METRICS_FD");
+  int pfd = passed_fd("LUASRV_METRICS_FD");
   m->mls.fd = -1;
   if (m->cfg->metrics == NULL || address_parse(TR_TCP, m->cfg->metrics, &a,
                                                err, sizeof err) < 0) {
@@ -1677,9 +1687,7 @@ static int open_admin (struct master *m) {
   struct listen_opts o = {16, 0, 0600};
   struct address a;
   char err[512];
-  const char *passed = getenv("LUASRV_ADMIN_FD");
-  int pfd = passed != NULL ? atoi(passed) : -1;
-  unsetenv("LUASRV_ADMIN_FD");
+  int pfd = passed_fd("LUASRV_ADMIN_FD");
   m->als.fd = -1;
   m->admin_wait = -1;
   if (m->cfg->admin == NULL) {
