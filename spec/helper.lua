@@ -32,6 +32,7 @@ spec returns this same table.
   H.ask_line(srv, line[, secs])  sends line on a new connection, returns
                    the line it gets back (or nil, err after secs, default 3,
                    times H.scale)
+  H.resp_command(...)  a RESP request (an array of bulk strings) from words
   H.lines(s), H.count(s, pattern, plain), H.error_lines(s)
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
@@ -191,6 +192,15 @@ function H.ask_line (srv, line, secs)
   local r, err = c:receive()
   c:close()
   return r, err
+end
+
+
+function H.resp_command (...)
+  local t = { "*" .. select("#", ...) .. "\r\n" }
+  for _, w in ipairs({ ... }) do
+    t[#t + 1] = "$" .. #w .. "\r\n" .. w .. "\r\n"
+  end
+  return table.concat(t)
 end
 
 

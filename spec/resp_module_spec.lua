@@ -8,13 +8,7 @@ local T = H.T
 local resp = require "luasrv.resp"
 
 -- a RESP request from words
-local function frame (...)
-  local t = { "*" .. select("#", ...) .. "\r\n" }
-  for _, w in ipairs({ ... }) do
-    t[#t + 1] = "$" .. #w .. "\r\n" .. w .. "\r\n"
-  end
-  return table.concat(t)
-end
+local frame = H.resp_command
 
 -- inline command lines and their words: for resp.parse_inline, and the
 -- same lines through resp.serve (whose reading is C: both must agree)

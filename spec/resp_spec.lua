@@ -47,13 +47,7 @@ end
 local function lines (s) return H.lines(s) end
 
 -- a RESP request from words
-local function resp (...)
-  local t = { "*" .. select("#", ...) .. "\r\n" }
-  for _, w in ipairs({ ... }) do
-    t[#t + 1] = "$" .. #w .. "\r\n" .. w .. "\r\n"
-  end
-  return table.concat(t)
-end
+local resp = H.resp_command
 
 -- redis-benchmark's "NAME: N requests per second" lines as { NAME = N }
 local function benchmark_rates (out)
