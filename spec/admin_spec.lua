@@ -295,3 +295,56 @@ describe("luasrv ctl", function ()
     assert.matches("usage: luasrv ctl SOCKET COMMAND", err, 1, true)
   end)
 end)
+
+
+-- v1 or v2 answers each line; "slow" keeps the connection for a while
+local function slow_versioned (version)
+  return ([[
+local luasrv = require "luasrv"
+return { handle = function (req)
+  for line in req:lines() do
+    if line == "slow" then luasrv.sleep(1.5) end
+    req:write(%q, " ", line, "\n")
+  end
+end }]]):format(version)
+end
+
+-- one connection at a time per worker, whatever the model
+local ONE = { sync = {}, event = { "--max-connections", "1" },
+              fork = { "--max-children", "1" }, thread = { "--max-threads", "1" } }
+
+H.for_models(function (model)
+  it("once reload has answered, no client goes to the old code, even to an "
+     .. "old worker that has not yet run its stop signal", function ()
+    local dir = H.tmpdir()
+    local sock, script = dir .. "/admin.sock", dir .. "/handler.lua"
+    writefile(script, slow_versioned("v1"))
+    local args = { "--admin", sock }
+    for _, a in ipairs(ONE[model]) do args[#args + 1] = a end
+    local srv = H.start{ model = model, script = script, args = args }
+    assert.equals("v1 x", ask(srv))
+    local old = H.children(srv.pid)
+    assert.equals(1, #old)
+    -- the old worker is frozen: the master's SIGTERM waits for it
+    assert(os.execute("kill -STOP " .. old[1]))
+    H.defer(function () os.execute("kill -CONT " .. old[1] .. " 2>/dev/null") end)
+    writefile(script, slow_versioned("v2"))
+    local code, out, err = ctl(sock, "reload")
+    assert.equals(0, code, err)
+    assert.equals("reloaded " .. script .. ": 1 worker serves the new code\n",
+                  out)
+    -- the new worker is busy with a, so b waits in the listening queue
+    local a = H.connect(srv, 10)
+    assert(a:send("slow\n"))
+    T.sleep(0.3)
+    local b = H.connect(srv, 10)
+    assert(b:send("x\n"))
+    T.sleep(0.2)
+    -- the old worker wakes with b queued and its stop signal to run
+    assert(os.execute("kill -CONT " .. old[1]))
+    assert.equals("v2 slow", a:receive())
+    a:close()                   -- the new worker's one connection ends
+    local line, e = b:receive()
+    assert.equals("v2 x", line, tostring(e) .. "\n" .. srv:stderr())
+  end)
+end)

@@ -291,6 +291,9 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
   int i = 0, max = ml->w->cfg->once ? 1 : ml->batch;
   (void)loop;
   (void)ev;
+  /* a stop signal whose pipe the loop has not read yet, as when the
+  ** connection came while the worker waited for the CPU: it takes none */
+  if (worker_stop_signalled()) worker_signals(ml->w);
   while (ml->w->ls[i].fd != fd) i++;
   for (int k = 0; k < max && !worker_stopping(ml->w); ) {
     long room = ml->limit - busy(ml);

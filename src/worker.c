@@ -150,6 +150,11 @@ void worker_stop (struct worker *w) {
 }
 
 
+int worker_stop_signalled (void) {
+  return atomic_load(&sig_stop) != 0;
+}
+
+
 void worker_signals (struct worker *w) {
   char drain[64];
   while (read(w->sig_fd[0], drain, sizeof drain) > 0)

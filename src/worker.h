@@ -64,6 +64,12 @@ void worker_signals_install (struct worker *w);
 void worker_signals (struct worker *w);
 
 /*
+** Has a stop signal (SIGTERM, SIGINT) arrived, whether or not the loop has
+** read its pipe yet? One atomic load: the accept path asks before taking.
+*/
+int worker_stop_signalled (void);
+
+/*
 ** Starts a graceful stop (server:shutdown(), SIGTERM): idempotent. When
 ** the master is gone (its death sends SIGTERM), the stream listeners are
 ** shut down first, so a new server can bind them while this one drains.
