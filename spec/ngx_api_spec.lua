@@ -372,6 +372,21 @@ H.for_models(function (model)
                     c:receive())
     end)
 
+    it("ngx.req.socket reads from the request's own buffer: req:read " ..
+       "goes on after it", function ()
+      local s = N.start{ model = model, body = [[
+        return { handle = function (req)
+          local sock = ngx.req.socket()
+          local head = sock:receiveuntil("--")()
+          local any = sock:receiveany(2)
+          req:write(head, "|", any, "|", req:read("l") or "nil", "\n")
+        end }
+      ]] }
+      local c = s:connect()
+      c:send("head--abcd\n")
+      assert.equals("head|ab|cd", c:receive())
+    end)
+
     it("raises a clear error for what is not provided", function ()
       local res = ask [[
         local function err (f) local ok, e = pcall(f) return (tostring(e):gsub("^.-:%d+: ", "")) end
