@@ -32,9 +32,11 @@
 #define SOCK_MT "ngx.socket.tcp"
 #define DEFAULT_POOL_SIZE 30
 #define UV_CONN 1             /* user value: the connection, or nil */
+#define KEYS_MAX 1024         /* hosts whose pool names are kept */
 
 static const char sock_tag = 0;   /* tells a socket from other userdata */
 static char format_key;           /* registry: luasrv.ngx's send formatter */
+static char keys_key;             /* registry: pool names by host and port */
 
 /* Read modes; a continuation's context is (count << 2) | mode. */
 enum { R_LINE, R_COUNT, R_ANY, R_ALL };
@@ -121,12 +123,22 @@ static double check_ms (lua_State *L, int arg, const char *fname) {
 }
 
 
-/* ngx.socket.tcp(): a socket, not connected */
-static int sock_new (lua_State *L) {
-  struct sock *s = lua_newuserdatauv(L, sizeof *s, 1);
+/* Pushes a socket, not connected, with the metatable at mt. */
+static struct sock *push_sock (lua_State *L, int mt) {
+  struct sock *s;
+  mt = lua_absindex(L, mt);
+  s = lua_newuserdatauv(L, sizeof *s, 1);
   memset(s, 0, sizeof *s);
   s->tag = &sock_tag;
-  luaL_setmetatable(L, SOCK_MT);
+  lua_pushvalue(L, mt);
+  lua_setmetatable(L, -2);
+  return s;
+}
+
+
+/* ngx.socket.tcp(): upvalue 1 is the metatable */
+static int sock_new (lua_State *L) {
+  push_sock(L, lua_upvalueindex(1));
   return 1;
 }
 
@@ -180,6 +192,60 @@ static int connect_k (lua_State *L, int status, lua_KContext ctx) {
   attach(L, s, 4);
   lua_pushinteger(L, 1);
   return 1;
+}
+
+
+/* Pushes a new table of pool names, the registry's from now on. */
+static void new_keys (lua_State *L) {
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &keys_key);
+}
+
+
+/*
+** Pushes the default pool name of host (index 2) and port, "HOST:PORT"
+** (pd: the port's text), made once per address: keys[host][port] in the
+** registry; keys[0] counts the hosts, forgotten all past KEYS_MAX.
+*/
+static void push_key (lua_State *L, lua_Integer port, const char *pd) {
+  int keys, ports;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &keys_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    new_keys(L);
+  }
+  keys = lua_gettop(L);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, keys) != LUA_TTABLE) {
+    lua_Integer n;
+    lua_pop(L, 1);
+    lua_rawgeti(L, keys, 0);
+    n = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (n >= KEYS_MAX) {
+      new_keys(L);
+      lua_replace(L, keys);
+      n = 0;
+    }
+    lua_pushinteger(L, n + 1);
+    lua_rawseti(L, keys, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, keys);
+  }
+  ports = lua_gettop(L);
+  if (lua_rawgeti(L, ports, port) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushliteral(L, ":");
+    lua_pushstring(L, pd);
+    lua_concat(L, 3);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, ports, port);
+  }
+  lua_replace(L, keys);
+  lua_settop(L, keys);
 }
 
 
@@ -251,14 +317,7 @@ static int sock_connect (lua_State *L) {
   haskey = read_opts(L, s, 4);  /* the pool name: 5 */
   if (!haskey) {
     if (unix_) lua_pushvalue(L, 2);
-    else {
-      luaL_Buffer b;
-      luaL_buffinit(L, &b);
-      luaL_addlstring(&b, host, hl);
-      luaL_addchar(&b, ':');
-      luaL_addstring(&b, pd);
-      luaL_pushresult(&b);
-    }
+    else push_key(L, port, pd);
   }
   if (s->c != NULL) {  /* ngx closes the connection it had */
     lconn_abort(s->c);
@@ -394,13 +453,68 @@ static int send_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 
+/*
+** Appends the strings and integers of array idx (a driver's request) to
+** c's output, their total length in *total: 1, or 0 with nothing appended
+** when the array holds anything else (or more than JOIN_PIECES pieces),
+** or -ENOMEM. No string is made of the whole: the pieces are measured,
+** then copied once (the strings stay in the array meanwhile).
+*/
+static int append_join (lua_State *L, struct lconn *c, int idx,
+                        size_t *total) {
+  const char *p[JOIN_PIECES];
+  size_t len[JOIN_PIECES], sum = 0;
+  char digits[JOIN_PIECES * JOIN_DIGITS], *d = digits;
+  struct buf *out = &c->io.out;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+  char *q;
+  if (n > JOIN_PIECES) return 0;
+  for (int i = 0; i < (int)n; i++) {
+    int t = lua_rawgeti(L, idx, i + 1);
+    if (t == LUA_TSTRING)
+      p[i] = lua_tolstring(L, -1, &len[i]);  /* the array keeps it */
+    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
+      char *end = d + JOIN_DIGITS;
+      p[i] = int_text(lua_tointeger(L, -1), end);
+      len[i] = (size_t)(end - p[i]);
+      d = end;
+    }
+    else {
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_pop(L, 1);
+    sum += len[i];
+  }
+  if (buf_space(out) < sum && buf_reserve(out, sum, &c->x->pool) < 0)
+    return -ENOMEM;
+  q = buf_tail(out);
+  for (int i = 0; i < (int)n; i++) {
+    memcpy(q, p[i], len[i]);
+    q += len[i];
+  }
+  out->end += sum;
+  *total = sum;
+  return 1;
+}
+
+
 /* sock:send(data) -> bytes sent | nil, err */
 static int sock_send (lua_State *L) {
   struct sock *s = sock_check(L);
-  struct lconn *c;
+  struct lconn *c = s->c;
   size_t len, sent;
   const char *p;
   lua_settop(L, 2);
+  if (c != NULL && !(c->io.flags & LC_CLOSED) && lua_istable(L, 2)) {
+    int rc = append_join(L, c, 2, &len);
+    if (rc != 0) {
+      lua_getiuservalue(L, 1, UV_CONN);
+      if (rc < 0) return fail(L, s, c, rc);
+      apply(c, s->st);
+      return send_k(L, LUA_OK, (lua_KContext)len);
+    }
+  }
   if (lua_type(L, 2) != LUA_TSTRING &&
       !(lua_type(L, 2) == LUA_TTABLE && join(L, 2))) {
     /* numbers, booleans, ngx.null, nested tables: luasrv.ngx formats */
@@ -465,7 +579,9 @@ static int take (lua_State *L, struct lconn *c, int mode, size_t n) {
     return 0;
   }
   n = (size_t)nl;
-  if (memchr(p, '\r', n) == NULL)
+  if (n > 0 && p[n - 1] == '\r' && memchr(p, '\r', n - 1) == NULL)
+    lua_pushlstring(L, p, n - 1);  /* the usual CRLF */
+  else if (memchr(p, '\r', n) == NULL)
     lua_pushlstring(L, p, n);
   else {
     luaL_Buffer b;
@@ -808,9 +924,10 @@ static int ngx_req_socket (lua_State *L) {
   struct sock *s;
   lconn_check(L);
   lua_settop(L, 1);
-  sock_new(L);
+  luaL_getmetatable(L, SOCK_MT);
+  s = push_sock(L, -1);
+  lua_remove(L, -2);
   lua_insert(L, 1);  /* sock, req */
-  s = lua_touserdata(L, 1);
   attach(L, s, 2);
   s->req = 1;
   lua_settop(L, 1);
@@ -843,7 +960,6 @@ void lngxsock_open (lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg funcs[] = {
-    {"tcp", sock_new},
     {"join", ngx_join},
     {"scan", ngx_scan},
     {"sock_state", ngx_sock_state},
@@ -861,5 +977,6 @@ void lngxsock_open (lua_State *L) {
   }
   lua_getfield(L, -1, "__index");
   lua_setfield(L, -3, "tcp_methods");  /* luasrv.ngx adds the rest */
-  lua_pop(L, 1);
+  lua_pushcclosure(L, sock_new, 1);
+  lua_setfield(L, -2, "tcp");
 }

@@ -1001,7 +1001,7 @@ local bit = {
   end,
 }
 
-local function table_new () return {} end
+local table_new = C.table_new  -- presized, as LuaJIT's
 local function table_clear (t)
   for k in pairs(t) do t[k] = nil end
 end
