@@ -249,11 +249,20 @@ static void push_key (lua_State *L, lua_Integer port, const char *pd) {
 }
 
 
+/* A size argument n (a pool's): its integer part, at most COUNT_MAX; 0 if < 1. */
+#define COUNT_MAX 1000000000
+
+static lua_Integer to_count (lua_Number n) {
+  if (!(n >= 1)) return 0;
+  return n > COUNT_MAX ? COUNT_MAX : (lua_Integer)n;
+}
+
+
 /* The port argument (index 3) as ngx takes it: an integer 0..65535. */
 static lua_Integer check_port (lua_State *L) {
   int isnum;
   lua_Number p = lua_tonumberx(L, 3, &isnum);
-  if (!isnum || p != (lua_Number)(lua_Integer)p || p < 0 || p > 65535)
+  if (!isnum || !(p >= 0 && p <= 65535) || p != (lua_Number)(lua_Integer)p)
     return luaL_error(L, "bad argument #2 to 'connect' (bad port number: %s)",
                       luaL_tolstring(L, 3, NULL));
   return (lua_Integer)p;
@@ -270,10 +279,10 @@ static int read_opts (lua_State *L, struct sock *s, int o) {
   if (lua_getfield(L, o, "pool_size") != LUA_TNIL) {
     int isnum;
     lua_Number n = lua_tonumberx(L, -1, &isnum);
-    if (!isnum || n < 1)
+    if (!isnum || to_count(n) < 1)
       return luaL_error(L, "bad argument #3 to 'connect' "
                         "(bad \"pool_size\" option value)");
-    s->pool_size = (lua_Integer)n;
+    s->pool_size = to_count(n);
   }
   lua_pop(L, 1);
   if (lua_getfield(L, o, "pool") != LUA_TNIL) {
@@ -684,11 +693,11 @@ static int sock_receive (lua_State *L) {
     if (n < 0)
       return luaL_error(L, "bad argument #1 to 'receive' (bad pattern argument)");
     if (s->c == NULL) return closed(L);
-    if ((lua_Integer)n == 0) {
+    if (n < 1) {  /* 0 bytes, as ngx floors the count */
       lua_pushliteral(L, "");
       return 1;
     }
-    if (n > (lua_Number)(SIZE_MAX >> 3)) return bad_pattern(L);
+    if (!(n <= (lua_Number)(SIZE_MAX >> 3))) return bad_pattern(L);
     return start_read(L, s, R_COUNT, (size_t)n);
   }
   if (t <= LUA_TNIL) {
@@ -712,10 +721,10 @@ static int sock_receiveany (lua_State *L) {
   struct sock *s = sock_check(L);
   int isnum;
   lua_Number n = lua_tonumberx(L, 2, &isnum);
-  if (!isnum || n < 1)
+  if (!isnum || !(n >= 1))
     return luaL_error(L, "bad argument #1 to 'receiveany' (bad max argument)");
   if (s->c == NULL) return closed(L);
-  if (n > (lua_Number)(SIZE_MAX >> 3)) n = (lua_Number)(SIZE_MAX >> 3);
+  if (!(n <= (lua_Number)(SIZE_MAX >> 3))) n = (lua_Number)(SIZE_MAX >> 3);
   return start_read(L, s, R_ANY, (size_t)n);
 }
 
@@ -827,7 +836,7 @@ static int sock_setkeepalive (lua_State *L) {
   if (!lua_isnoneornil(L, 3)) {
     int isnum;
     lua_Number n = lua_tonumberx(L, 3, &isnum);
-    size = isnum ? (lua_Integer)n : 0;
+    size = isnum ? to_count(n) : 0;
     if (size < 1)
       return luaL_error(L, "bad argument #2 to 'setkeepalive' (bad pool size)");
   }
