@@ -130,7 +130,10 @@ local function find_pattern (self, r, path, method, methods)
         local cap = match(path, route.pattern)
         if cap then
           if find(cap, "%", 1, true) then cap = http.unescape(cap) end
-          r.params[names[1]] = cap
+          local params = rawget(r, "params")
+          -- made with its one entry: no table grows
+          if params == nil then r.params = { [names[1]] = cap }
+          else params[names[1]] = cap end
           return route.fn
         end
       else
