@@ -8,7 +8,8 @@ primitives, for OpenResty's pure-Lua drivers (lua-resty-redis, -memcached,
 What it maps onto:
   ngx.socket.tcp/udp     luasrv.connect connections (the same keep-alive
                          pool, the same waits: the event model yields,
-                         the others block the request)
+                         the others block the request); the tcp object
+                         is luasrv.ngxc's, in C (src/lngxsock.c)
   ngx.sleep              luasrv.sleep
   ngx.thread.*           luasrv.spawn / wait / kill
   ngx.shared.DICT        luasrv.shared.DICT (--shared NAME:SIZE)
