@@ -153,6 +153,33 @@ H.for_models(function (model)
                       146, 145, "1x3x5x7x", n = 5 }, res)
       end)
 
+      it("reads counts given as strings and floats; raises ngx's errors " ..
+         "for bad arguments", function ()
+        local res = ask [[
+          local s = peer("abcdefgh")
+          local a, b, c = s:receive("3"), s:receive(2.9), s:receive(0.5)
+          local function err (f, ...)
+            local ok, e = pcall(f, ...)
+            return ok and "no error" or (tostring(e):gsub("^.-:%d+: ", ""))
+          end
+          local t = ngx.socket.tcp()
+          return a, b, c, err(s.receive, s, -1), err(s.receive, s, "*x"),
+            err(s.receiveany, s, 0), err(t.connect, t, "127.0.0.1", 70000),
+            err(t.connect, t, "127.0.0.1", PEER, { pool_size = 0 }),
+            err(t.connect, t, 1), err(t.settimeout, t, 2^31),
+            err(s.setkeepalive, s, 0, 0), s:receive("*a") ]]
+        assert.same({ "abc", "de", "",
+          "bad argument #1 to 'receive' (bad pattern argument)",
+          "bad argument #1 to 'receive' (bad pattern argument: *x)",
+          "bad argument #1 to 'receiveany' (bad max argument)",
+          "bad argument #2 to 'connect' (bad port number: 70000)",
+          "bad argument #3 to 'connect' (bad \"pool_size\" option value)",
+          "bad argument #1 to 'connect' (string expected, got number)",
+          "bad argument #1 to 'settimeout' (bad timeout value)",
+          "bad argument #2 to 'setkeepalive' (bad pool size)",
+          "fgh", n = 12 }, res)
+      end)
+
       it("pools: reuse counts, refuses unread data, names pools", function ()
         local res = ask [[
           local function once (opts)
@@ -370,6 +397,21 @@ H.for_models(function (model)
       assert.equals("got hello 12truenullnil", c:receive())
       assert.equals("head!nil not supported on the request's socket",
                     c:receive())
+    end)
+
+    it("ngx.req.socket reads from the request's own buffer: req:read " ..
+       "goes on after it", function ()
+      local s = N.start{ model = model, body = [[
+        return { handle = function (req)
+          local sock = ngx.req.socket()
+          local head = sock:receiveuntil("--")()
+          local any = sock:receiveany(2)
+          req:write(head, "|", any, "|", req:read("l") or "nil", "\n")
+        end }
+      ]] }
+      local c = s:connect()
+      c:send("head--abcd\n")
+      assert.equals("head|ab|cd", c:receive())
     end)
 
     it("raises a clear error for what is not provided", function ()

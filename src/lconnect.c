@@ -42,8 +42,7 @@
 #define LOOKUP_MT "luasrv.lookup"
 /* A failed lookup; its reason is in struct addrs. */
 #define ERR_LOOKUP (-100010)
-/* setkeepalive on a connection with input nobody read. */
-#define ERR_UNREAD (-100011)
+#define ERR_UNREAD LCONNECT_ERR_UNREAD
 
 /* Phases of connect_k. */
 enum { K_LOOKUP, K_CONNECT, K_RETRY };
@@ -727,8 +726,7 @@ static void entry_take (lua_State *L, struct lctx *x, struct pentry *e,
 }
 
 
-/* Pushes an idle pooled connection for key (at index k), or nothing. */
-static int pool_take (lua_State *L, struct lctx *x, int k) {
+int lconnect_pool_take (lua_State *L, struct lctx *x, int k) {
   struct kpool *kp = push_pool(L, x);
   struct plist *l = pool_list(L, kp, k, 0);
   double now;
@@ -747,14 +745,8 @@ static int pool_take (lua_State *L, struct lctx *x, int k) {
 }
 
 
-/*
-** Moves c's descriptor into a pool entry for c's key: the caller's object
-** is closed, so that a handler that goes on using it cannot disturb the
-** request that takes the connection next. 0, or why c cannot be pooled
-** (then c is as it was).
-*/
-static int pool_put (lua_State *L, struct lconn *c, double idle,
-                     lua_Integer size) {
+int lconnect_pool_put (lua_State *L, struct lconn *c, double idle,
+                       lua_Integer size) {
   struct kpool *kp;
   struct plist *l;
   struct pentry *e;
@@ -818,7 +810,8 @@ static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
   if (rc >= 0 && buf_len(&c->io.in) > 0) rc = ERR_UNREAD;
   if (rc >= 0 && (c->io.flags & (LC_EOF | LC_RDHUP)))
     rc = ERR_CLOSED;  /* the peer's end came: of no use */
-  if (rc >= 0) rc = pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
+  if (rc >= 0)
+    rc = lconnect_pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
   if (rc < 0) {
     lconn_abort(c);
     luaL_pushfail(L);
@@ -855,102 +848,6 @@ static int lconn_getreusedtimes (lua_State *L) {
   struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
   lua_pushinteger(L, (lua_Integer)c->reused);
   return 1;
-}
-
-/* }====================================================== */
-
-
-/* {====================================================== ngx receive */
-
-/*
-** receive(conn, pattern), luasrv.ngxc's: tcpsock:receive's "*l" (pattern
-** not a number) and size patterns, straight on the connection's input
-** buffer. It returns the line (with every \r dropped, as ngx does) or the
-** bytes; or nil, the reason and the bytes that came so far, which are
-** dropped. The end of input before the pattern's is "closed". In Lua it
-** took a second buffer, a recv per chunk and a string per piece.
-*/
-static int ngx_take (lua_State *L, struct lconn *c, size_t n) {
-  struct buf *in = &c->io.in;
-  const char *p = buf_head(in);
-  if (n == 0) {  /* a line */
-    long nl = buf_findnl(in, c->io.scan);
-    if (nl < 0) {
-      c->io.scan = buf_len(in);
-      return 0;
-    }
-    n = (size_t)nl;
-    if (memchr(p, '\r', n) == NULL)
-      lua_pushlstring(L, p, n);
-    else {
-      luaL_Buffer b;
-      luaL_buffinit(L, &b);
-      for (size_t i = 0; i < n; i++)
-        if (p[i] != '\r') luaL_addchar(&b, p[i]);
-      luaL_pushresult(&b);
-    }
-    buf_consume(in, n + 1);
-  }
-  else {
-    if (buf_len(in) < n) return 0;
-    lua_pushlstring(L, p, n);
-    buf_consume(in, n);
-  }
-  c->io.scan = 0;
-  return 1;
-}
-
-
-/* What a receive that cannot go on waits for: output still stuck first. */
-static int ngx_wait_event (struct lconn *c, int rc) {
-  if (buf_len(&c->io.out) > 0) {
-    int frc = conn_flush(&c->io);
-    if (conn_wants(frc)) return (int)conn_want_event(frc);
-    if (frc < 0) return frc;
-  }
-  return (int)conn_want_event(rc);
-}
-
-
-/* Stack: conn. ctx: the count, 0 for a line. */
-static int ngx_receive_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = lua_touserdata(L, 1);
-  size_t n = (size_t)ctx;
-  int rc = sched_result(L, status);
-  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0) {
-    if (ngx_take(L, c, n)) return 1;
-    rc = conn_fill(&c->io, n > buf_len(&c->io.in) ? n - buf_len(&c->io.in) : 0);
-    if (rc == 0) rc = ERR_CLOSED;  /* the end came first */
-    else if (conn_wants(rc)) {
-      if (buf_len(&c->io.in) == 0) conn_release_in(&c->io);
-      if ((rc = ngx_wait_event(c, rc)) >= 0)
-        rc = lconn_waitio(L, c, (unsigned)rc, ctx, ngx_receive_k);
-    }
-  }
-  luaL_pushfail(L);
-  lua_pushstring(L, conn_strerror(rc));
-  if (buf_len(&c->io.in) > 0) {
-    lua_pushlstring(L, buf_head(&c->io.in), buf_len(&c->io.in));
-    buf_consume(&c->io.in, buf_len(&c->io.in));
-  }
-  else
-    lua_pushliteral(L, "");
-  c->io.scan = 0;
-  return 3;
-}
-
-
-int lconnect_ngx_receive (lua_State *L) {
-  struct lconn *c = luaL_checkudata(L, 1, LCONN_MT);
-  lua_Integer n = 0;
-  if (lua_type(L, 2) == LUA_TNUMBER) {
-    n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n > 0, 2, "must be positive");
-  }
-  lua_settop(L, 1);
-  c->deadline = -1;  /* as start_op: the timeout starts now */
-  return ngx_receive_k(L, LUA_OK, (lua_KContext)n);
 }
 
 /* }====================================================== */
@@ -1038,7 +935,7 @@ int luasrv_connect (lua_State *L) {
   int rc;
   lua_settop(L, 2);
   timeout = read_opts(L, x);  /* pushes the key: 3 */
-  if (pool_take(L, x, 3)) return 1;
+  if (lconnect_pool_take(L, x, 3)) return 1;
   c = lconn_new_out(L, x);
   lua_insert(L, 3);  /* url, opts, conn, key */
   lua_setiuservalue(L, 3, UV_KEY);

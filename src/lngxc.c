@@ -3,11 +3,10 @@
 ** that Lua cannot do well by itself: digests and HMAC from OpenSSL's
 ** libcrypto (md5, sha1, hmac_sha1), CRC-32, base64 as nginx does it, the
 ** wall clock with microseconds, getpid, whether the worker is stopping
-** (ngx.worker.exiting) and the null light userdata, the join of a
-** driver's request, (from lconnect.c) the receive of a line or a count on
-** a connection's own buffer, and luasrv.websocket's frames (lws.c adds
-** them). Everything else of the ngx
-** API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
+** (ngx.worker.exiting), the null light userdata and LuaJIT's
+** table.new; lngxsock.c adds
+** ngx.socket.tcp's object and lws.c luasrv.websocket's frames.
+** Everything else of the ngx API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
 ** bad input returns nil, as ngx.decode_base64 does.
 */
 #include <fcntl.h>
@@ -28,8 +27,6 @@
 
 int luaopen_luasrv_ngxc (lua_State *L);
 void lws_open (lua_State *L);  /* lws.c: the WebSocket frames */
-/* lconnect.c: tcpsock:receive's "*l" and size patterns */
-int lconnect_ngx_receive (lua_State *L);
 
 
 /* {====================================================== digests */
@@ -252,87 +249,27 @@ static int ngx_mask (lua_State *L) {
 
 
 /*
-** join(t): the array t of strings and integers (a driver's request, such
-** as resty.redis's) as one string, integers in decimal; nil when t holds
-** anything else, which luasrv.ngx then formats as ngx does. One call for
-** what was a type check per element in Lua, and table.concat's number
-** formatting (snprintf) per integer. Up to JOIN_PIECES pieces are
-** measured first and copied once (the strings stay in t meanwhile); more
-** go through a luaL_Buffer.
+** table_new(narr, nrec): LuaJIT's table.new, a table with room for narr
+** array items and nrec others made at once (lua_createtable). Past
+** TABLE_PRESIZE each is only a hint that is not taken: a table grows.
+** resty.redis builds each command's request in one (11 items for a GET),
+** which grew four times from {}.
 */
-#define JOIN_PIECES 64
-#define JOIN_DIGITS 21        /* an integer's decimal text, its sign too */
+#define TABLE_PRESIZE 65536
 
-/* v's decimal text, ending at end; returns where it starts. */
-static char *int_text (lua_Integer v, char *end) {
-  unsigned long long u = v < 0 ? 0ull - (unsigned long long)v
-                               : (unsigned long long)v;
-  do *--end = (char)('0' + u % 10); while ((u /= 10) != 0);
-  if (v < 0) *--end = '-';
-  return end;
+static int presize (lua_State *L, int arg) {
+  lua_Integer n = luaL_optinteger(L, arg, 0);
+  return n < 0 || n > TABLE_PRESIZE ? 0 : (int)n;
 }
 
 
-/* join of n pieces, any number: 1 (pushed) or 0 (not strings and integers) */
-static int join_buffer (lua_State *L, lua_Integer n) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  for (lua_Integer i = 1; i <= n; i++) {
-    int t = lua_rawgeti(L, 1, i);
-    if (t == LUA_TSTRING)
-      luaL_addvalue(&b);
-    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
-      char d[JOIN_DIGITS], *end = d + sizeof d, *p;
-      p = int_text(lua_tointeger(L, -1), end);
-      lua_pop(L, 1);
-      luaL_addlstring(&b, p, (size_t)(end - p));
-    }
-    else
-      return 0;
-  }
-  luaL_pushresult(&b);
-  return 1;
-}
-
-
-static int ngx_join (lua_State *L) {
-  const char *p[JOIN_PIECES];
-  size_t len[JOIN_PIECES], total = 0;
-  char digits[JOIN_PIECES * JOIN_DIGITS], *d = digits;
-  luaL_Buffer b;
-  lua_Integer n;
-  char *out;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  n = (lua_Integer)lua_rawlen(L, 1);
-  if (n > JOIN_PIECES) return join_buffer(L, n);
-  for (int i = 0; i < (int)n; i++) {
-    int t = lua_rawgeti(L, 1, i + 1);
-    if (t == LUA_TSTRING)
-      p[i] = lua_tolstring(L, -1, &len[i]);  /* t keeps it */
-    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
-      char *end = d + JOIN_DIGITS;
-      p[i] = int_text(lua_tointeger(L, -1), end);
-      len[i] = (size_t)(end - p[i]);
-      d = end;
-    }
-    else
-      return 0;  /* nothing: luasrv.ngx formats it */
-    lua_pop(L, 1);
-    total += len[i];
-  }
-  out = luaL_buffinitsize(L, &b, total);
-  for (int i = 0; i < (int)n; i++) {
-    memcpy(out, p[i], len[i]);
-    out += len[i];
-  }
-  luaL_pushresultsize(&b, total);
+static int ngx_table_new (lua_State *L) {
+  lua_createtable(L, presize(L, 1), presize(L, 2));
   return 1;
 }
 
 
 static const luaL_Reg funcs[] = {
-  {"join", ngx_join},
-  {"receive", lconnect_ngx_receive},
   {"mask", ngx_mask},
   {"md5", ngx_md5},
   {"md5_bin", ngx_md5_bin},
@@ -344,6 +281,7 @@ static const luaL_Reg funcs[] = {
   {"decode_base64", ngx_decode_base64},
   {"now", ngx_now},
   {"getpid", ngx_getpid},
+  {"table_new", ngx_table_new},
   {"exiting", ngx_exiting},
   {NULL, NULL}
 };
@@ -352,6 +290,7 @@ static const luaL_Reg funcs[] = {
 int luaopen_luasrv_ngxc (lua_State *L) {
   luaL_newlib(L, funcs);
   lws_open(L);  /* ws_recv, ws_send, ws_unread, utf8_valid */
+  lngxsock_open(L);  /* tcp, its methods, join, scan */
   lua_pushlightuserdata(L, NULL);  /* ngx.null: the same value as cjson.null */
   lua_setfield(L, -2, "null");
   return 1;

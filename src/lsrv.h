@@ -349,8 +349,22 @@ int luasrv_connect (lua_State *L);
 void lconnect_open (lua_State *L);
 /* Closes the keep-alive pool's connections idle past their time. */
 void lconnect_sweep (struct lctx *x);
-/* luasrv.ngxc.receive(conn, pattern): tcpsock:receive's "*l" and counts */
-int lconnect_ngx_receive (lua_State *L);
+/* Pushes an idle pooled connection for key (at index k) and returns 1, or 0. */
+int lconnect_pool_take (lua_State *L, struct lctx *x, int k);
+/*
+** Moves c's descriptor (c at index 1) into a pool entry for c's key, idle
+** for at most idle seconds (0: no limit) in a list of at most size: the
+** caller's object is closed, so that a handler that goes on using it
+** cannot disturb the request that takes the connection next. 0, or why c
+** cannot be pooled (then c is as it was): LCONNECT_ERR_UNREAD when its
+** peer sent what nobody read.
+*/
+int lconnect_pool_put (lua_State *L, struct lconn *c, double idle,
+                       lua_Integer size);
+#define LCONNECT_ERR_UNREAD (-100011)
+
+/* lngxsock.c: ngx.socket.tcp's object; adds its functions to the table on top */
+void lngxsock_open (lua_State *L);
 
 /* lluasrv.c */
 int luaopen_luasrv (lua_State *L);

@@ -8,7 +8,8 @@ primitives, for OpenResty's pure-Lua drivers (lua-resty-redis, -memcached,
 What it maps onto:
   ngx.socket.tcp/udp     luasrv.connect connections (the same keep-alive
                          pool, the same waits: the event model yields,
-                         the others block the request)
+                         the others block the request); the tcp object
+                         is luasrv.ngxc's, in C (src/lngxsock.c)
   ngx.sleep              luasrv.sleep
   ngx.thread.*           luasrv.spawn / wait / kill
   ngx.shared.DICT        luasrv.shared.DICT (--shared NAME:SIZE)
@@ -28,7 +29,7 @@ luasrv" instead of reading as nil. doc/ngx.md lists every name.
 
 local luasrv = require "luasrv"
 local C = require "luasrv.ngxc"
-local join, creceive = C.join, C.receive
+local join = C.join
 
 local byte, char, find, format, sub, gsub, lower, rep =
   string.byte, string.char, string.find, string.format, string.sub,
@@ -118,7 +119,6 @@ end
 
 -- {====================================================== sockets
 
-local DEFAULT_POOL_SIZE = 30
 local RECV_CHUNK = 65536
 
 -- ms (nil, 0 = luasrv's --timeout) -> seconds for conn:settimeout
@@ -189,141 +189,14 @@ local function errtext (err)
   return lower(err)
 end
 
-local tcp = {}
-
-
-local function new_tcp ()
-  return setmetatable({
-    c = false,                  -- the luasrv connection
-    buf = "", pos = 1,          -- bytes received, not yet returned
-    ct = false, st = false, rt = false,  -- connect, send, read timeouts (ms)
-    applied = -1,               -- the timeout the connection has now
-    pool_size = false,
-    req = false,                -- ngx.req.socket(): the request itself
-  }, tcp)
-end
-
-
-local function apply (self, ms)
-  if ms ~= self.applied then
-    self.c:settimeout(secs(ms or nil))
-    self.applied = ms
-  end
-end
-
-
-local function reset (self)
-  self.c, self.buf, self.pos, self.applied, self.req = false, "", 1, -1, false
-end
-
-
---[[ A failed read: ngx returns the bytes received so far as the third
-value and drops them. A timeout leaves the connection open, as ngx does;
-any other failure closes it.
+--[[ ngx.socket.tcp's object is luasrv.ngxc's (src/lngxsock.c): connect,
+send, receive, receiveany, settimeout(s), setkeepalive, getreusedtimes
+and close are C methods on the connection, its reads cut from the
+connection's own buffer. The methods a driver calls rarely are here.
 ]]
-local function fail (self, err)
-  local partial = sub(self.buf, self.pos)
-  self.buf, self.pos = "", 1
-  err = errtext(err)
-  if err ~= "timeout" and self.c then
-    self.c:close()
-    reset(self)
-  end
-  return nil, err, partial
-end
+local tcp = C.tcp_methods
 
-
--- Receives once more (up to max bytes) after what is buffered.
-local function more (self, max)
-  apply(self, self.rt)
-  local chunk, err = self.c:recv(max or RECV_CHUNK)
-  if not chunk then return nil, err end
-  if self.pos > #self.buf then self.buf = chunk
-  else self.buf = sub(self.buf, self.pos) .. chunk end
-  self.pos = 1
-  return true
-end
-
-
-local function take (self, n)
-  local pos = self.pos
-  local s = sub(self.buf, pos, pos + n - 1)
-  self.pos = pos + #s
-  return s
-end
-
-
--- "tcp://HOST:PORT" and the pool name "HOST:PORT", made once per address
--- (urls[host][port]; forgotten past URLS_MAX hosts)
-local urls, nhosts, URLS_MAX = {}, 0, 1024
-
-local function tcp_url (host, port)
-  local ports = urls[host]
-  if not ports then
-    if nhosts >= URLS_MAX then urls, nhosts = {}, 0 end
-    ports = {}
-    urls[host], nhosts = ports, nhosts + 1
-  end
-  local u = ports[port]
-  if u then return u[1], u[2] end
-  local h = host
-  if find(h, ":", 1, true) and byte(h, 1) ~= 91 then h = "[" .. h .. "]" end
-  u = { "tcp://" .. h .. ":" .. port, host .. ":" .. port }
-  ports[port] = u
-  return u[1], u[2]
-end
-
-
-local CONNECT_OPTS = {}
-
--- tcpsock:connect(host, port [, opts]) | tcpsock:connect("unix:PATH" [, opts])
-function tcp:connect (host, port, opts)
-  if type(host) ~= "string" then
-    error("bad argument #1 to 'connect' (string expected, got " ..
-          type(host) .. ")", 2)
-  end
-  local url, pool
-  local ports = urls[host]
-  local u = ports and ports[port]  -- only valid ports are there
-  if u then
-    url, pool = u[1], u[2]
-  elseif byte(host, 1) == 117 and sub(host, 1, 5) == "unix:" then  -- "u"
-    url, pool, opts = host, host, port
-  else
-    local p = tonumber(port)
-    if not p or p ~= floor(p) or p < 0 or p > 65535 then
-      error("bad argument #2 to 'connect' (bad port number: " ..
-            tostring(port) .. ")", 2)
-    end
-    url, pool = tcp_url(host, floor(p))
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'connect' (table expected, got " ..
-          type(opts) .. ")", 2)
-  end
-  if opts then
-    if opts.pool ~= nil then pool = tostring(opts.pool) end
-    local n = opts.pool_size
-    if n ~= nil then
-      if mtype(n) ~= "integer" then n = tonumber(n) and floor(tonumber(n)) end
-      if not n or n < 1 then
-        error("bad argument #3 to 'connect' (bad \"pool_size\" option value)", 2)
-      end
-      self.pool_size = n
-    end
-  end
-  if self.c then  -- ngx closes the connection it had
-    self.c:close()
-    reset(self)
-  end
-  -- luasrv.connect reads its options before it waits: one table will do
-  local ct = self.ct
-  CONNECT_OPTS.timeout, CONNECT_OPTS.pool = ct and ct / 1000 or nil, pool
-  local c, err = luasrv.connect(url, CONNECT_OPTS)
-  if not c then return nil, errtext(err) end
-  self.c, self.buf, self.pos, self.applied, self.req = c, "", 1, -1, false
-  return 1
-end
+C.sock_format(function (data) return data_of(data, "send") end)
 
 
 --[[ tcpsock:sslhandshake(reused_session, server_name, ssl_verify,
@@ -341,23 +214,24 @@ if TRUSTED == "" then TRUSTED = nil end
 local SESSION_MT = { __name = "ngx.ssl.session",
                      __tostring = function () return "ngx.ssl.session" end }
 local TLS_OPTS = {}
+local sock_state, sock_drop, scan = C.sock_state, C.sock_drop, C.scan
 
 function tcp:sslhandshake (reused, name, verify)
   if name ~= nil and type(name) ~= "string" then
     error("bad argument #2 to 'sslhandshake' (string expected, got " ..
           type(name) .. ")", 2)
   end
-  local c = self.c
+  local c, ct, req = sock_state(self)
   if not c then return nil, "closed" end
-  if self.req then return nil, "not supported on the request's socket" end
+  if req then return nil, "not supported on the request's socket" end
   if not c.tls then
     -- conn:starttls reads its options before it waits: one table will do
     TLS_OPTS.verify, TLS_OPTS.sni = verify and true or false, name
     TLS_OPTS.ca = verify and TRUSTED or nil
-    apply(self, self.ct)
+    c:settimeout(secs(ct or nil))
     local ok, err = c:starttls(TLS_OPTS)
     if not ok then
-      reset(self)  -- closed by the failure
+      sock_drop(self)  -- closed by the failure
       return nil, errtext(err)
     end
   end
@@ -366,187 +240,20 @@ function tcp:sslhandshake (reused, name, verify)
 end
 
 
--- tcpsock:send(data) -> bytes sent | nil, err
-function tcp:send (data)
-  local s = data_of(data, "send")
-  local c = self.c
-  if not c then return nil, "closed" end
-  apply(self, self.st)
-  local ok, err = c:write(s)
-  if ok then ok, err = c:flush() end
-  if not ok then
-    err = errtext(err)
-    if err ~= "timeout" then c:close(); reset(self) end
-    return nil, err
-  end
-  return #s
-end
-
-
--- A read on the connection failed: a timeout leaves the socket usable,
--- anything else closes it (as fail does).
-local function receive_failed (self, c, err, partial)
-  err = errtext(err)
-  if err ~= "timeout" then
-    c:close()
-    reset(self)
-  end
-  return nil, err, partial
-end
-
---[[ Reads straight from the connection's buffer when this one is empty
-(luasrv.ngxc.receive: a line, or pat bytes), failing as fail does.
-]]
-local function receive_c (self, pat)
-  local c = self.c
-  apply(self, self.rt)
-  local s, err, partial = creceive(c, pat)
-  if s then return s end
-  return receive_failed(self, c, err, partial)
-end
-
-
-local function receive_line (self)
-  if self.pos > #self.buf then return receive_c(self) end
-  while true do
-    local nl = find(self.buf, "\n", self.pos, true)
-    if nl then
-      local pos = self.pos
-      local last = nl - 1
-      if byte(self.buf, last) == 13 and last >= pos then last = last - 1 end
-      local line = sub(self.buf, pos, last)
-      self.pos = nl + 1
-      -- ngx drops every \r of a line, not only the last
-      if find(line, "\r", 1, true) then line = gsub(line, "\r", "") end
-      return line
-    end
-    local ok, err = more(self)
-    if not ok then return fail(self, err) end
-  end
-end
-
-
---[[ Big reads collect their chunks in a table, joined once: appending to
-the buffer string would copy it again for every chunk.
-]]
-local function collect (self)
-  local parts = { sub(self.buf, self.pos) }
-  self.buf, self.pos = "", 1
-  return parts, #parts[1]
-end
-
-
-local function collect_fail (self, parts, err)
-  self.buf, self.pos = concat(parts), 1
-  return fail(self, err)
-end
-
-
-local function receive_all (self)
-  local parts = collect(self)
-  apply(self, self.rt)
-  while true do
-    local chunk, err = self.c:recv(RECV_CHUNK)
-    if not chunk then
-      if err == nil then return concat(parts) end  -- the end: all, no error
-      return collect_fail(self, parts, err)
-    end
-    parts[#parts + 1] = chunk
-  end
-end
-
-
-local function receive_count (self, n)
-  local have = #self.buf - self.pos + 1
-  if have >= n then return take(self, n) end
-  if have == 0 then return receive_c(self, n) end
-  local parts, have = collect(self)
-  apply(self, self.rt)
-  while have < n do  -- recv(n - have) never reads past the n bytes
-    local chunk, err = self.c:recv(n - have)
-    if not chunk then return collect_fail(self, parts, err) end
-    parts[#parts + 1] = chunk
-    have = have + #chunk
-  end
-  return concat(parts)
-end
-
-
--- the patterns, with something buffered here or an unusual pattern
-local function receive_any (self, pat)
-  if pat == nil or pat == "*l" or pat == "l" then
-    if not self.c then return nil, "closed" end
-    return receive_line(self)
-  end
-  local n = tonumber(pat)
-  if n then
-    if n < 0 then
-      error("bad argument #1 to 'receive' (bad pattern argument)", 2)
-    end
-    if not self.c then return nil, "closed" end
-    if n == 0 then return "" end
-    return receive_count(self, floor(n))
-  end
-  if pat == "*a" or pat == "a" then
-    if not self.c then return nil, "closed" end
-    return receive_all(self)
-  end
-  error("bad argument #1 to 'receive' (bad pattern argument: " ..
-        tostring(pat) .. ")", 2)  -- tail called: 2 is tcp:receive's caller
-end
-
-
--- tcpsock:receive([pattern | size]): "*l" (default), "*a" or a count. A
--- line or a count with nothing buffered here (a driver's every read) goes
--- straight to the connection.
-function tcp:receive (pat)
-  local c = self.c
-  if c and self.pos > #self.buf and
-     (pat == nil or pat == "*l" or (mtype(pat) == "integer" and pat > 0)) then
-    local rt = self.rt
-    if rt ~= self.applied then
-      c:settimeout(rt and rt / 1000 or nil)
-      self.applied = rt
-    end
-    local s, err, partial = creceive(c, pat and pat ~= "*l" and pat or nil)
-    if s then return s end
-    return receive_failed(self, c, err, partial)
-  end
-  return receive_any(self, pat)
-end
-
-
--- tcpsock:receiveany(max): what is there, up to max bytes
-function tcp:receiveany (max)
-  local n = tonumber(max)
-  if not n or n < 1 then
-    error("bad argument #1 to 'receiveany' (bad max argument)", 2)
-  end
-  if not self.c then return nil, "closed" end
-  n = floor(n)
-  if self.pos > #self.buf then
-    local ok, err = more(self, n)
-    if not ok then return fail(self, err) end
-  end
-  return take(self, n)
-end
-
-
 --[[ tcpsock:receiveuntil(pattern [, { inclusive = true }]) -> iterator.
 iterator() returns the bytes up to the next occurrence of pattern and
 drops the pattern (keeps it with inclusive); iterator(size) returns them
 size bytes at a time, then nil once the pattern is reached. A failure
-returns nil, err, the bytes received before it.
+returns nil, err, the bytes received before it. The search is
+luasrv.ngxc.scan's, on the connection's buffer.
 ]]
 function tcp:receiveuntil (pattern, opts)
   if type(pattern) ~= "string" or pattern == "" then
     error("bad argument #1 to 'receiveuntil' (pattern is empty)", 2)
   end
   local inclusive = type(opts) == "table" and opts.inclusive and true
-  local plen = #pattern
   local reached = false  -- sized reads: the last chunk was returned
   return function (size)
-    if not self.c and self.pos > #self.buf then return nil, "closed" end
     if size ~= nil then
       size = tonumber(size)
       if not size or size < 1 then
@@ -558,84 +265,14 @@ function tcp:receiveuntil (pattern, opts)
       reached = false
       return nil
     end
-    while true do
-      local s, e = find(self.buf, pattern, self.pos, true)
-      if s then
-        if size and s - self.pos > size then return take(self, size) end
-        local data = sub(self.buf, self.pos, inclusive and e or s - 1)
-        self.pos = e + 1
-        if size then
-          if data == "" then return nil end
-          reached = true
-        end
-        return data
-      end
-      if size then  -- bytes that cannot start the pattern may go now
-        local safe = #self.buf - self.pos + 1 - (plen - 1)
-        if safe >= size then return take(self, size) end
-      end
-      if not self.c then return fail(self, "closed") end
-      local ok, err = more(self)
-      if not ok then return fail(self, err) end
+    local data, hit, partial = scan(self, pattern, inclusive, size)
+    if not data then return nil, hit, partial end
+    if size and hit then
+      if data == "" then return nil end
+      reached = true
     end
+    return data
   end
-end
-
-
-function tcp:settimeout (ms)
-  ms = check_ms(ms, 1, "settimeout")
-  self.ct, self.st, self.rt = ms, ms, ms
-end
-
-
-function tcp:settimeouts (c, s, r)
-  self.ct = check_ms(c, 1, "settimeouts")
-  self.st = check_ms(s, 2, "settimeouts")
-  self.rt = check_ms(r, 3, "settimeouts")
-end
-
-
--- tcpsock:setkeepalive([timeout_ms [, size]]) -> 1 | nil, err
-function tcp:setkeepalive (ms, size)
-  if ms ~= nil then ms = check_ms(ms, 1, "setkeepalive") or 0 end
-  local c = self.c
-  if not c then return nil, "closed" end
-  if self.req then return nil, "not supported on the request's socket" end
-  if self.pos <= #self.buf then
-    c:close()
-    reset(self)
-    return nil, "unread data in buffer"
-  end
-  if size ~= nil and mtype(size) ~= "integer" then
-    local n = tonumber(size)
-    size = n and floor(n) or 0
-  end
-  if size ~= nil and size < 1 then
-    error("bad argument #2 to 'setkeepalive' (bad pool size)", 2)
-  end
-  self.c, self.buf, self.pos, self.applied, self.req = false, "", 1, -1, false
-  local ok, err = c:setkeepalive(ms and ms / 1000,
-                                 size or self.pool_size or DEFAULT_POOL_SIZE)
-  if not ok then
-    if err == "unread input" then err = "unread data in buffer" end
-    return nil, errtext(err)
-  end
-  return 1
-end
-
-
-function tcp:getreusedtimes ()
-  if not self.c then return nil, "closed" end
-  return self.c:getreusedtimes()
-end
-
-
-function tcp:close ()
-  local c = self.c
-  if not c then return nil, "closed" end
-  reset(self)
-  c:close()
-  return 1
 end
 
 
@@ -656,11 +293,7 @@ local function methods (mt, prefix)
   return strict(t, prefix)
 end
 
-tcp.__index = methods(tcp, "tcpsock:")
-tcp.__name = "ngx.socket.tcp"
-tcp.__tostring = function (t)
-  return "ngx.socket.tcp (" .. (t.c and tostring(t.c) or "closed") .. ")"
-end
+strict(tcp, "tcpsock:")
 
 
 -- UDP: a connected luasrv udp:// socket; one send, one datagram
@@ -743,11 +376,11 @@ udp.__name = "ngx.socket.udp"
 
 
 ngx.socket = strict({
-  tcp = new_tcp,
-  stream = new_tcp,
+  tcp = C.tcp,
+  stream = C.tcp,
   udp = new_udp,
   connect = function (host, port, opts)
-    local s = new_tcp()
+    local s = C.tcp()
     local ok, err = s:connect(host, port, opts)
     if not ok then return nil, err end
     return s
@@ -1303,10 +936,7 @@ end
 -- subsystem's raw socket; the same with or without `raw`)
 ngx.req = strict({
   socket = function ()
-    local s = new_tcp()
-    s.c = the_req("ngx.req.socket")
-    s.req = true
-    return s
+    return C.req_socket(the_req("ngx.req.socket"))
   end,
 }, "ngx.req.")
 
@@ -1372,7 +1002,7 @@ local bit = {
   end,
 }
 
-local function table_new () return {} end
+local table_new = C.table_new  -- presized, as LuaJIT's
 local function table_clear (t)
   for k in pairs(t) do t[k] = nil end
 end

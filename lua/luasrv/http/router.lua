@@ -114,20 +114,37 @@ local function allowed (methods)
   return concat(list, ", ")
 end
 
--- The function of the first pattern route for r, its captures set in
--- r.params; or nil and methods, where the methods whose pattern matches
--- the path are collected (methods is made on the first need).
-local function find_pattern (self, r, methods)
-  local method, path = r.method, r.path
-  for _, route in ipairs(self.patterns) do
+-- The function of the first pattern route for path and method (r's),
+-- its captures set in r.params; or nil and methods, where the methods
+-- whose pattern matches the path are collected (methods is made on the
+-- first need). A route with one capture (the usual "/items/:id") is
+-- matched without a table of captures.
+local function find_pattern (self, r, path, method, methods)
+  local patterns = self.patterns
+  for i = 1, #patterns do
+    local route = patterns[i]
     local m = route.method
     if m == method or m == "*" or (method == "HEAD" and m == "GET") then
-      local caps = { match(path, route.pattern) }
-      if caps[1] then
-        for i, name in ipairs(route.names) do
-          r.params[name] = http.unescape(caps[i])
+      local names = route.names
+      if #names == 1 then
+        local cap = match(path, route.pattern)
+        if cap then
+          if find(cap, "%", 1, true) then cap = http.unescape(cap) end
+          local params = rawget(r, "params")
+          -- made with its one entry: no table grows
+          if params == nil then r.params = { [names[1]] = cap }
+          else params[names[1]] = cap end
+          return route.fn
         end
-        return route.fn
+      else
+        local caps = { match(path, route.pattern) }
+        if caps[1] then
+          local params = r.params
+          for j, name in ipairs(names) do
+            params[name] = http.unescape(caps[j])
+          end
+          return route.fn
+        end
       end
     elseif not (methods and methods[m]) and find(path, route.pattern) then
       methods = methods or {}
@@ -150,7 +167,7 @@ function Router:dispatch (r)
   end
   if self.patterns[1] then
     local fn
-    fn, methods = find_pattern(self, r, methods)
+    fn, methods = find_pattern(self, r, r.path, r.method, methods)
     if fn then return fn(r) end
   end
   if methods and next(methods) then
@@ -174,10 +191,19 @@ function Router:handler (opts)
     end
     opts = o
   end
+  -- the usual cases inline: an exact path, else a pattern route (unless
+  -- dispatch was replaced); what is left (404, 405) is dispatch's
+  local patterns = self.patterns
+  local inline = dispatch == Router.dispatch
   return http.handler(function (r)
-    local byMethod = exact[r.path]       -- the usual case, inline
-    local fn = byMethod and byMethod[r.method]
+    local path, method = r.path, r.method
+    local byMethod = exact[path]
+    local fn = byMethod and byMethod[method]
     if fn then return fn(r) end
+    if inline and not byMethod and patterns[1] then
+      fn = find_pattern(router, r, path, method)
+      if fn then return fn(r) end
+    end
     return dispatch(router, r)
   end, opts)
 end
