@@ -30,9 +30,15 @@ H.for_models(function (model)
     p:close()
     assert.equals("v1 x", ask(srv))
 
-    local code, out, err = ctl(sock, "status")
-    assert.equals(0, code, err)
-    local st = json.decode(out)
+    -- a request is counted when it ends: once the worker has seen the
+    -- client's close, which may come after the client has its answer
+    local code, out, err, st
+    H.eventually(function ()
+      code, out, err = ctl(sock, "status")
+      assert.equals(0, code, err)
+      st = json.decode(out)
+      return st.requests == 1
+    end, 5)
     assert.equals(srv.pid, st.pid)
     assert.equals(2, #st.workers)
     assert.equals(1, st.requests)
