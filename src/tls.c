@@ -159,40 +159,39 @@ static int own (const struct tlsconn *t) {
 
 #define QUEUE_MAX BUF_CHUNK   /* queued at most; a full record goes at once */
 
-/* send(2) of n bytes at p, or sendmsg(2) of two pieces when q has any. */
-static ssize_t send2 (int fd, const char *q, size_t qlen, const char *p,
-                      size_t n) {
-  struct iovec iov[2];
-  struct msghdr m;
+/* send(2) of n bytes at p, retried on EINTR. */
+static ssize_t send1 (int fd, const char *p, size_t n) {
   ssize_t r;
-  if (qlen == 0 || n == 0) {
-    do r = send(fd, qlen > 0 ? q : p, qlen > 0 ? qlen : n,
-                MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
-    return r;
-  }
-  iov[0].iov_base = (char *)q;
-  iov[0].iov_len = qlen;
-  iov[1].iov_base = (char *)p;
-  iov[1].iov_len = n;
-  memset(&m, 0, sizeof m);
-  m.msg_iov = iov;
-  m.msg_iovlen = 2;
-  do r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  do r = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
   return r;
 }
 
 
 /*
-** Sends the queue and then n bytes of p (n may be 0) in one system call:
-** the bytes of p sent, or -1 with errno (EAGAIN: the socket is full, as
-** a send that stops short says too). What went of the queue leaves it.
+** Sends the queue (not empty) and then n bytes of p (n may be 0) in one
+** system call: the bytes of p sent, or -1 with errno (EAGAIN: the socket
+** is full, as a send that stops short says too). What went of the queue
+** leaves it.
 */
 static ssize_t send_queued (struct tlsconn *t, const char *p, size_t n) {
   size_t qlen = buf_len(&t->q);
-  ssize_t r = send2(t->c->fd, qlen > 0 ? buf_head(&t->q) : NULL, qlen, p, n);
-  if (r < 0 || qlen == 0) return r;
+  struct iovec iov[2];
+  struct msghdr m;
+  ssize_t r;
+  if (n == 0) r = send1(t->c->fd, buf_head(&t->q), qlen);
+  else {
+    iov[0].iov_base = (char *)buf_head(&t->q);
+    iov[0].iov_len = qlen;
+    iov[1].iov_base = (char *)p;
+    iov[1].iov_len = n;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = 2;
+    do r = sendmsg(t->c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+  }
+  if (r < 0) return r;
   if ((size_t)r < qlen || ((size_t)r == qlen && n > 0)) {
     buf_consume(&t->q, (size_t)r < qlen ? (size_t)r : qlen);
     errno = EAGAIN;
@@ -223,12 +222,13 @@ static int flush_queue (struct tlsconn *t) {
 
 static int bio_write (BIO *b, const char *p, int n) {
   struct tlsconn *t = BIO_get_data(b);
+  size_t qlen = buf_len(&t->q);
   ssize_t r;
   BIO_clear_retry_flags(b);
-  if (t->hold && buf_len(&t->q) + (size_t)n <= QUEUE_MAX &&
+  if (t->hold && qlen + (size_t)n <= QUEUE_MAX &&
       buf_append(&t->q, p, (size_t)n, t->c->pool) == 0)
     return n;
-  r = send_queued(t, p, (size_t)n);
+  r = qlen == 0 ? send1(t->c->fd, p, (size_t)n) : send_queued(t, p, (size_t)n);
   if (r >= 0) return (int)r;
   if (errno == EAGAIN) {
     BIO_set_retry_write(b);
