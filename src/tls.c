@@ -384,7 +384,7 @@ static long tls_write (struct conn *c, const char *p, size_t n) {
     }
     put += (size_t)r;
   }
-  if (put == n && (c->flags & LC_LAST) && !t->notified) {
+  if (put == n && (c->flags & LC_LAST) && !t->notified && own(t)) {
     SSL_shutdown(t->ssl);
     t->notified = 1;
     ERR_clear_error();
