@@ -573,9 +573,11 @@ static int close_k (lua_State *L, int status, lua_KContext ctx) {
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   if (c->io.flags & LC_DGRAM)
     rc = conn_reply(&c->io, c->x->dgq, (struct sockaddr *)&c->peer, c->peerlen);
-  else
+  else {
+    c->io.flags |= LC_LAST;
     while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
       rc = waitio(L, c, conn_want_event(rc), 0, close_k);
+  }
   close_fd(c);
   if (rc < 0) return pushfail(L, rc);
   lua_pushboolean(L, 1);
