@@ -191,35 +191,37 @@ static void make_bio_meth (void) {
 
 /*
 ** A handshake borrows about 50 KB from the heap (OpenSSL's two record
-** buffers and its handshake buffer, ~16.5 KB each) and gives it back when
-** it is done (SSL_MODE_RELEASE_BUFFERS), but meanwhile the lasting state
-** of the connections beside it is allocated around those blocks: after a
-** burst their places are holes between connections that stay, memory
-** malloc keeps and the process pays for. 5,000 connections set up 256 at
-** a time left 4.8 MB of them, ~1 KB of RSS per connection, more than the
-** heap holes nginx keeps. So when no handshake is in flight and HS_TRIM
-** ended since the last time, the free pages go back to the system
-** (malloc_trim): at once when the last one ends, at most once a second,
-** else at the next service tick (tls_service). Under a steady load of new
-** connections that is a walk of the free lists and a few hundred page
-** faults a second. Counted by process: malloc_trim trims every arena.
+** buffers and its handshake buffer, ~16.5 KB each, and many small blocks)
+** and gives it back when it is done (SSL_MODE_RELEASE_BUFFERS), but
+** meanwhile the lasting state of the connections beside it is allocated
+** around those blocks: after a burst their places are holes between
+** connections that stay, memory malloc keeps and the process pays for.
+** 5,000 connections set up 256 at a time left 4.8 MB of them, ~1 KB of
+** RSS per connection, more than the holes nginx keeps. So when no
+** handshake is in flight and HS_TRIM ended since the last time, the free
+** pages go back to the system (malloc_trim): at once when the last one
+** ends if the last time was a second ago or HS_TRIM_MANY handshakes ago,
+** else at the next service tick (tls_service). A trim walks malloc's free
+** lists (a few thousand instructions), and the pages it gave back fault in again
+** as they are used: ~500 faults and ~100 madvise calls under a steady
+** load of new connections, at most once a second or per HS_TRIM_MANY
+** handshakes. Counted by process: malloc_trim trims every arena.
 */
 #define HS_TRIM 64
+#define HS_TRIM_MANY 1024
 
 static atomic_long hs_inflight, hs_ended, hs_trim_ended, hs_trim_sec;
 
 static void trim_heap (void) {
   struct timespec now;
-  long ended = atomic_load(&hs_ended), sec;
-  if (atomic_load(&hs_inflight) != 0 ||
-      ended - atomic_load(&hs_trim_ended) < HS_TRIM)
-    return;
+  long ended = atomic_load(&hs_ended), last = atomic_load(&hs_trim_ended);
+  long sec;
+  if (atomic_load(&hs_inflight) != 0 || ended - last < HS_TRIM) return;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
   sec = atomic_load(&hs_trim_sec);
-  if ((long)now.tv_sec <= sec ||
-      !atomic_compare_exchange_strong(&hs_trim_sec, &sec, (long)now.tv_sec))
-    return;
-  atomic_store(&hs_trim_ended, ended);
+  if ((long)now.tv_sec <= sec && ended - last < HS_TRIM_MANY) return;
+  if (!atomic_compare_exchange_strong(&hs_trim_ended, &last, ended)) return;
+  atomic_store(&hs_trim_sec, (long)now.tv_sec);
   malloc_trim(0);
 }
 
