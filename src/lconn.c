@@ -353,6 +353,53 @@ static int req_recv (lua_State *L) {
 
 
 /*
+** req:park(fn, state): waits, as a read would, until a read of c need not
+** wait (bytes are buffered, or the client closed). true; nil, err as
+** recv; or, in the event model, when the wait lasted and the task may
+** give its coroutine back (model_event.c), the park token: fn and state
+** are kept in the task, and the handler returns the token to the flow.
+*/
+static int park_k (lua_State *L, int status, lua_KContext ctx) {
+  struct lconn *c = lconn_check(L);
+  int rc = sched_result(L, status);
+  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  if (rc == ERR_PARK) {
+    struct task *t = lsrv_task(L);
+    lua_pushvalue(L, 2);
+    t->park_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 3);
+    t->park_state = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->parking = PARK_ASKED;
+    lua_pushlightuserdata(L, &lsrv_park_token);
+    return 1;
+  }
+  while (rc >= 0 && buf_len(&c->io.in) == 0) {
+    unsigned ev;
+    if ((rc = conn_fill(&c->io, 0)) == 0) break;  /* EOF: a read won't wait */
+    if (!conn_wants(rc)) break;
+    conn_release_in(&c->io);
+    if ((rc = read_wait_event(c, rc)) < 0) break;
+    ev = (unsigned)rc;
+    if (ev == EV_READ) ev |= EV_IDLEWAIT;  /* not a TLS read that must send */
+    rc = waitio(L, c, ev, ctx, park_k);
+  }
+  if (rc < 0) return pushfail(L, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+
+static int req_park (lua_State *L) {
+  struct lconn *c = lconn_check(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
+  lconn_start_op(c);
+  return park_k(L, LUA_OK, 0);
+}
+
+
+/*
 ** The lines iterator: a read of the stored formats that raises its
 ** failures (as io.lines does). Upvalues: the connection, the number of
 ** formats, the formats. It runs read_run itself rather than req_read
@@ -953,6 +1000,7 @@ static const luaL_Reg methods[] = {
   {"read", req_read},
   {"lines", req_lines},
   {"recv", req_recv},
+  {"park", req_park},
   {"write", req_write},
   {"flush", req_flush},
   {"sendfile", req_sendfile},

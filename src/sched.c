@@ -12,6 +12,7 @@
 #include "lsrv.h"
 
 char lsrv_yield_token;
+char lsrv_park_token;
 
 
 int sched_switches (struct task *t) {
@@ -30,6 +31,7 @@ int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
                 lua_KContext kc, lua_KFunction k) {
   struct task *t = lsrv_task(L);
   const struct sched_ops *ops = t->x->ops;
+  if ((ev & EV_IDLEWAIT) && worker_stopping(t->x->w)) return ERR_CUT;
   if (sched_switches(t)) {
     if (c != NULL && (c->io.flags & LC_UNWATCHED)) {
       int rc = ops->attach(t->x, c);
@@ -40,7 +42,7 @@ int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
     lua_pushlightuserdata(L, &lsrv_yield_token);
     return lua_yieldk(L, 1, kc, k);  /* does not return here */
   }
-  return ops->block(t->x, c, ev, deadline);
+  return ops->block(t->x, c, ev & ~EV_IDLEWAIT, deadline);
 }
 
 

@@ -1443,13 +1443,46 @@ local function respond (conn, r, opts, write, last, status, headers, body)
   return sent
 end
 
+-- Stack slots that serving a request takes beyond serve's frame (with a
+-- route handler that returns a string). A coroutine's stack starts at 40
+-- slots and doubles when a call needs more: to 80, then to 160 in the
+-- first request, and a kept-alive connection waiting for its next one
+-- kept all of it (2.6 KiB; the collector left it so, measured with
+-- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
+-- makes room for its results first (at each connection: the collector
+-- shrinks the stack of a coroutine pooled between connections).
+local STACK_ROOM = 77
+local ROOM = ("\0"):rep(STACK_ROOM)
+
+local serve_loop
+
+-- A parked connection's continuation (req:park): its next request came.
+local function resume (conn, st)
+  byte(ROOM, 1, -1)
+  return serve_loop(conn, st)
+end
+
 -- The requests of a connection, read and answered in order until the
--- connection ends or must close. st holds the loop's state, so that after
--- a handler raised (st.r is its request) serve can answer 500 and call
--- this again to go on: one xpcall per connection, not one per request.
-local function serve_requests (st, rd, mt, opts, handler, write)
+-- connection ends or must close. st holds the loop's state: the reader,
+-- the requests' metatable, opts, the handler, conn.write and conn.park
+-- (false: http.serve, which returns when the connection ends), then n,
+-- r, deadline. So after a handler raised (st.r is its request) serve can
+-- answer 500 and call this again to go on (one xpcall per connection,
+-- not one per request), and a connection that waits for its next request
+-- with nothing buffered can park: it returns park's token, and the core
+-- calls resume(conn, st) when the request comes (in the event model, the
+-- connection then holds no coroutine while it waits).
+local function serve_requests (st)
+  local rd, mt, opts, handler, write, park = st[1], st[2], st[3], st[4],
+    st[5], st[6]
   local conn, max = rd.conn, opts.max_requests
   for n = st.n + 1, max do
+    if park and rd.pos > #rd.buf and not st.deadline then
+      rd.buf, rd.pos = "", 1            -- not held through the wait
+      if rd.timeout ~= rd.idle then set_wait(rd, nil) end
+      local ok = park(conn, resume, st)
+      if ok ~= true then return ok end  -- the token; or nil: it ended
+    end
     st.n = n
     local r, status, partial = read_request(rd, opts, mt, st.deadline)
     st.deadline = nil
@@ -1509,29 +1542,14 @@ local function first_deadline (opts)
   return nil
 end
 
--- Stack slots that serving a request takes beyond serve's frame (with a
--- route handler that returns a string). A coroutine's stack starts at 40
--- slots and doubles when a call needs more: to 80, then to 160 in the
--- first request, and a kept-alive connection waiting for its next one
--- kept all of it (2.6 KiB; the collector left it so, measured with
--- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
--- makes room for its results first (at each connection: the collector
--- shrinks the stack of a coroutine pooled between connections).
-local STACK_ROOM = 77
-local ROOM = ("\0"):rep(STACK_ROOM)
 
--- Serves HTTP on the luasrv request conn: reads requests and answers each
--- with handler(r), in order, until the connection ends or must close.
-function M.serve (conn, handler, opts)
-  byte(ROOM, 1, -1)
-  opts = options(opts)
-  local rd = new_reader(conn, opts)
-  local st = { n = 0, r = false, deadline = first_deadline(opts) }
-  local mt, write = request_mt(conn, opts, rd), conn.write
+-- Serves the connection of st (serve_requests) until it ends, must close
+-- or parks (then it returns the park token).
+function serve_loop (conn, st)
+  local rd, opts = st[1], st[3]
   while true do                   -- once more after each handler's error
-    local ok, err = xpcall(serve_requests, traceback, st, rd, mt, opts,
-      handler, write)
-    if ok then return end
+    local ok, err = xpcall(serve_requests, traceback, st)
+    if ok then return err end
     local r = st.r
     if not r then error(err, 0) end       -- not the handler's
     st.r = false
@@ -1551,6 +1569,23 @@ function M.serve (conn, handler, opts)
       return
     end
   end
+end
+
+-- Serves HTTP on the luasrv request conn: reads requests and answers each
+-- with handler(r), in order; parks: whether it may park between requests
+-- (and return the token before the connection ends).
+local function serve (conn, handler, opts, parks)
+  byte(ROOM, 1, -1)
+  opts = options(opts)
+  local rd = new_reader(conn, opts)
+  local st = { rd, request_mt(conn, opts, rd), opts, handler, conn.write,
+    parks and conn.park, n = 0, r = false, deadline = first_deadline(opts) }
+  return serve_loop(conn, st)
+end
+
+-- Serves HTTP on conn until the connection ends or must close.
+function M.serve (conn, handler, opts)
+  serve(conn, handler, opts, false)
 end
 
 -- the reader of each connection read with M.read_request
@@ -1584,7 +1619,9 @@ end
 -- The hooks table of a script whose every request runs handler(r).
 function M.handler (handler, opts)
   opts = options(opts)
-  return { handle = function (conn) return M.serve(conn, handler, opts) end }
+  -- (the handle hook returns what serve returns: the flow parks the
+  -- connection on req:park's token)
+  return { handle = function (conn) return serve(conn, handler, opts, true) end }
 end
 
 -- A JSON response: status (200), headers plus the Content-Type.
