@@ -46,7 +46,7 @@ struct task {
   struct sthread *th;         /* a spawned thread's task: its object */
   struct sthread *threads;    /* a request's task: the threads spawned for it */
   int nthreads;               /* ... of which still running */
-  /* req:park (event model): the continuation's registry refs */
+  /* req:recv with fn (event model): the continuation's registry refs */
   int park_fn, park_state;
   unsigned char joining;      /* the request waits for them to end */
   unsigned char suspended;    /* yielded to the loop (event model) */
@@ -54,7 +54,7 @@ struct task {
 };
 
 /*
-** A request task's req:park (event model). WAIT: it waits for input,
+** A request task's recv with a continuation (event model). WAIT: it waits for input,
 ** and may be parked if the wait lasts. ASKED: the wait was ended with
 ** ERR_PARK and park_fn, park_state hold the continuation; the handler
 ** unwinds with the token. PARKED: its coroutine ended and went back to
@@ -202,7 +202,7 @@ static inline void lsrv_settask (lua_State *L, struct task *t) {
 */
 extern char lsrv_yield_token;
 /*
-** Returned by req:park when the task is parked; the handler returns it
+** Returned by req:recv (given fn) when the task is parked; the handler returns it
 ** through every frame to the flow, which ends the coroutine.
 */
 extern char lsrv_park_token;
@@ -348,7 +348,7 @@ struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
 int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
                 lua_KContext kc, lua_KFunction k);
 /*
-** In ev of sched_wait: an idle wait for input (req:park). It ends at once
+** In ev of sched_wait: an idle wait for input (req:recv given fn). It ends at once
 ** with ERR_CUT once the worker stops, and a yielding model may end it
 ** with ERR_PARK when it lasts (model_event.c).
 */

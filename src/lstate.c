@@ -27,7 +27,7 @@ static const char *const hook_names[] = {
 ** The life of one request, as socketserver's BaseRequestHandler: setup,
 ** handle, finish (also when handle raised, not when setup raised), errors
 ** to handle_error, and the connection closed at the end. A handler that
-** returns the token of req:park (PARKED) ends the coroutine here, with
+** returns the token of req:recv (PARKED) ends the coroutine here, with
 ** the request: its rest runs from resumed, in a coroutine of its own,
 ** when the connection turns readable (model_event.c); why: it timed out
 ** or the worker stops, and the request ends without its continuation.

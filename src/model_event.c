@@ -27,7 +27,7 @@
 #define DGRAM_POOL 64         /* ... with their datagram request object */
 #define SPARE_MAX 256         /* coroutines of parked tasks kept for reuse */
 /*
-** req:park: a request that waited this long for input gives its
+** req:recv with a continuation: a request that waited this long for input gives its
 ** coroutine back. A kept-alive HTTP connection between two requests of
 ** a busy client waits some microseconds; making it unwind and start
 ** again each time cost ~10 % of a request, while an idle one holds
@@ -63,7 +63,7 @@ struct eloop {
   struct lctx *x;
   struct evloop *loop;        /* ml's */
   long active;                /* requests running (or parked) */
-  long parked;                /* ... of which parked (req:park) */
+  long parked;                /* ... of which parked (req:recv with fn) */
   struct spare spares[SPARE_MAX];  /* coroutines given back by parking */
   int nspare;
   struct task *pool;          /* finished tasks, coroutines reusable */
@@ -316,9 +316,9 @@ static void end_request (struct eloop *e, struct task *t, int reusable) {
 /* {------------------------------------------------------ parking */
 
 /*
-** req:park (lconn.c) waits with EV_IDLEWAIT: arm gives the wait a timer
+** req:recv with a continuation (lconn.c) waits with EV_IDLEWAIT: arm gives the wait a timer
 ** at PARK_AFTER (or its deadline, if sooner), and when it fires first
-** the task is resumed with ERR_PARK. req:park then keeps its
+** the task is resumed with ERR_PARK. recv then keeps its
 ** continuation in the task (PARK_ASKED) and returns the token, which
 ** the handler returns to the flow, and the flow to us with the request
 ** (resume_from). The coroutine goes back to the spares, the task stays
@@ -337,7 +337,7 @@ static int parkable (const struct task *t, const struct lconn *c) {
 }
 
 
-/* Drops the continuation req:park kept: the handler waits again, or fails. */
+/* Drops the continuation recv kept: the handler waits again, or fails. */
 static void park_drop (struct eloop *e, struct task *t) {
   lua_State *L = lsrv_L(e->x);
   luaL_unref(L, LUA_REGISTRYINDEX, t->park_fn);
@@ -435,7 +435,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
   int nres, st;
   if (t->co == NULL && (nargs = unpark_task(e, t)) < 0) return;
   co = t->co;
-  if (t->parking == PARK_WAIT) t->parking = PARK_NONE;  /* park_k sees ERR_PARK */
+  if (t->parking == PARK_WAIT) t->parking = PARK_NONE;  /* recv_k sees ERR_PARK */
   lstate_cpu_begin(e->x, t, 0);
   t->suspended = 0;
   st = lua_resume(co, L, nargs, &nres);

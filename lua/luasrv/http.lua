@@ -81,6 +81,7 @@ is incomplete.
 local cjson = require "cjson"
 local luasrv = require "luasrv"
 local now = luasrv.now
+local PARKED = luasrv.PARKED
 
 local byte, char, find, format, gsub, lower, match, sub =
   string.byte, string.char, string.find, string.format, string.gsub,
@@ -323,17 +324,20 @@ local function set_wait (rd, deadline)
   return true
 end
 
+local resume       -- a parked connection's continuation (serve_requests)
+
 -- Appends what the connection has next to the buffer (waiting for it, up
 -- to deadline). Returns true, or nil and "timeout", the read's error, or
--- nothing at EOF.
-local function fill (rd, deadline)
+-- nothing at EOF. pst: the wait for a new request may park with this
+-- state (serve_requests): then PARKED.
+local function fill (rd, deadline, pst)
   if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
     return nil, "timeout"
   end
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then rd.buf, buf = "", "" end  -- not held through the wait
-  local data, err = rd.recv(rd.conn, RECV_MAX)
-  if not data then return nil, err end
+  local data, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
+  if not data or data == PARKED then return data, err end
   if pos <= #buf then data = sub(buf, pos) .. data end
   rd.buf, rd.pos = data, 1
   return true
@@ -1027,18 +1031,20 @@ end
 -- connection's first request (header_timeout from the connection's
 -- start); later ones have keepalive_timeout for their first byte, then
 -- header_timeout for the rest of the head.
-local function read_request (rd, opts, mt, deadline)
+local function read_request (rd, opts, mt, deadline, pst)
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then
     if deadline or rd.timeout ~= rd.idle then
-      local ok, err = fill(rd, deadline)
+      local ok, err = fill(rd, deadline, not deadline and pst)
+      if ok == PARKED then return nil, nil, nil, ok end
       if not ok then return lost(err, false) end
       buf, pos = rd.buf, rd.pos
     else                        -- (fill, inline)
       local err
       rd.buf = ""               -- not held through the wait
-      buf, err = rd.recv(rd.conn, RECV_MAX)
+      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
       if not buf then return lost(err, false) end
+      if buf == PARKED then return nil, nil, nil, buf end
       pos = 1
       rd.buf, rd.pos = buf, 1
     end
@@ -1456,43 +1462,38 @@ local ROOM = ("\0"):rep(STACK_ROOM)
 
 local serve_loop
 
--- A parked connection's continuation (req:park): its next request came.
-local function resume (conn, st)
+-- A parked connection's continuation (req:recv's): its next request came.
+function resume (conn, st)
   byte(ROOM, 1, -1)
   return serve_loop(conn, st)
 end
 
 -- The requests of a connection, read and answered in order until the
 -- connection ends or must close. st holds the loop's state: the reader,
--- the requests' metatable, opts, the handler, conn.write and conn.park
--- (false: http.serve, which returns when the connection ends), then n,
+-- the requests' metatable, opts, the handler, conn.write, whether it may
+-- park (false: http.serve, which returns when the connection ends), then n,
 -- r, deadline. So after a handler raised (st.r is its request) serve can
 -- answer 500 and call this again to go on (one xpcall per connection,
 -- not one per request), and a connection that waits for its next request
--- with nothing buffered can park: it returns park's token, and the core
+-- with nothing buffered can park: it returns recv's token, and the core
 -- calls resume(conn, st) when the request comes (in the event model, the
 -- connection then holds no coroutine while it waits).
 local function serve_requests (st)
-  local rd, mt, opts, handler, write, park = st[1], st[2], st[3], st[4],
-    st[5], st[6]
-  local conn, max = rd.conn, opts.max_requests
+  local rd, mt, opts, handler, write = st[1], st[2], st[3], st[4], st[5]
+  local conn, max, pst = rd.conn, opts.max_requests, st[6] and st or nil
   for n = st.n + 1, max do
-    if park and rd.pos > #rd.buf and not st.deadline then
-      rd.buf, rd.pos = "", 1            -- not held through the wait
-      if rd.timeout ~= rd.idle then set_wait(rd, nil) end
-      local ok = park(conn, resume, st)
-      if ok ~= true then return ok end  -- the token; or nil: it ended
-    end
     st.n = n
-    local r, status, partial = read_request(rd, opts, mt, st.deadline)
+    local r, status, partial, parked = read_request(rd, opts, mt,
+      st.deadline, pst)
     st.deadline = nil
     if rd.timeout ~= nil then     -- the handler runs with the server's
       conn:settimeout(nil)
       rd.timeout = nil
     end
     if not r then
+      if parked then st.n = n - 1 end   -- resume reads it
       if status then send_error(conn, status, partial, opts) end
-      return
+      return parked
     end
     if n == max then r.last = true end
     st.r = r
@@ -1579,7 +1580,7 @@ local function serve (conn, handler, opts, parks)
   opts = options(opts)
   local rd = new_reader(conn, opts)
   local st = { rd, request_mt(conn, opts, rd), opts, handler, conn.write,
-    parks and conn.park, n = 0, r = false, deadline = first_deadline(opts) }
+    parks, n = 0, r = false, deadline = first_deadline(opts) }
   return serve_loop(conn, st)
 end
 
@@ -1620,7 +1621,7 @@ end
 function M.handler (handler, opts)
   opts = options(opts)
   -- (the handle hook returns what serve returns: the flow parks the
-  -- connection on req:park's token)
+  -- connection on req:recv's token)
   return { handle = function (conn) return serve(conn, handler, opts, true) end }
 end
 
