@@ -54,10 +54,10 @@ struct task {
 };
 
 /*
-** A request task's recv with a continuation (event model). WAIT: it waits for input,
-** and may be parked if the wait lasts. ASKED: the wait was ended with
-** ERR_PARK and park_fn, park_state hold the continuation; the handler
-** unwinds with the token. PARKED: its coroutine ended and went back to
+** A request task's req:recv(max, fn, state) (event model). WAIT: it
+** waits for input, and may be parked if the wait lasts. ASKED: the wait
+** was ended with ERR_PARK and park_fn, park_state hold the continuation;
+** the handler unwinds with the token. PARKED: its coroutine ended and went back to
 ** the loop; co is NULL, ref holds the request object, and the task waits
 ** for its connection to turn readable.
 */
@@ -77,7 +77,8 @@ struct sched_ops {
   const char *name;
   /*
   ** Blocking models: waits, now, for c (NULL: a plain sleep) to be ready
-  ** for EV_READ/EV_WRITE, until deadline (0 = none). Returns 0 (ready; a
+  ** for EV_READ/EV_WRITE (with EV_IDLEWAIT: a stop ends it at once),
+  ** until deadline (0 = none). Returns 0 (ready; a
   ** sleep that ran its course), ERR_TIMEOUT, ERR_CUT or -errno. A wait
   ** for EV_READ is always followed by a fill of c, which the model may
   ** let do the waiting (the thread model's blocking read).
@@ -202,8 +203,8 @@ static inline void lsrv_settask (lua_State *L, struct task *t) {
 */
 extern char lsrv_yield_token;
 /*
-** Returned by req:recv (given fn) when the task is parked; the handler returns it
-** through every frame to the flow, which ends the coroutine.
+** Returned by req:recv (given fn) when the task is parked; the handler
+** returns it through every frame to the flow, which ends the coroutine.
 */
 extern char lsrv_park_token;
 /* What struct lconn's tag points to. */
@@ -348,9 +349,9 @@ struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
 int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
                 lua_KContext kc, lua_KFunction k);
 /*
-** In ev of sched_wait: an idle wait for input (req:recv given fn). It ends at once
-** with ERR_CUT once the worker stops, and a yielding model may end it
-** with ERR_PARK when it lasts (model_event.c).
+** In ev of sched_wait: an idle wait for input (req:recv given fn). It
+** ends at once with ERR_CUT once the worker stops, and a yielding model
+** may end it with ERR_PARK when it lasts (model_event.c).
 */
 #define EV_IDLEWAIT 0x100u
 /* The outcome of the wait continuation k was resumed from (status). */

@@ -27,11 +27,12 @@
 #define DGRAM_POOL 64         /* ... with their datagram request object */
 #define SPARE_MAX 256         /* coroutines of parked tasks kept for reuse */
 /*
-** req:recv with a continuation: a request that waited this long for input gives its
-** coroutine back. A kept-alive HTTP connection between two requests of
-** a busy client waits some microseconds; making it unwind and start
-** again each time cost ~10 % of a request, while an idle one holds
-** ~2.4 KB of coroutine (its stack and call frames) for nothing.
+** req:recv(max, fn, state): a request that waited this long for input
+** gives its coroutine back. A kept-alive HTTP connection between two
+** requests of a busy client waits some microseconds; parking it each
+** time would add unwinding, a coroutine and the flow's xpcall to every
+** request, while an idle one holds ~2 KB of coroutine (its stack and
+** call frames) for nothing.
 */
 #define PARK_AFTER 0.01
 /*
@@ -316,18 +317,19 @@ static void end_request (struct eloop *e, struct task *t, int reusable) {
 /* {------------------------------------------------------ parking */
 
 /*
-** req:recv with a continuation (lconn.c) waits with EV_IDLEWAIT: arm gives the wait a timer
-** at PARK_AFTER (or its deadline, if sooner), and when it fires first
-** the task is resumed with ERR_PARK. recv then keeps its
-** continuation in the task (PARK_ASKED) and returns the token, which
-** the handler returns to the flow, and the flow to us with the request
-** (resume_from). The coroutine goes back to the spares, the task stays
-** in the running list and counted as active (--max-connections), waits
-** for its connection (PARK_PARKED) with the request's deadline, and
-** when it is woken, a coroutine runs the flow's resumed(fn, req, state,
-** why) (why: the wait timed out or the worker stops: the request ends
-** without fn). So an idle kept-alive connection holds its task, its
-** request object and the continuation's state, and no coroutine.
+** req:recv given a continuation (lconn.c) waits with EV_IDLEWAIT: arm
+** gives the wait a timer at PARK_AFTER (or at its deadline, if sooner),
+** and when it fires first the task is resumed with ERR_PARK. recv then
+** keeps the continuation in the task (PARK_ASKED) and returns the token,
+** which the handler returns to the flow, and the flow to us with the
+** request (resume_from). The coroutine goes back to the spares; the
+** task stays in the running list, counted as active (--max-connections),
+** and waits for its connection (PARK_PARKED) until the request's
+** deadline. Woken, it gets a coroutine, which runs the flow's
+** resumed(fn, req, state, why) (why: the wait timed out or the worker
+** stops, and the request ends without fn). So an idle kept-alive
+** connection holds its task, its request object and the continuation's
+** state, and no coroutine.
 */
 
 /* Can task t, about to wait for input on c, be parked if it lasts? */
@@ -435,7 +437,7 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
   int nres, st;
   if (t->co == NULL && (nargs = unpark_task(e, t)) < 0) return;
   co = t->co;
-  if (t->parking == PARK_WAIT) t->parking = PARK_NONE;  /* recv_k sees ERR_PARK */
+  if (t->parking == PARK_WAIT) t->parking = PARK_NONE;  /* or ERR_PARK */
   lstate_cpu_begin(e->x, t, 0);
   t->suspended = 0;
   st = lua_resume(co, L, nargs, &nres);

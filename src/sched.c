@@ -42,7 +42,7 @@ int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
     lua_pushlightuserdata(L, &lsrv_yield_token);
     return lua_yieldk(L, 1, kc, k);  /* does not return here */
   }
-  return ops->block(t->x, c, ev & ~EV_IDLEWAIT, deadline);
+  return ops->block(t->x, c, ev, deadline);
 }
 
 
@@ -70,10 +70,11 @@ void sched_unpark (struct lctx *x, int fd, struct lconn *c) {
 int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline) {
   int rc;
   if (c == NULL) {  /* a sleep: its end is no failure */
-    rc = worker_block(x->w, -1, 0, deadline);
+    rc = worker_block(x->w, -1, 0, deadline, 0);
     return rc == ERR_TIMEOUT ? 0 : rc;
   }
-  rc = worker_block(x->w, c->io.fd, ev & EV_READ ? POLLIN : POLLOUT, deadline);
+  rc = worker_block(x->w, c->io.fd, ev & EV_READ ? POLLIN : POLLOUT, deadline,
+                    (ev & EV_IDLEWAIT) != 0);
   if (rc == 0) c->io.flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
   return rc;
 }
