@@ -108,7 +108,7 @@ H.for_models(function (model)
      .. "end of the grace", function ()
     if model == "fork" then
       -- a child ignores the stop and keeps its connection until the
-      -- worker kills it at the end of --grace (doc/operations.md)
+      -- worker kills it at the end of --grace (doc/operations.md, Signals)
       pending("fork: children are stopped by the worker at the grace")
       return
     end

@@ -1469,37 +1469,41 @@ function resume (conn, st)
 end
 
 -- The requests of a connection, read and answered in order until the
--- connection ends or must close. st holds the loop's state: the reader,
--- the requests' metatable, opts, the handler, conn.write, whether it may
--- park (false: http.serve, which returns when the connection ends), then n,
--- r, deadline. So after a handler raised (st.r is its request) serve can
--- answer 500 and call this again to go on (one xpcall per connection,
--- not one per request), and a connection that waits for its next request
--- with nothing buffered can park: it returns recv's token, and the core
--- calls resume(conn, st) when the request comes (in the event model, the
--- connection then holds no coroutine while it waits).
+-- connection ends or must close. st holds the loop's state, an array (a
+-- parked connection keeps it: the smallest table): [1] the reader, [2]
+-- the requests' metatable, [3] the server's { opts, handler, parks }
+-- (parks false: http.serve, which returns when the connection ends), [4]
+-- conn.write, [5] the requests served, [6] the request in its handler
+-- (or false), [7] the first head's deadline. So after a handler raised
+-- (st[6] is its request) serve can answer 500 and call this again to go
+-- on (one xpcall per connection, not one per request), and a connection
+-- that waits for its next request with nothing buffered can park: it
+-- returns recv's token, and the core calls resume(conn, st) when the
+-- request comes (in the event model, the connection then holds no
+-- coroutine while it waits).
 local function serve_requests (st)
-  local rd, mt, opts, handler, write = st[1], st[2], st[3], st[4], st[5]
-  local conn, max, pst = rd.conn, opts.max_requests, st[6] and st or nil
-  for n = st.n + 1, max do
-    st.n = n
-    local r, status, partial, parked = read_request(rd, opts, mt,
-      st.deadline, pst)
-    st.deadline = nil
+  local rd, mt, srv, write = st[1], st[2], st[3], st[4]
+  local opts, handler = srv[1], srv[2]
+  local conn, max, pst = rd.conn, opts.max_requests, srv[3] and st or nil
+  for n = st[5] + 1, max do
+    st[5] = n
+    local r, status, partial, parked = read_request(rd, opts, mt, st[7],
+      pst)
+    st[7] = nil
     if rd.timeout ~= nil then     -- the handler runs with the server's
       conn:settimeout(nil)
       rd.timeout = nil
     end
     if not r then
-      if parked then st.n = n - 1 end   -- resume reads it
+      if parked then st[5] = n - 1 end  -- resume reads it
       if status then send_error(conn, status, partial, opts) end
       return parked
     end
     if n == max then r.last = true end
-    st.r = r
+    st[6] = r
     local headers, body
     status, headers, body = handler(r)
-    st.r = false
+    st[6] = false
     local sb = rd.stream
     if sb then                  -- a streamed body: failed, or left unread
       rd.stream = false
@@ -1547,13 +1551,13 @@ end
 -- Serves the connection of st (serve_requests) until it ends, must close
 -- or parks (then it returns the park token).
 function serve_loop (conn, st)
-  local rd, opts = st[1], st[3]
+  local rd, opts = st[1], st[3][1]
   while true do                   -- once more after each handler's error
     local ok, err = xpcall(serve_requests, traceback, st)
     if ok then return err end
-    local r = st.r
+    local r = st[6]
     if not r then error(err, 0) end       -- not the handler's
-    st.r = false
+    st[6] = false
     luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
       r.target, tostring(conn.client_address), err))
     if r._started then
@@ -1566,27 +1570,27 @@ function serve_loop (conn, st)
       if not sb.done then r.keepalive, r.unread = false, true end
     end
     if not send_response(conn, r, opts, 500, TEXT,
-        "Internal Server Error\n") or st.n >= opts.max_requests then
+        "Internal Server Error\n") or st[5] >= opts.max_requests then
       return
     end
   end
 end
 
 -- Serves HTTP on the luasrv request conn: reads requests and answers each
--- with handler(r), in order; parks: whether it may park between requests
--- (and return the token before the connection ends).
-local function serve (conn, handler, opts, parks)
+-- with srv's handler, in order (srv: st[3] of serve_requests); returns
+-- the park token when it parks.
+local function serve (conn, srv)
   byte(ROOM, 1, -1)
-  opts = options(opts)
+  local opts = srv[1]
   local rd = new_reader(conn, opts)
-  local st = { rd, request_mt(conn, opts, rd), opts, handler, conn.write,
-    parks, n = 0, r = false, deadline = first_deadline(opts) }
+  local st = { rd, request_mt(conn, opts, rd), srv, conn.write, 0, false,
+    first_deadline(opts) }
   return serve_loop(conn, st)
 end
 
 -- Serves HTTP on conn until the connection ends or must close.
 function M.serve (conn, handler, opts)
-  serve(conn, handler, opts, false)
+  serve(conn, { options(opts), handler, false })
 end
 
 -- the reader of each connection read with M.read_request
@@ -1619,10 +1623,10 @@ end
 
 -- The hooks table of a script whose every request runs handler(r).
 function M.handler (handler, opts)
-  opts = options(opts)
+  local srv = { options(opts), handler, true }
   -- (the handle hook returns what serve returns: the flow parks the
   -- connection on req:recv's token)
-  return { handle = function (conn) return serve(conn, handler, opts, true) end }
+  return { handle = function (conn) return serve(conn, srv) end }
 end
 
 -- A JSON response: status (200), headers plus the Content-Type.
