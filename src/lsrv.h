@@ -55,7 +55,9 @@ struct task {
 
 /*
 ** A request task's req:recv(max, fn, state) (event model). WAIT: it
-** waits for input, and may be parked if the wait lasts. ASKED: the wait
+** waits for input, and may be parked if the wait lasts; TICKED: so
+** waits, and the tick of a wait with no deadline saw it (model_event.c).
+** ASKED: the wait
 ** was ended with ERR_PARK and park_fn, park_state hold the continuation;
 ** the handler unwinds with the token. PARKED: its coroutine ended and went back to
 ** the loop; co is NULL, ref holds the request object, and the task waits
@@ -65,6 +67,7 @@ struct task {
 #define PARK_WAIT 1
 #define PARK_ASKED 2
 #define PARK_PARKED 3
+#define PARK_TICKED 4
 
 /*
 ** The scheduler interface: how a model makes a task wait and runs light

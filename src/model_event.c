@@ -319,7 +319,11 @@ static void end_request (struct eloop *e, struct task *t, int reusable) {
 /*
 ** req:recv given a continuation (lconn.c) waits with EV_IDLEWAIT: arm
 ** gives the wait a timer at PARK_AFTER (or at its deadline, if sooner),
-** and when it fires first the task is resumed with ERR_PARK. recv then
+** and when it fires first the task is resumed with ERR_PARK. A wait
+** with no deadline (--timeout 0) is not worth a timer of its own: the
+** task's timer ticks every PARK_AFTER while it makes such waits, left
+** armed between them (a timer started and stopped per wait cost 4 % of
+** a /hello request), and a wait that two ticks see (PARK_TICKED) parks. recv then
 ** keeps the continuation in the task (PARK_ASKED) and returns the token,
 ** which the handler returns to the flow, and the flow to us with the
 ** request (resume_from). The coroutine goes back to the spares; the
@@ -437,7 +441,8 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
   int nres, st;
   if (t->co == NULL && (nargs = unpark_task(e, t)) < 0) return;
   co = t->co;
-  if (t->parking == PARK_WAIT) t->parking = PARK_NONE;  /* or ERR_PARK */
+  if (t->parking == PARK_WAIT || t->parking == PARK_TICKED)
+    t->parking = PARK_NONE;  /* (recv sees ERR_PARK, if that was why) */
   lstate_cpu_begin(e->x, t, 0);
   t->suspended = 0;
   st = lua_resume(co, L, nargs, &nres);
@@ -499,9 +504,16 @@ static void on_timer (struct evloop *loop, struct timer *tm) {
   struct task *t = tm->data;
   struct lconn *c = t->wait_conn;
   t->wait_rc = c != NULL ? ERR_TIMEOUT : 0;  /* a sleep ends well */
-  if (t->parking == PARK_WAIT && c != NULL &&
-      !(c->deadline > 0 && evloop_now(loop) >= c->deadline))
+  if ((t->parking == PARK_WAIT || t->parking == PARK_TICKED) && c != NULL &&
+      !(c->deadline > 0 && evloop_now(loop) >= c->deadline)) {
+    if (t->parking == PARK_WAIT && c->deadline == 0 &&
+        !worker_stopping(t->x->w)) {  /* a tick: the wait may be new */
+      t->parking = PARK_TICKED;
+      timer_start(loop, tm, evloop_now(loop) + PARK_AFTER);
+      return;
+    }
     t->wait_rc = ERR_PARK;  /* the wait lasts: park, or the stop ends it */
+  }
   if (t->parking != PARK_NONE && worker_stopping(t->x->w))
     t->wait_rc = ERR_CUT;
   if (c != NULL && c->waiter == t) c->waiter = NULL;
@@ -518,7 +530,12 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
   if ((ev & EV_IDLEWAIT) && parkable(t, c)) {
     double at = evloop_now(e->loop) + PARK_AFTER;
     t->parking = PARK_WAIT;
-    if (when == 0 || at < when) when = at;
+    if (when == 0) {  /* no deadline: the tick, left armed by a last wait */
+      if (!timer_armed(&t->timer) || t->timer.when > at)
+        timer_start(e->loop, &t->timer, at);
+      when = -1;
+    }
+    else if (at < when) when = at;
   }
   ev &= ~EV_IDLEWAIT;
   t->wait_conn = c;
@@ -532,6 +549,8 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
     c->wait_ev = ev;
   }
   if (when > 0) timer_start(e->loop, &t->timer, when);
+  else if (when == 0 && timer_armed(&t->timer))
+    timer_stop(e->loop, &t->timer);  /* a tick left armed */
 }
 
 
@@ -657,7 +676,9 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   c->waiter = NULL;
   t->wait_conn = NULL;
   t->wait_rc = 0;
-  timer_stop(loop, &t->timer);
+  if (c->deadline != 0 ||  /* a tick stays armed for the next idle wait */
+      (t->parking != PARK_WAIT && t->parking != PARK_TICKED))
+    timer_stop(loop, &t->timer);
   resume(eloop_of(c->x), t, 0);
 }
 
