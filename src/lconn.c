@@ -378,11 +378,13 @@ static int req_recv (lua_State *L) {
   luaL_argcheck(L, max > 0 && max < (lua_Integer)RECV_PARK, 2,
                 "must be positive");
   ctx = (lua_KContext)max;
-  if (!lua_toboolean(L, 3)) lua_settop(L, 1);  /* no continuation */
-  else {
-    luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (lua_type(L, 3) == LUA_TFUNCTION) {
     lua_settop(L, 4);
     ctx |= RECV_PARK;
+  }
+  else {
+    if (lua_toboolean(L, 3)) luaL_typeerror(L, 3, "function");
+    lua_settop(L, 1);  /* no continuation (nil or false) */
   }
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   lconn_start_op(c);

@@ -528,14 +528,14 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
   double when = deadline;
   if (t->parking == PARK_ASKED) park_drop(e, t);  /* it waits here instead */
   if ((ev & EV_IDLEWAIT) && parkable(t, c)) {
-    double at = evloop_now(e->loop) + PARK_AFTER;
     t->parking = PARK_WAIT;
     if (when == 0) {  /* no deadline: the tick, left armed by a last wait */
-      if (!timer_armed(&t->timer) || t->timer.when > at)
-        timer_start(e->loop, &t->timer, at);
+      if (!timer_armed(&t->timer))  /* (other timers were stopped) */
+        timer_start(e->loop, &t->timer, evloop_now(e->loop) + PARK_AFTER);
       when = -1;
     }
-    else if (at < when) when = at;
+    else if (evloop_now(e->loop) + PARK_AFTER < when)
+      when = evloop_now(e->loop) + PARK_AFTER;
   }
   ev &= ~EV_IDLEWAIT;
   t->wait_conn = c;
