@@ -1030,7 +1030,8 @@ end
 -- read_new_head's. deadline: when the head must have come, for the
 -- connection's first request (header_timeout from the connection's
 -- start); later ones have keepalive_timeout for their first byte, then
--- header_timeout for the rest of the head.
+-- header_timeout for the rest of the head. pst: serve_requests' state
+-- when that wait for a first byte may park: then nil, nil, nil, PARKED.
 local function read_request (rd, opts, mt, deadline, pst)
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then
@@ -1452,9 +1453,9 @@ end
 -- Stack slots that serving a request takes beyond serve's frame (with a
 -- route handler that returns a string). A coroutine's stack starts at 40
 -- slots and doubles when a call needs more: to 80, then to 160 in the
--- first request, and a kept-alive connection waiting for its next one
--- kept all of it (2.6 KiB; the collector left it so, measured with
--- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
+-- first request, and a kept-alive connection waiting in place for its
+-- next one (a busy one: an idle one parks) kept all of it (2.6 KiB; the
+-- collector left it so, measured with scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
 -- makes room for its results first (at each connection: the collector
 -- shrinks the stack of a coroutine pooled between connections).
 local STACK_ROOM = 77
@@ -1463,8 +1464,9 @@ local ROOM = ("\0"):rep(STACK_ROOM)
 local serve_loop
 
 -- A parked connection's continuation (req:recv's): its next request came.
+-- (Without byte(ROOM): the coroutine is the loop's, and making room each
+-- time cost more than its growth, about 1,400 instructions a resume.)
 function resume (conn, st)
-  byte(ROOM, 1, -1)
   return serve_loop(conn, st)
 end
 
