@@ -23,6 +23,8 @@
 #define ERR_CUT      (-ECANCELED)
 #define ERR_TLS      (-100004)  /* the TLS layer failed: tls_error() says why */
 #define ERR_SHORT    (-100005)  /* a file ended before the length to send */
+#define ERR_PARK     (-100006)  /* an idle wait: the loop would rather park
+                                   the task (req:recv, model_event.c) */
 
 /*
 ** "Try again once ...": the two results of a transport that cannot go on
