@@ -832,8 +832,10 @@ static int read_keys (unsigned char out[2][TICKET_KEY]) {
     unsigned s1 = atomic_load_explicit(&shared->seq, memory_order_acquire);
     if (s1 & 1) continue;
     memcpy(out, shared->keys, sizeof shared->keys);
-    atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&shared->seq, memory_order_relaxed) == s1) return 0;
+    /* a read-modify-write, not a fence and a load: its release half keeps
+    ** the copy before it (and ThreadSanitizer knows no fences) */
+    if (atomic_fetch_add_explicit(&shared->seq, 0, memory_order_acq_rel) == s1)
+      return 0;
   }
   return -1;
 }
@@ -961,7 +963,10 @@ int tls_server_load_next (const struct config *cfg, char *err,
 
 
 void tls_server_use_next (void) {
-  if (next_server != NULL) server = next_server;  /* the old's is untouched */
+  if (next_server != NULL) {  /* this child's copy of the old set: unused */
+    server_free(server);
+    server = next_server;
+  }
   next_server = NULL;
 }
 
