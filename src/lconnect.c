@@ -715,7 +715,7 @@ static void entry_take (lua_State *L, struct lctx *x, struct pentry *e,
   p->io.fd = e->io.fd;
   p->io.tr = e->io.tr;
   tls_move(&e->io, &p->io);
-  p->io.flags = e->io.flags;
+  p->io.flags = e->io.flags | (p->io.flags & LC_HOSTNAME);  /* set above */
   p->io.nin = e->io.nin;
   p->io.nout = e->io.nout;
   p->reused = e->reused + 1;
