@@ -112,6 +112,7 @@ struct lctx {
   int flow_ref;               /* the request flow: flow(req [, verified]) */
   int verify_ref;             /* its verify_request step alone */
   int servers_ref;            /* array of server tables, one per listener */
+  int pool_ref;               /* lconnect.c's keep-alive pool; 0: none yet */
   void *model;                /* model-private data */
   size_t mem_used;            /* bytes the state holds (its allocator) */
   size_t mem_limit;           /* --memory-limit; 0 = none */
