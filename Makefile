@@ -81,6 +81,11 @@ $(BUILD)/%.o: src/%.c | $(BUILD)
 $(BUILD)/test_%: spec/c/test_%.c $(PURE_OBJS)
 	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(PURE_OBJS) $(LDLIBS_ALL)
 
+# The TLS transport's test runs it over a socketpair: conn.c and tls.c too.
+TLS_TEST_OBJS = $(PURE_OBJS) $(BUILD)/conn.o $(BUILD)/tls.o
+$(BUILD)/test_tls: spec/c/test_tls.c $(TLS_TEST_OBJS)
+	$(CC) $(CFLAGS_ALL) -Isrc -o $@ $< $(TLS_TEST_OBJS) $(LDLIBS_ALL)
+
 # The fuzz targets (fuzz/) replayed over their corpora and crash
 # reproducers with the ordinary compiler: make test runs them as C tests.
 FUZZ_REPLAY = address acl cli persource proxy resp reader wsframe

@@ -26,6 +26,7 @@ FUZZ_SRCDIR ?= src
 FUZZ_TARGETS ?= address acl cli persource proxy resp reader wsframe
 FUZZ_LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 FUZZ_LUA_LIBS := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+FUZZ_SSL_LIBS := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=all \
            -fno-omit-frame-pointer
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra $(FUZZ_SAN) \
@@ -55,7 +56,7 @@ FUZZ_LIBS_wsframe =
 FUZZ_SRC_resp = resp
 FUZZ_LIBS_resp =
 FUZZ_SRC_reader = $(filter-out main,$(patsubst $(FUZZ_SRCDIR)/%.c,%,$(wildcard $(FUZZ_SRCDIR)/*.c)))
-FUZZ_LIBS_reader = $(FUZZ_LUA_LIBS) -lm -lpthread
+FUZZ_LIBS_reader = $(FUZZ_LUA_LIBS) $(FUZZ_SSL_LIBS) -lm -lpthread
 FUZZ_LIBS_persource = -lpthread
 FUZZ_LIBS_cli =
 FUZZ_LIBS_acl =

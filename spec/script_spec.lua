@@ -201,6 +201,19 @@ return {
                     srv:stderr())
     end)
 
+    it("the collector runs in generational mode; a script may change it",
+    function ()
+      -- collectgarbage(mode) returns the mode it replaces
+      local srv = H.start{ model = model, source = [[
+        local at_load = collectgarbage("incremental")
+        return { handle = function (req)
+          local now = collectgarbage("incremental")
+          req:write(at_load, " ", now, "\n")
+        end }
+      ]] }
+      assert.equals("generational incremental", ask(srv))
+    end)
+
     if model == "sync" or model == "event" then
       it("globals and upvalues persist across requests", function ()
         local srv = H.start{ model = model, script = GLOBALS }

@@ -12,23 +12,29 @@
 
 void bufpool_init (struct bufpool *p) {
   p->n = 0;
+  p->nbig = 0;
 }
 
 
 void bufpool_free (struct bufpool *p) {
   while (p->n > 0) free(p->blocks[--p->n]);
+  while (p->nbig > 0) free(p->big[--p->nbig]);
 }
 
 
-static void *block_get (struct bufpool *p) {
-  if (p != NULL && p->n > 0) return p->blocks[--p->n];
-  return malloc(BUF_CHUNK);
+/* storage of size bytes (BUF_CHUNK or BUF_BIG), pooled if there is some */
+static void *block_get (struct bufpool *p, size_t size) {
+  if (p != NULL && size == BUF_CHUNK && p->n > 0) return p->blocks[--p->n];
+  if (p != NULL && size == BUF_BIG && p->nbig > 0) return p->big[--p->nbig];
+  return malloc(size);
 }
 
 
 static void storage_put (struct buf *b, struct bufpool *p) {
   if (b->cap == BUF_CHUNK && p != NULL && p->n < BUFPOOL_MAX)
     p->blocks[p->n++] = b->data;
+  else if (b->cap == BUF_BIG && p != NULL && p->nbig < BUFPOOL_BIG)
+    p->big[p->nbig++] = b->data;
   else
     free(b->data);
   b->data = NULL;
@@ -40,9 +46,10 @@ int buf_reserve (struct buf *b, size_t n, struct bufpool *p) {
   size_t len = buf_len(b), need, cap;
   char *nd;
   if (buf_space(b) >= n) return 0;
-  if (b->data == NULL && n <= BUF_CHUNK) {
-    if ((b->data = block_get(p)) == NULL) return -ENOMEM;
-    b->cap = BUF_CHUNK;
+  if (b->data == NULL && n <= BUF_BIG) {
+    size_t size = n <= BUF_CHUNK ? BUF_CHUNK : BUF_BIG;
+    if ((b->data = block_get(p, size)) == NULL) return -ENOMEM;
+    b->cap = size;
     return 0;
   }
   if (b->start > 0) {  /* slide unread bytes to the front */
@@ -54,7 +61,7 @@ int buf_reserve (struct buf *b, size_t n, struct bufpool *p) {
   need = len + n;
   for (cap = b->cap ? b->cap : BUF_CHUNK; cap < need; cap *= 2)
     if (cap > ((size_t)-1) / 4) return -ENOMEM;
-  if ((nd = malloc(cap)) == NULL) return -ENOMEM;
+  if ((nd = block_get(p, cap)) == NULL) return -ENOMEM;
   if (len > 0) memcpy(nd, b->data, len);
   if (b->data != NULL) storage_put(b, p);
   b->data = nd;

@@ -196,7 +196,10 @@ int conn_fill (struct conn *c, size_t want) {
   size_t space;
   if (c->flags & LC_EOF) return 0;
   if (c->tr->message) return fill_message(c);
-  if (!(c->flags & LC_READABLE)) return CONN_WANT_READ;
+  if (!(c->flags & LC_READABLE)) {  /* what the transport queued goes first */
+    int rc = c->tr->flush != NULL ? c->tr->flush(c) : 0;
+    return rc < 0 ? rc : CONN_WANT_READ;
+  }
   if (want < BUF_CHUNK) want = BUF_CHUNK;
   /* read(n) with a client-supplied n must not reserve n bytes before
   ** any arrive: the buffer grows as data comes, FILL_MAX at a time */
@@ -246,7 +249,7 @@ int conn_flush (struct conn *c) {
     return (int)n;
   }
   buf_release(&c->out, c->pool);
-  return 0;
+  return c->tr->flush != NULL ? c->tr->flush(c) : 0;
 }
 
 

@@ -23,6 +23,8 @@
 #define ERR_CUT      (-ECANCELED)
 #define ERR_TLS      (-100004)  /* the TLS layer failed: tls_error() says why */
 #define ERR_SHORT    (-100005)  /* a file ended before the length to send */
+#define ERR_PARK     (-100006)  /* an idle wait: the loop would rather park
+                                   the task (req:recv, model_event.c) */
 
 /*
 ** "Try again once ...": the two results of a transport that cannot go on
@@ -53,6 +55,8 @@ static inline unsigned conn_want_event (int rc) {
 #define LC_BLOCKRD  0x8000u   /* the next fill may block (lconn_block_read) */
 #define LC_MORE     0x10000u  /* a write is followed by more (MSG_MORE) */
 #define LC_NOSENDFILE 0x20000u  /* sendfile(2) refused this socket: copy */
+#define LC_LAST     0x40000u  /* this flush ends the output: the close follows
+                                 (TLS sends its close_notify with it) */
 
 struct conn;
 
@@ -65,6 +69,10 @@ struct conn;
 ** (advanced past what went) without copying them through user space: as
 ** write, and 0 when the file ends at *off; NULL where the transport
 ** cannot (TLS: conn_sendfile reads the file into the output buffer).
+** flush sends what the transport queued itself (TLS records held to
+** leave with the next write): 0, CONN_WANT_* or a failure; NULL when it
+** queues nothing. conn_flush calls it, and conn_fill before it says
+** CONN_WANT_READ, so nothing stays queued while the peer is awaited.
 */
 struct conn_ops {
   const char *name;
@@ -73,6 +81,7 @@ struct conn_ops {
   int (*shutdown) (struct conn *c);
   void (*close) (struct conn *c);
   long (*sendfile) (struct conn *c, int fd, off_t *off, size_t n);
+  int (*flush) (struct conn *c);
   int message;                /* a read or a flush is one whole datagram */
 };
 

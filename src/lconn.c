@@ -319,12 +319,34 @@ static int req_read (lua_State *L) {
 }
 
 
+/* In recv_k's context: recv was given a continuation (fn, state). */
+#define RECV_PARK ((lua_KContext)1 << 40)
+
+/*
+** recv's wait was ended with ERR_PARK (model_event.c): the continuation
+** (arguments 3 and 4) is kept in the task, and recv returns the token,
+** which the handler returns to the flow.
+*/
+static int recv_parked (lua_State *L) {
+  struct task *t = lsrv_task(L);
+  lua_pushvalue(L, 3);
+  t->park_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 4);
+  t->park_state = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->parking = PARK_ASKED;
+  lua_pushlightuserdata(L, &lsrv_park_token);
+  return 1;
+}
+
+
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lconn_check(L);
-  size_t max = (size_t)ctx;
+  size_t max = (size_t)(ctx & ~RECV_PARK);
   int rc = sched_result(L, status);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
+  if (rc == ERR_PARK) return recv_parked(L);
   while (rc >= 0 && buf_len(&c->io.in) == 0) {
+    unsigned ev;
     rc = conn_fill(&c->io, max);
     if (rc == 0) {
       luaL_pushfail(L);
@@ -333,7 +355,10 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
     if (!conn_wants(rc)) break;
     conn_release_in(&c->io);
     if ((rc = read_wait_event(c, rc)) < 0) break;
-    rc = waitio(L, c, (unsigned)rc, ctx, recv_k);
+    ev = (unsigned)rc;
+    if ((ctx & RECV_PARK) && ev == EV_READ)  /* (not a TLS read that sends) */
+      ev |= EV_IDLEWAIT;
+    rc = waitio(L, c, ev, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
   push_bytes(L, c, max < buf_len(&c->io.in) ? max : buf_len(&c->io.in));
@@ -341,14 +366,29 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
 }
 
 
+/*
+** req:recv([max [, fn, state]]). With fn, the wait is an idle one
+** (EV_IDLEWAIT): a stop ends it, and in the event model one that lasts
+** parks the request (recv_parked).
+*/
 static int req_recv (lua_State *L) {
   struct lconn *c = lconn_check(L);
   lua_Integer max = luaL_optinteger(L, 2, BUF_CHUNK);
-  luaL_argcheck(L, max > 0, 2, "must be positive");
+  lua_KContext ctx;
+  luaL_argcheck(L, max > 0 && max < (lua_Integer)RECV_PARK, 2,
+                "must be positive");
+  ctx = (lua_KContext)max;
+  if (lua_type(L, 3) == LUA_TFUNCTION) {
+    lua_settop(L, 4);
+    ctx |= RECV_PARK;
+  }
+  else {
+    if (lua_toboolean(L, 3)) luaL_typeerror(L, 3, "function");
+    lua_settop(L, 1);  /* no continuation (nil or false) */
+  }
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
-  lua_settop(L, 1);
   lconn_start_op(c);
-  return recv_k(L, LUA_OK, (lua_KContext)max);
+  return recv_k(L, LUA_OK, ctx);
 }
 
 
@@ -573,9 +613,11 @@ static int close_k (lua_State *L, int status, lua_KContext ctx) {
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   if (c->io.flags & LC_DGRAM)
     rc = conn_reply(&c->io, c->x->dgq, (struct sockaddr *)&c->peer, c->peerlen);
-  else
+  else {
+    c->io.flags |= LC_LAST;
     while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
       rc = waitio(L, c, conn_want_event(rc), 0, close_k);
+  }
   close_fd(c);
   if (rc < 0) return pushfail(L, rc);
   lua_pushboolean(L, 1);

@@ -82,5 +82,7 @@ int luaopen_luasrv (lua_State *L) {
   lua_setfield(L, -2, "queue");
   ltimer_push(L);  /* ltimer.c */
   lua_setfield(L, -2, "timer");
+  lua_pushlightuserdata(L, &lsrv_park_token);  /* req:recv's, parking */
+  lua_setfield(L, -2, "PARKED");
   return 1;
 }

@@ -46,9 +46,28 @@ struct task {
   struct sthread *th;         /* a spawned thread's task: its object */
   struct sthread *threads;    /* a request's task: the threads spawned for it */
   int nthreads;               /* ... of which still running */
-  int joining;                /* the request waits for them to end */
-  int suspended;              /* yielded to the loop (event model) */
+  /* req:recv with fn (event model): the continuation's registry refs */
+  int park_fn, park_state;
+  unsigned char joining;      /* the request waits for them to end */
+  unsigned char suspended;    /* yielded to the loop (event model) */
+  unsigned char parking;      /* PARK_* below */
 };
+
+/*
+** A request task's req:recv(max, fn, state) (event model). WAIT: it
+** waits for input, and may be parked if the wait lasts; TICKED: so
+** waits, and the tick of a wait with no deadline saw it (model_event.c).
+** ASKED: the wait
+** was ended with ERR_PARK and park_fn, park_state hold the continuation;
+** the handler unwinds with the token. PARKED: its coroutine ended and went back to
+** the loop; co is NULL, ref holds the request object, and the task waits
+** for its connection to turn readable.
+*/
+#define PARK_NONE 0
+#define PARK_WAIT 1
+#define PARK_ASKED 2
+#define PARK_PARKED 3
+#define PARK_TICKED 4
 
 /*
 ** The scheduler interface: how a model makes a task wait and runs light
@@ -61,7 +80,8 @@ struct sched_ops {
   const char *name;
   /*
   ** Blocking models: waits, now, for c (NULL: a plain sleep) to be ready
-  ** for EV_READ/EV_WRITE, until deadline (0 = none). Returns 0 (ready; a
+  ** for EV_READ/EV_WRITE (with EV_IDLEWAIT: a stop ends it at once),
+  ** until deadline (0 = none). Returns 0 (ready; a
   ** sleep that ran its course), ERR_TIMEOUT, ERR_CUT or -errno. A wait
   ** for EV_READ is always followed by a fill of c, which the model may
   ** let do the waiting (the thread model's blocking read).
@@ -111,6 +131,8 @@ struct lctx {
   int hooks_ref;              /* the hooks table */
   int flow_ref;               /* the request flow: flow(req [, verified]) */
   int verify_ref;             /* its verify_request step alone */
+  int resumed_ref;            /* resumed(fn, req, state, why): a parked
+                                 request's flow from its continuation */
   int servers_ref;            /* array of server tables, one per listener */
   int pool_ref;               /* lconnect.c's keep-alive pool; 0: none yet */
   void *model;                /* model-private data */
@@ -185,6 +207,11 @@ static inline void lsrv_settask (lua_State *L, struct task *t) {
 ** can be told apart from a handler's own coroutine.yield.
 */
 extern char lsrv_yield_token;
+/*
+** Returned by req:recv (given fn) when the task is parked; the handler
+** returns it through every frame to the flow, which ends the coroutine.
+*/
+extern char lsrv_park_token;
 /* What struct lconn's tag points to. */
 extern char lsrv_conn_tag;
 
@@ -326,6 +353,12 @@ struct lconn *lconn_new_out (lua_State *L, struct lctx *x);
 */
 int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
                 lua_KContext kc, lua_KFunction k);
+/*
+** In ev of sched_wait: an idle wait for input (req:recv given fn). It
+** ends at once with ERR_CUT once the worker stops, and a yielding model
+** may end it with ERR_PARK when it lasts (model_event.c).
+*/
+#define EV_IDLEWAIT 0x100u
 /* The outcome of the wait continuation k was resumed from (status). */
 int sched_result (lua_State *L, int status);
 /* Can task t yield to a loop (and run light threads)? */

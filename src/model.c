@@ -20,6 +20,7 @@
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
+#include "tls.h"
 
 #define SERVICE_EVERY 0.5     /* seconds between service_actions calls */
 
@@ -349,6 +350,7 @@ static void on_service (struct evloop *loop, struct timer *t) {
   struct mloop *ml = t->data;
   lstate_call_hook(ml->x, "service_actions", 0);
   lconnect_sweep(ml->x);  /* idle pooled connections past their time */
+  tls_service();
   if (ml->serviced != NULL) ml->serviced(ml);
   timer_start(loop, t, evloop_now(loop) + SERVICE_EVERY);
 }

@@ -25,6 +25,16 @@
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
 #define TRIM_KEEP 16          /* ... of which kept through an idle spell */
 #define DGRAM_POOL 64         /* ... with their datagram request object */
+#define SPARE_MAX 256         /* coroutines of parked tasks kept for reuse */
+/*
+** req:recv(max, fn, state): a request that waited this long for input
+** gives its coroutine back. A kept-alive HTTP connection between two
+** requests of a busy client waits some microseconds; parking it each
+** time would add unwinding, a coroutine and the flow's xpcall to every
+** request, while an idle one holds ~2 KB of coroutine (its stack and
+** call frames) for nothing.
+*/
+#define PARK_AFTER 0.01
 /*
 ** Datagrams received with one recvmmsg. Each may be DGRAM_MAX bytes, so
 ** the buffer is 4 MiB, but only the pages that datagrams reach become
@@ -34,7 +44,9 @@
 
 /* Free lists of small blocks for the Lua state (see small_lalloc). */
 #define SMALL_STEP 16
-#define SMALL_CLASSES 16      /* blocks up to 256 bytes */
+#define SMALL_SLACK 8         /* class k serves k * SMALL_STEP + SMALL_SLACK */
+#define SMALL_CLASSES 16      /* blocks up to 264 bytes */
+#define SMALL_MAX (SMALL_CLASSES * SMALL_STEP + SMALL_SLACK)
 #define SMALL_KEEP 4096       /* free blocks kept per class */
 
 struct smallpool {
@@ -42,12 +54,21 @@ struct smallpool {
   int n[SMALL_CLASSES + 1];
 };
 
+/* A coroutine with its registry reference, not in any task. */
+struct spare {
+  lua_State *co;
+  int ref;
+};
+
 struct eloop {
   struct mloop ml;            /* first: the skeleton's hooks get it */
   struct worker *w;
   struct lctx *x;
   struct evloop *loop;        /* ml's */
-  long active;                /* requests running */
+  long active;                /* requests running (or parked) */
+  long parked;                /* ... of which parked (req:recv with fn) */
+  struct spare spares[SPARE_MAX];  /* coroutines given back by parking */
+  int nspare;
   struct task *pool;          /* finished tasks, coroutines reusable */
   struct task *running;       /* tasks of active requests */
   int npool;
@@ -77,10 +98,20 @@ static struct eloop *eloop_of (struct lctx *x) {
 ** echo, a free list a fraction of that. The state is single-threaded.
 ** Blocks are classed by malloc_usable_size, so those that the previous
 ** allocator made (the state is loaded before this one is installed) can
-** join the lists too.
+** join the lists too. A class's blocks are 8 bytes past a multiple of 16:
+** glibc's chunks are multiples of 16 with an 8-byte header, so that is
+** what a chunk holds anyway (a Table's 56 bytes take 64, not 80): ~90
+** bytes less RSS per idle keep-alive connection of scripts/http.lua.
 */
+static size_t small_class (size_t size) {
+  return size <= SMALL_STEP + SMALL_SLACK
+         ? 1 : (size - SMALL_SLACK + SMALL_STEP - 1) / SMALL_STEP;
+}
+
+
 static void small_free (struct smallpool *p, void *ptr) {
-  size_t k = malloc_usable_size(ptr) / SMALL_STEP;  /* what it can serve */
+  size_t u = malloc_usable_size(ptr);  /* what it can serve */
+  size_t k = u < SMALL_STEP + SMALL_SLACK ? 0 : (u - SMALL_SLACK) / SMALL_STEP;
   if (k >= 1 && k <= SMALL_CLASSES && p->n[k] < SMALL_KEEP) {
     *(void **)ptr = p->free[k];
     p->free[k] = ptr;
@@ -92,7 +123,7 @@ static void small_free (struct smallpool *p, void *ptr) {
 
 
 static void *small_alloc (struct smallpool *p, size_t size) {
-  size_t k = (size + SMALL_STEP - 1) / SMALL_STEP;
+  size_t k = small_class(size);
   void *b;
   if (k > SMALL_CLASSES) return malloc(size);
   if ((b = p->free[k]) != NULL) {
@@ -100,7 +131,7 @@ static void *small_alloc (struct smallpool *p, size_t size) {
     p->n[k]--;
     return b;
   }
-  return malloc(k * SMALL_STEP);
+  return malloc(k * SMALL_STEP + SMALL_SLACK);
 }
 
 
@@ -125,8 +156,7 @@ static void *small_lalloc (void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   if (ptr == NULL)
     b = small_alloc(&e->small, nsize);
-  else if (osize > SMALL_CLASSES * SMALL_STEP &&
-           nsize > SMALL_CLASSES * SMALL_STEP)
+  else if (osize > SMALL_MAX && nsize > SMALL_MAX)
     b = realloc(ptr, nsize);  /* neither end is a small block */
   else if ((b = small_alloc(&e->small, nsize)) != NULL) {
     memcpy(b, ptr, osize < nsize ? osize : nsize);
@@ -168,12 +198,49 @@ static int new_thread (lua_State *L) {
 
 
 /*
+** Gives t a coroutine: a spare one, or a new one (made protected: a state
+** at its --memory-limit must not panic the worker). 0 or -1.
+*/
+static int take_thread (struct eloop *e, struct task *t) {
+  lua_State *L = lsrv_L(e->x);
+  if (e->nspare > 0) {
+    struct spare *s = &e->spares[--e->nspare];
+    t->co = s->co;
+    t->ref = s->ref;
+  }
+  else {
+    e->x->sys_oom = 0;
+    lua_pushcfunction(L, new_thread);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      return -1;
+    }
+  }
+  lsrv_settask(t->co, t);
+  return 0;
+}
+
+
+/* Takes t's coroutine (ended, its stack empty) from it, for another task. */
+static void give_thread (struct eloop *e, struct task *t) {
+  if (e->nspare < SPARE_MAX) {
+    e->spares[e->nspare].co = t->co;
+    e->spares[e->nspare++].ref = t->ref;
+  }
+  else
+    luaL_unref(lsrv_L(e->x), LUA_REGISTRYINDEX, t->ref);
+  t->co = NULL;
+  t->ref = LUA_NOREF;
+}
+
+
+/*
 ** A task from the pool, or a new one; NULL when there is no memory for
 ** it (the coroutine is made protected: a state at its --memory-limit
 ** must not panic the worker).
 */
 static struct task *task_get (struct eloop *e) {
-  lua_State *L = lsrv_L(e->x);
   struct task *t = e->pool;
   if (t != NULL) {
     e->pool = t->next;
@@ -185,15 +252,11 @@ static struct task *task_get (struct eloop *e) {
     return NULL;
   }
   t->x = e->x;
-  e->x->sys_oom = 0;
-  lua_pushcfunction(L, new_thread);
-  lua_pushlightuserdata(L, t);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    lua_pop(L, 1);
+  t->park_fn = t->park_state = LUA_NOREF;
+  if (take_thread(e, t) < 0) {
     free(t);
     return NULL;
   }
-  lsrv_settask(t->co, t);
   timer_init(&t->timer, on_timer, t);
   return t;
 }
@@ -224,6 +287,7 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
   if (t->threads != NULL) lspawn_orphan(e->x, t);
   t->threads = NULL;
   t->nthreads = t->joining = t->suspended = 0;
+  t->parking = PARK_NONE;
   timer_stop(e->loop, &t->timer);
   /* a datagram request that ended well keeps its task and its object:
   ** the next datagram reuses both (start_dgram) */
@@ -248,14 +312,148 @@ static void task_put (struct eloop *e, struct task *t, int reusable) {
 }
 
 
+/* The end of request task t (its coroutine ended; reusable: cleanly). */
+static void end_request (struct eloop *e, struct task *t, int reusable) {
+  if (t->src.sin6_family != AF_UNSPEC) {
+    model_release(e->w, (struct sockaddr *)&t->src);
+    t->src.sin6_family = AF_UNSPEC;
+  }
+  e->active--;
+  unlink_running(e, t);
+  task_put(e, t, reusable);
+  model_accepting(&e->ml);
+}
+
+
+/* {------------------------------------------------------ parking */
+
+/*
+** req:recv given a continuation (lconn.c) waits with EV_IDLEWAIT: arm
+** gives the wait a timer at PARK_AFTER (or at its deadline, if sooner),
+** and when it fires first the task is resumed with ERR_PARK. A wait
+** with no deadline (--timeout 0) is not worth a timer of its own: the
+** task's timer ticks every PARK_AFTER while it makes such waits, left
+** armed between them (a timer started and stopped per wait cost 4 % of
+** a /hello request), and a wait that two ticks see (PARK_TICKED) parks. recv then
+** keeps the continuation in the task (PARK_ASKED) and returns the token,
+** which the handler returns to the flow, and the flow to us with the
+** request (resume_from). The coroutine goes back to the spares; the
+** task stays in the running list, counted as active (--max-connections),
+** and waits for its connection (PARK_PARKED) until the request's
+** deadline. Woken, it gets a coroutine, which runs the flow's
+** resumed(fn, req, state, why) (why: the wait timed out or the worker
+** stops, and the request ends without fn). So an idle kept-alive
+** connection holds its task, its request object and the continuation's
+** state, and no coroutine.
+*/
+
+/* Can task t, about to wait for input on c, be parked if it lasts? */
+static int parkable (const struct task *t, const struct lconn *c) {
+  return c != NULL && c == t->req && t->th == NULL && t->nthreads == 0 &&
+         !(c->io.flags & LC_DGRAM);
+}
+
+
+/* Drops the continuation recv kept: the handler waits again, or fails. */
+static void park_drop (struct eloop *e, struct task *t) {
+  lua_State *L = lsrv_L(e->x);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->park_fn);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->park_state);
+  t->park_fn = t->park_state = LUA_NOREF;
+  t->parking = PARK_NONE;
+}
+
+
+/* ref_request(t, req): t->ref = a registry reference to req. */
+static int ref_request (lua_State *L) {
+  struct task *t = lua_touserdata(L, 1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops req */
+  return 0;
+}
+
+
+/* t's flow returned the token and its request (on its stack): park it. */
+static void park_task (struct eloop *e, struct task *t) {
+  lua_State *L = lsrv_L(e->x), *co = t->co;
+  struct lconn *c = t->req;
+  int ok = lua_checkstack(L, 3);
+  if (ok) {
+    lua_pushcfunction(L, ref_request);
+    lua_pushlightuserdata(L, t);
+    lua_xmove(co, L, 1);  /* the request */
+  }
+  lua_settop(co, 0);
+  give_thread(e, t);
+  if (!ok || lua_pcall(L, 2, 0, 0) != LUA_OK) {  /* no memory: it ends */
+    if (ok) lua_pop(L, 1);
+    park_drop(e, t);
+    lconn_abort(c);
+    end_request(e, t, 0);
+    return;
+  }
+  t->parking = PARK_PARKED;
+  e->parked++;
+  t->suspended = 1;
+  t->wait_conn = c;
+  c->waiter = t;
+  c->wait_ev = EV_READ;
+  if (c->deadline > 0) timer_start(e->loop, &t->timer, c->deadline);
+}
+
+
+/*
+** Parked t was woken (t->wait_rc says how): gives it a coroutine and
+** pushes the flow's resumed and its arguments there; their count, or -1
+** when there was no memory for a coroutine (the request then ended).
+*/
+static int unpark_task (struct eloop *e, struct task *t) {
+  lua_State *L = lsrv_L(e->x), *co;
+  int req = t->ref;
+  e->parked--;
+  t->parking = PARK_NONE;
+  if (take_thread(e, t) < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, req);
+    t->ref = LUA_NOREF;
+    park_drop(e, t);
+    lconn_abort(t->req);
+    end_request(e, t, 0);
+    return -1;
+  }
+  co = t->co;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, e->x->resumed_ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->park_fn);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, req);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->park_state);
+  lua_pushboolean(co, t->wait_rc != 0);  /* why: a timeout, the stop */
+  luaL_unref(L, LUA_REGISTRYINDEX, req);
+  park_drop(e, t);
+  return 4;
+}
+
+
+/* The worker stops: parked requests end now (as nginx closes idle ones). */
+static void stopped (struct mloop *ml) {
+  struct eloop *e = (struct eloop *)ml;
+  for (struct task *t = e->running; t != NULL; t = t->next)
+    if (t->parking == PARK_PARKED)
+      timer_start(e->loop, &t->timer, evloop_now(e->loop));
+}
+
+/* }------------------------------------------------------ */
+
+
 /*
 ** Resumes t with nargs values on its stack, from L (the loop: the main
 ** state; luasrv.spawn: the spawning coroutine); handles its end.
 */
 static void resume_from (struct eloop *e, struct task *t, lua_State *L,
                          int nargs) {
-  lua_State *co = t->co;
+  lua_State *co;
   int nres, st;
+  if (t->co == NULL && (nargs = unpark_task(e, t)) < 0) return;
+  co = t->co;
+  if (t->parking == PARK_WAIT || t->parking == PARK_TICKED)
+    t->parking = PARK_NONE;  /* (recv sees ERR_PARK, if that was why) */
   lstate_cpu_begin(e->x, t, 0);
   t->suspended = 0;
   st = lua_resume(co, L, nargs, &nres);
@@ -291,18 +489,20 @@ static void resume_from (struct eloop *e, struct task *t, lua_State *L,
     task_put(e, t, st == LUA_OK);
     return;
   }
+  if (t->parking == PARK_ASKED) {
+    if (st == LUA_OK && nres == 2 &&  /* the flow returned token, req */
+        lua_touserdata(co, -2) == &lsrv_park_token &&
+        lua_touserdata(co, -1) == t->req) {
+      park_task(e, t);
+      return;
+    }
+    park_drop(e, t);  /* the handler did not return the token */
+  }
   if (st != LUA_OK && st != LUA_ERRERR) {
     lstate_report(co, t->req, lua_tostring(co, -1));
     lconn_abort(t->req);
   }
-  if (t->src.sin6_family != AF_UNSPEC) {
-    model_release(e->w, (struct sockaddr *)&t->src);
-    t->src.sin6_family = AF_UNSPEC;
-  }
-  e->active--;
-  unlink_running(e, t);
-  task_put(e, t, st == LUA_OK);
-  model_accepting(&e->ml);
+  end_request(e, t, st == LUA_OK);
 }
 
 
@@ -314,8 +514,19 @@ static void resume (struct eloop *e, struct task *t, int nargs) {
 static void on_timer (struct evloop *loop, struct timer *tm) {
   struct task *t = tm->data;
   struct lconn *c = t->wait_conn;
-  (void)loop;
   t->wait_rc = c != NULL ? ERR_TIMEOUT : 0;  /* a sleep ends well */
+  if ((t->parking == PARK_WAIT || t->parking == PARK_TICKED) && c != NULL &&
+      !(c->deadline > 0 && evloop_now(loop) >= c->deadline)) {
+    if (t->parking == PARK_WAIT && c->deadline == 0 &&
+        !worker_stopping(t->x->w)) {  /* a tick: the wait may be new */
+      t->parking = PARK_TICKED;
+      timer_start(loop, tm, evloop_now(loop) + PARK_AFTER);
+      return;
+    }
+    t->wait_rc = ERR_PARK;  /* the wait lasts: park, or the stop ends it */
+  }
+  if (t->parking != PARK_NONE && worker_stopping(t->x->w))
+    t->wait_rc = ERR_CUT;
   if (c != NULL && c->waiter == t) c->waiter = NULL;
   if (c != NULL && c->wwaiter == t) c->wwaiter = NULL;
   t->wait_conn = NULL;
@@ -325,6 +536,19 @@ static void on_timer (struct evloop *loop, struct timer *tm) {
 
 static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) {
   struct eloop *e = eloop_of(t->x);
+  double when = deadline;
+  if (t->parking == PARK_ASKED) park_drop(e, t);  /* it waits here instead */
+  if ((ev & EV_IDLEWAIT) && parkable(t, c)) {
+    t->parking = PARK_WAIT;
+    if (when == 0) {  /* no deadline: the tick, left armed by a last wait */
+      if (!timer_armed(&t->timer))  /* (other timers were stopped) */
+        timer_start(e->loop, &t->timer, evloop_now(e->loop) + PARK_AFTER);
+      when = -1;
+    }
+    else if (evloop_now(e->loop) + PARK_AFTER < when)
+      when = evloop_now(e->loop) + PARK_AFTER;
+  }
+  ev &= ~EV_IDLEWAIT;
   t->wait_conn = c;
   /* a write wait takes the second slot, so that a reader (another light
   ** thread) can wait too; a reader that must first flush what the writer
@@ -335,7 +559,9 @@ static void arm (struct task *t, struct lconn *c, unsigned ev, double deadline) 
     c->waiter = t;
     c->wait_ev = ev;
   }
-  if (deadline > 0) timer_start(e->loop, &t->timer, deadline);
+  if (when > 0) timer_start(e->loop, &t->timer, when);
+  else if (when == 0 && timer_armed(&t->timer))
+    timer_stop(e->loop, &t->timer);  /* a tick left armed */
 }
 
 
@@ -461,7 +687,9 @@ static void on_conn (struct evloop *loop, int fd, unsigned ev, void *data) {
   c->waiter = NULL;
   t->wait_conn = NULL;
   t->wait_rc = 0;
-  timer_stop(loop, &t->timer);
+  if (c->deadline != 0 ||  /* a tick stays armed for the next idle wait */
+      (t->parking != PARK_WAIT && t->parking != PARK_TICKED))
+    timer_stop(loop, &t->timer);
   resume(eloop_of(c->x), t, 0);
 }
 
@@ -680,6 +908,8 @@ static void trim_idle (struct eloop *e) {
   lua_State *L = lsrv_L(e->x);
   trim_tasks(e, &e->pool, &e->npool, TRIM_KEEP);
   trim_tasks(e, &e->dgpool, &e->ndgpool, TRIM_KEEP);
+  while (e->nspare > TRIM_KEEP)
+    luaL_unref(L, LUA_REGISTRYINDEX, e->spares[--e->nspare].ref);
   lua_gc(L, LUA_GCCOLLECT);
   smallpool_free(&e->small);
   bufpool_free(&e->x->pool);
@@ -692,7 +922,8 @@ static void trim_idle (struct eloop *e) {
 static void service (struct mloop *ml) {
   struct eloop *e = (struct eloop *)ml;
   long served = atomic_load(&e->w->served);
-  if (e->active == 0 && served == e->served_seen && served != e->trimmed_at) {
+  if (e->active == e->parked && served == e->served_seen &&
+      served != e->trimmed_at) {
     trim_idle(e);
     e->trimmed_at = served;
   }
@@ -735,6 +966,7 @@ static int serve_event (struct worker *w) {
   e.ml.busy = busy;
   e.ml.serviced = service;
   e.ml.conns = conns;
+  e.ml.stopped = stopped;
   if (model_loop_init(&e.ml, w) < 0) goto out;
   e.loop = e.ml.loop;
   for (int i = 0; i < w->nls; i++) {

@@ -99,7 +99,8 @@ static int thread_block (struct lctx *x, struct lconn *c, unsigned ev,
                                                                 : "read");
   /* the read itself waits: "read" stays until the next wait or the end
   ** of the request (the handler runs briefly between its reads) */
-  if (c != NULL && ev == EV_READ && lconn_block_read(c)) return 0;
+  if (c != NULL && (ev & ~EV_IDLEWAIT) == EV_READ && lconn_block_read(c))
+    return 0;
   rc = sched_block(x, c, ev, deadline);
   if (h != NULL) atomic_store(&h->waits, NULL);
   return rc;

@@ -12,6 +12,7 @@
 #include "lsrv.h"
 
 char lsrv_yield_token;
+char lsrv_park_token;
 
 
 int sched_switches (struct task *t) {
@@ -30,6 +31,7 @@ int sched_wait (lua_State *L, struct lconn *c, unsigned ev, double deadline,
                 lua_KContext kc, lua_KFunction k) {
   struct task *t = lsrv_task(L);
   const struct sched_ops *ops = t->x->ops;
+  if ((ev & EV_IDLEWAIT) && worker_stopping(t->x->w)) return ERR_CUT;
   if (sched_switches(t)) {
     if (c != NULL && (c->io.flags & LC_UNWATCHED)) {
       int rc = ops->attach(t->x, c);
@@ -68,10 +70,11 @@ void sched_unpark (struct lctx *x, int fd, struct lconn *c) {
 int sched_block (struct lctx *x, struct lconn *c, unsigned ev, double deadline) {
   int rc;
   if (c == NULL) {  /* a sleep: its end is no failure */
-    rc = worker_block(x->w, -1, 0, deadline);
+    rc = worker_block(x->w, -1, 0, deadline, 0);
     return rc == ERR_TIMEOUT ? 0 : rc;
   }
-  rc = worker_block(x->w, c->io.fd, ev & EV_READ ? POLLIN : POLLOUT, deadline);
+  rc = worker_block(x->w, c->io.fd, ev & EV_READ ? POLLIN : POLLOUT, deadline,
+                    (ev & EV_IDLEWAIT) != 0);
   if (rc == 0) c->io.flags |= ev & EV_READ ? LC_READABLE : LC_WRITABLE;
   return rc;
 }

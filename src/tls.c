@@ -9,6 +9,17 @@
 ** loop relies on. read and write loop over records until the buffer is
 ** full or the socket is empty, so a short result still means "drained".
 **
+** Records OpenSSL writes by itself wait in a queue for the next write
+** of the connection's own bytes, so that they leave in one segment: a
+** TLS 1.3 server's session tickets go with the first answer, and a
+** connection's last write (LC_LAST) takes its close_notify along. A
+** connection with a handshake after a new connection per request sent
+** four segments, nginx's too; it sends two. The queue goes out whenever
+** the connection would wait for its peer: a handshake or a read that
+** wants input, the end of every write, the close. Only a TLS 1.3
+** server's tickets may stay queued past a read that returns data (a
+** client never waits for them); every other flight leaves at once.
+**
 ** The server's contexts are built once by the master, before it forks:
 ** every worker inherits them. The session ticket keys are in memory they
 ** all share, made and rotated by the master, so a session resumes
@@ -17,6 +28,7 @@
 */
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +36,7 @@
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,6 +58,11 @@ struct tlsconn {
   int syserr;                 /* errno of the socket call that failed */
   int failed;                 /* a fatal error: no close_notify */
   int drained;                /* the last recv was short: the socket is empty */
+  int hold;                   /* records written now wait in q */
+  int notified;               /* the close_notify is written */
+  int handshaking;            /* counted in hs_inflight */
+  size_t owed;                /* bytes a write took whose records wait in q */
+  struct buf q;               /* records not sent yet, oldest first */
   pid_t pid;                  /* the process whose session it is */
   char *key;                  /* a client's session cache key, or NULL */
   size_t npre, off;
@@ -120,12 +138,99 @@ static void take_error (const char *what) {
 
 /* {====================================================== the BIO */
 
+/* getpid() is a system call: cached, and refreshed in a forked child. */
+static pid_t self_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_refresh (void) {
+  self_pid = getpid();
+}
+
+
+static void pid_init (void) {
+  pid_refresh();
+  pthread_atfork(NULL, NULL, pid_refresh);
+}
+
+
+/* Is t's session this process's (not a fork-model parent's copy)? */
+static int own (const struct tlsconn *t) {
+  return t->pid == self_pid;
+}
+
+
+#define QUEUE_MAX BUF_CHUNK   /* queued at most; a full record goes at once */
+
+/* send(2) of n bytes at p, retried on EINTR. */
+static ssize_t send1 (int fd, const char *p, size_t n) {
+  ssize_t r;
+  do r = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+
+/*
+** Sends the queue (not empty) and then n bytes of p (n may be 0) in one
+** system call: the bytes of p sent, or -1 with errno (EAGAIN: the socket
+** is full, as a send that stops short says too). What went of the queue
+** leaves it.
+*/
+static ssize_t send_queued (struct tlsconn *t, const char *p, size_t n) {
+  size_t qlen = buf_len(&t->q);
+  struct iovec iov[2];
+  struct msghdr m;
+  ssize_t r;
+  if (n == 0) r = send1(t->c->fd, buf_head(&t->q), qlen);
+  else {
+    iov[0].iov_base = (char *)buf_head(&t->q);
+    iov[0].iov_len = qlen;
+    iov[1].iov_base = (char *)p;
+    iov[1].iov_len = n;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = 2;
+    do r = sendmsg(t->c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+  }
+  if (r < 0) return r;
+  if ((size_t)r < qlen || ((size_t)r == qlen && n > 0)) {
+    buf_consume(&t->q, (size_t)r < qlen ? (size_t)r : qlen);
+    errno = EAGAIN;
+    return -1;
+  }
+  buf_consume(&t->q, qlen);
+  buf_release(&t->q, t->c->pool);
+  return r - (ssize_t)qlen;
+}
+
+
+/* Sends what is queued: 0, CONN_WANT_WRITE, or a failure code. */
+static int flush_queue (struct tlsconn *t) {
+  while (buf_len(&t->q) > 0) {  /* bounded: each pass sends or returns */
+    if (send_queued(t, NULL, 0) < 0) {
+      if (errno == EAGAIN) {
+        t->c->flags &= ~LC_WRITABLE;
+        return CONN_WANT_WRITE;
+      }
+      t->syserr = errno;
+      t->failed = 1;
+      return conn_errno(errno);
+    }
+  }
+  return 0;
+}
+
+
 static int bio_write (BIO *b, const char *p, int n) {
   struct tlsconn *t = BIO_get_data(b);
+  size_t qlen = buf_len(&t->q);
   ssize_t r;
   BIO_clear_retry_flags(b);
-  do r = send(t->c->fd, p, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (r < 0 && errno == EINTR);
+  if (t->hold && qlen + (size_t)n <= QUEUE_MAX &&
+      buf_append(&t->q, p, (size_t)n, t->c->pool) == 0)
+    return n;
+  r = qlen == 0 ? send1(t->c->fd, p, (size_t)n) : send_queued(t, p, (size_t)n);
   if (r >= 0) return (int)r;
   if (errno == EAGAIN) {
     BIO_set_retry_write(b);
@@ -146,9 +251,16 @@ static int bio_read (BIO *b, char *p, int n) {
     t->off += k;
     return (int)k;
   }
+  /* a short recv emptied the socket and no edge came since: it would
+  ** only find EAGAIN (the handshake reads again after each flight) */
+  if (t->drained && !(t->c->flags & (LC_READABLE | LC_RDHUP))) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
   do r = recv(t->c->fd, p, (size_t)n, MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
   t->drained = r >= 0 && r < n;
+  if (r > 0 && r < n && !(t->c->flags & LC_RDHUP)) t->c->flags &= ~LC_READABLE;
   if (r >= 0) return (int)r;
   if (errno == EAGAIN) {
     BIO_set_retry_read(b);
@@ -185,6 +297,66 @@ static void make_bio_meth (void) {
 /* }====================================================== */
 
 
+/* {====================================================== the heap after a burst */
+
+/*
+** A handshake borrows about 50 KB from the heap (OpenSSL's two record
+** buffers and its handshake buffer, ~16.5 KB each, and many small blocks)
+** and gives it back when it is done (SSL_MODE_RELEASE_BUFFERS), but
+** meanwhile the lasting state of the connections beside it is allocated
+** around those blocks: after a burst their places are holes between
+** connections that stay, memory malloc keeps and the process pays for.
+** 5,000 connections set up 256 at a time left 4.8 MB of them, ~1 KB of
+** RSS per connection, more than the holes nginx keeps. So when no
+** handshake is in flight and HS_TRIM ended since the last time, the free
+** pages go back to the system (malloc_trim): at once when the last one
+** ends if the last time was a second ago or HS_TRIM_MANY handshakes ago,
+** else at the next service tick (tls_service). A trim walks malloc's free
+** lists (a few thousand instructions), and the pages it gave back fault in again
+** as they are used: ~500 faults and ~100 madvise calls under a steady
+** load of new connections, at most once a second or per HS_TRIM_MANY
+** handshakes. Counted by process: malloc_trim trims every arena.
+*/
+#define HS_TRIM 64
+#define HS_TRIM_MANY 1024
+
+static atomic_long hs_inflight, hs_ended, hs_trim_ended, hs_trim_sec;
+
+static void trim_heap (void) {
+  struct timespec now;
+  long ended = atomic_load(&hs_ended), last = atomic_load(&hs_trim_ended);
+  long sec;
+  if (atomic_load(&hs_inflight) != 0 || ended - last < HS_TRIM) return;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+  sec = atomic_load(&hs_trim_sec);
+  if ((long)now.tv_sec <= sec && ended - last < HS_TRIM_MANY) return;
+  if (!atomic_compare_exchange_strong(&hs_trim_ended, &last, ended)) return;
+  atomic_store(&hs_trim_sec, (long)now.tv_sec);
+  malloc_trim(0);
+}
+
+
+void tls_service (void) {
+  trim_heap();
+}
+
+
+static void handshake_begins (struct tlsconn *t) {
+  t->handshaking = 1;
+  atomic_fetch_add(&hs_inflight, 1);
+}
+
+
+static void handshake_ends (struct tlsconn *t) {
+  if (!t->handshaking) return;
+  t->handshaking = 0;
+  atomic_fetch_add(&hs_ended, 1);
+  if (atomic_fetch_sub(&hs_inflight, 1) == 1) trim_heap();
+}
+
+/* }====================================================== */
+
+
 /* {====================================================== the transport */
 
 /* The result of an SSL call that returned r <= 0. */
@@ -211,55 +383,110 @@ static int ssl_result (struct tlsconn *t, int r) {
 }
 
 
+/*
+** A read: records OpenSSL writes meanwhile (a key update's answer, an
+** alert) are queued, and leave now unless data came (the next write
+** takes them): so the tickets a handshake queued wait for the answer.
+*/
 static long tls_read (struct conn *c, char *p, size_t n) {
   struct tlsconn *t = c->tls;
   size_t got = 0;
+  int rc = 0;
+  t->hold = 1;
   while (got < n) {
     int want = n - got > INT_MAX ? INT_MAX : (int)(n - got);
     int r = SSL_read(t->ssl, p + got, want);
-    int rc;
     if (r > 0) {
       got += (size_t)r;
       /* read ahead: a short recv emptied the socket, and nothing is left
       ** in OpenSSL's buffer, so another try would only find EAGAIN */
       if (t->drained && !SSL_has_pending(t->ssl)) {
         c->flags &= ~LC_READABLE;
-        return (long)got;
+        break;
       }
       continue;
     }
     rc = ssl_result(t, r);
-    if (got > 0) return (long)got;  /* the socket is empty, or ended */
-    return rc;
+    break;
   }
-  return (long)got;
+  t->hold = 0;
+  if (got > 0) return (long)got;  /* the socket is empty, or ended */
+  if (buf_len(&t->q) > 0) {
+    int frc = flush_queue(t);
+    if (frc < 0 && rc == CONN_WANT_READ) return frc;
+  }
+  return rc;
 }
 
 
+/*
+** A write. Its records join what is queued (and, when LC_LAST says the
+** connection closes after it, the close_notify) and leave with it.
+** When the socket takes only part of them, the write reports none of
+** its bytes: the caller waits and calls again with the same bytes,
+** which then count as written once the queue has gone.
+*/
 static long tls_write (struct conn *c, const char *p, size_t n) {
   struct tlsconn *t = c->tls;
   size_t put = 0;
+  int rc = 0;
+  if (t->owed > 0) {
+    size_t k = t->owed < n ? t->owed : n;
+    if ((rc = flush_queue(t)) < 0) return rc;
+    t->owed = 0;
+    return (long)k;
+  }
+  t->hold = buf_len(&t->q) > 0 || (c->flags & LC_LAST);
   while (put < n) {
     int want = n - put > INT_MAX ? INT_MAX : (int)(n - put);
     int r = SSL_write(t->ssl, p + put, want);
-    int rc;
-    if (r > 0) {
-      put += (size_t)r;
-      continue;
+    if (r <= 0) {
+      rc = ssl_result(t, r);
+      break;
     }
-    rc = ssl_result(t, r);
-    if (put > 0) return (long)put;
-    return rc == 0 ? ERR_CLOSED : rc;
+    put += (size_t)r;
   }
-  return (long)put;
+  if (put == n && (c->flags & LC_LAST) && !t->notified && own(t)) {
+    SSL_shutdown(t->ssl);
+    t->notified = 1;
+    ERR_clear_error();
+  }
+  t->hold = 0;
+  if (buf_len(&t->q) > 0) {
+    int frc = flush_queue(t);
+    if (frc == CONN_WANT_WRITE && put > 0) {
+      t->owed = put;
+      return frc;
+    }
+    if (frc < 0) return frc;
+  }
+  if (put > 0) return (long)put;
+  return rc == 0 ? ERR_CLOSED : rc;
+}
+
+
+/* The close_notify, if the session is sound and ours, and what is queued. */
+static void send_end (struct tlsconn *t) {
+  if (!own(t)) return;
+  t->hold = 1;
+  if (!t->failed && !t->notified && SSL_is_init_finished(t->ssl)) {
+    SSL_shutdown(t->ssl);
+    t->notified = 1;
+  }
+  t->hold = 0;
+  ERR_clear_error();
+  if (buf_len(&t->q) > 0) flush_queue(t);
+}
+
+
+static int tls_flush (struct conn *c) {
+  struct tlsconn *t = c->tls;
+  return buf_len(&t->q) > 0 ? flush_queue(t) : 0;
 }
 
 
 static int tls_shutdown (struct conn *c) {
-  struct tlsconn *t = c->tls;
-  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
-    SSL_shutdown(t->ssl);
-  ERR_clear_error();
+  send_end(c->tls);
   return shutdown(c->fd, SHUT_WR) < 0 ? conn_errno(errno) : 0;
 }
 
@@ -272,11 +499,11 @@ static int tls_shutdown (struct conn *c) {
 static void tls_free (struct conn *c) {
   struct tlsconn *t = c->tls;
   if (t == NULL) return;
-  if (!t->failed && t->pid == getpid() && SSL_is_init_finished(t->ssl))
-    SSL_shutdown(t->ssl);
-  ERR_clear_error();
+  send_end(t);
+  buf_free(&t->q, c->pool);
   SSL_free(t->ssl);
   free(t->key);
+  handshake_ends(t);  /* one that failed, or was cut short */
   free(t);
   c->tls = NULL;
 }
@@ -294,6 +521,7 @@ const struct conn_ops conn_tls = {
   .write = tls_write,
   .shutdown = tls_shutdown,
   .close = tls_close,
+  .flush = tls_flush,
 };
 
 
@@ -314,12 +542,13 @@ static int start (struct conn *c, SSL_CTX *ctx) {
   struct tlsconn *t;
   BIO *b;
   pthread_once(&bio_once, make_bio_meth);
+  pthread_once(&pid_once, pid_init);
   if (bio_meth == NULL || (t = malloc(sizeof *t + npre)) == NULL) return -ENOMEM;
   memset(t, 0, sizeof *t);
   if (npre > 0) memcpy(t->pre, buf_head(&c->in), npre);
   t->npre = npre;
   t->c = c;
-  t->pid = getpid();
+  t->pid = self_pid;
   if ((t->ssl = SSL_new(ctx)) == NULL || (b = BIO_new(bio_meth)) == NULL) {
     if (t->ssl != NULL) SSL_free(t->ssl);
     free(t);
@@ -328,6 +557,7 @@ static int start (struct conn *c, SSL_CTX *ctx) {
   }
   BIO_set_data(b, t);
   SSL_set_bio(t->ssl, b, b);
+  handshake_begins(t);
   buf_consume(&c->in, npre);
   c->scan = 0;
   c->tls = t;
@@ -336,16 +566,39 @@ static int start (struct conn *c, SSL_CTX *ctx) {
 }
 
 
+/*
+** One step of the handshake; its flights are queued and leave before it
+** waits. At its end, a TLS 1.3 server's tickets stay queued for the
+** first answer; anything else goes now (a TLS 1.2 server's Finished,
+** that the client waits for; a client's, whose server waits).
+*/
 int tls_handshake (struct conn *c) {
   struct tlsconn *t = c->tls;
-  int r = SSL_do_handshake(t->ssl);
-  int rc;
+  int r, rc;
+  t->hold = 1;
+  r = SSL_do_handshake(t->ssl);
+  t->hold = 0;
   if (r == 1) {
+    if (buf_len(&t->q) > 0 && (!SSL_is_server(t->ssl) ||
+                               SSL_version(t->ssl) != TLS1_3_VERSION) &&
+        (rc = flush_queue(t)) < 0) {
+      if (rc == CONN_WANT_WRITE) return rc;
+      snprintf(errbuf, sizeof errbuf, "%s", conn_strerror(rc));
+      return ERR_TLS;
+    }
+    /* data may follow at once: read ahead, or still in the socket */
+    if (SSL_has_pending(t->ssl) || !t->drained || t->off < t->npre)
+      c->flags |= LC_READABLE;
     if (t->npre == t->off && t->npre > 0) t->npre = t->off = 0;
-    c->flags |= LC_READABLE | LC_WRITABLE;  /* data may follow at once */
+    handshake_ends(t);
+    c->flags |= LC_WRITABLE;
     return 0;
   }
   rc = ssl_result(t, r);
+  if (buf_len(&t->q) > 0) {  /* the flight, or an alert */
+    int frc = flush_queue(t);
+    if (frc == CONN_WANT_WRITE && conn_wants(rc)) return frc;
+  }
   if (rc == 0 || rc == ERR_CLOSED) {
     snprintf(errbuf, sizeof errbuf, "the peer closed the connection");
     return ERR_TLS;

@@ -90,6 +90,12 @@ int tls_client_start (struct conn *c, void *ctx, const char *sni, int verify,
 /* One step of c's handshake: 0 done, CONN_WANT_*, or ERR_TLS. */
 int tls_handshake (struct conn *c);
 
+/*
+** The service tick's part: the heap holes a burst of handshakes left go
+** back to the system once none is in flight (tls.c says why).
+*/
+void tls_service (void);
+
 /* Why the last TLS call of this thread failed (OpenSSL's reason). */
 const char *tls_error (void);
 

@@ -167,13 +167,15 @@ void worker_signals (struct worker *w) {
 }
 
 
-int worker_block (struct worker *w, int fd, short events, double deadline) {
+int worker_block (struct worker *w, int fd, short events, double deadline,
+                  int idle) {
   for (;;) {
     struct pollfd p[3];
     int n = 1, stopping, ms, cut = 0, admin = -1;
     double now = monotonic_now(), until = deadline;
     if (sig_stop) worker_stop(w);
     stopping = worker_stopping(w);
+    if (stopping && idle) return -ECANCELED;
     if (stopping) {
       double c = atomic_load(&w->cut_at);
       if (until == 0 || c < until) {

@@ -84,8 +84,11 @@ static inline int worker_stopping (struct worker *w) {
 ** Waits until fd is ready for events (POLLIN/POLLOUT), deadline passes
 ** (0 = none) or the shutdown grace period ends. fd may be -1 to just
 ** sleep. Returns 0 (ready), -ETIMEDOUT, -ECANCELED (cut by shutdown) or
-** -errno. Used by the blocking models.
+** -errno. idle: a wait for a client's next request, which the stop ends
+** at once (-ECANCELED) rather than at the end of the grace. Used by the
+** blocking models.
 */
-int worker_block (struct worker *w, int fd, short events, double deadline);
+int worker_block (struct worker *w, int fd, short events, double deadline,
+                  int idle);
 
 #endif

@@ -81,6 +81,7 @@ is incomplete.
 local cjson = require "cjson"
 local luasrv = require "luasrv"
 local now = luasrv.now
+local PARKED = luasrv.PARKED
 
 local byte, char, find, format, gsub, lower, match, sub =
   string.byte, string.char, string.find, string.format, string.gsub,
@@ -329,17 +330,20 @@ local function set_wait (rd, deadline)
   return true
 end
 
+local resume       -- a parked connection's continuation (serve_requests)
+
 -- Appends what the connection has next to the buffer (waiting for it, up
 -- to deadline). Returns true, or nil and "timeout", the read's error, or
--- nothing at EOF.
-local function fill (rd, deadline)
+-- nothing at EOF. pst: the wait for a new request may park with this
+-- state (serve_requests): then PARKED.
+local function fill (rd, deadline, pst)
   if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
     return nil, "timeout"
   end
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then rd.buf, buf = "", "" end  -- not held through the wait
-  local data, err = rd.recv(rd.conn, RECV_MAX)
-  if not data then return nil, err end
+  local data, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
+  if not data or data == PARKED then return data, err end
   if pos <= #buf then data = sub(buf, pos) .. data end
   rd.buf, rd.pos = data, 1
   return true
@@ -1032,19 +1036,22 @@ end
 -- read_new_head's. deadline: when the head must have come, for the
 -- connection's first request (header_timeout from the connection's
 -- start); later ones have keepalive_timeout for their first byte, then
--- header_timeout for the rest of the head.
-local function read_request (rd, opts, mt, deadline)
+-- header_timeout for the rest of the head. pst: serve_requests' state
+-- when that wait for a first byte may park: then nil, nil, nil, PARKED.
+local function read_request (rd, opts, mt, deadline, pst)
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then
     if deadline or rd.timeout ~= rd.idle then
-      local ok, err = fill(rd, deadline)
+      local ok, err = fill(rd, deadline, not deadline and pst)
+      if ok == PARKED then return nil, nil, nil, ok end
       if not ok then return lost(err, false) end
       buf, pos = rd.buf, rd.pos
     else                        -- (fill, inline)
       local err
       rd.buf = ""               -- not held through the wait
-      buf, err = rd.recv(rd.conn, RECV_MAX)
+      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
       if not buf then return lost(err, false) end
+      if buf == PARKED then return nil, nil, nil, buf end
       pos = 1
       rd.buf, rd.pos = buf, 1
     end
@@ -1449,29 +1456,62 @@ local function respond (conn, r, opts, write, last, status, headers, body)
   return sent
 end
 
+-- Stack slots that serving a request takes beyond serve's frame (with a
+-- route handler that returns a string). A coroutine's stack starts at 40
+-- slots and doubles when a call needs more: to 80, then to 160 in the
+-- first request, and a kept-alive connection waiting in place for its
+-- next one (a busy one: an idle one parks) kept all of it (2.6 KiB; the
+-- collector left it so, measured with scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
+-- makes room for its results first (at each connection: the collector
+-- shrinks the stack of a coroutine pooled between connections).
+local STACK_ROOM = 77
+local ROOM = ("\0"):rep(STACK_ROOM)
+
+local serve_loop
+
+-- A parked connection's continuation (req:recv's): its next request came.
+-- (Without byte(ROOM): the coroutine is the loop's, and making room each
+-- time cost more than its growth, about 1,400 instructions a resume.)
+function resume (conn, st)
+  return serve_loop(conn, st)
+end
+
 -- The requests of a connection, read and answered in order until the
--- connection ends or must close. st holds the loop's state, so that after
--- a handler raised (st.r is its request) serve can answer 500 and call
--- this again to go on: one xpcall per connection, not one per request.
-local function serve_requests (st, rd, mt, opts, handler, write)
-  local conn, max = rd.conn, opts.max_requests
-  for n = st.n + 1, max do
-    st.n = n
-    local r, status, partial = read_request(rd, opts, mt, st.deadline)
-    st.deadline = nil
+-- connection ends or must close. st holds the loop's state, an array (a
+-- parked connection keeps it: the smallest table): [1] the reader, [2]
+-- the requests' metatable, [3] the server's { opts, handler, parks }
+-- (parks false: http.serve, which returns when the connection ends), [4]
+-- conn.write, [5] the requests served, [6] the request in its handler
+-- (or false), [7] the first head's deadline. So after a handler raised
+-- (st[6] is its request) serve can answer 500 and call this again to go
+-- on (one xpcall per connection, not one per request), and a connection
+-- that waits for its next request with nothing buffered can park: it
+-- returns recv's token, and the core calls resume(conn, st) when the
+-- request comes (in the event model, the connection then holds no
+-- coroutine while it waits).
+local function serve_requests (st)
+  local rd, mt, srv, write = st[1], st[2], st[3], st[4]
+  local opts, handler = srv[1], srv[2]
+  local conn, max, pst = rd.conn, opts.max_requests, srv[3] and st or nil
+  for n = st[5] + 1, max do
+    st[5] = n
+    local r, status, partial, parked = read_request(rd, opts, mt, st[7],
+      pst)
+    st[7] = nil
     if rd.timeout ~= nil then     -- the handler runs with the server's
       conn:settimeout(nil)
       rd.timeout = nil
     end
     if not r then
+      if parked then st[5] = n - 1 end  -- resume reads it
       if status then send_error(conn, status, partial, opts) end
-      return
+      return parked
     end
     if n == max then r.last = true end
-    st.r = r
+    st[6] = r
     local headers, body
     status, headers, body = handler(r)
-    st.r = false
+    st[6] = false
     local sb = rd.stream
     if sb then                  -- a streamed body: failed, or left unread
       rd.stream = false
@@ -1515,32 +1555,17 @@ local function first_deadline (opts)
   return nil
 end
 
--- Stack slots that serving a request takes beyond serve's frame (with a
--- route handler that returns a string). A coroutine's stack starts at 40
--- slots and doubles when a call needs more: to 80, then to 160 in the
--- first request, and a kept-alive connection waiting for its next one
--- kept all of it (2.6 KiB; the collector left it so, measured with
--- scripts/http.lua). Made room for at once, it is 1.5 KiB: string.byte
--- makes room for its results first (at each connection: the collector
--- shrinks the stack of a coroutine pooled between connections).
-local STACK_ROOM = 77
-local ROOM = ("\0"):rep(STACK_ROOM)
 
--- Serves HTTP on the luasrv request conn: reads requests and answers each
--- with handler(r), in order, until the connection ends or must close.
-function M.serve (conn, handler, opts)
-  byte(ROOM, 1, -1)
-  opts = options(opts)
-  local rd = new_reader(conn, opts)
-  local st = { n = 0, r = false, deadline = first_deadline(opts) }
-  local mt, write = request_mt(conn, opts, rd), conn.write
+-- Serves the connection of st (serve_requests) until it ends, must close
+-- or parks (then it returns the park token).
+function serve_loop (conn, st)
+  local rd, opts = st[1], st[3][1]
   while true do                   -- once more after each handler's error
-    local ok, err = xpcall(serve_requests, traceback, st, rd, mt, opts,
-      handler, write)
-    if ok then return end
-    local r = st.r
+    local ok, err = xpcall(serve_requests, traceback, st)
+    if ok then return err end
+    local r = st[6]
     if not r then error(err, 0) end       -- not the handler's
-    st.r = false
+    st[6] = false
     luasrv.log(("error handling %s %s from %s: %s"):format(r.method,
       r.target, tostring(conn.client_address), err))
     if r._started then
@@ -1553,10 +1578,27 @@ function M.serve (conn, handler, opts)
       if not sb.done then r.keepalive, r.unread = false, true end
     end
     if not send_response(conn, r, opts, 500, TEXT,
-        "Internal Server Error\n") or st.n >= opts.max_requests then
+        "Internal Server Error\n") or st[5] >= opts.max_requests then
       return
     end
   end
+end
+
+-- Serves HTTP on the luasrv request conn: reads requests and answers each
+-- with srv's handler, in order (srv: st[3] of serve_requests); returns
+-- the park token when it parks.
+local function serve (conn, srv)
+  byte(ROOM, 1, -1)
+  local opts = srv[1]
+  local rd = new_reader(conn, opts)
+  local st = { rd, request_mt(conn, opts, rd), srv, conn.write, 0, false,
+    first_deadline(opts) }
+  return serve_loop(conn, st)
+end
+
+-- Serves HTTP on conn until the connection ends or must close.
+function M.serve (conn, handler, opts)
+  serve(conn, { options(opts), handler, false })
 end
 
 -- the reader of each connection read with M.read_request
@@ -1589,8 +1631,10 @@ end
 
 -- The hooks table of a script whose every request runs handler(r).
 function M.handler (handler, opts)
-  opts = options(opts)
-  return { handle = function (conn) return M.serve(conn, handler, opts) end }
+  local srv = { options(opts), handler, true }
+  -- (the handle hook returns what serve returns: the flow parks the
+  -- connection on req:recv's token)
+  return { handle = function (conn) return serve(conn, srv) end }
 end
 
 -- A JSON response: status (200), headers plus the Content-Type.

@@ -65,6 +65,33 @@ TEST(reserve_slides) {
 }
 
 
+TEST(big_blocks_pooled) {
+  struct bufpool p;
+  struct buf b = {0};
+  void *first;
+  bufpool_init(&p);
+  ASSERT_EQ(buf_reserve(&b, BUF_BIG, &p), 0);   /* a 64 KiB read's room */
+  ASSERT_EQ(b.cap, (size_t)BUF_BIG);
+  first = b.data;
+  ASSERT_EQ(buf_append(&b, "GET", 3, &p), 0);
+  buf_consume(&b, 3);
+  buf_release(&b, &p);
+  ASSERT(b.data == NULL);
+  ASSERT_EQ(p.nbig, 1);
+  ASSERT_EQ(p.n, 0);
+  ASSERT_EQ(buf_reserve(&b, BUF_BIG, &p), 0);   /* the same block again */
+  ASSERT(b.data == first);
+  ASSERT_EQ(p.nbig, 0);
+  buf_free(&b, &p);
+  ASSERT_EQ(buf_reserve(&b, BUF_BIG + 1, &p), 0);  /* larger: not pooled */
+  ASSERT(b.cap > (size_t)BUF_BIG);
+  buf_free(&b, &p);
+  ASSERT_EQ(p.nbig, 1);
+  bufpool_free(&p);
+  ASSERT_EQ(p.nbig, 0);
+}
+
+
 static int fired[8], nfired;
 
 static void on_fire (struct evloop *loop, struct timer *t) {
@@ -150,6 +177,7 @@ int main (void) {
   RUN(append_consume);
   RUN(grow_keeps_bytes);
   RUN(reserve_slides);
+  RUN(big_blocks_pooled);
   RUN(timer_heap_order);
   RUN(timer_heap_churn);
   return DONE();
