@@ -637,9 +637,12 @@ static int pool_gc (lua_State *L) {
 /* Pushes the pool of x's state (making it if need be) and returns it. */
 static struct kpool *push_pool (lua_State *L, struct lctx *x) {
   struct kpool *kp;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TUSERDATA)
+  /* by its reference: a registry array slot is a cheaper look-up than
+  ** pool_key (which lconnect_sweep uses) */
+  if (x->pool_ref != 0 &&
+      lua_rawgeti(L, LUA_REGISTRYINDEX, x->pool_ref) == LUA_TUSERDATA)
     return lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  if (x->pool_ref != 0) lua_pop(L, 1);
   kp = lua_newuserdatauv(L, sizeof *kp, 1);
   memset(kp, 0, sizeof *kp);
   kp->x = x;
@@ -654,6 +657,8 @@ static struct kpool *push_pool (lua_State *L, struct lctx *x) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+  lua_pushvalue(L, -1);
+  x->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return kp;
 }
 
@@ -715,7 +720,7 @@ static void entry_take (lua_State *L, struct lctx *x, struct pentry *e,
   p->io.fd = e->io.fd;
   p->io.tr = e->io.tr;
   tls_move(&e->io, &p->io);
-  p->io.flags = e->io.flags;
+  p->io.flags = e->io.flags | (p->io.flags & LC_HOSTNAME);  /* set above */
   p->io.nin = e->io.nin;
   p->io.nout = e->io.nout;
   p->reused = e->reused + 1;

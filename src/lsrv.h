@@ -134,6 +134,7 @@ struct lctx {
   int resumed_ref;            /* resumed(fn, req, state, why): a parked
                                  request's flow from its continuation */
   int servers_ref;            /* array of server tables, one per listener */
+  int pool_ref;               /* lconnect.c's keep-alive pool; 0: none yet */
   void *model;                /* model-private data */
   size_t mem_used;            /* bytes the state holds (its allocator) */
   size_t mem_limit;           /* --memory-limit; 0 = none */
@@ -150,6 +151,7 @@ struct lctx {
 #define LC_OUTBOUND 0x80u     /* made by luasrv.connect, not accepted */
 #define LC_UNWATCHED 0x200u   /* event model: fd not in the loop yet */
 #define LC_PROXY    0x400u    /* --proxy-protocol: its header is still to read */
+#define LC_HOSTNAME 0x800u    /* the object has a host name (ltls.c's hosts) */
 #define LC_DGRAW    0x2000u   /* a renewed datagram: in.data is the model's
                                  receive buffer, req.request not made yet */
 

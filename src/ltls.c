@@ -392,11 +392,14 @@ void ltls_set_host (lua_State *L, int idx, const char *host) {
   lua_pushstring(L, host);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  ((struct lconn *)lua_touserdata(L, idx))->io.flags |= LC_HOSTNAME;
 }
 
 
 char *ltls_dup_host (lua_State *L, int idx) {
   char *host = NULL;
+  struct lconn *c = lua_touserdata(L, idx);
+  if (!(c->io.flags & LC_HOSTNAME)) return NULL;  /* the usual: none */
   idx = lua_absindex(L, idx);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &hosts_key) == LUA_TTABLE) {
     lua_pushvalue(L, idx);
