@@ -932,7 +932,7 @@ end
 -- use; the router reads these two).
 local function recall (e, mt)
   return setmetatable({ _e = e, _started = false, method = e[1],
-    path = e[3] }, mt)
+    path = e[3], params = nil }, mt)  -- (room for a route's params)
 end
 
 -- The head s (whole, from the buffer at start), parsed: the request; or
@@ -1060,7 +1060,7 @@ local function read_request (rd, opts, mt, deadline, pst)
   if e and buf == e.head and pos == 1 then
     rd.pos = #buf + 1
     return setmetatable({ _e = e, _started = false, method = e[1],
-      path = e[3] }, mt)          -- (recall, inline)
+      path = e[3], params = nil }, mt)        -- (recall, inline)
   end
   e = find(buf, "\r\n\r\n", pos, true)
   if not e then return read_new_head(rd, opts, mt, deadline) end
