@@ -122,10 +122,11 @@ return {
 
   it("a worker whose heap is exhausted (ulimit -v) says so and exits; the "
      .. "master starts a fresh one that serves", function ()
-    -- AddressSanitizer's allocator maps its own memory: under an address
-    -- space limit it fails itself before the program's malloc can
-    if os.getenv("ASAN_OPTIONS") then
-      pending("not under AddressSanitizer")
+    -- AddressSanitizer's and ThreadSanitizer's allocators map their own
+    -- memory: under an address space limit they fail themselves before
+    -- the program's malloc can
+    if os.getenv("ASAN_OPTIONS") or os.getenv("TSAN_OPTIONS") then
+      pending("not under a sanitizer")
       return
     end
     local srv = H.start{ model = model, source = [[

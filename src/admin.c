@@ -85,7 +85,8 @@ void admin_conn (struct admin_out *o, const struct lconn *c,
   address_format_peer((const struct sockaddr *)&c->peer, c->peerlen, peer,
                       sizeof peer);
   outf(o, "%-28s %-28s %8.1f %10llu %10llu %s\n", peer[0] ? peer : "-", ls,
-       o->now - c->born, c->io.nin, c->io.nout, waits);
+       o->now - c->born, __atomic_load_n(&c->io.nin, __ATOMIC_RELAXED),
+       __atomic_load_n(&c->io.nout, __ATOMIC_RELAXED), waits);
   if (!o->cut) o->n++;
 }
 

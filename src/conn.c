@@ -183,7 +183,7 @@ static int fill_message (struct conn *c) {
   n = c->tr->read(c, buf_tail(&c->in), buf_space(&c->in));
   if (n >= 0) {  /* more may be queued: stay readable until EAGAIN */
     c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
+    conn_count_in(c, (unsigned long long)n);
     return (int)n;
   }
   if (n == CONN_WANT_READ) c->flags &= ~LC_READABLE;
@@ -210,7 +210,7 @@ int conn_fill (struct conn *c, size_t want) {
   n = c->tr->read(c, buf_tail(&c->in), space);
   if (n > 0) {
     c->in.end += (size_t)n;
-    c->nin += (unsigned long long)n;
+    conn_count_in(c, (unsigned long long)n);
     /* A short read drained the socket; the next edge says when more
     ** comes (nginx does the same), so we save a read that would fail.
     ** Not when the peer's EOF is pending: it brings no further edge. */
@@ -235,7 +235,7 @@ int conn_flush (struct conn *c) {
     if (n > 0) {
       if ((size_t)n < buf_len(&c->out)) c->flags &= ~LC_WRITABLE;
       buf_consume(&c->out, (size_t)n);
-      c->nout += (unsigned long long)n;
+      conn_count_out(c, (unsigned long long)n);
       continue;
     }
     if (n == CONN_WANT_WRITE) {
@@ -261,7 +261,7 @@ size_t conn_write_direct (struct conn *c, const char *s, size_t len) {
   n = c->tr->write(c, s, len);
   if (n <= 0) return 0;  /* the buffered path reports the error */
   if ((size_t)n < len) c->flags &= ~LC_WRITABLE;
-  c->nout += (unsigned long long)n;
+  conn_count_out(c, (unsigned long long)n);
   return (size_t)n;
 }
 
@@ -317,7 +317,7 @@ static int send_file (struct conn *c, int fd, off_t *off, off_t *left) {
     if (!(c->flags & LC_WRITABLE)) return CONN_WANT_WRITE;
     n = c->tr->sendfile(c, fd, off, want);
     if (n > 0) {
-      c->nout += (unsigned long long)n;
+      conn_count_out(c, (unsigned long long)n);
       *left -= n;
       continue;
     }
@@ -414,7 +414,7 @@ static void dgq_add (struct dgq *q, struct conn *c, const struct sockaddr *to,
   memset(&c->out, 0, sizeof c->out);
   memcpy(&q->to[q->n], to, tolen);
   q->tolen[q->n] = tolen;
-  c->nout += buf_len(&q->data[q->n]);
+  conn_count_out(c, buf_len(&q->data[q->n]));
   if (++q->n == DGQ_MAX) dgq_flush(q, c->pool);
 }
 
@@ -431,7 +431,7 @@ int conn_reply (struct conn *c, struct dgq *q, const struct sockaddr *to,
                 to, tolen);
   while (n < 0 && errno == EINTR);
   if (n < 0) return conn_errno(errno);
-  c->nout += (unsigned long long)n;
+  conn_count_out(c, (unsigned long long)n);
   return 0;
 }
 

@@ -102,6 +102,19 @@ struct conn {
 };
 
 /*
+** The byte counts grow in the thread that owns the connection; the
+** console reads them from the worker's main thread (the thread model), so
+** both sides use relaxed atomic accesses (plain moves on x86 and ARM).
+*/
+static inline void conn_count_in (struct conn *c, unsigned long long n) {
+  __atomic_store_n(&c->nin, c->nin + n, __ATOMIC_RELAXED);
+}
+
+static inline void conn_count_out (struct conn *c, unsigned long long n) {
+  __atomic_store_n(&c->nout, c->nout + n, __ATOMIC_RELAXED);
+}
+
+/*
 ** Reads what the transport has into c->in, reserving at least want bytes
 ** (at most a bounded step ahead of data). Returns bytes read, 0 at EOF,
 ** CONN_WANT_READ/CONN_WANT_WRITE, or a failure code.

@@ -931,9 +931,12 @@ static void service (struct mloop *ml) {
 }
 
 
-static void free_tasks (struct task *t) {
+/* Frees a list of tasks; a timer still armed (a task cut short, a tick)
+** leaves the loop's heap first, which links the timers themselves. */
+static void free_tasks (struct evloop *loop, struct task *t) {
   while (t != NULL) {
     struct task *next = t->next;
+    timer_stop(loop, &t->timer);
     free(t);
     t = next;
   }
@@ -985,9 +988,9 @@ static int serve_event (struct worker *w) {
              left == 1 ? "" : "s");
   model_finish(e.x);  /* closes what was cut short, through __gc */
   smallpool_free(&e.small);
-  free_tasks(e.pool);
-  free_tasks(e.dgpool);
-  free_tasks(e.running);  /* cut short at the end of the grace period */
+  free_tasks(e.loop, e.pool);
+  free_tasks(e.loop, e.dgpool);
+  free_tasks(e.loop, e.running);  /* cut short at the end of the grace period */
   rc = 0;
 out:
   model_loop_free(&e.ml);
