@@ -1048,8 +1048,14 @@ local function read_request (rd, opts, mt, deadline, pst)
       buf, pos = rd.buf, rd.pos
     else                        -- (fill, inline)
       local err
+      local e = rd.last         -- true: the bytes were exactly its head
       rd.buf = ""               -- not held through the wait
-      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
+      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst,
+        e and e.head)
+      if buf == true then
+        return setmetatable({ _e = e, _started = false, method = e[1],
+          path = e[3], params = nil }, mt)    -- (recall, inline)
+      end
       if not buf then return lost(err, false) end
       if buf == PARKED then return nil, nil, nil, buf end
       pos = 1
