@@ -79,9 +79,11 @@ H.for_models(function (model)
     assert.equals(1, H.count(srv:stderr(), "finish after", true))
   end)
 
+  for _, kt in ipairs{ false, 5 } do
   it("serves the same request again after an idle spell, alone or "
-     .. "pipelined with itself", function ()
-    local srv = start(model)
+     .. "pipelined with itself" .. (kt and ", with keepalive_timeout" or ""),
+     function ()
+    local srv = start(model, kt or nil)
     local c = srv:connect()
     c:settimeout(5 * H.scale)
     c:send(get("/a"))
@@ -95,6 +97,7 @@ H.for_models(function (model)
     assert.is_nil((c:receive("l")))   -- max_requests: closed
     assert.truthy(srv:wait_stderr("finish after 3 requests", 5, true))
   end)
+  end
 
   it("gives recv's same bytes as true across idle spells, and other "
      .. "bytes as a string", function ()
