@@ -37,6 +37,8 @@ spec returns this same table.
   H.exists(path), H.is_socket(path)
   H.elapsed(fn, ...)  seconds fn took, then its results
   H.free_port(), H.children(pid), H.eventually(fn, secs)
+  H.output(cmd)    a shell command's output, its standard error with it
+                   (unless cmd redirects that itself)
   H.http_get(port, path)  status code and body of GET PATH on 127.0.0.1:PORT
                    (curl, 5 s at most; code 0 when nothing answered)
   H.redis_server([opts])  Debian's redis-server on a free loopback port, no
@@ -298,6 +300,14 @@ function H.read_file (path)
   local s = f:read("a")
   f:close()
   return s
+end
+
+
+function H.output (cmd)
+  local p = io.popen(cmd:find("2>", 1, true) and cmd or cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
 end
 
 

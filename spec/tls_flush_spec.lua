@@ -8,12 +8,7 @@
 local H = require "helper"
 local C = require "tls_certs"
 
-local function run (cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local run = H.output
 
 local function start (model, source)
   local d = C.dir()

@@ -12,12 +12,7 @@ return { handle = function (req)
   req:write("resumed=", tostring(req.tls.resumed), " line=", tostring(line), "\n")
 end }]]
 
-local function run (cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local run = H.output
 
 H.for_models(function (model)
 

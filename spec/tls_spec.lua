@@ -35,12 +35,7 @@ local function tls_args (d, more)
 end
 
 -- runs a shell command; its output (stdout and stderr)
-local function run (cmd)
-  local p = io.popen(cmd:find("2>", 1, true) and cmd or cmd .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local run = H.output
 
 -- openssl s_client to srv's listener with flags, sending line; its output
 local function s_client (srv, flags, line)

@@ -804,21 +804,28 @@ int lconnect_pool_put (lua_State *L, struct lconn *c, double idle,
 }
 
 
-/* Stack: conn, idle, size. After flushing what was written. */
-static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = lua_touserdata(L, 1);
+int lconnect_keepalive_step (lua_State *L, struct lconn *c, int status,
+                             lua_KFunction k) {
   int rc = sched_result(L, status);
-  (void)ctx;
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
-    rc = lconn_waitio(L, c, conn_want_event(rc), 0, keepalive_k);
+    rc = lconn_waitio(L, c, conn_want_event(rc), 0, k);
   if (rc >= 0 && buf_len(&c->io.in) > 0) rc = ERR_UNREAD;
   if (rc >= 0 && (c->io.flags & (LC_EOF | LC_RDHUP)))
     rc = ERR_CLOSED;  /* the peer's end came: of no use */
   if (rc >= 0)
     rc = lconnect_pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
+  if (rc < 0) lconn_abort(c);
+  return rc;
+}
+
+
+/* Stack: conn, idle, size. */
+static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
+  int rc = lconnect_keepalive_step(L, lua_touserdata(L, 1), status,
+                                   keepalive_k);
+  (void)ctx;
   if (rc < 0) {
-    lconn_abort(c);
     luaL_pushfail(L);
     lua_pushstring(L, rc == ERR_UNREAD ? "unread input" : conn_strerror(rc));
     return 2;

@@ -404,43 +404,66 @@ static int join_buffer (lua_State *L, int idx, lua_Integer n) {
 }
 
 
-/* Pushes the join of table idx and returns 1, or returns 0 (pushes nothing). */
-static int join (lua_State *L, int idx) {
+/*
+** The strings and integers of array idx, measured: pointers and lengths
+** (an integer's text in digits), while the array keeps the strings. 1, or
+** 0 when it holds anything else or more than JOIN_PIECES pieces.
+*/
+struct pieces {
   const char *p[JOIN_PIECES];
-  size_t len[JOIN_PIECES], total = 0;
-  char digits[JOIN_PIECES * JOIN_DIGITS], *d = digits;
-  luaL_Buffer b;
+  size_t len[JOIN_PIECES], total;
+  int n;
+  char digits[JOIN_PIECES * JOIN_DIGITS];
+};
+
+static int measure (lua_State *L, int idx, struct pieces *ps) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-  char *out;
-  if (n > JOIN_PIECES) {
-    int top = lua_gettop(L);
-    if (join_buffer(L, idx, n)) return 1;
-    lua_settop(L, top);
-    return 0;
-  }
-  for (int i = 0; i < (int)n; i++) {
+  char *d = ps->digits;
+  if (n > JOIN_PIECES) return 0;
+  ps->n = (int)n;
+  ps->total = 0;
+  for (int i = 0; i < ps->n; i++) {
     int t = lua_rawgeti(L, idx, i + 1);
     if (t == LUA_TSTRING)
-      p[i] = lua_tolstring(L, -1, &len[i]);  /* t keeps it */
+      ps->p[i] = lua_tolstring(L, -1, &ps->len[i]);  /* the array keeps it */
     else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
       char *end = d + JOIN_DIGITS;
-      p[i] = int_text(lua_tointeger(L, -1), end);
-      len[i] = (size_t)(end - p[i]);
+      ps->p[i] = int_text(lua_tointeger(L, -1), end);
+      ps->len[i] = (size_t)(end - ps->p[i]);
       d = end;
     }
     else {
       lua_pop(L, 1);
-      return 0;  /* nothing: luasrv.ngx formats it */
+      return 0;
     }
     lua_pop(L, 1);
-    total += len[i];
+    ps->total += ps->len[i];
   }
-  out = luaL_buffinitsize(L, &b, total);
-  for (int i = 0; i < (int)n; i++) {
-    memcpy(out, p[i], len[i]);
-    out += len[i];
+  return 1;
+}
+
+/* Copies the pieces to out (room for ps->total bytes). */
+static void copy_pieces (const struct pieces *ps, char *out) {
+  for (int i = 0; i < ps->n; i++) {
+    memcpy(out, ps->p[i], ps->len[i]);
+    out += ps->len[i];
   }
-  luaL_pushresultsize(&b, total);
+}
+
+
+/* Pushes the join of table idx and returns 1, or returns 0 (pushes nothing). */
+static int join (lua_State *L, int idx) {
+  struct pieces ps;
+  luaL_Buffer b;
+  if ((lua_Integer)lua_rawlen(L, idx) > JOIN_PIECES) {
+    int top = lua_gettop(L);
+    if (join_buffer(L, idx, (lua_Integer)lua_rawlen(L, idx))) return 1;
+    lua_settop(L, top);
+    return 0;
+  }
+  if (!measure(L, idx, &ps)) return 0;  /* nothing: luasrv.ngx formats it */
+  copy_pieces(&ps, luaL_buffinitsize(L, &b, ps.total));
+  luaL_pushresultsize(&b, ps.total);
   return 1;
 }
 
@@ -476,39 +499,15 @@ static int send_k (lua_State *L, int status, lua_KContext ctx) {
 */
 static int append_join (lua_State *L, struct lconn *c, int idx,
                         size_t *total) {
-  const char *p[JOIN_PIECES];
-  size_t len[JOIN_PIECES], sum = 0;
-  char digits[JOIN_PIECES * JOIN_DIGITS], *d = digits;
+  struct pieces ps;
   struct buf *out = &c->io.out;
-  lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-  char *q;
-  if (n > JOIN_PIECES) return 0;
-  for (int i = 0; i < (int)n; i++) {
-    int t = lua_rawgeti(L, idx, i + 1);
-    if (t == LUA_TSTRING)
-      p[i] = lua_tolstring(L, -1, &len[i]);  /* the array keeps it */
-    else if (t == LUA_TNUMBER && lua_isinteger(L, -1)) {
-      char *end = d + JOIN_DIGITS;
-      p[i] = int_text(lua_tointeger(L, -1), end);
-      len[i] = (size_t)(end - p[i]);
-      d = end;
-    }
-    else {
-      lua_pop(L, 1);
-      return 0;
-    }
-    lua_pop(L, 1);
-    sum += len[i];
-  }
-  if (buf_space(out) < sum && buf_reserve(out, sum, &c->x->pool) < 0)
+  if (!measure(L, idx, &ps)) return 0;
+  if (buf_space(out) < ps.total &&
+      buf_reserve(out, ps.total, &c->x->pool) < 0)
     return -ENOMEM;
-  q = buf_tail(out);
-  for (int i = 0; i < (int)n; i++) {
-    memcpy(q, p[i], len[i]);
-    q += len[i];
-  }
-  out->end += sum;
-  *total = sum;
+  copy_pieces(&ps, buf_tail(out));
+  out->end += ps.total;
+  *total = ps.total;
   return 1;
 }
 
@@ -801,21 +800,12 @@ static int ngx_scan (lua_State *L) {
 
 /* {====================================================== keep-alive, close */
 
-/* Stack: conn, idle, size. After flushing what was written. */
+/* Stack: conn, idle, size. */
 static int keepalive_k (lua_State *L, int status, lua_KContext ctx) {
-  struct lconn *c = lua_touserdata(L, 1);
-  int rc = sched_result(L, status);
+  int rc = lconnect_keepalive_step(L, lua_touserdata(L, 1), status,
+                                   keepalive_k);
   (void)ctx;
-  if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
-  while (rc >= 0 && conn_wants(rc = conn_flush(&c->io)))
-    rc = lconn_waitio(L, c, conn_want_event(rc), 0, keepalive_k);
-  if (rc >= 0 && buf_len(&c->io.in) > 0) rc = LCONNECT_ERR_UNREAD;
-  if (rc >= 0 && (c->io.flags & (LC_EOF | LC_RDHUP)))
-    rc = ERR_CLOSED;  /* the peer's end came: of no use */
-  if (rc >= 0)
-    rc = lconnect_pool_put(L, c, lua_tonumber(L, 2), lua_tointeger(L, 3));
   if (rc < 0) {
-    lconn_abort(c);
     luaL_pushfail(L);
     if (rc == LCONNECT_ERR_UNREAD) lua_pushliteral(L, "unread data in buffer");
     else push_err(L, rc);

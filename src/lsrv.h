@@ -397,6 +397,13 @@ int lconnect_pool_take (lua_State *L, struct lctx *x, int k);
 int lconnect_pool_put (lua_State *L, struct lconn *c, double idle,
                        lua_Integer size);
 #define LCONNECT_ERR_UNREAD (-100011)
+/*
+** conn:setkeepalive's work, c at index 1 with idle and size at 2 and 3:
+** flushes what was written (waiting with continuation k, which calls this
+** again with its status), then pools c. 0, or why not (c is then closed).
+*/
+int lconnect_keepalive_step (lua_State *L, struct lconn *c, int status,
+                             lua_KFunction k);
 
 /* lngxsock.c: ngx.socket.tcp's object; adds its functions to the table on top */
 void lngxsock_open (lua_State *L);
