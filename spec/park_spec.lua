@@ -23,6 +23,19 @@ end
 return hooks
 ]]
 
+-- a line protocol whose waits may park, told the message it expects
+local SAME_SOURCE = [[
+local luasrv = require "luasrv"
+local function serve (req, st)
+  while true do
+    local data = req:recv(4096, serve, st, "ping\n")
+    if data == luasrv.PARKED or not data then return data end
+    req:write(data == true and "same\n" or "other " .. #data .. "\n")
+  end
+end
+return { handle = function (req) return serve(req, {}) end }
+]]
+
 local function get (path, close)
   return "GET " .. path .. " HTTP/1.1\r\nHost: x\r\n"
     .. (close and "Connection: close\r\n" or "") .. "\r\n"
@@ -64,6 +77,43 @@ H.for_models(function (model)
     assert.is_nil((c:receive("l")))   -- max_requests: closed
     assert.truthy(srv:wait_stderr("finish after 3 requests", 5, true))
     assert.equals(1, H.count(srv:stderr(), "finish after", true))
+  end)
+
+  for _, kt in ipairs{ false, 5 } do
+  it("serves the same request again after an idle spell, alone or "
+     .. "pipelined with itself" .. (kt and ", with keepalive_timeout" or ""),
+     function ()
+    local srv = start(model, kt or nil)
+    local c = srv:connect()
+    c:settimeout(5 * H.scale)
+    c:send(get("/a"))
+    assert.same({ "HTTP/1.1 200 OK", nil, "n=1 /a\n" }, { response(c) })
+    T.sleep(0.1)                -- idle: parked in the event model
+    c:send(get("/a"))           -- the bytes of the last head again
+    assert.same({ "HTTP/1.1 200 OK", nil, "n=2 /a\n" }, { response(c) })
+    T.sleep(0.1)
+    c:send(get("/a") .. get("/a"))
+    assert.same({ "HTTP/1.1 200 OK", "close", "n=3 /a\n" }, { response(c) })
+    assert.is_nil((c:receive("l")))   -- max_requests: closed
+    assert.truthy(srv:wait_stderr("finish after 3 requests", 5, true))
+  end)
+  end
+
+  it("gives recv's same bytes as true across idle spells, and other "
+     .. "bytes as a string", function ()
+    local srv = H.start{ model = model, source = SAME_SOURCE }
+    local c = srv:connect()
+    c:settimeout(5 * H.scale)
+    local replies = {}
+    for _, msg in ipairs{ "ping\n", "ping\n", "pong\n", "ping\nping\n",
+                          "ping\n" } do
+      c:send(msg)
+      replies[#replies + 1] = assert(c:receive("l"))
+      T.sleep(0.1)              -- idle: parked in the event model
+    end
+    c:shutdown("send")
+    assert.same({ "same", "same", "other 5", "other 10", "same" }, replies)
+    assert.is_nil((c:receive("l")))
   end)
 
   it("logs the connection once in the access log, with all its bytes "

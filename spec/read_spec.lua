@@ -124,6 +124,43 @@ local cases = {
   { name = "recv at EOF gives nil", input = "",
     body = 'return req:recv(10)', expect = P(nil) },
 
+  -- recv(max, fn, state, same)
+  { name = "recv with same: exactly those bytes give true and are consumed",
+    input = "hello", body = 'return req:recv(100, nil, nil, "hello"), '
+      .. 'req:recv(100)', expect = P(true, nil) },
+  { name = "recv with same: other bytes of its length give a string",
+    input = "hellx", body = 'return req:recv(100, nil, nil, "hello")',
+    expect = P("hellx") },
+  { name = "recv with same: a prefix of it gives the prefix",
+    input = "hel", keep_open = true, args = { "--timeout", "3" },
+    body = 'return req:recv(100, nil, nil, "hello")', expect = P("hel") },
+  { name = "recv with same: a prefix, then the rest, gives two strings",
+    client = send_later("hel", 0.2, "lo", true),
+    body = 'return req:recv(100, nil, nil, "hello"), '
+      .. 'req:recv(100, nil, nil, "hello")', expect = P("hel", "lo") },
+  { name = "recv with same: bytes beyond it give them all, as a string",
+    input = "hellohello", body = 'return req:recv(100, nil, nil, "hello")',
+    expect = P("hellohello") },
+  { name = "recv with same: it again after the first is consumed",
+    input = "hello", body = 'return req:read(1), '
+      .. 'req:recv(100, nil, nil, "ello"), req:recv(100, nil, nil, "ello")',
+    expect = P("h", true, nil) },
+  { name = "recv with same longer than max gives max bytes",
+    input = "hello", body = 'return req:recv(3, nil, nil, "hello")',
+    expect = P("hel") },
+  { name = "recv with same at EOF gives nil", input = "",
+    body = 'return req:recv(10, nil, nil, "x")', expect = P(nil) },
+  { name = "recv with same: a non-string raises", input = "",
+    body = [[local ok, err = pcall(function ()
+               return req:recv(10, nil, nil, 5)
+             end)
+             return ok, err]],
+    check = function (r)
+      assert.is_false(r[1])
+      assert.matches(": bad argument #4 to 'recv' %(string expected, got "
+                     .. "number%)$", r[2])
+    end },
+
   -- lines
   { name = 'lines() iterates "l"', input = "a\nb\nc",
     body = [[local t = {}
@@ -179,6 +216,15 @@ local cases = {
   { name = "--timeout: recv gives nil, \"timeout\"",
     input = "", keep_open = true, args = { "--timeout", "1" },
     body = 'return req:recv(10)', expect = P(nil, "timeout"),
+    min_time = 0.9, max_time = 3 },
+  { name = "--timeout: recv with same gives nil, \"timeout\"",
+    input = "", keep_open = true, args = { "--timeout", "1" },
+    body = 'return req:recv(10, nil, nil, "x")', expect = P(nil, "timeout"),
+    min_time = 0.9, max_time = 3 },
+  { name = "--timeout: recv with same after a prefix gives the prefix",
+    input = "hel", keep_open = true, args = { "--timeout", "1" },
+    body = 'return req:recv(10, nil, nil, "hello"), '
+      .. 'req:recv(10, nil, nil, "lo")', expect = P("hel", nil, "timeout"),
     min_time = 0.9, max_time = 3 },
   { name = "--timeout bounds a whole read, not each wait",
     client = trickle, args = { "--timeout", "1" },

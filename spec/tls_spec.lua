@@ -404,6 +404,32 @@ with socket.create_connection(("127.0.0.1", %d), timeout=5) as s:
     assert.matches("line=from python", out, 1, true)
   end)
 
+  it("req:recv with same compares the decrypted bytes", function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, args = tls_args(d), source = [[
+local luasrv = require "luasrv"
+local function serve (req, st)
+  while true do
+    local data = req:recv(4096, serve, st, "ping\n")
+    if data == luasrv.PARKED or not data then return data end
+    req:write(data == true and "same\n" or "other " .. #data .. "\n")
+  end
+end
+return { handle = function (req) return serve(req, {}) end }]] }
+    local out = run(([[python3 -c '
+import socket, ssl, time
+ctx = ssl.create_default_context(cafile="%s/ca.pem")
+with socket.create_connection(("127.0.0.1", %d), timeout=5) as s:
+    with ctx.wrap_socket(s, server_hostname="localhost") as t:
+        f = t.makefile("rb")
+        for m in (b"ping\n", b"ping\n", b"pong\n", b"ping\nping\n", b"ping\n"):
+            t.sendall(m)
+            print(f.readline().decode().strip())
+            time.sleep(0.05)
+']]):format(d, srv.tls.port))
+    assert.equals("same\nsame\nother 5\nother 10\nsame\n", out)
+  end)
+
   it("serves scripts/resp.lua to redis-cli --tls", function ()
     local d = C.dir()
     local srv = H.start{ model = model, script = "scripts/resp.lua",

@@ -319,8 +319,10 @@ static int req_read (lua_State *L) {
 }
 
 
-/* In recv_k's context: recv was given a continuation (fn, state). */
+/* In recv_k's context: recv was given a continuation (fn, state); an
+** expected string (argument 5). */
 #define RECV_PARK ((lua_KContext)1 << 40)
+#define RECV_SAME ((lua_KContext)1 << 41)
 
 /*
 ** recv's wait was ended with ERR_PARK (model_event.c): the continuation
@@ -341,7 +343,7 @@ static int recv_parked (lua_State *L) {
 
 static int recv_k (lua_State *L, int status, lua_KContext ctx) {
   struct lconn *c = lconn_check(L);
-  size_t max = (size_t)(ctx & ~RECV_PARK);
+  size_t max = (size_t)(ctx & ~(RECV_PARK | RECV_SAME));
   int rc = sched_result(L, status);
   if (c->io.flags & LC_CLOSED) rc = ERR_CLOSED;
   if (rc == ERR_PARK) return recv_parked(L);
@@ -361,15 +363,29 @@ static int recv_k (lua_State *L, int status, lua_KContext ctx) {
     rc = waitio(L, c, ev, ctx, recv_k);
   }
   if (rc < 0) return pushfail(L, rc);
+  if (ctx & RECV_SAME) {  /* exactly the expected bytes: true, no string */
+    size_t n;
+    const char *s = lua_tolstring(L, 5, &n);
+    if (n == buf_len(&c->io.in) && n <= max &&
+        memcmp(buf_head(&c->io.in), s, n) == 0) {
+      buf_consume(&c->io.in, n);
+      c->io.scan = 0;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
   push_bytes(L, c, max < buf_len(&c->io.in) ? max : buf_len(&c->io.in));
   return 1;
 }
 
 
 /*
-** req:recv([max [, fn, state]]). With fn, the wait is an idle one
-** (EV_IDLEWAIT): a stop ends it, and in the event model one that lasts
-** parks the request (recv_parked).
+** req:recv([max [, fn, state [, same]]]). With fn, the wait is an idle
+** one (EV_IDLEWAIT): a stop ends it, and in the event model one that
+** lasts parks the request (recv_parked). With same (a string), bytes
+** that are exactly it are consumed and returned as true: a client that
+** sends the same message again costs no new string (luasrv.http passes
+** a connection's last request head).
 */
 static int req_recv (lua_State *L) {
   struct lconn *c = lconn_check(L);
@@ -378,14 +394,15 @@ static int req_recv (lua_State *L) {
   luaL_argcheck(L, max > 0 && max < (lua_Integer)RECV_PARK, 2,
                 "must be positive");
   ctx = (lua_KContext)max;
-  if (lua_type(L, 3) == LUA_TFUNCTION) {
-    lua_settop(L, 4);
+  if (lua_type(L, 3) == LUA_TFUNCTION)
     ctx |= RECV_PARK;
-  }
-  else {
-    if (lua_toboolean(L, 3)) luaL_typeerror(L, 3, "function");
-    lua_settop(L, 1);  /* no continuation (nil or false) */
-  }
+  else if (lua_toboolean(L, 3))
+    luaL_typeerror(L, 3, "function");
+  if (lua_type(L, 5) == LUA_TSTRING)
+    ctx |= RECV_SAME;
+  else if (lua_toboolean(L, 5))
+    luaL_typeerror(L, 5, "string");
+  lua_settop(L, (ctx & RECV_SAME) ? 5 : (ctx & RECV_PARK) ? 4 : 1);
   if (c->io.flags & LC_CLOSED) return pushfail(L, ERR_CLOSED);
   lconn_start_op(c);
   return recv_k(L, LUA_OK, ctx);

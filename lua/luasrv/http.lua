@@ -335,14 +335,16 @@ local resume       -- a parked connection's continuation (serve_requests)
 -- Appends what the connection has next to the buffer (waiting for it, up
 -- to deadline). Returns true, or nil and "timeout", the read's error, or
 -- nothing at EOF. pst: the wait for a new request may park with this
--- state (serve_requests): then PARKED.
-local function fill (rd, deadline, pst)
+-- state (serve_requests): then PARKED. same (with an empty buffer only):
+-- when what came is exactly it, true, true and the buffer stays empty.
+local function fill (rd, deadline, pst, same)
   if (deadline or rd.timeout ~= rd.idle) and not set_wait(rd, deadline) then
     return nil, "timeout"
   end
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then rd.buf, buf = "", "" end  -- not held through the wait
-  local data, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
+  local data, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst, same)
+  if data == true then return true, true end
   if not data or data == PARKED then return data, err end
   if pos <= #buf then data = sub(buf, pos) .. data end
   rd.buf, rd.pos = data, 1
@@ -1042,14 +1044,22 @@ local function read_request (rd, opts, mt, deadline, pst)
   local buf, pos = rd.buf, rd.pos
   if pos > #buf then
     if deadline or rd.timeout ~= rd.idle then
-      local ok, err = fill(rd, deadline, not deadline and pst)
+      local e = rd.last
+      local ok, v = fill(rd, deadline, not deadline and pst, e and e.head)
       if ok == PARKED then return nil, nil, nil, ok end
-      if not ok then return lost(err, false) end
+      if not ok then return lost(v, false) end
+      if v then return recall(e, mt) end   -- exactly the last head
       buf, pos = rd.buf, rd.pos
     else                        -- (fill, inline)
       local err
+      local e = rd.last         -- true: the bytes were exactly its head
       rd.buf = ""               -- not held through the wait
-      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst)
+      buf, err = rd.recv(rd.conn, RECV_MAX, pst and resume, pst,
+        e and e.head)
+      if buf == true then
+        return setmetatable({ _e = e, _started = false, method = e[1],
+          path = e[3], params = nil }, mt)    -- (recall, inline)
+      end
       if not buf then return lost(err, false) end
       if buf == PARKED then return nil, nil, nil, buf end
       pos = 1
