@@ -367,7 +367,7 @@ void conn_close (struct conn *c) {
     if (c->tr != NULL) c->tr->close(c);
     else close(c->fd);  /* a descriptor with no transport yet */
   }
-  c->fd = -1;
+  __atomic_store_n(&c->fd, -1, __ATOMIC_RELAXED);  /* the console looks */
   if (!(c->flags & LC_BORROWED)) buf_free(&c->in, c->pool);
   c->in.data = NULL;
   c->in.start = c->in.end = c->in.cap = 0;

@@ -329,7 +329,8 @@ static void conns (struct mloop *ml, struct admin_out *o) {
   for (int i = 0; i < p->nthreads; i++) {
     struct hthread *h = p->threads[i];
     const char *waits = atomic_load(&h->waits);
-    if (h->cur != NULL && h->cur->io.fd >= 0)
+    if (h->cur != NULL &&  /* its thread may close it meanwhile */
+        __atomic_load_n(&h->cur->io.fd, __ATOMIC_RELAXED) >= 0)
       admin_conn(o, h->cur, waits != NULL ? waits : "running");
   }
   pthread_mutex_unlock(&p->mu);
