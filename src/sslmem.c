@@ -19,8 +19,9 @@
 ** spare runs back to the system. One lock: OpenSSL frees from any thread
 ** (the thread model).
 **
-** Not under AddressSanitizer (it must see OpenSSL's blocks), and not when
-** OpenSSL allocated before sslmem_init (it then refuses new functions).
+** Not under AddressSanitizer or valgrind (they must see OpenSSL's
+** blocks), and not when OpenSSL allocated before sslmem_init (it then
+** refuses new functions).
 */
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -29,6 +30,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include "sslmem.h"
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SM_OFF 1
@@ -215,9 +224,10 @@ void sslmem_init (void) {
   (void)sm_realloc;
   (void)sm_free;
 #else
-  void *a = mmap(NULL, SM_ARENA, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  void *m;
+  void *a, *m;
+  if (RUNNING_ON_VALGRIND) return;  /* memcheck and massif see malloc's */
+  a = mmap(NULL, SM_ARENA, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (a == MAP_FAILED) return;
   m = mmap(NULL, SM_PAGES * sizeof *pages, PROT_READ | PROT_WRITE,
            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
