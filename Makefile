@@ -43,7 +43,7 @@ BUILD ?= build
 SRCS = $(wildcard src/*.c)
 OBJS = $(SRCS:src/%.c=$(BUILD)/%.o)
 # The pure modules the C unit tests link against (no Lua).
-PURE = address acl buf evloop fileopen log cli persource proxy resp shdict wsframe
+PURE = address acl buf evloop fileopen log cli persource proxy resp shdict sslmem wsframe
 PURE_OBJS = $(PURE:%=$(BUILD)/%.o)
 CTESTS = $(patsubst spec/c/%.c,$(BUILD)/%,$(wildcard spec/c/test_*.c))
 

@@ -19,6 +19,7 @@
 #include "master.h"
 #include "lsrv.h"
 #include "shdict.h"
+#include "sslmem.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -223,6 +224,7 @@ int main (int argc, char **argv) {
   static struct listener ls[CLI_MAX_LISTEN];
   char err[512];
   int rc = 1, wrote_pid = 0, nls = 0;
+  sslmem_init();  /* before OpenSSL allocates anything */
   if (argc >= 2 && strcmp(argv[1], "ctl") == 0)
     return ctl_main(argc - 1, argv + 1);
   switch (cli_parse(argc, argv, &cfg, err, sizeof err)) {

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "lsrv.h"
 #include "model.h"
+#include "sslmem.h"
 
 #define ACCEPT_BATCH 64       /* accepts or datagrams per readiness event */
 #define TASK_POOL 1024        /* finished coroutines kept for reuse */
@@ -914,6 +915,7 @@ static void trim_idle (struct eloop *e) {
   smallpool_free(&e->small);
   bufpool_free(&e->x->pool);
   malloc_trim(0);
+  sslmem_trim();
   log_debug("idle: pools trimmed, %zu bytes of Lua heap", e->x->mem_used);
 }
 

@@ -48,6 +48,7 @@
 
 #include "address.h"
 #include "evloop.h"
+#include "sslmem.h"
 #include "log.h"
 #include "tls.h"
 
@@ -333,6 +334,7 @@ static void trim_heap (void) {
   if (!atomic_compare_exchange_strong(&hs_trim_ended, &last, ended)) return;
   atomic_store(&hs_trim_sec, (long)now.tv_sec);
   malloc_trim(0);
+  sslmem_trim();
 }
 
 
