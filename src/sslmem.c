@@ -16,9 +16,11 @@
 ** All in one reserved range of addresses, so a pointer is told as ours by
 ** its address alone. A run whose blocks are all free waits on a spare
 ** list, and sslmem_trim (called with malloc_trim) gives the memory of the
-** spare runs back to the system; past SM_BIG_KEEP spare big blocks (the
-** end of a burst), a freed one is given back at once. One lock: OpenSSL frees from any thread
-** (the thread model).
+** spare runs back to the system. Never at a free: a TLS connection frees
+** and takes its record buffers again with every message it reads or
+** writes (SSL_MODE_RELEASE_BUFFERS), and pages given back would fault in
+** again each time (a 64-byte TLS echo cost twice the CPU). One lock:
+** OpenSSL frees from any thread (the thread model).
 **
 ** Not under AddressSanitizer or valgrind (they must see OpenSSL's
 ** blocks), and not when OpenSSL allocated before sslmem_init (it then
@@ -54,7 +56,6 @@
 #define SM_CLASSES (SM_MAX / SM_STEP)
 #define SM_BIG 8                      /* pages of a big block, at most */
 #define SM_BIG_MIN 8193               /* bigger: a run of pages of its own */
-#define SM_BIG_KEEP 64                /* spare big runs kept between trims */
 #define SM_ARENA ((size_t)1 << 30)    /* reserved, touched as used */
 #define SM_PAGES (SM_ARENA / SM_PAGE)
 
@@ -81,7 +82,7 @@ static size_t top;            /* pages ever used */
 ** takes ([0]), big blocks by their class */
 static struct smpage *partial[SM_CLASSES + 1];
 static struct smpage *spare[SM_CLASSES + SM_BIG + 1];
-static size_t nidle, nbigkept;      /* spare runs; big ones not given back */
+static size_t nidle;                /* spare runs */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void unlink_page (struct smpage **head, struct smpage *p) {
@@ -113,7 +114,6 @@ static struct smpage *take_run (unsigned k, size_t np) {
   if (p != NULL) {
     unlink_page(sl, p);
     nidle--;
-    if (k > SM_CLASSES && !p->released) nbigkept--;
   }
   else if (top + np <= SM_PAGES) {
     p = &pages[top];
@@ -197,11 +197,6 @@ static void sm_free (void *b, const char *file, int line) {
   }
   if (--p->used == 0) {
     if (p->cls <= SM_CLASSES) unlink_page(&partial[p->cls], p);
-    else if (nbigkept < SM_BIG_KEEP) nbigkept++;
-    else {                    /* the end of a burst: given back now */
-      madvise(b, (size_t)p->npages * SM_PAGE, MADV_DONTNEED);
-      p->released = 1;
-    }
     p->idle = 1;
     push_page(spare_list(p->cls), p);
     nidle++;
@@ -263,7 +258,6 @@ void sslmem_trim (void) {
     struct smpage *p = &pages[i];
     if (!p->idle || p->released) continue;
     p->released = 1;
-    if (p->cls > SM_CLASSES) nbigkept--;
     if (i != to) {            /* not next to the last ones */
       if (to > from)
         madvise(base + from * SM_PAGE, (to - from) * SM_PAGE, MADV_DONTNEED);
