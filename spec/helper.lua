@@ -242,8 +242,33 @@ function H.is_socket (path) return test("-S", path) end
 
 
 -- a TCP port on 127.0.0.1 that was free a moment ago
+-- A port no one listens on, below the kernel's range for outgoing
+-- connections: a port the kernel picked for a bind to port 0 and freed
+-- may be taken at once as the source port of some client's connection
+-- (the parallel spec processes make many), and then the server's bind
+-- fails with "Address already in use".
+local function ephemeral_low ()
+  local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+  local low = f and tonumber(f:read("n"))
+  if f then f:close() end
+  return low or 32768
+end
+
 function H.free_port ()
-  local s = assert(require("socket").bind("127.0.0.1", 0))
+  local socket = require "socket"
+  local low = ephemeral_low()
+  if low > 11000 then
+    for _ = 1, 50 do
+      local port = math.random(10000, low - 1)
+      local s = socket.tcp()
+      if s:bind("127.0.0.1", port) then
+        s:close()
+        return port
+      end
+      s:close()
+    end
+  end
+  local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
