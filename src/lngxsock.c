@@ -609,17 +609,6 @@ static int take (lua_State *L, struct lconn *c, int mode, size_t n) {
 }
 
 
-/* What a read that cannot go on waits for: output still stuck first. */
-static int wait_event (struct lconn *c, int rc) {
-  if (buf_len(&c->io.out) > 0) {
-    int frc = conn_flush(&c->io);
-    if (conn_wants(frc)) return (int)conn_want_event(frc);
-    if (frc < 0) return frc;
-  }
-  return (int)conn_want_event(rc);
-}
-
-
 /* A read failed: nil, err, the bytes received so far (dropped). */
 static int read_fail (lua_State *L, struct sock *s, struct lconn *c, int rc) {
   struct buf *in = &c->io.in;
@@ -657,7 +646,7 @@ static int receive_k (lua_State *L, int status, lua_KContext ctx) {
     }
     else if (conn_wants(rc)) {
       if (buf_len(&c->io.in) == 0) conn_release_in(&c->io);
-      if ((rc = wait_event(c, rc)) >= 0)
+      if ((rc = lconn_read_wait(c, rc)) >= 0)
         rc = lconn_waitio(L, c, (unsigned)rc, ctx, receive_k);
     }
   }
@@ -774,7 +763,7 @@ static int scan_k (lua_State *L, int status, lua_KContext ctx) {
     if (rc == 0) rc = ERR_CLOSED;
     else if (conn_wants(rc)) {
       if (have == 0) conn_release_in(&c->io);
-      if ((rc = wait_event(c, rc)) >= 0)
+      if ((rc = lconn_read_wait(c, rc)) >= 0)
         rc = lconn_waitio(L, c, (unsigned)rc, ctx, scan_k);
     }
   }

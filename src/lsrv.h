@@ -240,6 +240,20 @@ static inline void lconn_start_op (struct lconn *c) {
   c->io.flags &= ~LC_BLOCKRD;
 }
 
+
+/*
+** What a read that cannot go on waits for (rc: CONN_WANT_*): output still
+** queued goes out first. The event, or a failure.
+*/
+static inline int lconn_read_wait (struct lconn *c, int rc) {
+  if (buf_len(&c->io.out) > 0) {
+    int frc = conn_flush(&c->io);
+    if (conn_wants(frc)) return (int)conn_want_event(frc);
+    if (frc < 0) return frc;
+  }
+  return (int)conn_want_event(rc);
+}
+
 /* ltls.c: TLS for Lua (tls.c below it) */
 /* tls(req), the flow's handshake step on a --tls listener: true to go on */
 int ltls_accept (lua_State *L);

@@ -29,19 +29,6 @@ static int pushfail (lua_State *L, int rc) {
 
 /* {====================================================== recv */
 
-/*
-** What to wait for when a read cannot go on (rc: CONN_WANT_*): output
-** still queued goes out first. The event, or a failure.
-*/
-static int wait_event (struct lconn *c, int rc) {
-  if (buf_len(&c->io.out) > 0) {
-    int frc = conn_flush(&c->io);
-    if (conn_wants(frc)) return (int)conn_want_event(frc);
-    if (frc < 0) return frc;
-  }
-  return (int)conn_want_event(rc);
-}
-
 
 /*
 ** The frame f, whole at the front of the input buffer after its h
@@ -134,7 +121,7 @@ static int recv_run (lua_State *L, struct lconn *c, int rc, int got,
     }
     if (!conn_wants(rc)) break;
     if (have == 0) conn_release_in(&c->io);  /* idle: no read buffer */
-    if ((rc = wait_event(c, rc)) < 0) break;
+    if ((rc = lconn_read_wait(c, rc)) < 0) break;
     rc = lconn_waitio(L, c, (unsigned)rc, pack(got, max, kind, state),
                       recv_k);  /* may yield */
   }
