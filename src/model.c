@@ -300,11 +300,11 @@ static void on_listener (struct evloop *loop, int fd, unsigned ev, void *data) {
     long room = ml->limit - busy(ml);
     int n;
     if (room <= 0) break;
-    ml->drained = 0;
+    ml->enough = 0;
     if ((n = ml->take(ml, i, room < max - k ? (int)room : max - k)) <= 0)
       break;
     k += n;
-    if (ml->drained) break;  /* one more try would only find it empty */
+    if (ml->enough) break;
   }
   model_accepting(ml);
 }

@@ -55,8 +55,9 @@ struct mloop {
   ** returns how many it took, 0 when none is waiting (or it failed).
   */
   int (*take) (struct mloop *ml, int lindex, int max);
-  int drained;                /* take saw the listener empty (a batch of
-                                 datagrams short of max): no more tries */
+  int enough;                 /* take wants no more tries this turn: it saw
+                                 the listener empty (a batch of datagrams
+                                 short of max), or took a TLS connection */
   /* Requests in flight; NULL: none outlives take (sync). */
   long (*busy) (struct mloop *ml);
   /* Called each turn of the grace loop (NULL: nothing to do). */
