@@ -405,6 +405,11 @@ static SSL_CTX *tls_context(const char *cert, const char *key) {
                    SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_read_ahead(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  /* the suite luasrv's --tls listeners pick by default: the reference
+  ** does the same work */
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:"
+                           "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
   if (want_ktls) SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
   return ctx;
 }

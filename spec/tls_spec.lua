@@ -497,6 +497,24 @@ describe("--tls options", function ()
     assert.matches("--tls needs a certificate", err, 1, true)
   end)
 
+  it("TLS 1.3 prefers AES-128-GCM, and ChaCha20 for a client that asks for it first",
+     function ()
+    local d = C.dir()
+    local srv = H.start{ model = model, source = INFO, args = tls_args(d) }
+    local function cipher (suites)
+      local out = s_client(srv, "-tls1_3 -servername localhost -CAfile " ..
+        d .. "/ca.pem -verify_return_error" ..
+        (suites and " -ciphersuites " .. suites or ""))
+      assert.matches("line=hi", out, 1, true)
+      return out:match("Cipher is (%S+)")
+    end
+    -- OpenSSL's own order (AES-256 first): the server's order wins
+    assert.equals("TLS_AES_128_GCM_SHA256", cipher(nil))
+    assert.equals("TLS_CHACHA20_POLY1305_SHA256",
+      cipher("TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"))
+    assert.equals("TLS_AES_256_GCM_SHA384", cipher("TLS_AES_256_GCM_SHA384"))
+  end)
+
   it("--tls-ciphersuites sets the TLS 1.3 suites, from a config file too",
      function ()
     local d = C.dir()

@@ -742,12 +742,28 @@ static void common_options (SSL_CTX *ctx, int minver) {
 
 
 /*
+** TLS 1.3's suites, in the server's order, unless --tls-ciphersuites:
+** AES-128-GCM first (the suite RFC 8446 makes mandatory, and the order
+** Mozilla's server guidelines give). It is as strong as the X25519 or
+** P-256 key exchange it follows, and costs both ends of a handshake about
+** 5 % less than OpenSSL's default first, AES-256-GCM-SHA384 (the key
+** schedule hashes with SHA-256), and bulk data a third less (10 AES
+** rounds, not 14). A client that puts ChaCha20 first, one without AES in
+** hardware, gets ChaCha20 (SSL_OP_PRIORITIZE_CHACHA).
+*/
+#define TLS13_SUITES \
+  "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+/*
 ** A context of s for cert and key, with cfg's settings; 0 or -1 with err
 ** naming the file as its option (name[0] for cert, name[1] for key).
 */
 static int server_ctx (struct tls_server *s, const struct config *cfg,
                        const char *cert, const char *key,
                        const char *const name[2], char *err, size_t errlen) {
+  const char *suites = cfg->tls_ciphersuites != NULL ? cfg->tls_ciphersuites
+                                                     : TLS13_SUITES;
   SSL_CTX *ctx;
   if (readable(name[0], cert, err, errlen) < 0 ||
       readable(name[1], key, err, errlen) < 0)
@@ -756,7 +772,8 @@ static int server_ctx (struct tls_server *s, const struct config *cfg,
     return ctx_fail(name[0], cert, err, errlen);
   s->ctx[s->n++] = ctx;
   common_options(ctx, cfg->tls_min_version);
-  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE |
+                      SSL_OP_PRIORITIZE_CHACHA);
   SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"luasrv", 6);
   /* sessions resume from their tickets, on any worker: a cache per
   ** process would only hold memory */
@@ -767,11 +784,9 @@ static int server_ctx (struct tls_server *s, const struct config *cfg,
     snprintf(err, errlen, "--tls-ciphers %s: %s", cfg->tls_ciphers, errbuf);
     return -1;
   }
-  if (cfg->tls_ciphersuites != NULL &&
-      SSL_CTX_set_ciphersuites(ctx, cfg->tls_ciphersuites) != 1) {
+  if (SSL_CTX_set_ciphersuites(ctx, suites) != 1) {
     take_error(NULL);
-    snprintf(err, errlen, "--tls-ciphersuites %s: %s", cfg->tls_ciphersuites,
-             errbuf);
+    snprintf(err, errlen, "--tls-ciphersuites %s: %s", suites, errbuf);
     return -1;
   }
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
