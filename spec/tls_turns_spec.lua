@@ -8,8 +8,9 @@ local C = require "tls_certs"
 local socket = require "socket"
 
 -- Counts the TLS connections taken (verify_request runs as each is taken,
--- before its handshake); a plain client's "spin" holds the loop for half
--- a second, any other line is answered with the count.
+-- before its handshake). A plain client's "spin PATH" holds the loop (it
+-- says so first) until the file PATH exists; any other line is answered
+-- with the count.
 local SOURCE = [[
 local luasrv = require "luasrv"
 local taken = 0
@@ -22,9 +23,15 @@ return {
     while true do
       local line = req:read("l")
       if line == nil then return end
-      if line == "spin" then
-        local t = luasrv.now() + 0.5
-        while luasrv.now() < t do end
+      local path = line:match("^spin (.+)$")
+      if path then
+        req:write("spinning\n")
+        req:flush()
+        local t = luasrv.now() + 10   -- bounded
+        while luasrv.now() < t do
+          local f = io.open(path)
+          if f then f:close(); break end
+        end
         req:write("spun\n")
       else
         req:write(taken, "\n")
@@ -42,8 +49,9 @@ describe("model event", function ()
     local spinner, asker = H.connect(srv, 5), H.connect(srv, 5)
     asker:send("count\n")
     assert.equals("0", asker:receive())  -- both served, idle in the loop
-    spinner:send("spin\n")
-    socket.sleep(0.1)                    -- the loop is held from here
+    local flag = H.tmpdir() .. "/go"
+    spinner:send("spin " .. flag .. "\n")
+    assert.equals("spinning", spinner:receive())  -- the loop is held
     local burst = {}
     for i = 1, 20 do                     -- they wait in the backlog
       local s = socket.tcp()
@@ -53,6 +61,8 @@ describe("model event", function ()
     end
     H.defer(function () for _, s in ipairs(burst) do s:close() end end)
     asker:send("count\n")                -- ready after the listener
+    socket.sleep(0.05)                   -- (its bytes are in the socket)
+    H.write_file(flag, "")               -- the loop goes on
     assert.equals("spun", spinner:receive())
     local seen = tonumber(asker:receive())
     -- all 20 are taken at the end; the asker was answered after at most
