@@ -269,3 +269,8 @@ void sslmem_trim (void) {
     madvise(base + from * SM_PAGE, (to - from) * SM_PAGE, MADV_DONTNEED);
   pthread_mutex_unlock(&lock);
 }
+
+
+int sslmem_active (void) {
+  return pages != NULL;
+}

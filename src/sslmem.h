@@ -12,4 +12,8 @@ void sslmem_init (void);
 /* Gives the spare runs' memory back to the system. */
 void sslmem_trim (void);
 
+/* 1 when OpenSSL's blocks are sslmem's, 0 when malloc's (AddressSanitizer,
+** valgrind, or OpenSSL allocated before sslmem_init). */
+int sslmem_active (void);
+
 #endif
