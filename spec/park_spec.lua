@@ -156,12 +156,6 @@ H.for_models(function (model)
 
   it("closes an idle kept-alive connection at once on stop, not at the "
      .. "end of the grace", function ()
-    if model == "fork" then
-      -- a child ignores the stop and keeps its connection until the
-      -- worker kills it at the end of --grace (doc/operations.md, Signals)
-      pending("fork: children are stopped by the worker at the grace")
-      return
-    end
     local srv = start(model, nil, { "--grace", "30" })
     local c = srv:connect()
     c:settimeout(10 * H.scale)

@@ -9,8 +9,6 @@
 ** Everything else of the ngx API is Lua, in lua/luasrv/ngx.lua. Misuse raises; decode_base64 of
 ** bad input returns nil, as ngx.decode_base64 does.
 */
-#include <fcntl.h>
-#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -192,38 +190,17 @@ static int ngx_getpid (lua_State *L) {
 }
 
 
-/* Is pipe end fd readable now? */
-static int readable (int fd) {
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
-}
-
-
 /*
 ** exiting(): is the worker stopping (SIGTERM, a reload's old generation,
 ** server:shutdown())? The state luasrv.timer's "process exiting" comes
-** from. A fork-model request's child closed the stop pipe's read end
-** (it must not wait on it) and kept the write end: a read end opened
-** again through /proc tells whether the worker wrote its stop there.
+** from. worker_signals turns a stop signal the loop has not seen yet into
+** the stop; a fork-model request's child hears of its worker's stop by
+** its own SIGTERM (worker_signals_child).
 */
 static int ngx_exiting (lua_State *L) {
   struct worker *w = lsrv_ctx(L)->w;
-  int stopping;
-  /* a SIGTERM not yet turned into a stop; not in a fork-model child,
-  ** whose signal pipe is its worker's */
-  if (w->stop_fd[0] >= 0) worker_signals(w);
-  stopping = worker_stopping(w);
-  if (!stopping && w->stop_fd[0] >= 0) stopping = readable(w->stop_fd[0]);
-  else if (!stopping && w->stop_fd[1] >= 0) {
-    char path[40];
-    int fd;
-    snprintf(path, sizeof path, "/proc/self/fd/%d", w->stop_fd[1]);
-    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) >= 0) {
-      stopping = readable(fd);
-      close(fd);
-    }
-  }
-  lua_pushboolean(L, stopping);
+  worker_signals(w);
+  lua_pushboolean(L, worker_stopping(w));
   return 1;
 }
 

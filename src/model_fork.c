@@ -39,39 +39,27 @@ struct forker {
 
 /* {====================================================== the child */
 
-/* SIGTERM and SIGINT in a child: nothing to do, see child_setup. */
-static void on_child_signal (int signo) {
-  (void)signo;
-}
-
-
 /*
-** Makes a fresh child fit to run one request. Stopping is the worker's
-** business: the worker kills children left after --grace, so a SIGTERM
-** or SIGINT sent to the whole process group (^C, systemd) must not cut
-** the request short here; a handler, not SIG_IGN, so that programs the
-** request runs get the default back. The worker's stop pipe is shared
-** with the worker, so the child must not wait on its read end (it turns
-** readable when the worker stops, and this child's own flag would not
-** say so: worker_block would spin), but it keeps the write end: a
-** server:shutdown() in the child reaches the worker through it.
+** Makes a fresh child fit to run one request. A SIGTERM or SIGINT, the
+** worker's when it stops, or one sent to the whole process group (^C,
+** systemd), ends the child's wait for a next request of its own (a
+** kept-alive connection closes at once, as in the other models) but
+** never cuts a request short: the worker kills children left after
+** --grace (worker_signals_child). The child keeps the write end of the
+** worker's stop pipe: a server:shutdown() in the child reaches the
+** worker through it.
 */
 static void child_setup (struct forker *f, pid_t parent) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_child_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  int rc = worker_signals_child(f->w);
   sigprocmask(SIG_SETMASK, &f->oldmask, NULL);
   /* a child never outlives its worker (a second ^C, a crash) */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(1);  /* it died before prctl */
+  if (rc < 0) {
+    log_warn("request process %d: %s", (int)getpid(), strerror(-rc));
+    _exit(1);
+  }
   close(f->chld_fd);
-  close(f->w->stop_fd[0]);
-  f->w->stop_fd[0] = -1;  /* poll ignores it */
 }
 
 
@@ -157,8 +145,19 @@ static void on_child (struct evloop *loop, int fd, unsigned ev, void *data) {
 static int spawn (struct forker *f, struct lconn *c, const struct sockaddr *src,
                   socklen_t len) {
   pid_t parent = getpid(), pid;
+  sigset_t stops, mask;
+  int en;
   fflush(NULL);  /* or the child would write the worker's buffers again */
-  if ((pid = fork()) < 0) return -errno;
+  /* a stop signal before the child has its own handlers would run the
+  ** worker's there, which stop the worker: held until it has them */
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGINT);
+  sigprocmask(SIG_BLOCK, &stops, &mask);
+  pid = fork();
+  en = errno;
+  if (pid != 0) sigprocmask(SIG_SETMASK, &mask, NULL);
+  if (pid < 0) return -en;
   if (pid == 0) {
     child_setup(f, parent);
     child_run(f, c);
@@ -221,6 +220,18 @@ static int take (struct mloop *ml, int i, int max) {
 
 static long busy (struct mloop *ml) {
   return ((struct forker *)ml)->nchildren;
+}
+
+
+/*
+** The worker began to stop: its children end their idle waits (a
+** kept-alive connection between two requests) at once; requests they
+** are running go on until the grace.
+*/
+static void stopped (struct mloop *ml) {
+  struct forker *f = (struct forker *)ml;
+  for (int i = 0; i < f->w->cfg->max_children; i++)
+    if (f->pids[i] != 0) kill(f->pids[i], SIGTERM);
 }
 
 
@@ -299,6 +310,7 @@ static int serve_fork (struct worker *w) {
   f.ml.take = take;
   f.ml.busy = busy;
   f.ml.note = note;
+  f.ml.stopped = stopped;
   if (model_loop_init(&f.ml, w) < 0 || start(&f) < 0) goto out;
   if ((f.x = model_start(w, &sched_blocking)) == NULL) goto out;
   f.ml.x = f.x;

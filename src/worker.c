@@ -24,6 +24,9 @@ static volatile sig_atomic_t sig_reopen;  /* SIGUSR1: reopen the log */
 /* Also read by handler threads (worker_block): an atomic, which is as
 ** safe in a signal handler as sig_atomic_t when lock-free. */
 static atomic_int sig_stop;
+/* A fork model's child (worker_signals_child), and a stop of it alone */
+static int in_child;
+static atomic_int sig_stop_here;
 /* Written once before the handlers are installed, read-only after. */
 static int sig_stop_wfd = -1, sig_wake_wfd = -1;
 
@@ -115,6 +118,49 @@ void worker_signals_install (struct worker *w) {
 }
 
 
+/* A fork model's child's SIGTERM and SIGINT (SIGHUP: nothing). */
+static void on_child_signal (int signo) {
+  int saved = errno;
+  if (signo != SIGHUP) {
+    sig_stop_here = 1;
+    if (write(sig_stop_wfd, "s", 1) < 0) { /* full pipe: already told */ }
+  }
+  errno = saved;
+}
+
+
+int worker_signals_child (struct worker *w) {
+  struct sigaction sa;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
+  /* the worker's read end would turn readable when the worker stops, and
+  ** this process's flag would not say so: worker_block would spin */
+  close(w->stop_fd[0]);
+  w->stop_fd[0] = p[0];
+  sig_stop_wfd = p[1];
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_child_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);  /* a handler: programs it runs get the default */
+  if (sig_stop) sig_stop_here = 1;  /* the worker's, before the handlers */
+  sig_stop = 0;
+  in_child = 1;
+  return 0;
+}
+
+
+/* A fork child's stop: as worker_stop, but the worker is not told. */
+static void stop_here (struct worker *w) {
+  double unset = 0.0;
+  atomic_compare_exchange_strong(&w->cut_at, &unset,
+                                 monotonic_now() + w->cfg->grace);
+  atomic_store(&w->stopping, 1);
+}
+
+
 /*
 ** An orphaned worker gives the port up at once. shutdown(2), not close:
 ** the descriptor stays valid for the model's loop (which stops watching
@@ -157,6 +203,10 @@ int worker_stop_signalled (void) {
 
 void worker_signals (struct worker *w) {
   char drain[64];
+  if (in_child) {  /* the signal pipe is the worker's: not for us to read */
+    if (sig_stop_here) stop_here(w);
+    return;
+  }
   while (read(w->sig_fd[0], drain, sizeof drain) > 0)
     ;
   if (sig_reopen) {
@@ -174,6 +224,7 @@ int worker_block (struct worker *w, int fd, short events, double deadline,
     int n = 1, stopping, ms, cut = 0, admin = -1;
     double now = monotonic_now(), until = deadline;
     if (sig_stop) worker_stop(w);
+    else if (sig_stop_here) stop_here(w);
     stopping = worker_stopping(w);
     if (stopping && idle) return -ECANCELED;
     if (stopping) {

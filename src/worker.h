@@ -58,6 +58,16 @@ void worker_close (struct worker *w);
 void worker_signals_install (struct worker *w);
 
 /*
+** A fork model's child, just forked: SIGTERM and SIGINT stop this process
+** alone (its idle waits end at once, others at the grace), not the worker
+** that shares its stop pipe (the worker signals its children when it
+** stops); SIGHUP does nothing. The child's waits watch a pipe of its own
+** (w->stop_fd[0]); w->stop_fd[1] stays the worker's, for
+** server:shutdown(). 0 or -errno.
+*/
+int worker_signals_child (struct worker *w);
+
+/*
 ** Turns pending signal flags into worker state (a stop). Safe to call
 ** from any thread of the worker.
 */
