@@ -23,19 +23,6 @@ end
 return hooks
 ]]
 
--- a line protocol whose waits may park, told the message it expects
-local SAME_SOURCE = [[
-local luasrv = require "luasrv"
-local function serve (req, st)
-  while true do
-    local data = req:recv(4096, serve, st, "ping\n")
-    if data == luasrv.PARKED or not data then return data end
-    req:write(data == true and "same\n" or "other " .. #data .. "\n")
-  end
-end
-return { handle = function (req) return serve(req, {}) end }
-]]
-
 local function get (path, close)
   return "GET " .. path .. " HTTP/1.1\r\nHost: x\r\n"
     .. (close and "Connection: close\r\n" or "") .. "\r\n"
@@ -101,7 +88,7 @@ H.for_models(function (model)
 
   it("gives recv's same bytes as true across idle spells, and other "
      .. "bytes as a string", function ()
-    local srv = H.start{ model = model, source = SAME_SOURCE }
+    local srv = H.start{ model = model, script = H.fixture("recv_same.lua") }
     local c = srv:connect()
     c:settimeout(5 * H.scale)
     local replies = {}

@@ -406,16 +406,8 @@ with socket.create_connection(("127.0.0.1", %d), timeout=5) as s:
 
   it("req:recv with same compares the decrypted bytes", function ()
     local d = C.dir()
-    local srv = H.start{ model = model, args = tls_args(d), source = [[
-local luasrv = require "luasrv"
-local function serve (req, st)
-  while true do
-    local data = req:recv(4096, serve, st, "ping\n")
-    if data == luasrv.PARKED or not data then return data end
-    req:write(data == true and "same\n" or "other " .. #data .. "\n")
-  end
-end
-return { handle = function (req) return serve(req, {}) end }]] }
+    local srv = H.start{ model = model, args = tls_args(d),
+      script = H.fixture("recv_same.lua") }
     local out = run(([[python3 -c '
 import socket, ssl, time
 ctx = ssl.create_default_context(cafile="%s/ca.pem")
