@@ -100,19 +100,25 @@ void worker_close (struct worker *w) {
 }
 
 
-void worker_signals_install (struct worker *w) {
+/* fn handles signo; system calls it interrupts go on (SA_RESTART). */
+static void catch (int signo, void (*fn) (int)) {
   struct sigaction sa;
-  sig_stop_wfd = w->stop_fd[1];
-  sig_wake_wfd = w->sig_fd[1];
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
+  sa.sa_handler = fn;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGUSR1, &sa, NULL);
+  sigaction(signo, &sa, NULL);
+}
+
+
+void worker_signals_install (struct worker *w) {
+  sig_stop_wfd = w->stop_fd[1];
+  sig_wake_wfd = w->sig_fd[1];
+  catch(SIGTERM, on_signal);
+  catch(SIGINT, on_signal);
+  catch(SIGUSR1, on_signal);
   /* a handler, not SIG_IGN: a program a handler runs gets the default */
-  sigaction(SIGUSR2, &sa, NULL);
+  catch(SIGUSR2, on_signal);
   signal(SIGHUP, SIG_IGN);  /* the master reloads (master.c) */
   signal(SIGPIPE, SIG_IGN);
 }
@@ -130,7 +136,6 @@ static void on_child_signal (int signo) {
 
 
 int worker_signals_child (struct worker *w) {
-  struct sigaction sa;
   int p[2];
   if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
   /* the worker's read end would turn readable when the worker stops, and
@@ -138,13 +143,9 @@ int worker_signals_child (struct worker *w) {
   close(w->stop_fd[0]);
   w->stop_fd[0] = p[0];
   sig_stop_wfd = p[1];
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_child_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);  /* a handler: programs it runs get the default */
+  catch(SIGTERM, on_child_signal);
+  catch(SIGINT, on_child_signal);
+  catch(SIGHUP, on_child_signal);  /* not SIG_IGN: programs get the default */
   if (sig_stop) sig_stop_here = 1;  /* the worker's, before the handlers */
   sig_stop = 0;
   in_child = 1;
