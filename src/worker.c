@@ -202,19 +202,24 @@ int worker_stop_signalled (void) {
 }
 
 
+/* A stop signal becomes the stop: the worker's, or a fork child's own. */
+static void take_stop_signal (struct worker *w) {
+  if (sig_stop) worker_stop(w);
+  else if (sig_stop_here) stop_here(w);
+}
+
+
 void worker_signals (struct worker *w) {
   char drain[64];
-  if (in_child) {  /* the signal pipe is the worker's: not for us to read */
-    if (sig_stop_here) stop_here(w);
-    return;
+  if (!in_child) {  /* a child's signal pipe is the worker's: not its to read */
+    while (read(w->sig_fd[0], drain, sizeof drain) > 0)
+      ;
+    if (sig_reopen) {
+      sig_reopen = 0;
+      log_reopen();  /* a failure: the master said so; lines go on to the old */
+    }
   }
-  while (read(w->sig_fd[0], drain, sizeof drain) > 0)
-    ;
-  if (sig_reopen) {
-    sig_reopen = 0;
-    log_reopen();  /* a failure: the master said so; lines go on to the old */
-  }
-  if (sig_stop) worker_stop(w);
+  take_stop_signal(w);
 }
 
 
@@ -224,8 +229,7 @@ int worker_block (struct worker *w, int fd, short events, double deadline,
     struct pollfd p[3];
     int n = 1, stopping, ms, cut = 0, admin = -1;
     double now = monotonic_now(), until = deadline;
-    if (sig_stop) worker_stop(w);
-    else if (sig_stop_here) stop_here(w);
+    take_stop_signal(w);
     stopping = worker_stopping(w);
     if (stopping && idle) return -ECANCELED;
     if (stopping) {
