@@ -24,7 +24,12 @@ local function trickle (c)
     c:send("a")
     local data, err, partial = c.sock:receive("*a", buf)
     if data then return data end
-    if err ~= "timeout" then return nil, err end
+    -- a byte sent as the server closed, unread there, resets the
+    -- connection ("closed"): the reply that came before it still counts
+    if err ~= "timeout" then
+      if partial ~= nil and partial ~= "" then return partial end
+      return nil, err
+    end
     buf = partial or buf
   end
   return nil, "the server never answered"
